@@ -1,0 +1,691 @@
+//! Configuration: `wasmgate.toml` parsed ([`raw`]) and validated into typed values.
+//!
+//! Validation happens once, at load; everything downstream relies on the invariants here
+//! (non-zero limits, valid names, resolved secrets, paths relative to the config file).
+//! Every error names the file, the key and the value at fault.
+
+pub mod raw;
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use raw::RawConfig;
+
+/// The seven methods a trigger allows when `methods` is omitted.
+pub const ALL_METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS"];
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub server: ServerConfig,
+    pub limits: Limits,
+    pub functions: Vec<FunctionConfig>,
+    pub triggers: Vec<TriggerConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsConfig>,
+    pub internal_listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub admin_token: Option<String>,
+    pub data_dir: PathBuf,
+    pub drain_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Node-wide limits (SPEC section 2, `[limits]`).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_uri_bytes: usize,
+    pub max_body_bytes: u64,
+    pub max_async_body_bytes: u64,
+    pub max_in_flight: NonZeroUsize,
+    pub max_connections: NonZeroUsize,
+    pub header_read_timeout_ms: NonZeroU64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 8192,
+            max_uri_bytes: 4096,
+            max_body_bytes: 32 * 1024 * 1024,
+            max_async_body_bytes: 128 * 1024,
+            max_in_flight: NonZeroUsize::new(1024).expect("non-zero"),
+            max_connections: NonZeroUsize::new(10_000).expect("non-zero"),
+            header_read_timeout_ms: NonZeroU64::new(10_000).expect("non-zero"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FunctionConfig {
+    pub name: String,
+    pub wasm: PathBuf,
+    pub memory_mb: NonZeroU32,
+    pub timeout_ms: NonZeroU64,
+    pub max_concurrency: NonZeroUsize,
+    pub env: Vec<(String, String)>,
+    pub outbound_hosts: Vec<String>,
+}
+
+/// Which listener a trigger is served on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Public,
+    Internal,
+}
+
+#[derive(Debug, Clone)]
+pub struct TriggerConfig {
+    pub name: String,
+    pub function: String,
+    pub qualifier: String,
+    /// Route prefix, always starting with `/`, never ending with `/` unless it is `/`.
+    pub path: String,
+    /// Lowercase host without port.
+    pub host: Option<String>,
+    pub methods: Vec<http::Method>,
+    pub auth: AuthConfig,
+    pub disable_internet: bool,
+    pub pass_credentials: bool,
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitKey {
+    Principal,
+    Ip,
+    Trigger,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    pub per_second: NonZeroU32,
+    pub burst: NonZeroU32,
+    pub key: RateLimitKey,
+}
+
+/// A trigger's authentication, secrets resolved.
+#[derive(Clone)]
+pub enum AuthConfig {
+    Anonymous,
+    Signature {
+        keys: Vec<(String, String)>,
+        window_s: u64,
+    },
+    Basic {
+        users: Vec<(String, String)>,
+    },
+    Jwt(JwtConfig),
+    Bearer {
+        /// (name, token); disabled tokens are dropped at load.
+        tokens: Vec<(String, String)>,
+    },
+}
+
+impl AuthConfig {
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            AuthConfig::Anonymous => "anonymous",
+            AuthConfig::Signature { .. } => "signature",
+            AuthConfig::Basic { .. } => "basic",
+            AuthConfig::Jwt(_) => "jwt",
+            AuthConfig::Bearer { .. } => "bearer",
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthConfig {
+    // Secrets never reach a log line, even through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.scheme())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub jwks_file: PathBuf,
+    pub algorithms: Vec<String>,
+    pub issuer: Option<String>,
+    pub audience: Vec<String>,
+    pub leeway_s: u64,
+    pub token_lookup: String,
+    pub claim_pass_by: String,
+    pub whitelist: Vec<String>,
+    pub blacklist: Vec<String>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read config file", path.display()))?;
+        Self::parse(&text, path, &|k| std::env::var(k).ok())
+    }
+
+    /// Parses and validates config text; `env` resolves `*_env` secrets (injected for tests).
+    pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            anyhow!(
+                "{}: {}",
+                path.display(),
+                e.to_string().trim_end().replace('\n', "\n  ")
+            )
+        })?;
+        validate(raw, path, env).map_err(|e| anyhow!("{}: {e:#}", path.display()))
+    }
+
+    pub fn function(&self, name: &str) -> Option<&FunctionConfig> {
+        self.functions.iter().find(|f| f.name == name)
+    }
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr> {
+    value
+        .parse()
+        .map_err(|_| anyhow!("key `{key}`: '{value}' is not an address like 127.0.0.1:8443"))
+}
+
+fn non_zero(key: &str, value: u64) -> Result<NonZeroU64> {
+    NonZeroU64::new(value).ok_or_else(|| anyhow!("key `{key}`: must be greater than 0"))
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Resolves a secret given inline or by environment variable name.
+fn secret(
+    what: &str,
+    inline: Option<String>,
+    env_name: Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String> {
+    match (inline, env_name) {
+        (Some(_), Some(_)) => bail!("{what}: give the secret inline or by `*_env`, not both"),
+        (Some(s), None) => Ok(s),
+        (None, Some(var)) => {
+            env(&var).ok_or_else(|| anyhow!("{what}: environment variable '{var}' is not set"))
+        }
+        (None, None) => bail!("{what}: a secret is required (inline or `*_env`)"),
+    }
+}
+
+fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
+    let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
+    let rel = |p: &str| -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+
+    let s = raw.server;
+    let admin_token = match (s.admin_token, s.admin_token_env) {
+        (None, None) => None,
+        (inline, var) => Some(secret("[server] admin_token", inline, var, env)?),
+    };
+    let server = ServerConfig {
+        listen: parse_addr("server.listen", &s.listen)?,
+        tls: s.tls.map(|t| TlsConfig {
+            cert: rel(&t.cert),
+            key: rel(&t.key),
+        }),
+        internal_listen: s
+            .internal_listen
+            .as_deref()
+            .map(|v| parse_addr("server.internal_listen", v))
+            .transpose()?,
+        admin_listen: s
+            .admin_listen
+            .as_deref()
+            .map(|v| parse_addr("server.admin_listen", v))
+            .transpose()?,
+        admin_token,
+        data_dir: rel(s.data_dir.as_deref().unwrap_or("data")),
+        drain_timeout_ms: s.drain_timeout_ms.unwrap_or(30_000),
+    };
+
+    let d = Limits::default();
+    let l = raw.limits;
+    let limits = Limits {
+        max_header_bytes: l.max_header_bytes.unwrap_or(d.max_header_bytes as u64) as usize,
+        max_uri_bytes: l.max_uri_bytes.unwrap_or(d.max_uri_bytes as u64) as usize,
+        max_body_bytes: l.max_body_bytes.unwrap_or(d.max_body_bytes),
+        max_async_body_bytes: l.max_async_body_bytes.unwrap_or(d.max_async_body_bytes),
+        max_in_flight: NonZeroUsize::new(
+            l.max_in_flight.unwrap_or(d.max_in_flight.get() as u64) as usize,
+        )
+        .ok_or_else(|| anyhow!("key `limits.max_in_flight`: must be greater than 0"))?,
+        max_connections: NonZeroUsize::new(
+            l.max_connections.unwrap_or(d.max_connections.get() as u64) as usize,
+        )
+        .ok_or_else(|| anyhow!("key `limits.max_connections`: must be greater than 0"))?,
+        header_read_timeout_ms: non_zero(
+            "limits.header_read_timeout_ms",
+            l.header_read_timeout_ms
+                .unwrap_or(d.header_read_timeout_ms.get()),
+        )?,
+    };
+    if limits.max_header_bytes < 256 {
+        bail!("key `limits.max_header_bytes`: must be at least 256");
+    }
+    if limits.max_uri_bytes < 16 {
+        bail!("key `limits.max_uri_bytes`: must be at least 16");
+    }
+    if limits.max_in_flight.get() > 100_000 {
+        bail!("key `limits.max_in_flight`: at most 100000");
+    }
+
+    let mut functions: Vec<FunctionConfig> = Vec::new();
+    for f in raw.functions {
+        let at = format!("function '{}'", f.name);
+        if !valid_name(&f.name) {
+            bail!("[[function]] name '{}': must match [a-z0-9-]{{1,64}}", f.name);
+        }
+        if functions.iter().any(|g| g.name == f.name) {
+            bail!("[[function]] name '{}': defined twice", f.name);
+        }
+        let memory_mb = f.memory_mb.unwrap_or(128);
+        if !(1..=4096).contains(&memory_mb) {
+            bail!("{at}: key `memory_mb`: {memory_mb} is outside 1..=4096");
+        }
+        let max_concurrency = f.max_concurrency.unwrap_or(100);
+        functions.push(FunctionConfig {
+            wasm: rel(&f.wasm),
+            memory_mb: NonZeroU32::new(memory_mb as u32).expect("checked above"),
+            timeout_ms: non_zero(
+                &format!("{at}: key `timeout_ms`"),
+                f.timeout_ms.unwrap_or(10_000),
+            )?,
+            max_concurrency: NonZeroUsize::new(max_concurrency as usize)
+                .ok_or_else(|| anyhow!("{at}: key `max_concurrency`: must be greater than 0"))?,
+            env: f.env.into_iter().collect(),
+            outbound_hosts: f
+                .outbound_hosts
+                .into_iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            name: f.name,
+        });
+    }
+
+    let mut triggers: Vec<TriggerConfig> = Vec::new();
+    for t in raw.triggers {
+        let trigger = validate_trigger(t, &rel, env)?;
+        if triggers.iter().any(|o| o.name == trigger.name) {
+            bail!("[[trigger]] name '{}': defined twice", trigger.name);
+        }
+        if let Some(o) = triggers
+            .iter()
+            .find(|o| o.host == trigger.host && o.path == trigger.path)
+        {
+            bail!(
+                "trigger '{}': path '{}'{} is already routed to trigger '{}'",
+                trigger.name,
+                trigger.path,
+                trigger
+                    .host
+                    .as_deref()
+                    .map(|h| format!(" on host '{h}'"))
+                    .unwrap_or_default(),
+                o.name
+            );
+        }
+        triggers.push(trigger);
+    }
+
+    Ok(Config {
+        path: path.to_path_buf(),
+        server,
+        limits,
+        functions,
+        triggers,
+    })
+}
+
+fn validate_trigger(
+    t: raw::RawTrigger,
+    rel: &dyn Fn(&str) -> PathBuf,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<TriggerConfig> {
+    if !valid_name(&t.name) {
+        bail!("[[trigger]] name '{}': must match [a-z0-9-]{{1,64}}", t.name);
+    }
+    let at = format!("trigger '{}'", t.name);
+    match t.kind.as_deref() {
+        None | Some("http") => {}
+        Some(other) => bail!("{at}: key `kind`: '{other}' is not supported (http)"),
+    }
+    let function = t
+        .function
+        .ok_or_else(|| anyhow!("{at}: key `function` is required"))?;
+    if t.async_.is_some() {
+        bail!("{at}: key `async`: async invocation is not available in this version");
+    }
+
+    let path = match t.path {
+        None => format!("/{}", t.name),
+        Some(p) => {
+            if !p.starts_with('/') {
+                bail!("{at}: key `path`: '{p}' must start with '/'");
+            }
+            if p.contains('?') || p.contains('#') {
+                bail!("{at}: key `path`: '{p}' must not contain '?' or '#'");
+            }
+            let trimmed = p.trim_end_matches('/');
+            if trimmed.is_empty() {
+                "/".to_string()
+            } else {
+                trimmed.to_string()
+            }
+        }
+    };
+    let host = t.host.map(|h| {
+        let h = h.to_ascii_lowercase();
+        match h.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name.to_string(),
+            _ => h,
+        }
+    });
+
+    let methods = match t.methods {
+        None => ALL_METHODS
+            .iter()
+            .map(|m| http::Method::from_bytes(m.as_bytes()).expect("static method"))
+            .collect(),
+        Some(list) => {
+            if list.is_empty() {
+                bail!("{at}: key `methods`: must list at least one method");
+            }
+            let mut out = Vec::new();
+            for m in list {
+                let up = m.to_ascii_uppercase();
+                if !ALL_METHODS.contains(&up.as_str()) {
+                    bail!(
+                        "{at}: key `methods`: '{m}' is not one of {}",
+                        ALL_METHODS.join(", ")
+                    );
+                }
+                out.push(http::Method::from_bytes(up.as_bytes()).expect("checked"));
+            }
+            out
+        }
+    };
+
+    let rate_limit = match t.rate_limit {
+        None => None,
+        Some(r) => {
+            let per_second = NonZeroU32::new(r.per_second).ok_or_else(|| {
+                anyhow!("{at}: key `rate_limit.per_second`: must be greater than 0")
+            })?;
+            let burst = NonZeroU32::new(r.burst.unwrap_or(r.per_second))
+                .ok_or_else(|| anyhow!("{at}: key `rate_limit.burst`: must be greater than 0"))?;
+            let key = match r.key.as_deref().unwrap_or("principal") {
+                "principal" => RateLimitKey::Principal,
+                "ip" => RateLimitKey::Ip,
+                "trigger" => RateLimitKey::Trigger,
+                other => bail!(
+                    "{at}: key `rate_limit.key`: '{other}' is not one of principal, ip, trigger"
+                ),
+            };
+            Some(RateLimitConfig {
+                per_second,
+                burst,
+                key,
+            })
+        }
+    };
+
+    let scheme = t.auth.as_deref().unwrap_or("anonymous");
+    let tables = [
+        ("signature", t.signature.is_some()),
+        ("basic", t.basic.is_some()),
+        ("jwt", t.jwt.is_some()),
+        ("bearer", t.bearer.is_some()),
+    ];
+    for (name, present) in tables {
+        if present && name != scheme {
+            bail!("{at}: table `{name}` is given but `auth` is '{scheme}'");
+        }
+    }
+    let auth = match scheme {
+        "anonymous" => AuthConfig::Anonymous,
+        "signature" => {
+            let s = t
+                .signature
+                .ok_or_else(|| anyhow!("{at}: auth 'signature' needs a [trigger.signature] table"))?;
+            if s.keys.is_empty() {
+                bail!("{at}: key `signature.keys`: at least one key is required");
+            }
+            let mut keys = Vec::new();
+            for k in s.keys {
+                let what = format!("{at}: signature key '{}'", k.id);
+                let sec = secret(&what, k.secret, k.secret_env, env)?;
+                keys.push((k.id, sec));
+            }
+            AuthConfig::Signature {
+                keys,
+                window_s: s.window_s.unwrap_or(900),
+            }
+        }
+        "basic" => {
+            let b = t
+                .basic
+                .ok_or_else(|| anyhow!("{at}: auth 'basic' needs a [trigger.basic] table"))?;
+            if b.users.is_empty() {
+                bail!("{at}: key `basic.users`: at least one user is required");
+            }
+            let mut users = Vec::new();
+            for u in b.users {
+                if u.username.contains(':') {
+                    bail!("{at}: basic user '{}': a username cannot contain ':'", u.username);
+                }
+                let what = format!("{at}: basic user '{}'", u.username);
+                let pw = secret(&what, u.password, u.password_env, env)?;
+                users.push((u.username, pw));
+            }
+            AuthConfig::Basic { users }
+        }
+        "jwt" => {
+            let j = t
+                .jwt
+                .ok_or_else(|| anyhow!("{at}: auth 'jwt' needs a [trigger.jwt] table"))?;
+            if j.whitelist.is_some() && j.blacklist.is_some() {
+                bail!("{at}: keys `jwt.whitelist` and `jwt.blacklist`: give one, not both");
+            }
+            if j.algorithms.is_empty() {
+                bail!("{at}: key `jwt.algorithms`: at least one algorithm is required");
+            }
+            AuthConfig::Jwt(JwtConfig {
+                jwks_file: rel(&j.jwks_file),
+                algorithms: j.algorithms,
+                issuer: j.issuer,
+                audience: j.audience.unwrap_or_default(),
+                leeway_s: j.leeway_s.unwrap_or(60),
+                token_lookup: j
+                    .token_lookup
+                    .unwrap_or_else(|| "header:Authorization:Bearer ".to_string()),
+                claim_pass_by: j.claim_pass_by.unwrap_or_default(),
+                whitelist: j.whitelist.unwrap_or_default(),
+                blacklist: j.blacklist.unwrap_or_default(),
+            })
+        }
+        "bearer" => {
+            let b = t
+                .bearer
+                .ok_or_else(|| anyhow!("{at}: auth 'bearer' needs a [trigger.bearer] table"))?;
+            let mut tokens = Vec::new();
+            for tok in b.tokens {
+                let what = format!("{at}: bearer token '{}'", tok.name);
+                let value = secret(&what, tok.token, tok.token_env, env)?;
+                if !(32..=128).contains(&value.len()) {
+                    bail!("{what}: a token must be 32 to 128 characters");
+                }
+                if tok.enabled.unwrap_or(true) {
+                    tokens.push((tok.name, value));
+                }
+            }
+            AuthConfig::Bearer { tokens }
+        }
+        other => bail!(
+            "{at}: key `auth`: '{other}' is not one of anonymous, signature, basic, jwt, bearer"
+        ),
+    };
+
+    Ok(TriggerConfig {
+        name: t.name,
+        function,
+        qualifier: t.qualifier.unwrap_or_else(|| "LATEST".to_string()),
+        path,
+        host,
+        methods,
+        auth,
+        disable_internet: t.disable_internet,
+        pass_credentials: t.pass_credentials,
+        rate_limit,
+    })
+}
+
+/// Config text used by unit tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) fn test_config(extra: &str) -> Config {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[function]]\nname = \"f\"\nwasm = \"f.wasm\"\n\n{extra}"
+    );
+    Config::parse(&text, Path::new("test.toml"), &|_| None).expect("test config is valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn parse(text: &str) -> Result<Config> {
+        let env: BTreeMap<&str, &str> = [("SECRET", "s3cret")].into_iter().collect();
+        Config::parse(text, Path::new("dir/w.toml"), &|k| {
+            env.get(k).map(|v| v.to_string())
+        })
+    }
+
+    const BASE: &str = "[server]\nlisten = \"127.0.0.1:0\"\n";
+
+    #[test]
+    fn defaults_apply() {
+        let c = parse(&format!(
+            "{BASE}[[function]]\nname = \"hello\"\nwasm = \"h.wasm\"\n[[trigger]]\nname = \"t\"\nfunction = \"hello\"\n"
+        ))
+        .unwrap();
+        let t = &c.triggers[0];
+        assert_eq!(t.path, "/t");
+        assert_eq!(t.methods.len(), 7);
+        assert_eq!(t.qualifier, "LATEST");
+        assert_eq!(c.functions[0].wasm, Path::new("dir/h.wasm"));
+        assert_eq!(c.functions[0].memory_mb.get(), 128);
+        assert_eq!(c.limits.max_body_bytes, 32 * 1024 * 1024);
+        assert_eq!(c.server.data_dir, Path::new("dir/data"));
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let err = parse(&format!("{BASE}bogus = 1\n")).unwrap_err().to_string();
+        assert!(err.starts_with("dir/w.toml:"), "{err}");
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_in_trigger_is_rejected() {
+        let err = parse(&format!(
+            "{BASE}[[trigger]]\nname = \"t\"\nfunction = \"f\"\nmethod = [\"GET\"]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `method`"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_routes_are_rejected() {
+        let err = parse(&format!(
+            "{BASE}[[trigger]]\nname = \"a\"\nfunction = \"f\"\npath = \"/x\"\n[[trigger]]\nname = \"b\"\nfunction = \"f\"\npath = \"/x/\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "dir/w.toml: trigger 'b': path '/x' is already routed to trigger 'a'"
+        );
+    }
+
+    #[test]
+    fn bad_method_is_named() {
+        let err = parse(&format!(
+            "{BASE}[[trigger]]\nname = \"a\"\nfunction = \"f\"\nmethods = [\"FETCH\"]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "dir/w.toml: trigger 'a': key `methods`: 'FETCH' is not one of GET, POST, PUT, DELETE, HEAD, PATCH, OPTIONS"
+        );
+    }
+
+    #[test]
+    fn secrets_come_from_env_or_inline() {
+        let c = parse(&format!(
+            "{BASE}[[trigger]]\nname = \"a\"\nfunction = \"f\"\nauth = \"basic\"\nbasic = {{ users = [{{ username = \"u\", password_env = \"SECRET\" }}, {{ username = \"v\", password = \"p\" }}] }}\n"
+        ))
+        .unwrap();
+        match &c.triggers[0].auth {
+            AuthConfig::Basic { users } => {
+                assert_eq!(users[0], ("u".to_string(), "s3cret".to_string()));
+                assert_eq!(users[1], ("v".to_string(), "p".to_string()));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let err = parse(&format!(
+            "{BASE}[[trigger]]\nname = \"a\"\nfunction = \"f\"\nauth = \"basic\"\nbasic = {{ users = [{{ username = \"u\", password_env = \"NOPE\" }}] }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("basic user 'u': environment variable 'NOPE' is not set"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn zero_limits_cannot_be_expressed() {
+        let err = parse(&format!("{BASE}[limits]\nmax_in_flight = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.max_in_flight"), "{err}");
+    }
+
+    #[test]
+    fn host_is_normalised() {
+        let c = parse(&format!(
+            "{BASE}[[trigger]]\nname = \"a\"\nfunction = \"f\"\nhost = \"API.Example.com:8443\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.triggers[0].host.as_deref(), Some("api.example.com"));
+    }
+}

@@ -1,0 +1,155 @@
+//! The configuration file exactly as written: serde structs that reject unknown keys.
+//! Nothing here is trusted; [`super::validate`] turns it into the typed [`super::Config`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub server: RawServer,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default, rename = "function")]
+    pub functions: Vec<RawFunction>,
+    #[serde(default, rename = "trigger")]
+    pub triggers: Vec<RawTrigger>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: String,
+    pub tls: Option<RawTls>,
+    pub internal_listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub admin_token: Option<String>,
+    pub admin_token_env: Option<String>,
+    pub data_dir: Option<String>,
+    /// How long a graceful drain may take before remaining connections are cut.
+    pub drain_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_header_bytes: Option<u64>,
+    pub max_uri_bytes: Option<u64>,
+    pub max_body_bytes: Option<u64>,
+    pub max_async_body_bytes: Option<u64>,
+    pub max_in_flight: Option<u64>,
+    pub max_connections: Option<u64>,
+    pub header_read_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFunction {
+    pub name: String,
+    pub wasm: String,
+    pub memory_mb: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub max_concurrency: Option<u64>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub outbound_hosts: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrigger {
+    pub name: String,
+    pub kind: Option<String>,
+    pub function: Option<String>,
+    pub qualifier: Option<String>,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub auth: Option<String>,
+    #[serde(default)]
+    pub disable_internet: bool,
+    #[serde(default)]
+    pub pass_credentials: bool,
+    pub rate_limit: Option<RawRateLimit>,
+    #[serde(rename = "async")]
+    pub async_: Option<toml::Value>,
+    pub signature: Option<RawSignature>,
+    pub basic: Option<RawBasic>,
+    pub jwt: Option<RawJwt>,
+    pub bearer: Option<RawBearer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub per_second: u32,
+    pub burst: Option<u32>,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSignature {
+    pub keys: Vec<RawSignatureKey>,
+    pub window_s: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSignatureKey {
+    pub id: String,
+    pub secret: Option<String>,
+    pub secret_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBasic {
+    pub users: Vec<RawBasicUser>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBasicUser {
+    pub username: String,
+    pub password: Option<String>,
+    pub password_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    pub jwks_file: String,
+    pub algorithms: Vec<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<Vec<String>>,
+    pub leeway_s: Option<u64>,
+    pub token_lookup: Option<String>,
+    pub claim_pass_by: Option<String>,
+    pub whitelist: Option<Vec<String>>,
+    pub blacklist: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBearer {
+    pub tokens: Vec<RawBearerToken>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBearerToken {
+    pub name: String,
+    pub token: Option<String>,
+    pub token_env: Option<String>,
+    pub enabled: Option<bool>,
+}

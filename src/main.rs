@@ -1,0 +1,123 @@
+//! The `wasmgate` command line: `serve`, `check`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use wasmgate::App;
+use wasmgate::config::Config;
+
+#[derive(Parser)]
+#[command(name = "wasmgate", version, about = "Authenticated HTTP-trigger edge proxy for WebAssembly functions")]
+struct Cli {
+    /// Log format: text or json.
+    #[arg(long, global = true, default_value = "text", env = "WASMGATE_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config, compile every function, and serve until SIGTERM/SIGINT.
+    Serve {
+        #[arg(long, default_value = "wasmgate.toml")]
+        config: PathBuf,
+    },
+    /// Validate the config and compile every function; print the route table.
+    Check {
+        #[arg(long, default_value = "wasmgate.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _guard = init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Check { config } => check(config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr through a background writer so request threads never block on it.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .finish(std::io::stderr());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    guard
+}
+
+fn build(config: &std::path::Path) -> Result<App> {
+    let config = Config::load(config)?;
+    App::build(config)
+}
+
+fn check(config: PathBuf) -> Result<()> {
+    let app = build(&config)?;
+    for w in &app.warnings {
+        eprintln!("warning: {w}");
+    }
+    print!("{}", app.route_table());
+    println!(
+        "{}: ok ({} functions, {} triggers)",
+        config.display(),
+        app.config.functions.len(),
+        app.triggers.len()
+    );
+    Ok(())
+}
+
+fn serve(config: PathBuf) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let app = Arc::new(build(&config)?);
+        for w in &app.warnings {
+            tracing::warn!("{w}");
+        }
+        wasmgate::server::run(app, shutdown_signal()).await
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGTERM: {e}");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

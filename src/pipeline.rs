@@ -1,0 +1,432 @@
+//! The request pipeline of SPEC section 3, top to bottom. Every request passes these stages
+//! in this order; the first that refuses answers, through [`GatewayError`]:
+//!
+//! 1. [`check_limits`]: header, URI and declared body sizes; malformed `X-Fc-*` => 400
+//! 2. [`route`]: host and path => 404 `TriggerNotFound`
+//! 3. [`listener_policy`]: `disable_internet` => 403
+//! 4. [`method_filter`]: the trigger's methods => 403
+//! 5. [`authenticate`]: the trigger's scheme => 400/401/403
+//! 6. [`admit`]: draining, node and function capacity => 429/503
+//! 7. [`dispatch`]: run the function (sync); async lands here with the queue
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode};
+
+use crate::auth::{AuthRequest, Principal};
+use crate::body::{LimitedBody, ResponseBody, full};
+use crate::config::Listener;
+use crate::error::GatewayError;
+use crate::router;
+use crate::runtime::{Function, Invocation};
+use crate::throttle::Admission;
+use crate::{App, ConnInfo, Trigger};
+
+/// Client `x-fc-*` headers that survive; every other `x-fc-*` header is removed.
+const CLIENT_FC_HEADERS: [&str; 5] = [
+    "x-fc-invocation-type",
+    "x-fc-log-type",
+    "x-fc-async-task-id",
+    "x-fc-async-delay",
+    "x-fc-trace-id",
+];
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1) never forwarded in either direction.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// `X-Fc-Invocation-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvocationType {
+    Sync,
+    Async,
+}
+
+/// A request id: 128 random bits as a UUID-shaped string, unique across nodes and restarts.
+pub fn new_request_id() -> Arc<str> {
+    let v: u128 = rand::random();
+    let h = format!("{v:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+    .into()
+}
+
+/// What the access log records for one request.
+#[derive(Default)]
+struct Record {
+    trigger: Option<String>,
+    principal: Option<String>,
+}
+
+impl App {
+    /// Runs one request through the pipeline. Never fails: every refusal is a response.
+    pub async fn handle<B>(&self, req: Request<B>, conn: &ConnInfo) -> Response<ResponseBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let started = Instant::now();
+        let request_id = new_request_id();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let mut record = Record::default();
+        let result = self.run(req, conn, &request_id, &mut record).await;
+        let mut response = match result {
+            Ok(r) => r,
+            Err(e) => error_response(&e, &request_id),
+        };
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-fc-request-id", v);
+        }
+        tracing::info!(
+            target: "wasmgate::access",
+            request_id = &*request_id,
+            peer = %conn.peer,
+            method = %method,
+            path = %path,
+            trigger = record.trigger.as_deref().unwrap_or("-"),
+            principal = record.principal.as_deref().unwrap_or("-"),
+            status = response.status().as_u16(),
+            duration_us = started.elapsed().as_micros() as u64,
+            bytes = http_body::Body::size_hint(response.body()).exact(),
+            "request"
+        );
+        response
+    }
+
+    async fn run<B>(
+        &self,
+        req: Request<B>,
+        conn: &ConnInfo,
+        request_id: &Arc<str>,
+        record: &mut Record,
+    ) -> Result<Response<ResponseBody>, GatewayError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let (mut parts, body) = req.into_parts();
+        let invocation_type = check_limits(self, &parts)?;
+        let trigger = route(self, &parts)?;
+        record.trigger = Some(trigger.config.name.clone());
+        listener_policy(trigger, conn)?;
+        method_filter(trigger, &parts)?;
+        let principal = authenticate(trigger, &mut parts, conn)?;
+        record.principal = Some(principal.id());
+        let function = trigger.function.as_ref().ok_or_else(|| {
+            GatewayError::FunctionNotFound(format!(
+                "function '{}' qualifier '{}' is not deployed",
+                trigger.config.function, trigger.config.qualifier
+            ))
+        })?;
+        if invocation_type == InvocationType::Async {
+            return Err(GatewayError::InvalidArgument(format!(
+                "trigger '{}' does not accept async invocations",
+                trigger.config.name
+            )));
+        }
+        let admission = admit(self, function)?;
+        let request = function_request(trigger, parts, body, conn, request_id);
+        dispatch(self, function, request, conn, request_id, admission).await
+    }
+}
+
+/// Stage 1: sizes of headers, URI and declared body; malformed gateway headers.
+///
+/// Refuses with 400 `InvalidArgument` (headers, URI, `X-Fc-Invocation-Type`) or 400
+/// `EntityTooLarge` (a `Content-Length` over the limit). A body without a length is
+/// counted as it streams (see [`dispatch`]).
+pub fn check_limits(
+    app: &App,
+    parts: &http::request::Parts,
+) -> Result<InvocationType, GatewayError> {
+    let limits = &app.config.limits;
+    let header_bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if header_bytes > limits.max_header_bytes {
+        return Err(GatewayError::InvalidArgument(format!(
+            "request headers are {header_bytes} bytes, over the limit of {}",
+            limits.max_header_bytes
+        )));
+    }
+    let uri_bytes = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if uri_bytes > limits.max_uri_bytes {
+        return Err(GatewayError::InvalidArgument(format!(
+            "request URI is {uri_bytes} bytes, over the limit of {}",
+            limits.max_uri_bytes
+        )));
+    }
+    let invocation_type = match parts.headers.get("x-fc-invocation-type") {
+        None => InvocationType::Sync,
+        Some(v) => match v.to_str().map(str::trim) {
+            Ok(s) if s.eq_ignore_ascii_case("sync") => InvocationType::Sync,
+            Ok(s) if s.eq_ignore_ascii_case("async") => InvocationType::Async,
+            _ => {
+                return Err(GatewayError::InvalidArgument(
+                    "X-Fc-Invocation-Type must be 'Sync' or 'Async'".into(),
+                ));
+            }
+        },
+    };
+    let body_limit = match invocation_type {
+        InvocationType::Sync => limits.max_body_bytes,
+        InvocationType::Async => limits.max_async_body_bytes,
+    };
+    if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| GatewayError::InvalidArgument("invalid Content-Length".into()))?;
+        if len > body_limit {
+            return Err(GatewayError::EntityTooLarge(format!(
+                "request body is {len} bytes, over the limit of {body_limit}"
+            )));
+        }
+    }
+    Ok(invocation_type)
+}
+
+/// Stage 2: the most specific trigger for the request's host and path => 404 `TriggerNotFound`.
+pub fn route<'a>(app: &'a App, parts: &http::request::Parts) -> Result<&'a Trigger, GatewayError> {
+    let host = request_host(parts);
+    let path = parts.uri.path();
+    app.router
+        .lookup(host, path)
+        .map(|m| &app.triggers[*m.value])
+        .ok_or_else(|| {
+            GatewayError::TriggerNotFound(format!("no trigger matches path '{path}'"))
+        })
+}
+
+/// Stage 3: a trigger with `disable_internet` is not served on the public listener.
+pub fn listener_policy(trigger: &Trigger, conn: &ConnInfo) -> Result<(), GatewayError> {
+    if trigger.config.disable_internet && conn.listener == Listener::Public {
+        return Err(GatewayError::AccessDenied(
+            "access denied due to function internet URL is disable".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Stage 4: the trigger's `methods` => 403 `AccessDenied`.
+pub fn method_filter(trigger: &Trigger, parts: &http::request::Parts) -> Result<(), GatewayError> {
+    if trigger.config.methods.contains(&parts.method) {
+        Ok(())
+    } else {
+        Err(GatewayError::AccessDenied(format!(
+            "method '{}' is not allowed by trigger '{}'",
+            parts.method, trigger.config.name
+        )))
+    }
+}
+
+/// Stage 5: the trigger's authentication scheme => the caller's [`Principal`].
+pub fn authenticate(
+    trigger: &Trigger,
+    parts: &mut http::request::Parts,
+    conn: &ConnInfo,
+) -> Result<Principal, GatewayError> {
+    trigger.authenticator.authenticate(AuthRequest {
+        parts,
+        client_ip: conn.peer.ip(),
+    })
+}
+
+/// Stage 6: draining (503), then function and node capacity (429 / 503).
+pub fn admit(app: &App, function: &Function) -> Result<Admission, GatewayError> {
+    if app.is_draining() {
+        return Err(GatewayError::ResourceThrottled {
+            message: "this node is shutting down".into(),
+            retry_after_s: 1,
+        });
+    }
+    app.node.admit(function)
+}
+
+/// Stage 7 (sync): run the function and shape its response for the client.
+pub async fn dispatch<B>(
+    app: &App,
+    function: &Function,
+    request: Request<B>,
+    conn: &ConnInfo,
+    request_id: &Arc<str>,
+    admission: Admission,
+) -> Result<Response<ResponseBody>, GatewayError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let (parts, body) = request.into_parts();
+    let (body, too_large) = LimitedBody::new(body, app.config.limits.max_body_bytes);
+    let invocation = Invocation {
+        request: Request::from_parts(parts, body),
+        request_id: request_id.clone(),
+        https: conn.https,
+    };
+    let outcome = function.invoke(invocation, admission).await;
+    if too_large.load(Ordering::SeqCst) {
+        return Err(GatewayError::EntityTooLarge(format!(
+            "request body is over the limit of {} bytes",
+            app.config.limits.max_body_bytes
+        )));
+    }
+    let mut response = outcome?.response;
+    strip_hop_by_hop(response.headers_mut());
+    Ok(response)
+}
+
+/// The request as the function sees it: the trigger prefix removed, gateway headers set,
+/// client `x-fc-*` headers filtered, hop-by-hop headers and consumed credentials removed.
+fn function_request<B>(
+    trigger: &Trigger,
+    mut parts: http::request::Parts,
+    body: B,
+    conn: &ConnInfo,
+    request_id: &Arc<str>,
+) -> Request<B> {
+    let original = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let stripped = router::strip_prefix(
+        &trigger.config.path,
+        parts.uri.path(),
+        parts.uri.query(),
+    );
+    let authority = request_host(&parts)
+        .map(str::to_string)
+        .unwrap_or_else(|| "localhost".into());
+    let scheme = if conn.https { "https" } else { "http" };
+    if let Ok(uri) = http::Uri::builder()
+        .scheme(scheme)
+        .authority(authority.as_str())
+        .path_and_query(stripped.as_str())
+        .build()
+    {
+        parts.uri = uri;
+    }
+
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    let foreign: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-fc-") && !CLIENT_FC_HEADERS.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    for k in foreign {
+        headers.remove(&k);
+    }
+    if trigger.authenticator.uses_credentials() && !trigger.config.pass_credentials {
+        headers.remove(header::AUTHORIZATION);
+    }
+    let c = &trigger.config;
+    let set = |headers: &mut HeaderMap, name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    };
+    set(headers, "x-fc-request-id", request_id);
+    set(headers, "x-fc-function-name", &c.function);
+    set(headers, "x-fc-trigger-name", &c.name);
+    set(headers, "x-fc-trigger-type", "http");
+    set(headers, "x-fc-qualifier", &c.qualifier);
+    set(headers, "x-fc-original-path", &original);
+    set(headers, "x-forwarded-for", &conn.peer.ip().to_string());
+    set(headers, "x-forwarded-proto", scheme);
+    Request::from_parts(parts, body)
+}
+
+/// The request's host: the URI authority (HTTP/2) or the `Host` header (HTTP/1.1).
+fn request_host(parts: &http::request::Parts) -> Option<&str> {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The one place a [`GatewayError`] becomes a response (status, headers, JSON body).
+pub fn error_response(e: &GatewayError, request_id: &str) -> Response<ResponseBody> {
+    if e.status() == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!(request_id, "internal error: {e}");
+    }
+    let mut response = Response::new(full(e.body(request_id)));
+    *response.status_mut() = e.status();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some((name, value)) = e.extra_header()
+        && let Ok(v) = HeaderValue::from_str(&value)
+    {
+        h.insert(name, v);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_unique_and_uuid_shaped() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(a.matches('-').count(), 4);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_including_connection_named_ones() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("5"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+}

@@ -1,0 +1,278 @@
+//! One invocation: a fresh `Store` and instance from the pre-instantiated component, with
+//! the function's memory cap, deadline, environment, outbound policy and log capture.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use super::Function;
+use super::log::GuestLog;
+use crate::error::GatewayError;
+
+/// The per-invocation state a guest can reach through WASI.
+pub struct Host {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    outbound: OutboundPolicy,
+    limits: StoreLimits,
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
+/// Outbound wasi:http: allowed only to the function's `outbound_hosts`.
+struct OutboundPolicy {
+    allowed: Arc<[String]>,
+}
+
+impl OutboundPolicy {
+    fn allows(&self, host: Option<&str>) -> bool {
+        match host {
+            Some(h) => {
+                let h = h.trim_start_matches('[').trim_end_matches(']');
+                self.allowed.iter().any(|a| a.eq_ignore_ascii_case(h))
+            }
+            None => false,
+        }
+    }
+}
+
+type SendResult = wasmtime_wasi_http::Result<(
+    http::Response<WasiBody>,
+    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+)>;
+
+impl WasiHttpHooks for OutboundPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        if !self.allows(request.uri().host()) {
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                res.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+/// A request for one function, admitted and ready to run.
+pub struct Invocation<B> {
+    /// The request as the function sees it (path already rewritten, headers set).
+    pub request: http::Request<B>,
+    pub request_id: Arc<str>,
+    pub https: bool,
+}
+
+/// What an invocation produced.
+pub struct Outcome {
+    pub response: http::Response<HyperOutgoingBody>,
+    pub log: GuestLog,
+}
+
+/// The error a store's epoch callback raises when the deadline has passed.
+#[derive(Debug)]
+struct DeadlineExceeded;
+
+impl std::fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("deadline exceeded")
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
+/// How a guest task ended when it set no response.
+enum GuestEnd {
+    Returned,
+    Timeout,
+    Failed(String),
+}
+
+/// Aborts the guest task if the caller goes away before a response (client disconnect).
+struct AbortOnDrop(Option<tokio::task::JoinHandle<GuestEnd>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
+}
+
+/// Largest response header section a guest may produce.
+pub const MAX_RESPONSE_HEADER_BYTES: usize = 8192;
+
+impl Function {
+    /// Runs one invocation in a fresh instance. `permits` are held until the guest is done
+    /// (including streaming its body), whatever the outcome.
+    pub async fn invoke<B, P>(
+        &self,
+        inv: Invocation<B>,
+        permits: P,
+    ) -> Result<Outcome, GatewayError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+        P: Send + 'static,
+    {
+        let timeout = std::time::Duration::from_millis(self.config.timeout_ms.get());
+        let deadline = Instant::now() + timeout;
+        let log = GuestLog::new(inv.request_id.clone(), self.name.clone());
+
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.envs(&self.env)
+            .stdout(log.stream("stdout"))
+            .stderr(log.stream("stderr"));
+        let host = Host {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            outbound: OutboundPolicy {
+                allowed: self.outbound_hosts.clone(),
+            },
+            limits: StoreLimitsBuilder::new()
+                .memory_size((self.config.memory_mb.get() as usize) << 20)
+                .trap_on_grow_failure(true)
+                .build(),
+        };
+        let mut store = Store::new(self.pre.engine(), host);
+        store.limiter(|h| &mut h.limits);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(wasmtime::Error::new(DeadlineExceeded))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let scheme = if inv.https {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        };
+        let internal = |e: wasmtime::Error| GatewayError::Internal(format!("host fault: {e}"));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let req = store
+            .data_mut()
+            .http()
+            .new_incoming_request(scheme, inv.request)
+            .map_err(internal)?;
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam(tx)
+            .map_err(internal)?;
+
+        let pre = self.pre.clone();
+        let task = tokio::spawn(async move {
+            let _permits = permits;
+            let run = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+            };
+            match tokio::time::timeout_at(deadline.into(), run).await {
+                Ok(Ok(())) => GuestEnd::Returned,
+                Ok(Err(e)) if e.downcast_ref::<DeadlineExceeded>().is_some() => GuestEnd::Timeout,
+                Ok(Err(e)) => GuestEnd::Failed(describe(&e)),
+                Err(_) => GuestEnd::Timeout,
+            }
+        });
+        let mut task = AbortOnDrop(Some(task));
+
+        let timed_out = || {
+            GatewayError::FunctionTimeout(format!(
+                "function '{}' did not finish within {} ms",
+                self.name,
+                timeout.as_millis()
+            ))
+        };
+        match tokio::time::timeout_at(deadline.into(), rx).await {
+            Err(_) => Err(timed_out()),
+            Ok(Ok(Ok(response))) => {
+                // The guest keeps running to stream its body; it is no longer ours to abort.
+                task.0.take();
+                let header_bytes: usize = response
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| k.as_str().len() + v.len())
+                    .sum();
+                if header_bytes > MAX_RESPONSE_HEADER_BYTES {
+                    return Err(GatewayError::BadResponse(format!(
+                        "function '{}' answered with {header_bytes} bytes of headers (limit {MAX_RESPONSE_HEADER_BYTES})",
+                        self.name
+                    )));
+                }
+                Ok(Outcome { response, log })
+            }
+            Ok(Ok(Err(code))) => Err(GatewayError::FunctionError(format!(
+                "function '{}' reported an error: {code:?}",
+                self.name
+            ))),
+            Ok(Err(_)) => {
+                // The guest dropped its response outparam: find out how it ended.
+                let handle = task.0.take();
+                let end = match handle {
+                    Some(h) => h.await,
+                    None => Ok(GuestEnd::Returned),
+                };
+                match end {
+                    Ok(GuestEnd::Returned) => Err(GatewayError::BadResponse(format!(
+                        "function '{}' returned without setting a response",
+                        self.name
+                    ))),
+                    Ok(GuestEnd::Timeout) => Err(timed_out()),
+                    Ok(GuestEnd::Failed(msg)) => Err(GatewayError::FunctionError(format!(
+                        "function '{}' failed: {msg}",
+                        self.name
+                    ))),
+                    Err(e) => Err(GatewayError::Internal(format!("guest task failed: {e}"))),
+                }
+            }
+        }
+    }
+}
+
+/// A one-line description of a guest failure: the trap or the root cause, no backtrace.
+fn describe(e: &wasmtime::Error) -> String {
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        return trap.to_string();
+    }
+    let root = e.root_cause().to_string();
+    root.lines().next().unwrap_or("unknown failure").to_string()
+}

@@ -1,0 +1,102 @@
+//! The function runtime: compiled, pre-instantiated components and one fresh instance per
+//! invocation.
+//!
+//! The runtime knows nothing of HTTP triggers, authentication or where an invocation came
+//! from: it takes an [`Invocation`] (a request for one function, already admitted) and
+//! returns the function's response or a [`GatewayError`]. Every door (the HTTP pipeline,
+//! later the async workers and event sources) builds an `Invocation`.
+
+pub mod engine;
+pub mod instance;
+pub mod log;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow};
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, Linker};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::config::{Config, FunctionConfig};
+pub use instance::{Host, Invocation, Outcome};
+
+/// A compiled function, ready to instantiate.
+pub struct Function {
+    pub name: Arc<str>,
+    pub config: FunctionConfig,
+    pre: ProxyPre<Host>,
+    env: Arc<[(String, String)]>,
+    outbound_hosts: Arc<[String]>,
+    /// In-flight instances of this function (`max_concurrency`).
+    pub permits: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Function {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Function").field("name", &self.name).finish()
+    }
+}
+
+/// The engine and every function of the config.
+pub struct Runtime {
+    engine: wasmtime::Engine,
+    linker: Linker<Host>,
+    functions: HashMap<String, Arc<Function>>,
+}
+
+impl Runtime {
+    /// Builds the engine, starts the epoch ticker and compiles every function.
+    /// Fails with a message naming the function and file at fault.
+    pub fn new(config: &Config) -> Result<Runtime> {
+        let engine = engine::build_engine(config)?;
+        engine::start_epoch_ticker(&engine)?;
+        let mut linker = Linker::<Host>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow!("cannot link WASI: {e}"))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| anyhow!("cannot link wasi:http: {e}"))?;
+        let mut rt = Runtime {
+            engine,
+            linker,
+            functions: HashMap::new(),
+        };
+        for f in &config.functions {
+            let bytes = std::fs::read(&f.wasm).with_context(|| {
+                format!("function '{}': cannot read {}", f.name, f.wasm.display())
+            })?;
+            let function = rt
+                .compile(f, &bytes)
+                .with_context(|| format!("function '{}' ({})", f.name, f.wasm.display()))?;
+            rt.functions.insert(f.name.clone(), Arc::new(function));
+        }
+        Ok(rt)
+    }
+
+    /// Compiles and pre-instantiates one component; checks it is a wasi:http/proxy component.
+    pub fn compile(&self, config: &FunctionConfig, bytes: &[u8]) -> Result<Function> {
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| anyhow!("not a valid WebAssembly component: {e}"))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            anyhow!("imports something a wasi:http/proxy host does not provide: {e}")
+        })?;
+        let pre = ProxyPre::new(pre)
+            .map_err(|e| anyhow!("does not export wasi:http/incoming-handler: {e}"))?;
+        Ok(Function {
+            name: config.name.as_str().into(),
+            config: config.clone(),
+            pre,
+            env: config.env.clone().into(),
+            outbound_hosts: config.outbound_hosts.clone().into(),
+            permits: Arc::new(Semaphore::new(config.max_concurrency.get())),
+        })
+    }
+
+    pub fn function(&self, name: &str) -> Option<&Arc<Function>> {
+        self.functions.get(name)
+    }
+
+    pub fn engine(&self) -> &wasmtime::Engine {
+        &self.engine
+    }
+}
