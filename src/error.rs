@@ -71,9 +71,7 @@ impl GatewayError {
                 StatusCode::BAD_REQUEST
             }
             Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            SignatureNotMatch(_) | InvalidAccessKeyId(_) | AccessDenied(_) => {
-                StatusCode::FORBIDDEN
-            }
+            SignatureNotMatch(_) | InvalidAccessKeyId(_) | AccessDenied(_) => StatusCode::FORBIDDEN,
             TriggerNotFound(_) | FunctionNotFound(_) => StatusCode::NOT_FOUND,
             TaskAlreadyExists(_) => StatusCode::CONFLICT,
             ResourceExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,

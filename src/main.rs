@@ -11,10 +11,19 @@ use wasmgate::App;
 use wasmgate::config::Config;
 
 #[derive(Parser)]
-#[command(name = "wasmgate", version, about = "Authenticated HTTP-trigger edge proxy for WebAssembly functions")]
+#[command(
+    name = "wasmgate",
+    version,
+    about = "Authenticated HTTP-trigger edge proxy for WebAssembly functions"
+)]
 struct Cli {
     /// Log format: text or json.
-    #[arg(long, global = true, default_value = "text", env = "WASMGATE_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "text",
+        env = "WASMGATE_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,

@@ -215,9 +215,7 @@ pub fn route<'a>(app: &'a App, parts: &http::request::Parts) -> Result<&'a Trigg
     app.router
         .lookup(host, path)
         .map(|m| &app.triggers[*m.value])
-        .ok_or_else(|| {
-            GatewayError::TriggerNotFound(format!("no trigger matches path '{path}'"))
-        })
+        .ok_or_else(|| GatewayError::TriggerNotFound(format!("no trigger matches path '{path}'")))
 }
 
 /// Stage 3: a trigger with `disable_internet` is not served on the public listener.
@@ -311,11 +309,7 @@ fn function_request<B>(
         .path_and_query()
         .map(|pq| pq.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    let stripped = router::strip_prefix(
-        &trigger.config.path,
-        parts.uri.path(),
-        parts.uri.query(),
-    );
+    let stripped = router::strip_prefix(&trigger.config.path, parts.uri.path(), parts.uri.query());
     let authority = request_host(&parts)
         .map(str::to_string)
         .unwrap_or_else(|| "localhost".into());
@@ -361,11 +355,12 @@ fn function_request<B>(
 
 /// The request's host: the URI authority (HTTP/2) or the `Host` header (HTTP/1.1).
 fn request_host(parts: &http::request::Parts) -> Option<&str> {
-    parts
-        .uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+    parts.uri.authority().map(|a| a.as_str()).or_else(|| {
+        parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
@@ -421,7 +416,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_go_including_connection_named_ones() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("close, x-secret-hop"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("close, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("5"));
         h.insert("x-keep", HeaderValue::from_static("1"));

@@ -38,7 +38,7 @@ impl<T> Router<T> {
             None => &mut self.any_host,
         };
         list.push((prefix.to_string(), value));
-        list.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        list.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
     }
 
     /// Finds the most specific route for a request's host (port ignored) and path.
@@ -137,12 +137,22 @@ mod tests {
         let r = router();
         let m = r.lookup(Some("API.example.com:8443"), "/hello/x").unwrap();
         assert_eq!(*m.value, "api-hello");
-        // A host route that does not match the path falls back to host-less routes.
+        // A host match beats a longer host-less prefix...
         assert_eq!(
-            *r.lookup(Some("api.example.com"), "/hello/deep").unwrap().value,
-            "deep"
+            *r.lookup(Some("api.example.com"), "/hello/deep")
+                .unwrap()
+                .value,
+            "api-hello"
         );
-        assert_eq!(*r.lookup(Some("other.com"), "/hello").unwrap().value, "hello");
+        // ...and a host whose routes do not match the path falls back to host-less ones.
+        assert_eq!(
+            *r.lookup(Some("api.example.com"), "/x").unwrap().value,
+            "root"
+        );
+        assert_eq!(
+            *r.lookup(Some("other.com"), "/hello").unwrap().value,
+            "hello"
+        );
     }
 
     #[test]
@@ -154,7 +164,10 @@ mod tests {
 
     #[test]
     fn stripping() {
-        assert_eq!(strip_prefix("/hello", "/hello/a/b", Some("x=1")), "/a/b?x=1");
+        assert_eq!(
+            strip_prefix("/hello", "/hello/a/b", Some("x=1")),
+            "/a/b?x=1"
+        );
         assert_eq!(strip_prefix("/hello", "/hello", None), "/");
         assert_eq!(strip_prefix("/hello", "/hello", Some("x=1")), "/?x=1");
         assert_eq!(strip_prefix("/", "/a/b", None), "/a/b");

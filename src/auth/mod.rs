@@ -50,10 +50,7 @@ impl Authenticator {
     pub fn build(config: &AuthConfig) -> anyhow::Result<Authenticator> {
         match config {
             AuthConfig::Anonymous => Ok(Authenticator::Anonymous),
-            other => anyhow::bail!(
-                "auth '{}' is not available in this version",
-                other.scheme()
-            ),
+            other => anyhow::bail!("auth '{}' is not available in this version", other.scheme()),
         }
     }
 

@@ -273,7 +273,7 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
         max_body_bytes: l.max_body_bytes.unwrap_or(d.max_body_bytes),
         max_async_body_bytes: l.max_async_body_bytes.unwrap_or(d.max_async_body_bytes),
         max_in_flight: NonZeroUsize::new(
-            l.max_in_flight.unwrap_or(d.max_in_flight.get() as u64) as usize,
+            l.max_in_flight.unwrap_or(d.max_in_flight.get() as u64) as usize
         )
         .ok_or_else(|| anyhow!("key `limits.max_in_flight`: must be greater than 0"))?,
         max_connections: NonZeroUsize::new(
@@ -300,7 +300,10 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
     for f in raw.functions {
         let at = format!("function '{}'", f.name);
         if !valid_name(&f.name) {
-            bail!("[[function]] name '{}': must match [a-z0-9-]{{1,64}}", f.name);
+            bail!(
+                "[[function]] name '{}': must match [a-z0-9-]{{1,64}}",
+                f.name
+            );
         }
         if functions.iter().any(|g| g.name == f.name) {
             bail!("[[function]] name '{}': defined twice", f.name);
@@ -369,7 +372,10 @@ fn validate_trigger(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<TriggerConfig> {
     if !valid_name(&t.name) {
-        bail!("[[trigger]] name '{}': must match [a-z0-9-]{{1,64}}", t.name);
+        bail!(
+            "[[trigger]] name '{}': must match [a-z0-9-]{{1,64}}",
+            t.name
+        );
     }
     let at = format!("trigger '{}'", t.name);
     match t.kind.as_deref() {
@@ -471,9 +477,9 @@ fn validate_trigger(
     let auth = match scheme {
         "anonymous" => AuthConfig::Anonymous,
         "signature" => {
-            let s = t
-                .signature
-                .ok_or_else(|| anyhow!("{at}: auth 'signature' needs a [trigger.signature] table"))?;
+            let s = t.signature.ok_or_else(|| {
+                anyhow!("{at}: auth 'signature' needs a [trigger.signature] table")
+            })?;
             if s.keys.is_empty() {
                 bail!("{at}: key `signature.keys`: at least one key is required");
             }
@@ -498,7 +504,10 @@ fn validate_trigger(
             let mut users = Vec::new();
             for u in b.users {
                 if u.username.contains(':') {
-                    bail!("{at}: basic user '{}': a username cannot contain ':'", u.username);
+                    bail!(
+                        "{at}: basic user '{}': a username cannot contain ':'",
+                        u.username
+                    );
                 }
                 let what = format!("{at}: basic user '{}'", u.username);
                 let pw = secret(&what, u.password, u.password_env, env)?;
@@ -566,15 +575,6 @@ fn validate_trigger(
     })
 }
 
-/// Config text used by unit tests elsewhere in the crate.
-#[cfg(test)]
-pub(crate) fn test_config(extra: &str) -> Config {
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[function]]\nname = \"f\"\nwasm = \"f.wasm\"\n\n{extra}"
-    );
-    Config::parse(&text, Path::new("test.toml"), &|_| None).expect("test config is valid")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,7 +607,9 @@ mod tests {
 
     #[test]
     fn unknown_key_names_file_and_key() {
-        let err = parse(&format!("{BASE}bogus = 1\n")).unwrap_err().to_string();
+        let err = parse(&format!("{BASE}bogus = 1\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("dir/w.toml:"), "{err}");
         assert!(err.contains("bogus"), "{err}");
     }

@@ -110,7 +110,9 @@ pub struct GuestStream {
 impl GuestStream {
     fn write(&self, mut buf: &[u8]) {
         self.log.record(buf);
-        let Ok(mut line) = self.line.lock() else { return };
+        let Ok(mut line) = self.line.lock() else {
+            return;
+        };
         while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
             line.extend_from_slice(&buf[..pos]);
             self.log.emit(self.name, &line);
@@ -126,7 +128,9 @@ impl GuestStream {
     }
 
     fn flush_partial(&self) {
-        let Ok(mut line) = self.line.lock() else { return };
+        let Ok(mut line) = self.line.lock() else {
+            return;
+        };
         if !line.is_empty() {
             self.log.emit(self.name, &line);
             line.clear();

@@ -34,7 +34,9 @@ pub struct Function {
 
 impl std::fmt::Debug for Function {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Function").field("name", &self.name).finish()
+        f.debug_struct("Function")
+            .field("name", &self.name)
+            .finish()
     }
 }
 

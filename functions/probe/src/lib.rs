@@ -6,7 +6,7 @@
 //! | `/loop` | spins forever (the host's deadline must stop it) |
 //! | `/trap` | executes `unreachable` |
 //! | `/alloc` | allocates without bound until the memory cap stops it |
-//! | `/sleep?ms=N` | blocks on the monotonic clock for N ms, then answers 200 |
+//! | `/sleep?ms=N` | logs `sleep start`, blocks on the monotonic clock for N ms, answers 200 |
 //! | `/counter` | the number of requests this instance has seen (1 with fresh instances) |
 //! | `/big-headers?n=N` | answers with N bytes of response headers |
 //! | `/log?n=N` | writes N lines to stdout and stderr, then answers 200 |
@@ -103,6 +103,7 @@ impl Guest for Probe {
             }
             "/sleep" => {
                 let ms: u64 = query_param(query, "ms").and_then(|v| v.parse().ok()).unwrap_or(100);
+                let _ = writeln!(std::io::stderr(), "sleep start {ms} ms");
                 wasi::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
                 respond(out, 200, text, b"slept");
             }

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Load benchmark: wasmgate (plain HTTP and TLS) vs `wasmtime serve` on the same hello
+# component vs nginx `return 200` (the ceiling), interleaved, in one run on this machine.
+#
+#   bash bench/load.sh            # 3 rounds of 6 s per server, 32 connections
+#   ROUNDS=5 DURATION=8s CONNS=64 bash bench/load.sh
+#
+# Installs what it needs: wrk and nginx-light (apt), wasmtime-cli 48 (cargo install, ~10 min
+# the first time). Prints a markdown table and writes it to bench/results/load.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-6s}
+CONNS=${CONNS:-32}
+out=bench/results
+mkdir -p "$out"
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+need_apt=()
+command -v wrk >/dev/null || need_apt+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if ! wasmtime --version 2>/dev/null | grep -q '^wasmtime 48\.'; then
+  cargo install wasmtime-cli --version 48.0.8 --locked
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+bash scripts/build-functions.sh >/dev/null
+cargo build --release --quiet
+HELLO=$PWD/functions/target/wasm32-wasip2/release/hello.wasm
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+# wasmgate, plain and TLS: one anonymous trigger at / on the hello component.
+for mode in plain tls; do
+  port=$(free_port)
+  tls_line=""
+  [ "$mode" = tls ] && tls_line="tls = { cert = \"$PWD/certs/localhost.pem\", key = \"$PWD/certs/localhost-key.pem\" }"
+  cat > "$work/$mode.toml" <<TOML
+[server]
+listen = "127.0.0.1:$port"
+$tls_line
+[[function]]
+name = "hello"
+wasm = "$HELLO"
+[[trigger]]
+name = "hello"
+function = "hello"
+path = "/"
+TOML
+  ./target/release/wasmgate serve --config "$work/$mode.toml" >/dev/null 2>"$work/$mode.log" &
+  pids+=($!)
+  eval "PORT_$mode=$port"
+done
+
+PORT_wasmtime=$(free_port)
+wasmtime serve -Scli --addr "127.0.0.1:$PORT_wasmtime" "$HELLO" >/dev/null 2>"$work/wasmtime.log" &
+pids+=($!)
+
+PORT_nginx=$(free_port)
+cat > "$work/nginx.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server { listen 127.0.0.1:$PORT_nginx; location / { return 200 "hello\n"; } }
+}
+NGINX
+"$NGINX" -c "$work/nginx.conf" -p "$work" -g 'daemon off;' &
+pids+=($!)
+
+for p in "$PORT_plain" "$PORT_tls" "$PORT_wasmtime" "$PORT_nginx"; do wait_port "$p"; done
+
+declare -A URL=(
+  [wasmgate-http]="http://127.0.0.1:$PORT_plain/"
+  [wasmgate-https]="https://127.0.0.1:$PORT_tls/"
+  [wasmtime-serve]="http://127.0.0.1:$PORT_wasmtime/"
+  [nginx]="http://127.0.0.1:$PORT_nginx/"
+)
+order=(wasmgate-http wasmtime-serve nginx wasmgate-https)
+for name in "${order[@]}"; do curl -sk -o /dev/null -w "$name warm-up %{http_code}\n" "${URL[$name]}"; done
+
+raw="$work/raw.txt"
+for round in $(seq 1 "$ROUNDS"); do
+  for name in "${order[@]}"; do
+    wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${URL[$name]}" > "$work/wrk.txt"
+    rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/wrk.txt")
+    p99=$(awk '$1=="99%" {print $2}' "$work/wrk.txt")
+    non2xx=$(awk '/Non-2xx/ {print $5}' "$work/wrk.txt")
+    echo "$name $round $rps $p99 ${non2xx:-0}" | tee -a "$raw"
+  done
+done
+
+python3 - "$raw" "$ROUNDS" "$DURATION" "$CONNS" <<'PY' | tee "$out/load.md"
+import sys, statistics
+raw, rounds, dur, conns = sys.argv[1:]
+def ms(s):
+    for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if s.endswith(unit):
+            return float(s[: -len(unit)]) * f
+    return float(s)
+rows = {}
+for line in open(raw):
+    name, _, rps, p99, bad = line.split()
+    rows.setdefault(name, []).append((float(rps), ms(p99), int(bad)))
+med = {n: (statistics.median(r for r, _, _ in v), statistics.median(p for _, p, _ in v), sum(b for _, _, b in v)) for n, v in rows.items()}
+base = med["wasmtime-serve"][0]
+ceiling = med["nginx"][0]
+print(f"wrk -t1 -c{conns} -d{dur} --latency, {rounds} interleaved rounds, median of rounds\n")
+print("| server | requests/s | p99 (ms) | non-2xx | vs wasmtime serve | vs nginx |")
+print("|---|---|---|---|---|---|")
+for n in ["wasmgate-http", "wasmgate-https", "wasmtime-serve", "nginx"]:
+    r, p, b = med[n]
+    print(f"| {n} | {r:,.0f} | {p:.2f} | {b} | {r/base:.2f}x | {r/ceiling:.2f}x |")
+PY
