@@ -20,6 +20,64 @@ pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
         .boxed_unsync()
 }
 
+/// The request body a function reads: streamed from the client, or already buffered
+/// (when authentication needed to see it).
+pub enum RequestBody<B> {
+    Streaming(B),
+    Buffered(Option<Bytes>),
+}
+
+impl<B> Body for RequestBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            RequestBody::Streaming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Buffered(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Streaming(b) => b.is_end_stream(),
+            RequestBody::Buffered(data) => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Streaming(b) => b.size_hint(),
+            RequestBody::Buffered(Some(d)) => SizeHint::with_exact(d.len() as u64),
+            RequestBody::Buffered(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// Reads a whole body, refusing with `None` once it passes `limit` bytes.
+pub async fn collect_limited<B>(
+    body: B,
+    limit: u64,
+) -> Result<Option<Bytes>, wasmtime_wasi_http::Error>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let (limited, too_large) = LimitedBody::new(body, limit);
+    match limited.collect().await {
+        Ok(c) => Ok(Some(c.to_bytes())),
+        Err(_) if too_large.load(Ordering::SeqCst) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// A request body that fails once more than `limit` bytes have been read, and records that
 /// it did so the pipeline can answer 400 EntityTooLarge instead of the function's response.
 pub struct LimitedBody<B> {

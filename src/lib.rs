@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 
-use crate::auth::Authenticator;
+use crate::auth::TriggerAuth;
 use crate::config::{Config, Listener, TriggerConfig};
 use crate::router::Router;
 use crate::runtime::{Function, Runtime};
@@ -33,7 +33,7 @@ use crate::throttle::NodeLimiter;
 #[derive(Debug)]
 pub struct Trigger {
     pub config: TriggerConfig,
-    pub authenticator: Authenticator,
+    pub auth: TriggerAuth,
     /// `None` when the function or qualifier names nothing deployed (=> 404 FunctionNotFound).
     pub function: Option<Arc<Function>>,
 }
@@ -66,7 +66,7 @@ impl App {
         let mut triggers = Vec::new();
         let mut router = Router::new();
         for (i, t) in config.triggers.iter().enumerate() {
-            let authenticator = Authenticator::build(&t.auth)
+            let auth = TriggerAuth::build(t)
                 .with_context(|| format!("{}: trigger '{}'", config.path.display(), t.name))?;
             let function = if t.qualifier == "LATEST" {
                 runtime.function(&t.function).cloned()
@@ -82,7 +82,7 @@ impl App {
             router.insert(t.host.as_deref(), &t.path, i);
             triggers.push(Trigger {
                 config: t.clone(),
-                authenticator,
+                auth,
                 function,
             });
         }

@@ -18,7 +18,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
 
 use crate::auth::{AuthRequest, Principal};
-use crate::body::{LimitedBody, ResponseBody, full};
+use crate::body::{LimitedBody, RequestBody, ResponseBody, collect_limited, full};
 use crate::config::Listener;
 use crate::error::GatewayError;
 use crate::router;
@@ -129,7 +129,7 @@ impl App {
         record.trigger = Some(trigger.config.name.clone());
         listener_policy(trigger, conn)?;
         method_filter(trigger, &parts)?;
-        let principal = authenticate(trigger, &mut parts, conn)?;
+        let (principal, body) = authenticate(self, trigger, &mut parts, body, conn).await?;
         record.principal = Some(principal.id());
         let function = trigger.function.as_ref().ok_or_else(|| {
             GatewayError::FunctionNotFound(format!(
@@ -240,16 +240,50 @@ pub fn method_filter(trigger: &Trigger, parts: &http::request::Parts) -> Result<
     }
 }
 
-/// Stage 5: the trigger's authentication scheme => the caller's [`Principal`].
-pub fn authenticate(
+/// Stage 5: the trigger's authentication scheme => the caller's [`Principal`]
+/// (400 `MissingRequiredHeader`, 401 `Unauthorized`, 403 `SignatureNotMatch` /
+/// `InvalidAccessKeyID` / `AccessDenied`). When the check needs the body (an ACS3 body hash,
+/// a JWT in a form field) the body is read here, within `max_body_bytes`, and handed on
+/// buffered.
+pub async fn authenticate<B>(
+    app: &App,
     trigger: &Trigger,
     parts: &mut http::request::Parts,
+    body: B,
     conn: &ConnInfo,
-) -> Result<Principal, GatewayError> {
-    trigger.authenticator.authenticate(AuthRequest {
+) -> Result<(Principal, RequestBody<B>), GatewayError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let function_path = match router::strip_prefix(&trigger.config.path, parts.uri.path(), None) {
+        p if p.is_empty() => "/".to_string(),
+        p => p,
+    };
+    let (buffered, body) = if trigger.auth.needs_body(parts) {
+        let limit = app.config.limits.max_body_bytes;
+        let bytes = collect_limited(body, limit)
+            .await
+            .map_err(|e| {
+                GatewayError::InvalidArgument(format!("cannot read the request body: {e}"))
+            })?
+            .ok_or_else(|| {
+                GatewayError::EntityTooLarge(format!(
+                    "request body is over the limit of {limit} bytes"
+                ))
+            })?;
+        (Some(bytes.clone()), RequestBody::Buffered(Some(bytes)))
+    } else {
+        (None, RequestBody::Streaming(body))
+    };
+    let principal = trigger.auth.authenticate(AuthRequest {
         parts,
+        body: buffered.as_deref(),
         client_ip: conn.peer.ip(),
-    })
+        function_path: &function_path,
+        now: chrono::Utc::now(),
+    })?;
+    Ok((principal, body))
 }
 
 /// Stage 6: draining (503), then function and node capacity (429 / 503).
@@ -332,9 +366,6 @@ fn function_request<B>(
         .collect();
     for k in foreign {
         headers.remove(&k);
-    }
-    if trigger.authenticator.uses_credentials() && !trigger.config.pass_credentials {
-        headers.remove(header::AUTHORIZATION);
     }
     let c = &trigger.config;
     let set = |headers: &mut HeaderMap, name: &'static str, value: &str| {

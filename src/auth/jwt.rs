@@ -1,0 +1,554 @@
+//! JWT bearer tokens verified against a JWKS (SPEC section 4.4).
+//!
+//! The JWKS is parsed once at start-up; a bad file is a start-up error. Keys are chosen by
+//! `kid` (at most one key without one). Algorithms are pinned by the config and by each key's
+//! family, so `none` and algorithm confusion (an HMAC "signature" made with an RSA public key)
+//! cannot verify. `exp` is required; `exp`/`nbf` are checked against an injected "now" with
+//! `leeway_s`; `iss`/`aud` when configured.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::str::FromStr;
+
+use anyhow::{Context, Result, anyhow, bail};
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+
+use crate::config::JwtConfig;
+use crate::error::GatewayError;
+
+/// Where a token may be found, tried in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Header { name: String, prefix: String },
+    Cookie(String),
+    Query(String),
+    Form(String),
+}
+
+/// Where a claim is copied to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PassTarget {
+    Header(http::HeaderName),
+    Query(String),
+}
+
+#[derive(Debug, Clone)]
+struct ClaimPass {
+    claim: String,
+    target: PassTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PathRule {
+    All,
+    Whitelist(Vec<String>),
+    Blacklist(Vec<String>),
+}
+
+struct Key {
+    kid: Option<String>,
+    key: DecodingKey,
+    validation: Validation,
+}
+
+pub struct JwtAuth {
+    keys: Vec<Key>,
+    lookups: Vec<Lookup>,
+    passes: Vec<ClaimPass>,
+    rule: PathRule,
+    leeway: i64,
+}
+
+impl std::fmt::Debug for JwtAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtAuth")
+            .field("keys", &self.keys.len())
+            .field("lookups", &self.lookups)
+            .finish()
+    }
+}
+
+/// The outcome of a JWT check.
+#[derive(Debug, PartialEq, Eq)]
+pub enum JwtOutcome {
+    /// The path is exempt (whitelist, or not on the blacklist).
+    Skipped,
+    /// A valid token; its `sub` claim (empty if absent).
+    Valid { subject: String },
+}
+
+fn invalid(message: &str) -> GatewayError {
+    GatewayError::Unauthorized {
+        message: message.to_string(),
+        www_authenticate: "Bearer error=\"invalid_token\"".to_string(),
+    }
+}
+
+fn family(alg: Algorithm) -> &'static str {
+    use Algorithm::*;
+    match alg {
+        HS256 | HS384 | HS512 => "oct",
+        RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => "RSA",
+        ES256 | ES384 => "EC",
+        EdDSA => "OKP",
+    }
+}
+
+/// Parses `token_lookup`: `header:Authorization:Bearer ,cookie:token,query:access_token,form:t`.
+pub fn parse_lookups(spec: &str) -> Result<Vec<Lookup>> {
+    let mut out = Vec::new();
+    for entry in spec.split(',') {
+        if entry.trim().is_empty() {
+            continue;
+        }
+        let mut parts = entry.splitn(3, ':');
+        let source = parts.next().unwrap_or("").trim();
+        let name = parts.next().unwrap_or("").trim().to_string();
+        if name.is_empty() {
+            bail!("key `jwt.token_lookup`: '{entry}' needs a name (source:name)");
+        }
+        out.push(match source {
+            "header" => {
+                http::HeaderName::from_str(&name).map_err(|_| {
+                    anyhow!("key `jwt.token_lookup`: '{name}' is not a header name")
+                })?;
+                Lookup::Header {
+                    name: name.to_ascii_lowercase(),
+                    prefix: parts.next().unwrap_or("").to_string(),
+                }
+            }
+            "cookie" => Lookup::Cookie(name),
+            "query" => Lookup::Query(name),
+            "form" => Lookup::Form(name),
+            other => bail!(
+                "key `jwt.token_lookup`: source '{other}' is not one of header, cookie, query, form"
+            ),
+        });
+    }
+    if out.is_empty() {
+        bail!("key `jwt.token_lookup`: at least one source is required");
+    }
+    Ok(out)
+}
+
+fn parse_passes(spec: &str) -> Result<Vec<ClaimPass>> {
+    let mut out = Vec::new();
+    for entry in spec.split(',').filter(|e| !e.trim().is_empty()) {
+        let parts: Vec<&str> = entry.trim().splitn(3, ':').collect();
+        let [target, claim, name] = parts[..] else {
+            bail!(
+                "key `jwt.claim_pass_by`: '{entry}' must be header:claim:Name or query:claim:name"
+            );
+        };
+        let target =
+            match target {
+                "header" => PassTarget::Header(http::HeaderName::from_str(name).map_err(|_| {
+                    anyhow!("key `jwt.claim_pass_by`: '{name}' is not a header name")
+                })?),
+                "query" => PassTarget::Query(name.to_string()),
+                other => bail!("key `jwt.claim_pass_by`: target '{other}' is not header or query"),
+            };
+        out.push(ClaimPass {
+            claim: claim.to_string(),
+            target,
+        });
+    }
+    Ok(out)
+}
+
+/// Parses a JWKS document into keys, each with the algorithms it may verify.
+fn load_keys(jwks: &str, source: &Path, config: &JwtConfig) -> Result<Vec<Key>> {
+    let mut allowed = Vec::new();
+    for a in &config.algorithms {
+        if a.eq_ignore_ascii_case("none") {
+            bail!("key `jwt.algorithms`: 'none' is never accepted");
+        }
+        allowed.push(
+            Algorithm::from_str(a)
+                .map_err(|_| anyhow!("key `jwt.algorithms`: '{a}' is not a JWT algorithm"))?,
+        );
+    }
+    let set: JwkSet = serde_json::from_str(jwks)
+        .with_context(|| format!("{}: not a valid JWKS", source.display()))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let kid = jwk.common.key_id.clone();
+        let kty = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => "RSA",
+            AlgorithmParameters::EllipticCurve(_) => "EC",
+            AlgorithmParameters::OctetKeyPair(_) => "OKP",
+            AlgorithmParameters::OctetKey(_) => "oct",
+        };
+        let mut algorithms: Vec<Algorithm> = allowed
+            .iter()
+            .copied()
+            .filter(|a| family(*a) == kty)
+            .collect();
+        if let Some(pinned) = jwk.common.key_algorithm {
+            let pinned = Algorithm::from_str(&format!("{pinned:?}")).ok();
+            algorithms.retain(|a| Some(*a) == pinned);
+        }
+        let name = kid.as_deref().unwrap_or("(no kid)");
+        if algorithms.is_empty() {
+            tracing::warn!(
+                "{}: key {name} ({kty}) matches none of the configured algorithms; it is ignored",
+                source.display()
+            );
+            continue;
+        }
+        let key = DecodingKey::from_jwk(jwk)
+            .map_err(|e| anyhow!("{}: key {name}: {e}", source.display()))?;
+        let mut validation = Validation::new(algorithms[0]);
+        validation.algorithms = algorithms;
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.required_spec_claims = HashSet::new();
+        validation.leeway = config.leeway_s;
+        if let Some(iss) = &config.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        if config.audience.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&config.audience);
+        }
+        keys.push(Key {
+            kid,
+            key,
+            validation,
+        });
+    }
+    if keys.is_empty() {
+        bail!(
+            "{}: no key usable with algorithms {:?}",
+            source.display(),
+            config.algorithms
+        );
+    }
+    if keys.iter().filter(|k| k.kid.is_none()).count() > 1 {
+        bail!("{}: at most one key may have no `kid`", source.display());
+    }
+    let mut seen = HashSet::new();
+    for k in keys.iter().filter_map(|k| k.kid.as_deref()) {
+        if !seen.insert(k) {
+            bail!("{}: kid '{k}' appears twice", source.display());
+        }
+    }
+    Ok(keys)
+}
+
+fn path_matches(pattern: &str, path: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => pattern == path,
+    }
+}
+
+fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim())
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| percent_decode_str(k).decode_utf8_lossy() == name)
+        .map(|(_, v)| {
+            percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+}
+
+/// Rewrites the query of `uri` without `name`, and with `extra` pairs appended.
+fn rewrite_query(
+    uri: &http::Uri,
+    remove: &[&str],
+    extra: &[(String, String)],
+) -> Option<http::Uri> {
+    let kept: Vec<&str> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            let k = p.split_once('=').map_or(*p, |(k, _)| k);
+            let k = percent_decode_str(k).decode_utf8_lossy();
+            !remove.iter().any(|r| *r == k)
+        })
+        .collect();
+    let mut query = kept.join("&");
+    for (k, v) in extra {
+        if !query.is_empty() {
+            query.push('&');
+        }
+        query.push_str(&utf8_percent_encode(k, NON_ALPHANUMERIC).to_string());
+        query.push('=');
+        query.push_str(&utf8_percent_encode(v, NON_ALPHANUMERIC).to_string());
+    }
+    let pq = if query.is_empty() {
+        uri.path().to_string()
+    } else {
+        format!("{}?{query}", uri.path())
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pq.parse().ok()?);
+    http::Uri::from_parts(parts).ok()
+}
+
+fn claim_string(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+impl JwtAuth {
+    /// Builds from config, reading and parsing the JWKS file.
+    pub fn new(config: &JwtConfig) -> Result<Self> {
+        let text = std::fs::read_to_string(&config.jwks_file)
+            .with_context(|| format!("{}: cannot read JWKS", config.jwks_file.display()))?;
+        Self::from_jwks(&text, config)
+    }
+
+    pub fn from_jwks(jwks: &str, config: &JwtConfig) -> Result<Self> {
+        let keys = load_keys(jwks, &config.jwks_file, config)?;
+        let rule = if !config.whitelist.is_empty() {
+            PathRule::Whitelist(config.whitelist.clone())
+        } else if !config.blacklist.is_empty() {
+            PathRule::Blacklist(config.blacklist.clone())
+        } else {
+            PathRule::All
+        };
+        Ok(JwtAuth {
+            keys,
+            lookups: parse_lookups(&config.token_lookup)?,
+            passes: parse_passes(&config.claim_pass_by)?,
+            rule,
+            leeway: i64::try_from(config.leeway_s).unwrap_or(i64::MAX),
+        })
+    }
+
+    /// Whether the request needs its body for the lookup (a form field, form-encoded body).
+    pub fn needs_body(&self, parts: &http::request::Parts) -> bool {
+        self.lookups.iter().any(|l| matches!(l, Lookup::Form(_)))
+            && parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
+    }
+
+    /// Checks the request. `path` is the path the function sees; `now` is unix seconds.
+    /// On success credentials are removed (unless `pass_credentials`) and claims are copied.
+    pub fn verify(
+        &self,
+        parts: &mut http::request::Parts,
+        body: Option<&[u8]>,
+        path: &str,
+        now: i64,
+        pass_credentials: bool,
+    ) -> Result<JwtOutcome, GatewayError> {
+        let protected = match &self.rule {
+            PathRule::All => true,
+            PathRule::Whitelist(list) => !list.iter().any(|p| path_matches(p, path)),
+            PathRule::Blacklist(list) => list.iter().any(|p| path_matches(p, path)),
+        };
+        if !protected {
+            return Ok(JwtOutcome::Skipped);
+        }
+        let (token, found_by) = self
+            .find_token(parts, body)
+            .ok_or_else(|| invalid("a JWT is expected but missing"))?;
+        let header =
+            jsonwebtoken::decode_header(&token).map_err(|_| invalid("the JWT is malformed"))?;
+        let key = match &header.kid {
+            Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
+            None => self.keys.iter().find(|k| k.kid.is_none()),
+        }
+        .ok_or_else(|| invalid("the JWT is signed with an unknown key"))?;
+        let data = jsonwebtoken::decode::<serde_json::Value>(&token, &key.key, &key.validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind::*;
+                match e.kind() {
+                    InvalidIssuer => invalid("the JWT issuer is not accepted"),
+                    InvalidAudience => invalid("the JWT audience is not accepted"),
+                    InvalidAlgorithm => invalid("the JWT algorithm is not accepted"),
+                    _ => invalid("the JWT is invalid"),
+                }
+            })?;
+        let claims = data.claims;
+        let exp = claims
+            .get("exp")
+            .and_then(|v| v.as_f64())
+            .ok_or_else(|| invalid("the JWT has no exp claim"))?;
+        if (now as f64) > exp + self.leeway as f64 {
+            return Err(invalid("the JWT has expired"));
+        }
+        if let Some(nbf) = claims.get("nbf").and_then(|v| v.as_f64())
+            && (now as f64) + (self.leeway as f64) < nbf
+        {
+            return Err(invalid("the JWT is not valid yet"));
+        }
+
+        // Claims the client might try to set itself are always cleared first.
+        let mut extra_query = Vec::new();
+        let mut remove_query: Vec<&str> = Vec::new();
+        for pass in &self.passes {
+            match &pass.target {
+                PassTarget::Header(name) => {
+                    parts.headers.remove(name);
+                    if let Some(v) = claims.get(&pass.claim).and_then(claim_string)
+                        && let Ok(v) = http::HeaderValue::from_str(&v)
+                    {
+                        parts.headers.insert(name.clone(), v);
+                    }
+                }
+                PassTarget::Query(name) => {
+                    remove_query.push(name);
+                    if let Some(v) = claims.get(&pass.claim).and_then(claim_string) {
+                        extra_query.push((name.clone(), v));
+                    }
+                }
+            }
+        }
+        if !pass_credentials {
+            match &found_by {
+                Lookup::Header { name, .. } => {
+                    parts.headers.remove(name.as_str());
+                }
+                Lookup::Cookie(name) => strip_cookie(&mut parts.headers, name),
+                Lookup::Query(name) => remove_query.push(name),
+                Lookup::Form(_) => {}
+            }
+        }
+        if !remove_query.is_empty() || !extra_query.is_empty() {
+            if let Some(uri) = rewrite_query(&parts.uri, &remove_query, &extra_query) {
+                parts.uri = uri;
+            }
+        }
+        let subject = claims.get("sub").and_then(claim_string).unwrap_or_default();
+        Ok(JwtOutcome::Valid { subject })
+    }
+
+    fn find_token(
+        &self,
+        parts: &http::request::Parts,
+        body: Option<&[u8]>,
+    ) -> Option<(String, Lookup)> {
+        for lookup in &self.lookups {
+            let found = match lookup {
+                Lookup::Header { name, prefix } => parts
+                    .headers
+                    .get(name.as_str())
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| {
+                        if prefix.is_empty() {
+                            Some(v.trim().to_string())
+                        } else if v.len() >= prefix.len()
+                            && v[..prefix.len()].eq_ignore_ascii_case(prefix)
+                        {
+                            Some(v[prefix.len()..].trim().to_string())
+                        } else {
+                            None
+                        }
+                    }),
+                Lookup::Cookie(name) => cookie(&parts.headers, name).map(str::to_string),
+                Lookup::Query(name) => parts.uri.query().and_then(|q| query_param(q, name)),
+                Lookup::Form(name) => body
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .and_then(|b| query_param(b, name)),
+            };
+            if let Some(token) = found.filter(|t| !t.is_empty()) {
+                return Some((token, lookup.clone()));
+            }
+        }
+        None
+    }
+}
+
+fn strip_cookie(headers: &mut http::HeaderMap, name: &str) {
+    let rest: Vec<String> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && c.split_once('=').map_or(*c, |(k, _)| k) != name)
+        .map(str::to_string)
+        .collect();
+    headers.remove(http::header::COOKIE);
+    if !rest.is_empty()
+        && let Ok(v) = http::HeaderValue::from_str(&rest.join("; "))
+    {
+        headers.insert(http::header::COOKIE, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_parse_in_order() {
+        let l =
+            parse_lookups("header:Authorization:Bearer ,cookie:token,query:access_token,form:jwt")
+                .unwrap();
+        assert_eq!(
+            l,
+            vec![
+                Lookup::Header {
+                    name: "authorization".into(),
+                    prefix: "Bearer ".into()
+                },
+                Lookup::Cookie("token".into()),
+                Lookup::Query("access_token".into()),
+                Lookup::Form("jwt".into()),
+            ]
+        );
+        assert!(parse_lookups("body:x").is_err());
+        assert!(parse_lookups("header").is_err());
+    }
+
+    #[test]
+    fn path_patterns() {
+        assert!(path_matches("/public/*", "/public/a/b"));
+        assert!(path_matches("/public/*", "/public/"));
+        assert!(!path_matches("/public/*", "/publicx"));
+        assert!(path_matches("/health", "/health"));
+        assert!(!path_matches("/health", "/health/x"));
+    }
+
+    #[test]
+    fn query_rewrite_removes_and_appends() {
+        let uri: http::Uri = "http://h/p?access_token=abc&a=1&uid=spoof".parse().unwrap();
+        let out = rewrite_query(
+            &uri,
+            &["access_token", "uid"],
+            &[("uid".into(), "user 1".into())],
+        )
+        .unwrap();
+        assert_eq!(
+            out.path_and_query().unwrap().as_str(),
+            "/p?a=1&uid=user%201"
+        );
+    }
+
+    #[test]
+    fn cookies_are_stripped_by_name() {
+        let mut h = http::HeaderMap::new();
+        h.insert("cookie", "a=1; token=secret; b=2".parse().unwrap());
+        strip_cookie(&mut h, "token");
+        assert_eq!(h["cookie"], "a=1; b=2");
+    }
+}
