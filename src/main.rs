@@ -1,4 +1,4 @@
-//! The `wasmgate` command line: `serve`, `check`.
+//! The `wasmgate` command line: `serve`, `check`, `sign`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +47,21 @@ enum Command {
         #[arg(long, default_value = "wasmgate.toml")]
         config: PathBuf,
     },
+    /// Print the headers (ACS3-HMAC-SHA256) that sign a request to URL, one `Name: value` per
+    /// line: `curl -H @<(wasmgate sign --key-id AK1 --secret-env AK1_SECRET URL) URL`.
+    Sign {
+        /// The access key id.
+        #[arg(long)]
+        key_id: String,
+        /// The environment variable holding the key's secret.
+        #[arg(long)]
+        secret_env: String,
+        /// The request method.
+        #[arg(short = 'X', long = "request", default_value = "GET")]
+        method: String,
+        /// The URL to sign (only its path and query are signed).
+        url: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,6 +70,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::Check { config } => check(config),
+        Command::Sign {
+            key_id,
+            secret_env,
+            method,
+            url,
+        } => sign(&key_id, &secret_env, &method, &url),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,6 +120,28 @@ fn check(config: PathBuf) -> Result<()> {
         app.config.functions.len(),
         app.triggers.len()
     );
+    Ok(())
+}
+
+fn sign(key_id: &str, secret_env: &str, method: &str, url: &str) -> Result<()> {
+    let secret = std::env::var(secret_env).map_err(|_| {
+        anyhow::anyhow!("--secret-env: environment variable '{secret_env}' is not set")
+    })?;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| anyhow::anyhow!("URL '{url}' is not valid: {e}"))?;
+    let method = method.to_ascii_uppercase();
+    let headers = wasmgate::auth::signature::sign_acs3(
+        key_id,
+        &secret,
+        &method,
+        uri.path(),
+        uri.query().unwrap_or(""),
+        chrono::Utc::now(),
+    );
+    for (name, value) in headers {
+        println!("{name}: {value}");
+    }
     Ok(())
 }
 

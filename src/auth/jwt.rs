@@ -432,10 +432,10 @@ impl JwtAuth {
                 Lookup::Form(_) => {}
             }
         }
-        if !remove_query.is_empty() || !extra_query.is_empty() {
-            if let Some(uri) = rewrite_query(&parts.uri, &remove_query, &extra_query) {
-                parts.uri = uri;
-            }
+        if (!remove_query.is_empty() || !extra_query.is_empty())
+            && let Some(uri) = rewrite_query(&parts.uri, &remove_query, &extra_query)
+        {
+            parts.uri = uri;
         }
         let subject = claims.get("sub").and_then(claim_string).unwrap_or_default();
         Ok(JwtOutcome::Valid { subject })
