@@ -27,7 +27,7 @@ use crate::auth::TriggerAuth;
 use crate::config::{Config, Listener, TriggerConfig};
 use crate::router::Router;
 use crate::runtime::{Function, Runtime};
-use crate::throttle::NodeLimiter;
+use crate::throttle::{NodeLimiter, RateLimit};
 
 /// A trigger with everything it needs at request time.
 #[derive(Debug)]
@@ -36,6 +36,7 @@ pub struct Trigger {
     pub auth: TriggerAuth,
     /// `None` when the function or qualifier names nothing deployed (=> 404 FunctionNotFound).
     pub function: Option<Arc<Function>>,
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Where a request came in.
@@ -84,6 +85,7 @@ impl App {
                 config: t.clone(),
                 auth,
                 function,
+                rate_limit: t.rate_limit.as_ref().map(|r| RateLimit::new(&t.name, r)),
             });
         }
         Ok(App {
@@ -104,6 +106,15 @@ impl App {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Drops rate-limit state for keys whose buckets have refilled (see [`RateLimit::sweep`]).
+    pub fn sweep_rate_limits(&self) {
+        for t in &self.triggers {
+            if let Some(r) = &t.rate_limit {
+                r.sweep();
+            }
+        }
     }
 
     /// The route table, one line per trigger (for `wasmgate check`).

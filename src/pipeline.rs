@@ -143,7 +143,7 @@ impl App {
                 trigger.config.name
             )));
         }
-        let admission = admit(self, function)?;
+        let admission = admit(self, trigger, &principal, conn, function)?;
         let request = function_request(trigger, parts, body, conn, request_id);
         dispatch(self, function, request, conn, request_id, admission).await
     }
@@ -286,13 +286,23 @@ where
     Ok((principal, body))
 }
 
-/// Stage 6: draining (503), then function and node capacity (429 / 503).
-pub fn admit(app: &App, function: &Function) -> Result<Admission, GatewayError> {
+/// Stage 6: draining (503), the trigger's rate limit (429), then function and node capacity
+/// (429 / 503). Nothing here allocates an instance; a refusal costs microseconds.
+pub fn admit(
+    app: &App,
+    trigger: &Trigger,
+    principal: &Principal,
+    conn: &ConnInfo,
+    function: &Function,
+) -> Result<Admission, GatewayError> {
     if app.is_draining() {
         return Err(GatewayError::ResourceThrottled {
             message: "this node is shutting down".into(),
             retry_after_s: 1,
         });
+    }
+    if let Some(limit) = &trigger.rate_limit {
+        limit.check(principal, conn.peer.ip())?;
     }
     app.node.admit(function)
 }

@@ -74,7 +74,21 @@ pub async fn run(app: Arc<App>, shutdown: impl Future<Output = ()>) -> Result<()
         )));
     }
 
+    // Rate-limit state is swept while serving so that many distinct keys cannot grow it
+    // without bound.
+    let sweeper = tokio::spawn({
+        let app = app.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                app.sweep_rate_limits();
+            }
+        }
+    });
+
     shutdown.await;
+    sweeper.abort();
     tracing::info!("shutting down: draining in-flight requests");
     app.start_draining();
     let _ = stop_tx.send(true);

@@ -146,6 +146,17 @@ impl TestServer {
         false
     }
 
+    /// Waits (bounded) until `needle` appears at least `n` times in the server's log.
+    pub fn wait_for_count(&self, needle: &str, n: usize) -> bool {
+        for _ in 0..400 {
+            if self.stderr_text().matches(needle).count() >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        false
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
