@@ -39,6 +39,9 @@ pub enum GatewayError {
     /// The trigger's function or qualifier names nothing deployed.
     #[error("{0}")]
     FunctionNotFound(String),
+    /// No async task with this id (admin API).
+    #[error("{0}")]
+    TaskNotFound(String),
     /// An async task id was reused.
     #[error("{0}")]
     TaskAlreadyExists(String),
@@ -72,7 +75,7 @@ impl GatewayError {
             }
             Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             SignatureNotMatch(_) | InvalidAccessKeyId(_) | AccessDenied(_) => StatusCode::FORBIDDEN,
-            TriggerNotFound(_) | FunctionNotFound(_) => StatusCode::NOT_FOUND,
+            TriggerNotFound(_) | FunctionNotFound(_) | TaskNotFound(_) => StatusCode::NOT_FOUND,
             TaskAlreadyExists(_) => StatusCode::CONFLICT,
             ResourceExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -95,6 +98,7 @@ impl GatewayError {
             AccessDenied(_) => "AccessDenied",
             TriggerNotFound(_) => "TriggerNotFound",
             FunctionNotFound(_) => "FunctionNotFound",
+            TaskNotFound(_) => "TaskNotFound",
             TaskAlreadyExists(_) => "TaskAlreadyExists",
             ResourceExhausted { .. } => "ResourceExhausted",
             ResourceThrottled { .. } => "ResourceThrottled",

@@ -7,11 +7,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
 pub mod pipeline;
+pub mod queue;
 pub mod router;
 pub mod runtime;
 pub mod server;
@@ -25,6 +27,7 @@ use anyhow::{Context, Result};
 
 use crate::auth::TriggerAuth;
 use crate::config::{Config, Listener, TriggerConfig};
+use crate::queue::Queue;
 use crate::router::Router;
 use crate::runtime::{Function, Runtime};
 use crate::throttle::{NodeLimiter, RateLimit};
@@ -54,6 +57,8 @@ pub struct App {
     pub router: Router<usize>,
     pub runtime: Runtime,
     pub node: NodeLimiter,
+    /// The durable async queue, opened when a trigger enables async invocation.
+    pub queue: Option<Arc<Queue>>,
     draining: AtomicBool,
     /// Warnings found while building (shown by `check`).
     pub warnings: Vec<String>,
@@ -88,8 +93,21 @@ impl App {
                 rate_limit: t.rate_limit.as_ref().map(|r| RateLimit::new(&t.name, r)),
             });
         }
+        let wants_queue = config
+            .triggers
+            .iter()
+            .any(|t| t.async_.as_ref().is_some_and(|a| a.enabled));
+        let queue = if wants_queue {
+            Some(Arc::new(Queue::open(
+                &config.server.data_dir,
+                &config.queue,
+            )?))
+        } else {
+            None
+        };
         Ok(App {
             node: NodeLimiter::new(config.limits.max_in_flight.get()),
+            queue,
             config,
             triggers,
             router,
@@ -97,6 +115,12 @@ impl App {
             draining: AtomicBool::new(false),
             warnings,
         })
+    }
+
+    /// Starts the async workers (when the queue is open). They stop when the app drains.
+    pub fn start_workers(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let queue = self.queue.clone()?;
+        Some(tokio::spawn(queue::worker::run(self.clone(), queue)))
     }
 
     /// From now on new requests are refused with 503 while in-flight ones finish.

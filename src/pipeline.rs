@@ -6,8 +6,9 @@
 //! 3. [`listener_policy`]: `disable_internet` => 403
 //! 4. [`method_filter`]: the trigger's methods => 403
 //! 5. [`authenticate`]: the trigger's scheme => 400/401/403
-//! 6. [`admit`]: draining, node and function capacity => 429/503
-//! 7. [`dispatch`]: run the function (sync); async lands here with the queue
+//! 6. [`throttle`]: draining (503), the trigger's rate limit (429)
+//! 7. [`dispatch`]: sync => function and node capacity (429/503), then run the function;
+//!    async => [`enqueue`]: persist the request durably, then 202
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -137,13 +138,11 @@ impl App {
                 trigger.config.function, trigger.config.qualifier
             ))
         })?;
+        throttle(self, trigger, &principal, conn)?;
         if invocation_type == InvocationType::Async {
-            return Err(GatewayError::InvalidArgument(format!(
-                "trigger '{}' does not accept async invocations",
-                trigger.config.name
-            )));
+            return enqueue(self, trigger, parts, body, conn, request_id).await;
         }
-        let admission = admit(self, trigger, &principal, conn, function)?;
+        let admission = self.node.admit(function)?;
         let request = function_request(trigger, parts, body, conn, request_id);
         dispatch(self, function, request, conn, request_id, admission).await
     }
@@ -286,15 +285,15 @@ where
     Ok((principal, body))
 }
 
-/// Stage 6: draining (503), the trigger's rate limit (429), then function and node capacity
-/// (429 / 503). Nothing here allocates an instance; a refusal costs microseconds.
-pub fn admit(
+/// Stage 6: draining (503), then the trigger's rate limit (429). The function and node
+/// capacity of sync requests is taken right after (see [`crate::throttle::NodeLimiter`]).
+/// Nothing here allocates an instance; a refusal costs microseconds.
+pub fn throttle(
     app: &App,
     trigger: &Trigger,
     principal: &Principal,
     conn: &ConnInfo,
-    function: &Function,
-) -> Result<Admission, GatewayError> {
+) -> Result<(), GatewayError> {
     if app.is_draining() {
         return Err(GatewayError::ResourceThrottled {
             message: "this node is shutting down".into(),
@@ -304,7 +303,134 @@ pub fn admit(
     if let Some(limit) = &trigger.rate_limit {
         limit.check(principal, conn.peer.ip())?;
     }
-    app.node.admit(function)
+    Ok(())
+}
+
+/// Stage 7 (async): validate the async headers, commit the whole request (as the function
+/// will see it) to the durable queue, then answer 202 with the task id.
+///
+/// 400 `InvalidArgument`: the trigger has no enabled `async` table, a bad
+/// `X-Fc-Async-Task-Id`, `X-Fc-Async-Delay` or `X-Callback-Url` (whose host must be in
+/// `callback_hosts`: an SSRF guard); 400 `EntityTooLarge` over `max_async_body_bytes`;
+/// 409 `TaskAlreadyExists` for a reused id.
+pub async fn enqueue<B>(
+    app: &App,
+    trigger: &Trigger,
+    parts: http::request::Parts,
+    body: B,
+    conn: &ConnInfo,
+    request_id: &Arc<str>,
+) -> Result<Response<ResponseBody>, GatewayError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let invalid = |m: String| GatewayError::InvalidArgument(m);
+    let config = trigger
+        .config
+        .async_
+        .as_ref()
+        .filter(|a| a.enabled)
+        .ok_or_else(|| {
+            invalid(format!(
+                "trigger '{}' does not accept async invocations",
+                trigger.config.name
+            ))
+        })?;
+    let queue = app
+        .queue
+        .as_ref()
+        .ok_or_else(|| GatewayError::Internal("the async queue is not running".into()))?;
+    let header = |name: &str| -> Result<Option<String>, GatewayError> {
+        match parts.headers.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .to_str()
+                .map(|s| Some(s.trim().to_string()))
+                .map_err(|_| invalid(format!("{name} is not valid text"))),
+        }
+    };
+    let task_id = match header("x-fc-async-task-id")? {
+        Some(id) if crate::queue::valid_task_id(&id) => id,
+        Some(_) => {
+            return Err(invalid(
+                "X-Fc-Async-Task-Id must match [A-Za-z_][A-Za-z0-9_-]{0,127}".into(),
+            ));
+        }
+        None => request_id.to_string(),
+    };
+    let delay_s: i64 = match header("x-fc-async-delay")? {
+        None => 0,
+        Some(d) => d
+            .parse::<i64>()
+            .ok()
+            .filter(|d| (0..=3600).contains(d))
+            .ok_or_else(|| {
+                invalid("X-Fc-Async-Delay must be a whole number of seconds from 0 to 3600".into())
+            })?,
+    };
+    let callback_url = match header("x-callback-url")? {
+        None => None,
+        Some(url) => {
+            let uri: http::Uri = url
+                .parse()
+                .map_err(|_| invalid("X-Callback-Url is not a URL".into()))?;
+            let host = uri.host().map(|h| h.to_ascii_lowercase());
+            let scheme_ok = matches!(uri.scheme_str(), Some("http") | Some("https"));
+            match host {
+                Some(h) if scheme_ok && config.callback_hosts.contains(&h) => Some(url),
+                _ => {
+                    return Err(invalid(
+                        "X-Callback-Url must be an http(s) URL on one of the trigger's callback_hosts"
+                            .to_string(),
+                    ));
+                }
+            }
+        }
+    };
+    let limit = app.config.limits.max_async_body_bytes;
+    let request = function_request(trigger, parts, body, conn, request_id);
+    let (parts, body) = request.into_parts();
+    let body = collect_limited(body, limit)
+        .await
+        .map_err(|e| invalid(format!("cannot read the request body: {e}")))?
+        .ok_or_else(|| {
+            GatewayError::EntityTooLarge(format!(
+                "async request body is over the limit of {limit} bytes"
+            ))
+        })?;
+    let now = crate::queue::now_ms();
+    queue
+        .submit(crate::queue::NewTask {
+            id: task_id.clone(),
+            request_id: request_id.to_string(),
+            trigger: trigger.config.name.clone(),
+            function: trigger.config.function.clone(),
+            method: parts.method.to_string(),
+            path: parts.uri.to_string(),
+            headers: parts
+                .headers
+                .iter()
+                .filter(|(k, _)| {
+                    !matches!(
+                        k.as_str(),
+                        "x-fc-invocation-type" | "x-callback-url" | "x-fc-async-delay"
+                    )
+                })
+                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            body: body.to_vec(),
+            callback_url,
+            created_ms: now,
+            due_ms: now + delay_s * 1000,
+        })
+        .await?;
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::ACCEPTED;
+    if let Ok(v) = HeaderValue::from_str(&task_id) {
+        response.headers_mut().insert("x-fc-async-task-id", v);
+    }
+    Ok(response)
 }
 
 /// Stage 7 (sync): run the function and shape its response for the client.

@@ -23,8 +23,34 @@ pub struct Config {
     pub path: PathBuf,
     pub server: ServerConfig,
     pub limits: Limits,
+    pub queue: QueueConfig,
     pub functions: Vec<FunctionConfig>,
     pub triggers: Vec<TriggerConfig>,
+}
+
+/// The durable async queue (`[queue]`).
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// Concurrent submissions share one transaction and one fsync.
+    pub group_commit: bool,
+    /// Async executions at once (they also hold node permits).
+    pub workers: NonZeroUsize,
+    /// Finished tasks are deleted after this long.
+    pub retention_s: u64,
+    /// Tasks waiting to run at most; over => 503 on submission.
+    pub max_tasks: u64,
+}
+
+/// A trigger's `async` table.
+#[derive(Debug, Clone)]
+pub struct AsyncConfig {
+    pub enabled: bool,
+    pub max_retries: u32,
+    pub max_event_age_s: u64,
+    pub on_success: Option<String>,
+    pub on_failure: Option<String>,
+    /// Lowercase hosts an `X-Callback-Url` may name.
+    pub callback_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +112,7 @@ pub struct FunctionConfig {
 pub enum Listener {
     Public,
     Internal,
+    Admin,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +129,7 @@ pub struct TriggerConfig {
     pub disable_internet: bool,
     pub pass_credentials: bool,
     pub rate_limit: Option<RateLimitConfig>,
+    pub async_: Option<AsyncConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,6 +293,15 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
         drain_timeout_ms: s.drain_timeout_ms.unwrap_or(30_000),
     };
 
+    if let Some(addr) = server.admin_listen
+        && !addr.ip().is_loopback()
+        && server.admin_token.is_none()
+    {
+        bail!(
+            "key `server.admin_listen`: {addr} is not a loopback address, so `admin_token_env` (or `admin_token`) is required"
+        );
+    }
+
     let d = Limits::default();
     let l = raw.limits;
     let limits = Limits {
@@ -295,6 +332,15 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
     if limits.max_in_flight.get() > 100_000 {
         bail!("key `limits.max_in_flight`: at most 100000");
     }
+
+    let q = raw.queue;
+    let queue = QueueConfig {
+        group_commit: q.group_commit.unwrap_or(true),
+        workers: NonZeroUsize::new(q.workers.unwrap_or(16) as usize)
+            .ok_or_else(|| anyhow!("key `queue.workers`: must be greater than 0"))?,
+        retention_s: q.retention_s.unwrap_or(7 * 86400),
+        max_tasks: q.max_tasks.unwrap_or(1_000_000),
+    };
 
     let mut functions: Vec<FunctionConfig> = Vec::new();
     for f in raw.functions {
@@ -361,6 +407,7 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
         path: path.to_path_buf(),
         server,
         limits,
+        queue,
         functions,
         triggers,
     })
@@ -385,9 +432,43 @@ fn validate_trigger(
     let function = t
         .function
         .ok_or_else(|| anyhow!("{at}: key `function` is required"))?;
-    if t.async_.is_some() {
-        bail!("{at}: key `async`: async invocation is not available in this version");
-    }
+    let async_ = match t.async_ {
+        None => None,
+        Some(a) => {
+            let check_url = |key: &str, v: &Option<String>| -> Result<()> {
+                if let Some(u) = v {
+                    let uri: http::Uri = u
+                        .parse()
+                        .map_err(|_| anyhow!("{at}: key `async.{key}`: '{u}' is not a URL"))?;
+                    if !matches!(uri.scheme_str(), Some("http") | Some("https"))
+                        || uri.host().is_none()
+                    {
+                        bail!("{at}: key `async.{key}`: '{u}' must be an http:// or https:// URL");
+                    }
+                }
+                Ok(())
+            };
+            check_url("on_success", &a.on_success)?;
+            check_url("on_failure", &a.on_failure)?;
+            let max_event_age_s = a.max_event_age_s.unwrap_or(86400);
+            if max_event_age_s == 0 {
+                bail!("{at}: key `async.max_event_age_s`: must be greater than 0");
+            }
+            Some(AsyncConfig {
+                enabled: a.enabled.unwrap_or(true),
+                max_retries: a.max_retries.unwrap_or(3),
+                max_event_age_s,
+                on_success: a.on_success,
+                on_failure: a.on_failure,
+                callback_hosts: a
+                    .callback_hosts
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
+            })
+        }
+    };
 
     let path = match t.path {
         None => format!("/{}", t.name),
@@ -572,6 +653,7 @@ fn validate_trigger(
         disable_internet: t.disable_internet,
         pass_credentials: t.pass_credentials,
         rate_limit,
+        async_,
     })
 }
 

@@ -11,6 +11,8 @@ pub struct RawConfig {
     pub server: RawServer,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
+    pub queue: RawQueue,
     #[serde(default, rename = "function")]
     pub functions: Vec<RawFunction>,
     #[serde(default, rename = "trigger")]
@@ -81,7 +83,7 @@ pub struct RawTrigger {
     pub pass_credentials: bool,
     pub rate_limit: Option<RawRateLimit>,
     #[serde(rename = "async")]
-    pub async_: Option<toml::Value>,
+    pub async_: Option<RawAsync>,
     pub signature: Option<RawSignature>,
     pub basic: Option<RawBasic>,
     pub jwt: Option<RawJwt>,
@@ -152,4 +154,24 @@ pub struct RawBearerToken {
     pub token: Option<String>,
     pub token_env: Option<String>,
     pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueue {
+    pub group_commit: Option<bool>,
+    pub workers: Option<u32>,
+    pub retention_s: Option<u64>,
+    pub max_tasks: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAsync {
+    pub enabled: Option<bool>,
+    pub max_retries: Option<u32>,
+    pub max_event_age_s: Option<u64>,
+    pub on_success: Option<String>,
+    pub on_failure: Option<String>,
+    pub callback_hosts: Option<Vec<String>>,
 }

@@ -43,6 +43,9 @@ pub async fn run(app: Arc<App>, shutdown: impl Future<Output = ()>) -> Result<()
     if let Some(addr) = server.internal_listen {
         bound.push((addr, Listener::Internal));
     }
+    if let Some(addr) = server.admin_listen {
+        bound.push((addr, Listener::Admin));
+    }
     let mut listeners = Vec::new();
     for (addr, role) in bound {
         let listener = TcpListener::bind(addr)
@@ -52,6 +55,7 @@ pub async fn run(app: Arc<App>, shutdown: impl Future<Output = ()>) -> Result<()
         let name = match role {
             Listener::Public => "public",
             Listener::Internal => "internal",
+            Listener::Admin => "admin",
         };
         println!("{name} listening on {scheme}://{local}");
         listeners.push(Bound { listener, role });
@@ -87,6 +91,8 @@ pub async fn run(app: Arc<App>, shutdown: impl Future<Output = ()>) -> Result<()
         }
     });
 
+    let workers = app.start_workers();
+
     shutdown.await;
     sweeper.abort();
     tracing::info!("shutting down: draining in-flight requests");
@@ -94,6 +100,12 @@ pub async fn run(app: Arc<App>, shutdown: impl Future<Output = ()>) -> Result<()
     let _ = stop_tx.send(true);
     for t in accept_tasks {
         let _ = t.await;
+    }
+    if let Some(w) = workers {
+        // Workers stop claiming tasks and let running attempts finish; anything not finished
+        // stays in the database and runs after a restart.
+        let _ = tokio::time::timeout(Duration::from_millis(app.config.server.drain_timeout_ms), w)
+            .await;
     }
     // Every connection holds a slot; when all slots are back, every connection has ended.
     let drain = Duration::from_millis(app.config.server.drain_timeout_ms);
@@ -165,7 +177,12 @@ async fn accept_loop(
         let app = app.clone();
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(req, &conn).await) }
+            async move {
+                Ok::<_, Infallible>(match conn.listener {
+                    Listener::Admin => crate::admin::handle(&app, req).await,
+                    _ => app.handle(req, &conn).await,
+                })
+            }
         });
         let tls = tls.clone();
         let builder = builder.clone();

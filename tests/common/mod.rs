@@ -54,8 +54,10 @@ pub struct TestServer {
     pub child: Child,
     pub public: String,
     pub internal: Option<String>,
+    pub admin: Option<String>,
     pub stderr: Arc<Mutex<Vec<String>>>,
-    pub dir: tempfile::TempDir,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -66,8 +68,16 @@ impl TestServer {
     }
 
     pub fn start_with_env(template: &str, env: &[(&str, &str)]) -> TestServer {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("wasmgate.toml");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut s = Self::start_in(tmp.path(), template, env);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts the binary with its config (and so its `data_dir`) in `dir`, which the caller
+    /// owns: a second server started in the same directory sees the first one's data.
+    pub fn start_in(dir: &Path, template: &str, env: &[(&str, &str)]) -> TestServer {
+        let config = dir.join("wasmgate.toml");
         std::fs::write(&config, render(template)).expect("write config");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wasmgate"));
         cmd.args(["serve", "--config"])
@@ -91,15 +101,23 @@ impl TestServer {
         let mut lines = BufReader::new(out).lines();
         let mut public = None;
         let mut internal = None;
+        let mut admin = None;
+        let rendered = render(template);
         // Bounded: the server prints its listeners right after compiling, or exits.
         while let Some(Ok(line)) = lines.next() {
             if let Some(url) = line.strip_prefix("public listening on ") {
                 public = Some(url.to_string());
             } else if let Some(url) = line.strip_prefix("internal listening on ") {
                 internal = Some(url.to_string());
+            } else if let Some(url) = line.strip_prefix("admin listening on ") {
+                admin = Some(url.to_string());
             }
-            let wants_internal = render(template).contains("internal_listen");
-            if public.is_some() && (!wants_internal || internal.is_some()) {
+            let wants_internal = rendered.contains("internal_listen");
+            let wants_admin = rendered.contains("admin_listen");
+            if public.is_some()
+                && (!wants_internal || internal.is_some())
+                && (!wants_admin || admin.is_some())
+            {
                 break;
             }
         }
@@ -115,8 +133,10 @@ impl TestServer {
             child,
             public,
             internal,
+            admin,
             stderr,
-            dir,
+            dir: dir.to_path_buf(),
+            _tmp: None,
         }
     }
 
@@ -155,6 +175,16 @@ impl TestServer {
             std::thread::sleep(Duration::from_millis(25));
         }
         false
+    }
+
+    /// Kills the process without any chance to clean up (a crash).
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("{}{}", self.admin.as_deref().expect("admin listener"), path)
     }
 
     pub fn pid(&self) -> u32 {
@@ -241,4 +271,97 @@ pub fn certs() -> PathBuf {
 
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// A request received by [`Receiver`].
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A plain HTTP/1.1 server on loopback that records every request (a callback receiver).
+/// Answers `status` to each.
+pub struct Receiver {
+    pub addr: String,
+    rx: std::sync::mpsc::Receiver<Received>,
+}
+
+impl Receiver {
+    pub fn start(status: u16) -> Receiver {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    let mut stream = stream;
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i;
+                        }
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                    let mut lines = head.split("\r\n");
+                    let start: Vec<&str> = lines.next().unwrap_or("").split(' ').collect();
+                    let headers: Vec<(String, String)> = lines
+                        .filter_map(|l| l.split_once(':'))
+                        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                        .collect();
+                    let len: usize = headers
+                        .iter()
+                        .find(|(k, _)| k == "content-length")
+                        .and_then(|(_, v)| v.parse().ok())
+                        .unwrap_or(0);
+                    let mut body = buf[head_end + 4..].to_vec();
+                    while body.len() < len {
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => body.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    );
+                    let _ = tx.send(Received {
+                        method: start.first().unwrap_or(&"").to_string(),
+                        path: start.get(1).unwrap_or(&"").to_string(),
+                        headers,
+                        body,
+                    });
+                });
+            }
+        });
+        Receiver { addr, rx }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// The next request, waiting at most `limit` (a bound against a broken server, not a
+    /// timing assertion).
+    pub fn next(&self, limit: Duration) -> Option<Received> {
+        self.rx.recv_timeout(limit).ok()
+    }
 }

@@ -1,0 +1,145 @@
+//! The admin listener (SPEC section 9): health and readiness probes, and the async task API.
+//!
+//! Only served on `server.admin_listen` (loopback by default), never on the public or
+//! internal listener. Every route but `/healthz` and `/readyz` needs the admin bearer token
+//! when one is configured (it must be, on a non-loopback address).
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use subtle::ConstantTimeEq;
+
+use crate::App;
+use crate::body::{ResponseBody, full};
+use crate::error::GatewayError;
+use crate::pipeline::{error_response, new_request_id};
+use crate::queue::TaskState;
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<ResponseBody> {
+    let mut r = Response::new(full(value.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn authorized(app: &App, headers: &http::HeaderMap) -> bool {
+    let Some(token) = &app.config.server.admin_token else {
+        return true;
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compare digests so the comparison is constant-time whatever the lengths.
+    use sha2::{Digest, Sha256};
+    let a = Sha256::digest(presented.as_bytes());
+    let b = Sha256::digest(token.as_bytes());
+    bool::from(a.ct_eq(&b))
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+}
+
+/// Serves one admin request.
+pub async fn handle<B>(app: &App, req: Request<B>) -> Response<ResponseBody> {
+    let request_id = new_request_id();
+    let mut resp = match route(app, &req).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e, &request_id),
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-fc-request-id", v);
+    }
+    resp
+}
+
+async fn route<B>(app: &App, req: &Request<B>) -> Result<Response<ResponseBody>, GatewayError> {
+    let path = req.uri().path();
+    let method = req.method();
+    match (method, path) {
+        (&Method::GET, "/healthz") => {
+            return Ok(json(StatusCode::OK, serde_json::json!({"status": "ok"})));
+        }
+        (&Method::GET, "/readyz") => {
+            let ready = !app.is_draining();
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            return Ok(json(
+                status,
+                serde_json::json!({
+                    "ready": ready,
+                    "draining": app.is_draining(),
+                    "functions": app.config.functions.len(),
+                    "in_flight": app.node.in_flight(),
+                    "queue_depth": app.queue.as_ref().map(|q| q.depth()),
+                }),
+            ));
+        }
+        _ => {}
+    }
+    if !authorized(app, req.headers()) {
+        return Err(GatewayError::Unauthorized {
+            message: "a valid admin token is required".into(),
+            www_authenticate: "Bearer realm=\"wasmgate-admin\"".into(),
+        });
+    }
+    let not_found = || GatewayError::TriggerNotFound(format!("no admin route for {method} {path}"));
+    let Some(rest) = path.strip_prefix("/-/tasks") else {
+        return Err(not_found());
+    };
+    let queue = app
+        .queue
+        .as_ref()
+        .ok_or_else(|| GatewayError::TaskNotFound("no trigger enables async invocation".into()))?;
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    match (method, segments.as_slice()) {
+        (&Method::GET, []) => {
+            let state = match query_param(req.uri().query(), "state") {
+                Some(s) => Some(TaskState::parse(&s).ok_or_else(|| {
+                    GatewayError::InvalidArgument(format!("unknown task state '{s}'"))
+                })?),
+                None => None,
+            };
+            let limit = query_param(req.uri().query(), "limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(100usize)
+                .min(1000);
+            let tasks = queue
+                .list(query_param(req.uri().query(), "function"), state, limit)
+                .await;
+            Ok(json(StatusCode::OK, serde_json::json!({ "tasks": tasks })))
+        }
+        (&Method::GET, [id]) => {
+            let task = queue
+                .get(id)
+                .await
+                .ok_or_else(|| GatewayError::TaskNotFound(format!("task '{id}' does not exist")))?;
+            Ok(json(
+                StatusCode::OK,
+                serde_json::to_value(task).unwrap_or_default(),
+            ))
+        }
+        (&Method::POST, [id, "stop"]) => {
+            let task = queue.stop(id).await?;
+            Ok(json(
+                StatusCode::OK,
+                serde_json::to_value(task).unwrap_or_default(),
+            ))
+        }
+        _ => Err(not_found()),
+    }
+}

@@ -1,0 +1,212 @@
+//! Durable async invocation (SPEC section 7): the task store ([`store`], SQLite in
+//! `data_dir`), the workers that run due tasks with retries ([`worker`]), and callbacks.
+//!
+//! A 202 is a promise: the task is committed to disk before the answer, and runs at least
+//! once across crashes and restarts (a task left `Running` by a crash runs again).
+
+pub mod store;
+pub mod worker;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use anyhow::Result;
+use tokio::sync::{Notify, oneshot};
+
+use crate::config::QueueConfig;
+use crate::error::GatewayError;
+use store::{Cmd, InsertError, StopError};
+pub use store::{NewTask, PendingCallback, Task, TaskState, TaskView, Update};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The handle to the task store, shared by the pipeline, the workers and the admin API.
+pub struct Queue {
+    tx: mpsc::Sender<Cmd>,
+    /// Wakes the dispatcher when new work arrives.
+    pub(crate) wake: Arc<Notify>,
+    /// Tasks not finished yet (for `max_tasks` and metrics).
+    open: AtomicU64,
+    pub config: QueueConfig,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("open", &self.open.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+fn unavailable() -> GatewayError {
+    GatewayError::Internal("the task store is not running".into())
+}
+
+impl Queue {
+    /// Opens `data_dir/tasks.db` and starts the writer thread.
+    pub fn open(data_dir: &Path, config: &QueueConfig) -> Result<Queue> {
+        let (conn, open) = store::open(&data_dir.join("tasks.db"), now_ms())?;
+        let (tx, rx) = mpsc::channel();
+        let group_commit = config.group_commit;
+        std::thread::Builder::new()
+            .name("wasmgate-queue".into())
+            .spawn(move || store::run(conn, rx, group_commit))?;
+        Ok(Queue {
+            tx,
+            wake: Arc::new(Notify::new()),
+            open: AtomicU64::new(open),
+            config: config.clone(),
+        })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).ok()?;
+        rx.await.ok()
+    }
+
+    /// Unfinished tasks.
+    pub fn depth(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Makes a task durable. 409 for a reused id, 503 when the queue is full.
+    pub async fn submit(&self, task: NewTask) -> Result<(), GatewayError> {
+        if self.depth() >= self.config.max_tasks {
+            return Err(GatewayError::ResourceThrottled {
+                message: format!(
+                    "the async queue holds its maximum of {} tasks",
+                    self.config.max_tasks
+                ),
+                retry_after_s: 5,
+            });
+        }
+        let id = task.id.clone();
+        match self.call(|r| Cmd::Insert(task, r)).await {
+            Some(Ok(())) => {
+                self.open.fetch_add(1, Ordering::Relaxed);
+                self.wake.notify_one();
+                Ok(())
+            }
+            Some(Err(InsertError::Exists)) => Err(GatewayError::TaskAlreadyExists(format!(
+                "task '{id}' already exists"
+            ))),
+            Some(Err(InsertError::Storage(e))) => Err(GatewayError::Internal(format!(
+                "cannot store the task: {e}"
+            ))),
+            None => Err(unavailable()),
+        }
+    }
+
+    /// Marks up to `limit` due tasks `Running` and returns them.
+    pub async fn claim(&self, limit: usize) -> Vec<Task> {
+        self.call(|reply| Cmd::Claim {
+            now_ms: now_ms(),
+            limit,
+            reply,
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Records an attempt's outcome (waits for the commit).
+    pub async fn update(&self, u: Update) {
+        if let Update::Finish { .. } = u {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.call(|r| Cmd::Update(u, Some(r))).await;
+    }
+
+    pub async fn get(&self, id: &str) -> Option<TaskView> {
+        self.call(|r| Cmd::Get(id.to_string(), r)).await.flatten()
+    }
+
+    pub async fn list(
+        &self,
+        function: Option<String>,
+        state: Option<TaskState>,
+        limit: usize,
+    ) -> Vec<TaskView> {
+        self.call(|reply| Cmd::List {
+            function,
+            state,
+            limit,
+            reply,
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Stops a task: a waiting task never runs; a running one is not retried.
+    pub async fn stop(&self, id: &str) -> Result<TaskView, GatewayError> {
+        match self.call(|r| Cmd::Stop(id.to_string(), now_ms(), r)).await {
+            Some(Ok(v)) => {
+                if v.state == TaskState::Stopped {
+                    self.open.fetch_sub(1, Ordering::Relaxed);
+                }
+                Ok(v)
+            }
+            Some(Err(StopError::NotFound)) => Err(GatewayError::TaskNotFound(format!(
+                "task '{id}' does not exist"
+            ))),
+            Some(Err(StopError::Storage(e))) => Err(GatewayError::Internal(e)),
+            None => Err(unavailable()),
+        }
+    }
+
+    pub async fn stop_requested(&self, id: &str) -> bool {
+        self.call(|r| Cmd::StopRequested(id.to_string(), r))
+            .await
+            .unwrap_or(false)
+    }
+
+    pub async fn next_due(&self) -> Option<i64> {
+        self.call(Cmd::NextDue).await.flatten()
+    }
+
+    pub async fn pending_callbacks(&self) -> Vec<PendingCallback> {
+        self.call(Cmd::PendingCallbacks).await.unwrap_or_default()
+    }
+
+    pub fn prune(&self) {
+        let before_ms = now_ms() - (self.config.retention_s as i64).saturating_mul(1000);
+        let _ = self.tx.send(Cmd::Prune { before_ms });
+    }
+}
+
+/// Whether `id` is a valid client task id: `[A-Za-z_][A-Za-z0-9_-]{0,127}`.
+pub fn valid_task_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
+}
+
+/// The shared queue handle.
+pub type SharedQueue = Arc<Queue>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids() {
+        assert!(valid_task_id("a"));
+        assert!(valid_task_id("_x-1_Y"));
+        assert!(valid_task_id(&format!("a{}", "b".repeat(127))));
+        assert!(!valid_task_id(&format!("a{}", "b".repeat(128))));
+        assert!(!valid_task_id(""));
+        assert!(!valid_task_id("1abc"));
+        assert!(!valid_task_id("-abc"));
+        assert!(!valid_task_id("a b"));
+        assert!(!valid_task_id("a.b"));
+    }
+}

@@ -1,0 +1,680 @@
+//! The durable task store: one SQLite file in `data_dir` (WAL, `synchronous = FULL`), owned
+//! by one writer thread.
+//!
+//! Every mutation is a command on a channel. The thread takes the first command, then every
+//! command already waiting (up to [`MAX_BATCH`]), runs them all in one transaction and commits
+//! once before answering any of them: concurrent submissions share one fsync (group commit),
+//! and a 202 is only sent after the commit that made its task durable.
+
+use std::path::Path;
+use std::sync::mpsc;
+
+use anyhow::{Context, Result};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+/// Commands handled in one transaction at most.
+pub const MAX_BATCH: usize = 512;
+
+/// Task states (SPEC section 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum TaskState {
+    Enqueued,
+    Running,
+    Retrying,
+    Succeeded,
+    Failed,
+    Expired,
+    Stopped,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Enqueued => "Enqueued",
+            TaskState::Running => "Running",
+            TaskState::Retrying => "Retrying",
+            TaskState::Succeeded => "Succeeded",
+            TaskState::Failed => "Failed",
+            TaskState::Expired => "Expired",
+            TaskState::Stopped => "Stopped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskState> {
+        Some(match s {
+            "Enqueued" => TaskState::Enqueued,
+            "Running" => TaskState::Running,
+            "Retrying" => TaskState::Retrying,
+            "Succeeded" => TaskState::Succeeded,
+            "Failed" => TaskState::Failed,
+            "Expired" => TaskState::Expired,
+            "Stopped" => TaskState::Stopped,
+            _ => return None,
+        })
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::Failed | TaskState::Expired | TaskState::Stopped
+        )
+    }
+}
+
+/// A task as submitted: the whole request, as the function will see it.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub id: String,
+    pub request_id: String,
+    pub trigger: String,
+    pub function: String,
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+    pub callback_url: Option<String>,
+    pub created_ms: i64,
+    pub due_ms: i64,
+}
+
+/// A task claimed for execution.
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub new: NewTask,
+    pub attempts: u32,
+}
+
+/// A task as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskView {
+    pub id: String,
+    pub request_id: String,
+    pub trigger: String,
+    pub function: String,
+    pub state: TaskState,
+    pub attempts: u32,
+    pub created_ms: i64,
+    pub due_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub response_status: Option<u16>,
+    pub response_preview: Option<String>,
+    pub callback_url: Option<String>,
+    pub callback_status: Option<String>,
+    pub callback_attempts: u32,
+}
+
+/// A callback waiting to be delivered (kept until it is, so a restart retries it).
+#[derive(Debug, Clone)]
+pub struct PendingCallback {
+    pub task_id: String,
+    pub url: String,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+    pub attempts: u32,
+}
+
+/// How an attempt ended, as recorded.
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// The task is done. A callback, if any, is stored for delivery.
+    Finish {
+        id: String,
+        state: TaskState,
+        attempts: u32,
+        finished_ms: i64,
+        last_error: Option<String>,
+        status: Option<u16>,
+        preview: Option<Vec<u8>>,
+        callback: Option<PendingCallback>,
+    },
+    /// Run it again later.
+    Reschedule {
+        id: String,
+        attempts: u32,
+        due_ms: i64,
+        last_error: Option<String>,
+        status: Option<u16>,
+    },
+    /// A callback delivery attempt: `delivered` or not, with a status line.
+    Callback {
+        id: String,
+        status: String,
+        attempts: u32,
+        done: bool,
+    },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum InsertError {
+    Exists,
+    Storage(String),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum StopError {
+    NotFound,
+    Storage(String),
+}
+
+pub enum Cmd {
+    Insert(NewTask, oneshot::Sender<Result<(), InsertError>>),
+    Claim {
+        now_ms: i64,
+        limit: usize,
+        reply: oneshot::Sender<Vec<Task>>,
+    },
+    Update(Update, Option<oneshot::Sender<()>>),
+    Get(String, oneshot::Sender<Option<TaskView>>),
+    List {
+        function: Option<String>,
+        state: Option<TaskState>,
+        limit: usize,
+        reply: oneshot::Sender<Vec<TaskView>>,
+    },
+    Stop(String, i64, oneshot::Sender<Result<TaskView, StopError>>),
+    NextDue(oneshot::Sender<Option<i64>>),
+    StopRequested(String, oneshot::Sender<bool>),
+    PendingCallbacks(oneshot::Sender<Vec<PendingCallback>>),
+    Prune {
+        before_ms: i64,
+    },
+}
+
+/// Opens (creating if needed) the database and recovers tasks a crash left `Running`.
+/// Returns the connection and the number of unfinished tasks.
+pub fn open(path: &Path, now_ms: i64) -> Result<(Connection, u64)> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    }
+    let conn = Connection::open(path)
+        .with_context(|| format!("{}: cannot open the task database", path.display()))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS tasks (
+            id TEXT PRIMARY KEY,
+            request_id TEXT NOT NULL,
+            trigger_name TEXT NOT NULL,
+            function TEXT NOT NULL,
+            state TEXT NOT NULL,
+            method TEXT NOT NULL,
+            path TEXT NOT NULL,
+            headers BLOB NOT NULL,
+            body BLOB NOT NULL,
+            callback_url TEXT,
+            created_ms INTEGER NOT NULL,
+            due_ms INTEGER NOT NULL,
+            started_ms INTEGER,
+            finished_ms INTEGER,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            stop_requested INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            response_status INTEGER,
+            response_preview BLOB,
+            callback_target TEXT,
+            callback_headers BLOB,
+            callback_body BLOB,
+            callback_status TEXT,
+            callback_attempts INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX IF NOT EXISTS tasks_due ON tasks(state, due_ms);
+        CREATE INDEX IF NOT EXISTS tasks_function ON tasks(function, state);",
+    )
+    .with_context(|| format!("{}: cannot create the task table", path.display()))?;
+    // A task that was Running when the process died runs again (at least once).
+    conn.execute(
+        "UPDATE tasks SET state = 'Retrying', due_ms = ?1 WHERE state = 'Running'",
+        params![now_ms],
+    )?;
+    let open: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM tasks WHERE state IN ('Enqueued', 'Retrying', 'Running')",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok((conn, open as u64))
+}
+
+/// Encodes headers as a compact binary blob (names and values as bytes, nothing lost).
+pub fn encode_headers(headers: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in headers {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+pub fn decode_headers(mut b: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let take = |b: &mut &[u8]| -> Option<Vec<u8>> {
+        let len = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+        let v = b.get(4..4 + len)?.to_vec();
+        *b = &b[4 + len..];
+        Some(v)
+    };
+    while !b.is_empty() {
+        let (Some(k), Some(v)) = (take(&mut b), take(&mut b)) else {
+            break;
+        };
+        out.push((String::from_utf8_lossy(&k).into_owned(), v));
+    }
+    out
+}
+
+const VIEW_COLUMNS: &str = "id, request_id, trigger_name, function, state, attempts, created_ms, due_ms, started_ms, finished_ms, last_error, response_status, response_preview, callback_url, callback_status, callback_attempts";
+
+fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskView> {
+    let state: String = r.get(4)?;
+    let preview: Option<Vec<u8>> = r.get(12)?;
+    Ok(TaskView {
+        id: r.get(0)?,
+        request_id: r.get(1)?,
+        trigger: r.get(2)?,
+        function: r.get(3)?,
+        state: TaskState::parse(&state).unwrap_or(TaskState::Failed),
+        attempts: r.get(5)?,
+        created_ms: r.get(6)?,
+        due_ms: r.get(7)?,
+        started_ms: r.get(8)?,
+        finished_ms: r.get(9)?,
+        last_error: r.get(10)?,
+        response_status: r.get(11)?,
+        response_preview: preview.map(|p| String::from_utf8_lossy(&p).into_owned()),
+        callback_url: r.get(13)?,
+        callback_status: r.get(14)?,
+        callback_attempts: r.get(15)?,
+    })
+}
+
+fn get_view(tx: &Connection, id: &str) -> rusqlite::Result<Option<TaskView>> {
+    tx.query_row(
+        &format!("SELECT {VIEW_COLUMNS} FROM tasks WHERE id = ?1"),
+        params![id],
+        view,
+    )
+    .optional()
+}
+
+/// A reply to send once the batch's transaction has committed.
+type Deferred = Box<dyn FnOnce(bool) + Send>;
+
+/// The writer thread: runs until every sender is gone.
+pub fn run(mut conn: Connection, rx: mpsc::Receiver<Cmd>, group_commit: bool) {
+    let batch_limit = if group_commit { MAX_BATCH } else { 1 };
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < batch_limit {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let mut deferred: Vec<Deferred> = Vec::with_capacity(batch.len());
+        let committed = match conn.transaction() {
+            Ok(tx) => {
+                for cmd in batch {
+                    if let Some(d) = apply(&tx, cmd) {
+                        deferred.push(d);
+                    }
+                }
+                match tx.commit() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!("task database commit failed: {e}");
+                        false
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!("task database transaction failed: {e}");
+                for cmd in batch {
+                    fail(cmd);
+                }
+                false
+            }
+        };
+        for d in deferred {
+            d(committed);
+        }
+    }
+}
+
+/// Answers a command that could not run at all.
+fn fail(cmd: Cmd) {
+    match cmd {
+        Cmd::Insert(_, r) => {
+            let _ = r.send(Err(InsertError::Storage(
+                "the task database is unavailable".into(),
+            )));
+        }
+        Cmd::Stop(_, _, r) => {
+            let _ = r.send(Err(StopError::Storage(
+                "the task database is unavailable".into(),
+            )));
+        }
+        _ => {}
+    }
+}
+
+fn apply(tx: &Connection, cmd: Cmd) -> Option<Deferred> {
+    match cmd {
+        Cmd::Insert(t, reply) => {
+            let r = tx.execute(
+                "INSERT INTO tasks (id, request_id, trigger_name, function, state, method, path, headers, body, callback_url, created_ms, due_ms)
+                 VALUES (?1, ?2, ?3, ?4, 'Enqueued', ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    t.id,
+                    t.request_id,
+                    t.trigger,
+                    t.function,
+                    t.method,
+                    t.path,
+                    encode_headers(&t.headers),
+                    t.body,
+                    t.callback_url,
+                    t.created_ms,
+                    t.due_ms
+                ],
+            );
+            let result = match r {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Err(InsertError::Exists)
+                }
+                Err(e) => Err(InsertError::Storage(e.to_string())),
+            };
+            Some(Box::new(move |committed| {
+                let result = match (result, committed) {
+                    (Ok(()), false) => Err(InsertError::Storage(
+                        "the task could not be committed".into(),
+                    )),
+                    (r, _) => r,
+                };
+                let _ = reply.send(result);
+            }))
+        }
+        Cmd::Claim {
+            now_ms,
+            limit,
+            reply,
+        } => {
+            let tasks = claim(tx, now_ms, limit).unwrap_or_else(|e| {
+                tracing::error!("claiming tasks failed: {e}");
+                Vec::new()
+            });
+            Some(Box::new(move |committed| {
+                let _ = reply.send(if committed { tasks } else { Vec::new() });
+            }))
+        }
+        Cmd::Update(u, reply) => {
+            if let Err(e) = update(tx, &u) {
+                tracing::error!("recording a task update failed: {e}");
+            }
+            reply.map(|r| -> Deferred {
+                Box::new(move |_| {
+                    let _ = r.send(());
+                })
+            })
+        }
+        Cmd::Get(id, reply) => {
+            let v = get_view(tx, &id).ok().flatten();
+            let _ = reply.send(v);
+            None
+        }
+        Cmd::List {
+            function,
+            state,
+            limit,
+            reply,
+        } => {
+            let v = list(tx, function.as_deref(), state, limit).unwrap_or_default();
+            let _ = reply.send(v);
+            None
+        }
+        Cmd::Stop(id, now_ms, reply) => {
+            let r = stop(tx, &id, now_ms);
+            Some(Box::new(move |_| {
+                let _ = reply.send(r);
+            }))
+        }
+        Cmd::NextDue(reply) => {
+            let v: Option<i64> = tx
+                .query_row(
+                    "SELECT MIN(due_ms) FROM tasks WHERE state IN ('Enqueued', 'Retrying')",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap_or(None);
+            let _ = reply.send(v);
+            None
+        }
+        Cmd::StopRequested(id, reply) => {
+            let v: bool = tx
+                .query_row(
+                    "SELECT stop_requested FROM tasks WHERE id = ?1",
+                    params![id],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|v| v != 0)
+                .unwrap_or(false);
+            let _ = reply.send(v);
+            None
+        }
+        Cmd::PendingCallbacks(reply) => {
+            let v = pending_callbacks(tx).unwrap_or_default();
+            let _ = reply.send(v);
+            None
+        }
+        Cmd::Prune { before_ms } => {
+            match tx.execute(
+                "DELETE FROM tasks WHERE state IN ('Succeeded', 'Failed', 'Expired', 'Stopped')
+                 AND finished_ms < ?1 AND (callback_status IS NULL OR callback_status != 'Pending')",
+                params![before_ms],
+            ) {
+                Ok(n) if n > 0 => tracing::info!("pruned {n} finished tasks"),
+                Ok(_) => {}
+                Err(e) => tracing::error!("pruning tasks failed: {e}"),
+            }
+            None
+        }
+    }
+}
+
+fn claim(tx: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<Vec<Task>> {
+    let mut stmt = tx.prepare(
+        "SELECT id, request_id, trigger_name, function, method, path, headers, body, callback_url, created_ms, due_ms, attempts
+         FROM tasks WHERE state IN ('Enqueued', 'Retrying') AND due_ms <= ?1 ORDER BY due_ms LIMIT ?2",
+    )?;
+    let tasks: Vec<Task> = stmt
+        .query_map(params![now_ms, limit as i64], |r| {
+            let headers: Vec<u8> = r.get(6)?;
+            Ok(Task {
+                new: NewTask {
+                    id: r.get(0)?,
+                    request_id: r.get(1)?,
+                    trigger: r.get(2)?,
+                    function: r.get(3)?,
+                    method: r.get(4)?,
+                    path: r.get(5)?,
+                    headers: decode_headers(&headers),
+                    body: r.get(7)?,
+                    callback_url: r.get(8)?,
+                    created_ms: r.get(9)?,
+                    due_ms: r.get(10)?,
+                },
+                attempts: r.get(11)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    for t in &tasks {
+        tx.execute(
+            "UPDATE tasks SET state = 'Running', started_ms = ?2 WHERE id = ?1",
+            params![t.new.id, now_ms],
+        )?;
+    }
+    Ok(tasks)
+}
+
+fn update(tx: &Connection, u: &Update) -> rusqlite::Result<()> {
+    match u {
+        Update::Finish {
+            id,
+            state,
+            attempts,
+            finished_ms,
+            last_error,
+            status,
+            preview,
+            callback,
+        } => {
+            let (target, headers, body, cb_status) = match callback {
+                Some(c) => (
+                    Some(c.url.clone()),
+                    Some(encode_headers(&c.headers)),
+                    Some(c.body.clone()),
+                    Some("Pending"),
+                ),
+                None => (None, None, None, None),
+            };
+            tx.execute(
+                "UPDATE tasks SET state = ?2, attempts = ?3, finished_ms = ?4, last_error = ?5,
+                 response_status = ?6, response_preview = ?7, callback_target = ?8,
+                 callback_headers = ?9, callback_body = ?10, callback_status = ?11,
+                 body = X'' WHERE id = ?1",
+                params![
+                    id,
+                    state.as_str(),
+                    attempts,
+                    finished_ms,
+                    last_error,
+                    status,
+                    preview,
+                    target,
+                    headers,
+                    body,
+                    cb_status
+                ],
+            )?;
+        }
+        Update::Reschedule {
+            id,
+            attempts,
+            due_ms,
+            last_error,
+            status,
+        } => {
+            tx.execute(
+                "UPDATE tasks SET state = CASE WHEN stop_requested = 1 THEN 'Stopped' ELSE 'Retrying' END,
+                 attempts = ?2, due_ms = ?3, last_error = ?4, response_status = ?5 WHERE id = ?1",
+                params![id, attempts, due_ms, last_error, status],
+            )?;
+        }
+        Update::Callback {
+            id,
+            status,
+            attempts,
+            done,
+        } => {
+            if *done {
+                tx.execute(
+                    "UPDATE tasks SET callback_status = ?2, callback_attempts = ?3,
+                     callback_headers = NULL, callback_body = NULL WHERE id = ?1",
+                    params![id, status, attempts],
+                )?;
+            } else {
+                tx.execute(
+                    "UPDATE tasks SET callback_attempts = ?2 WHERE id = ?1",
+                    params![id, attempts],
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn list(
+    tx: &Connection,
+    function: Option<&str>,
+    state: Option<TaskState>,
+    limit: usize,
+) -> rusqlite::Result<Vec<TaskView>> {
+    let mut stmt = tx.prepare(&format!(
+        "SELECT {VIEW_COLUMNS} FROM tasks WHERE (?1 IS NULL OR function = ?1)
+         AND (?2 IS NULL OR state = ?2) ORDER BY created_ms DESC LIMIT ?3"
+    ))?;
+    stmt.query_map(
+        params![function, state.map(TaskState::as_str), limit as i64],
+        view,
+    )?
+    .collect()
+}
+
+fn stop(tx: &Connection, id: &str, now_ms: i64) -> Result<TaskView, StopError> {
+    let storage = |e: rusqlite::Error| StopError::Storage(e.to_string());
+    let n = tx
+        .execute(
+            "UPDATE tasks SET state = 'Stopped', stop_requested = 1, finished_ms = ?2,
+             last_error = 'stopped' WHERE id = ?1 AND state IN ('Enqueued', 'Retrying')",
+            params![id, now_ms],
+        )
+        .map_err(storage)?;
+    if n == 0 {
+        // Running: the attempt in progress finishes, nothing more is retried.
+        tx.execute(
+            "UPDATE tasks SET stop_requested = 1 WHERE id = ?1 AND state = 'Running'",
+            params![id],
+        )
+        .map_err(storage)?;
+    }
+    get_view(tx, id)
+        .map_err(storage)?
+        .ok_or(StopError::NotFound)
+}
+
+fn pending_callbacks(tx: &Connection) -> rusqlite::Result<Vec<PendingCallback>> {
+    let mut stmt = tx.prepare(
+        "SELECT id, callback_target, callback_headers, callback_body, callback_attempts
+         FROM tasks WHERE callback_status = 'Pending' AND callback_target IS NOT NULL",
+    )?;
+    stmt.query_map([], |r| {
+        let headers: Option<Vec<u8>> = r.get(2)?;
+        Ok(PendingCallback {
+            task_id: r.get(0)?,
+            url: r.get(1)?,
+            headers: decode_headers(&headers.unwrap_or_default()),
+            body: r.get::<_, Option<Vec<u8>>>(3)?.unwrap_or_default(),
+            attempts: r.get(4)?,
+        })
+    })?
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_with_any_bytes() {
+        let h = vec![
+            ("x-a".to_string(), b"1".to_vec()),
+            ("x-bin".to_string(), vec![0xff, 0x00, b'z']),
+            ("empty".to_string(), vec![]),
+        ];
+        assert_eq!(decode_headers(&encode_headers(&h)), h);
+        // Truncated input never panics.
+        let enc = encode_headers(&h);
+        for cut in 0..enc.len() {
+            let _ = decode_headers(&enc[..cut]);
+        }
+    }
+}
