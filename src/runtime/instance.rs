@@ -223,7 +223,15 @@ impl Function {
             ))
         };
         match tokio::time::timeout_at(deadline.into(), rx).await {
-            Err(_) => Err(timed_out()),
+            Err(_) => {
+                // Stop the guest and wait until it is gone, so its permits are back before
+                // the client hears 504 (a looping guest reaches a yield point every tick).
+                if let Some(h) = task.0.take() {
+                    h.abort();
+                    let _ = h.await;
+                }
+                Err(timed_out())
+            }
             Ok(Ok(Ok(response))) => {
                 // The guest keeps running to stream its body; it is no longer ours to abort.
                 task.0.take();
