@@ -28,7 +28,7 @@ max_in_flight = 16
 name = "sleepy"
 wasm = "$PROBE"
 memory_mb = 16
-max_concurrency = 12
+max_concurrency = 64
 [[trigger]]
 name = "s"
 function = "sleepy"
