@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Load benchmark: wasmgate (plain HTTP and TLS) vs `wasmtime serve` on the same hello
-# component vs nginx `return 200` (the ceiling), interleaved, in one run on this machine.
+# Load benchmark: wasmgate (plain HTTP and TLS; anonymous, ACS3-signed and RS256-JWT triggers)
+# vs `wasmtime serve` on the same hello component vs nginx `return 200` (the ceiling),
+# interleaved, in one run on this machine.
 #
 #   bash bench/load.sh            # 3 rounds of 6 s per server, 32 connections
 #   ROUNDS=5 DURATION=8s CONNS=64 bash bench/load.sh
@@ -53,6 +54,18 @@ wasm = "$HELLO"
 name = "hello"
 function = "hello"
 path = "/"
+[[trigger]]
+name = "signed"
+function = "hello"
+path = "/signed"
+auth = "signature"
+signature = { keys = [ { id = "AK1", secret = "bench-signature-secret" } ] }
+[[trigger]]
+name = "jwt"
+function = "hello"
+path = "/jwt"
+auth = "jwt"
+jwt = { jwks_file = "$PWD/tests/fixtures/jwks.json", algorithms = ["RS256"], issuer = "https://issuer.example", audience = ["wasmgate"] }
 TOML
   ./target/release/wasmgate serve --config "$work/$mode.toml" >/dev/null 2>"$work/$mode.log" &
   pids+=($!)
@@ -82,16 +95,29 @@ for p in "$PORT_plain" "$PORT_tls" "$PORT_wasmtime" "$PORT_nginx"; do wait_port 
 declare -A URL=(
   [wasmgate-http]="http://127.0.0.1:$PORT_plain/"
   [wasmgate-https]="https://127.0.0.1:$PORT_tls/"
+  [wasmgate-signed]="http://127.0.0.1:$PORT_plain/signed"
+  [wasmgate-jwt]="http://127.0.0.1:$PORT_plain/jwt"
   [wasmtime-serve]="http://127.0.0.1:$PORT_wasmtime/"
   [nginx]="http://127.0.0.1:$PORT_nginx/"
 )
-order=(wasmgate-http wasmtime-serve nginx wasmgate-https)
-for name in "${order[@]}"; do curl -sk -o /dev/null -w "$name warm-up %{http_code}\n" "${URL[$name]}"; done
+# One signature and one token for the whole run (both stay valid for its duration).
+export BENCH_SECRET=bench-signature-secret
+mapfile -t SIGNED < <(./target/release/wasmgate sign --key-id AK1 --secret-env BENCH_SECRET "${URL[wasmgate-signed]}")
+JWT=$(bash scripts/mint-jwt.sh bench)
+declare -A HDR1=([wasmgate-signed]="${SIGNED[0]}" [wasmgate-jwt]="Authorization: Bearer $JWT")
+declare -A HDR2=([wasmgate-signed]="${SIGNED[1]}" [wasmgate-jwt]="X-Bench: 1")
+hdr_args() { local n=$1; if [ -n "${HDR1[$n]:-}" ]; then printf '%s\0' -H "${HDR1[$n]}" -H "${HDR2[$n]}"; fi; }
+order=(wasmgate-http wasmtime-serve nginx wasmgate-https wasmgate-signed wasmgate-jwt)
+for name in "${order[@]}"; do
+  mapfile -d '' -t H < <(hdr_args "$name")
+  curl -sk -o /dev/null -w "$name warm-up %{http_code}\n" "${H[@]}" "${URL[$name]}"
+done
 
 raw="$work/raw.txt"
 for round in $(seq 1 "$ROUNDS"); do
   for name in "${order[@]}"; do
-    wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${URL[$name]}" > "$work/wrk.txt"
+    mapfile -d '' -t H < <(hdr_args "$name")
+    wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${H[@]}" "${URL[$name]}" > "$work/wrk.txt"
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/wrk.txt")
     p99=$(awk '$1=="99%" {print $2}' "$work/wrk.txt")
     non2xx=$(awk '/Non-2xx/ {print $5}' "$work/wrk.txt")
@@ -117,7 +143,7 @@ ceiling = med["nginx"][0]
 print(f"wrk -t1 -c{conns} -d{dur} --latency, {rounds} interleaved rounds, median of rounds\n")
 print("| server | requests/s | p99 (ms) | non-2xx | vs wasmtime serve | vs nginx |")
 print("|---|---|---|---|---|---|")
-for n in ["wasmgate-http", "wasmgate-https", "wasmtime-serve", "nginx"]:
+for n in ["wasmgate-http", "wasmgate-https", "wasmgate-signed", "wasmgate-jwt", "wasmtime-serve", "nginx"]:
     r, p, b = med[n]
     print(f"| {n} | {r:,.0f} | {p:.2f} | {b} | {r/base:.2f}x | {r/ceiling:.2f}x |")
 PY
