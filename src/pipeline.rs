@@ -447,6 +447,10 @@ where
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let (parts, body) = request.into_parts();
+    let tail = parts
+        .headers
+        .get("x-fc-log-type")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"tail"));
     let (body, too_large) = LimitedBody::new(body, app.config.limits.max_body_bytes);
     let invocation = Invocation {
         request: Request::from_parts(parts, body),
@@ -460,9 +464,44 @@ where
             app.config.limits.max_body_bytes
         )));
     }
-    let mut response = outcome?.response;
+    let outcome = outcome?;
+    let mut response = if tail {
+        with_log_tail(outcome).await?
+    } else {
+        outcome.response
+    };
     strip_hop_by_hop(response.headers_mut());
     Ok(response)
+}
+
+/// Largest response body buffered for `X-Fc-Log-Type: Tail`.
+const MAX_TAIL_RESPONSE: usize = 6 * 1024 * 1024;
+
+/// `X-Fc-Log-Type: Tail`: waits for the guest to finish (its body read whole), then adds
+/// `X-Fc-Log-Result` with the base64 of the last 4 KiB it wrote to stdout and stderr.
+async fn with_log_tail(
+    outcome: crate::runtime::Outcome,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    use base64::Engine as _;
+    use http_body_util::BodyExt;
+    let (mut parts, body) = outcome.response.into_parts();
+    let body = http_body_util::Limited::new(body, MAX_TAIL_RESPONSE)
+        .collect()
+        .await
+        .map_err(|e| {
+            GatewayError::BadResponse(format!(
+                "the function's response could not be read for the log tail: {e}"
+            ))
+        })?
+        .to_bytes();
+    // The guest's task ends within its deadline; an error here means it is gone already.
+    let _ = outcome.finished.await;
+    let tail = base64::engine::general_purpose::STANDARD.encode(outcome.log.tail());
+    if let Ok(v) = HeaderValue::from_str(&tail) {
+        parts.headers.insert("x-fc-log-result", v);
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Ok(Response::from_parts(parts, full(body)))
 }
 
 /// The request as the function sees it: the trigger prefix removed, gateway headers set,

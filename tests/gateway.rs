@@ -541,3 +541,31 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     // The listener is closed.
     assert!(TcpStream::connect(s.addr()).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_tail_returns_the_last_4k_of_guest_output() {
+    use base64::Engine as _;
+    let s = TestServer::start(CONFIG);
+    let c = client();
+    let resp = c
+        .get(s.url("/probe/log?n=500"))
+        .header("x-fc-log-type", "Tail")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let tail = resp.headers()["x-fc-log-result"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(resp.text().await.unwrap(), "logged");
+    let tail = base64::engine::general_purpose::STANDARD
+        .decode(tail)
+        .unwrap();
+    assert_eq!(tail.len(), 4096);
+    let text = String::from_utf8(tail).unwrap();
+    assert!(text.ends_with("probe stderr line 499\n"), "{text}");
+    // Without the header there is no tail.
+    let resp = c.get(s.url("/probe/log?n=1")).send().await.unwrap();
+    assert!(!resp.headers().contains_key("x-fc-log-result"));
+}

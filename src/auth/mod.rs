@@ -240,8 +240,11 @@ claim_pass_by = "header:sub:X-User,query:uid:uid"
                 });
             }
             let text = String::from_utf8_lossy(&bytes).replace(['\r', '\n', '\0'], "");
-            let enc = percent_encoding::utf8_percent_encode(&text, percent_encoding::NON_ALPHANUMERIC);
-            let uri = format!("/p?access_token={enc}&x-fc-signature={enc}&x-fc-expires={enc}&x-fc-access-key-id=AK1");
+            let enc =
+                percent_encoding::utf8_percent_encode(&text, percent_encoding::NON_ALPHANUMERIC);
+            let uri = format!(
+                "/p?access_token={enc}&x-fc-signature={enc}&x-fc-expires={enc}&x-fc-access-key-id=AK1"
+            );
             let mut b = http::Request::builder()
                 .uri(uri.as_str())
                 .header("content-type", "application/x-www-form-urlencoded");

@@ -99,6 +99,9 @@ pub struct Invocation<B> {
 pub struct Outcome {
     pub response: http::Response<HyperOutgoingBody>,
     pub log: GuestLog,
+    /// Resolves when the guest has finished (it may still be streaming its body when the
+    /// response arrives).
+    pub finished: tokio::sync::oneshot::Receiver<()>,
 }
 
 /// The error a store's epoch callback raises when the deadline has passed.
@@ -197,8 +200,10 @@ impl Function {
             .map_err(internal)?;
 
         let pre = self.pre.clone();
+        let (finished_tx, finished) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let _permits = permits;
+            let _finished = finished_tx;
             let run = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy
@@ -246,7 +251,11 @@ impl Function {
                         self.name
                     )));
                 }
-                Ok(Outcome { response, log })
+                Ok(Outcome {
+                    response,
+                    log,
+                    finished,
+                })
             }
             Ok(Ok(Err(code))) => Err(GatewayError::FunctionError(format!(
                 "function '{}' reported an error: {code:?}",
