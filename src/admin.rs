@@ -98,6 +98,19 @@ async fn route<B>(app: &App, req: &Request<B>) -> Result<Response<ResponseBody>,
         });
     }
     let not_found = || GatewayError::TriggerNotFound(format!("no admin route for {method} {path}"));
+    if method == Method::GET && path == "/metrics" {
+        let m = &crate::metrics::METRICS;
+        m.in_flight.set(app.node.in_flight() as i64);
+        if let Some(q) = &app.queue {
+            m.queue_depth.set(q.depth() as i64);
+        }
+        let mut r = Response::new(full(m.encode()));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        return Ok(r);
+    }
     let Some(rest) = path.strip_prefix("/-/tasks") else {
         return Err(not_found());
     };

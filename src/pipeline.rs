@@ -70,11 +70,12 @@ pub fn new_request_id() -> Arc<str> {
     .into()
 }
 
-/// What the access log records for one request.
+/// What the access log and the metrics record for one request.
 #[derive(Default)]
 struct Record {
     trigger: Option<String>,
     principal: Option<String>,
+    anonymous: bool,
 }
 
 impl App {
@@ -96,6 +97,32 @@ impl App {
         };
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-fc-request-id", v);
+        }
+        let m = &crate::metrics::METRICS;
+        let trigger = record.trigger.clone().unwrap_or_default();
+        let auth = match (&record.trigger, &record.principal) {
+            (None, _) => "none",
+            (Some(_), Some(_)) if record.anonymous => "anonymous",
+            (Some(_), Some(_)) => "ok",
+            (Some(_), None) => "refused",
+        };
+        m.requests
+            .get_or_create(&crate::metrics::RequestLabels {
+                trigger: trigger.clone(),
+                status: response.status().as_u16(),
+                auth,
+            })
+            .inc();
+        m.duration
+            .get_or_create(&crate::metrics::TriggerLabels { trigger })
+            .observe(started.elapsed().as_secs_f64());
+        if let Some(reason) = throttle_reason(&response) {
+            m.throttled
+                .get_or_create(&crate::metrics::ThrottleLabels {
+                    trigger: record.trigger.clone().unwrap_or_default(),
+                    reason,
+                })
+                .inc();
         }
         tracing::info!(
             target: "wasmgate::access",
@@ -132,6 +159,7 @@ impl App {
         method_filter(trigger, &parts)?;
         let (principal, body) = authenticate(self, trigger, &mut parts, body, conn).await?;
         record.principal = Some(principal.id());
+        record.anonymous = matches!(principal, Principal::Anonymous(_));
         let function = trigger.function.as_ref().ok_or_else(|| {
             GatewayError::FunctionNotFound(format!(
                 "function '{}' qualifier '{}' is not deployed",
@@ -145,6 +173,15 @@ impl App {
         let admission = self.node.admit(function)?;
         let request = function_request(trigger, parts, body, conn, request_id);
         dispatch(self, function, request, conn, request_id, admission).await
+    }
+}
+
+/// Which throttle refused a response, if one did (for the metrics).
+fn throttle_reason(response: &Response<ResponseBody>) -> Option<&'static str> {
+    match response.status() {
+        StatusCode::TOO_MANY_REQUESTS => Some("rate_limit_or_concurrency"),
+        StatusCode::SERVICE_UNAVAILABLE => Some("node_in_flight_or_draining"),
+        _ => None,
     }
 }
 

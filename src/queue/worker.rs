@@ -164,6 +164,20 @@ async fn execute(app: &App, queue: &Queue, client: &reqwest::Client, task: Task)
             (e.status().as_u16(), capacity, !capacity)
         }
     };
+    let outcome_label = if capacity {
+        "capacity"
+    } else if failed {
+        "failed"
+    } else {
+        "succeeded"
+    };
+    crate::metrics::METRICS
+        .async_attempts
+        .get_or_create(&crate::metrics::AttemptLabels {
+            function: task.new.function.clone(),
+            outcome: outcome_label,
+        })
+        .inc();
     if capacity {
         // Capacity refusals do not count as attempts; the age limit bounds them.
         queue

@@ -205,7 +205,11 @@ impl Function {
             let _permits = permits;
             let _finished = finished_tx;
             let run = async {
+                let started = Instant::now();
                 let proxy = pre.instantiate_async(&mut store).await?;
+                crate::metrics::METRICS
+                    .instantiation
+                    .observe(started.elapsed().as_secs_f64());
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, req, out)

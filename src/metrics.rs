@@ -1,0 +1,124 @@
+//! Prometheus metrics (`GET /metrics` on the admin listener), in the text exposition format.
+//!
+//! One process-wide set, like the process itself: requests by trigger, status and
+//! authentication outcome; request latency; instantiation time; executions in flight;
+//! throttling refusals; async queue depth, attempts and failures; deploys.
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub trigger: String,
+    pub status: u16,
+    /// `none` (no trigger reached), `anonymous`, `ok` or `refused`.
+    pub auth: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerLabels {
+    pub trigger: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ThrottleLabels {
+    pub trigger: String,
+    /// `rate_limit`, `function_concurrency`, `node_in_flight` or `draining`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    pub function: String,
+    /// `succeeded`, `failed` or `capacity`.
+    pub outcome: &'static str,
+}
+
+pub struct Metrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: Family<TriggerLabels, Histogram>,
+    pub instantiation: Histogram,
+    pub in_flight: Gauge,
+    pub throttled: Family<ThrottleLabels, Counter>,
+    pub queue_depth: Gauge,
+    pub async_attempts: Family<AttemptLabels, Counter>,
+    pub deploys: Counter,
+    registry: Registry,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let requests = Family::<RequestLabels, Counter>::default();
+        let duration = Family::<TriggerLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        let instantiation = Histogram::new(exponential_buckets(0.00002, 2.0, 14));
+        let in_flight = Gauge::default();
+        let throttled = Family::<ThrottleLabels, Counter>::default();
+        let queue_depth = Gauge::default();
+        let async_attempts = Family::<AttemptLabels, Counter>::default();
+        let deploys = Counter::default();
+        let mut registry = Registry::with_prefix("wasmgate");
+        registry.register(
+            "requests",
+            "Requests by trigger, status and authentication outcome",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to response headers, by trigger",
+            duration.clone(),
+        );
+        registry.register(
+            "instantiation_seconds",
+            "Time to build a fresh instance from a pre-instantiated component",
+            instantiation.clone(),
+        );
+        registry.register("in_flight", "Executions running now", in_flight.clone());
+        registry.register(
+            "throttled",
+            "Requests refused by rate limits, concurrency caps or draining",
+            throttled.clone(),
+        );
+        registry.register(
+            "async_queue_depth",
+            "Async tasks not finished yet",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "async_attempts",
+            "Async attempts by function and outcome",
+            async_attempts.clone(),
+        );
+        registry.register("deploys", "Function versions deployed", deploys.clone());
+        Metrics {
+            requests,
+            duration,
+            instantiation,
+            in_flight,
+            throttled,
+            queue_depth,
+            async_attempts,
+            deploys,
+            registry,
+        }
+    }
+
+    /// The exposition text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// The process's metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
