@@ -52,9 +52,13 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 }
 
 /// Serves one admin request.
-pub async fn handle<B>(app: &App, req: Request<B>) -> Response<ResponseBody> {
+pub async fn handle<B>(app: &App, req: Request<B>) -> Response<ResponseBody>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let request_id = new_request_id();
-    let mut resp = match route(app, &req).await {
+    let mut resp = match route(app, req).await {
         Ok(r) => r,
         Err(e) => error_response(&e, &request_id),
     };
@@ -64,9 +68,32 @@ pub async fn handle<B>(app: &App, req: Request<B>) -> Response<ResponseBody> {
     resp
 }
 
-async fn route<B>(app: &App, req: &Request<B>) -> Result<Response<ResponseBody>, GatewayError> {
-    let path = req.uri().path();
-    let method = req.method();
+async fn read_body<B>(body: B, limit: usize) -> Result<bytes::Bytes, GatewayError>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt;
+    http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| {
+            GatewayError::EntityTooLarge(format!("cannot read the body (limit {limit} bytes): {e}"))
+        })
+}
+
+async fn route<B>(app: &App, req: Request<B>) -> Result<Response<ResponseBody>, GatewayError>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (parts, body) = req.into_parts();
+    let req = Request::from_parts(parts, ());
+    let path = req.uri().path().to_string();
+    let path = path.as_str();
+    let method = req.method().clone();
+    let method = &method;
     match (method, path) {
         (&Method::GET, "/healthz") => {
             return Ok(json(StatusCode::OK, serde_json::json!({"status": "ok"})));
@@ -111,6 +138,9 @@ async fn route<B>(app: &App, req: &Request<B>) -> Result<Response<ResponseBody>,
         );
         return Ok(r);
     }
+    if let Some(rest) = path.strip_prefix("/-/functions") {
+        return functions(app, method, rest, body).await;
+    }
     let Some(rest) = path.strip_prefix("/-/tasks") else {
         return Err(not_found());
     };
@@ -154,5 +184,91 @@ async fn route<B>(app: &App, req: &Request<B>) -> Result<Response<ResponseBody>,
             ))
         }
         _ => Err(not_found()),
+    }
+}
+
+/// `/-/functions...`: deploy, list, describe, aliases.
+async fn functions<B>(
+    app: &App,
+    method: &Method,
+    rest: &str,
+    body: B,
+) -> Result<Response<ResponseBody>, GatewayError>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let registry = app
+        .registry
+        .as_ref()
+        .ok_or_else(|| GatewayError::Internal("the function registry is not open".into()))?;
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    match (method, segments.as_slice()) {
+        (&Method::GET, []) => Ok(json(
+            StatusCode::OK,
+            serde_json::json!({ "functions": registry.list() }),
+        )),
+        (&Method::GET, [name]) => registry
+            .describe(name)
+            .map(|v| json(StatusCode::OK, v))
+            .ok_or_else(|| {
+                GatewayError::FunctionNotFound(format!(
+                    "function '{name}' has no deployed versions"
+                ))
+            }),
+        (&Method::PUT, [name]) => {
+            let bytes = read_body(body, crate::registry::MAX_COMPONENT_BYTES).await?;
+            // Compiling takes a while: keep it off the other requests' threads.
+            let info = tokio::task::block_in_place(|| {
+                registry.deploy(&app.config, &app.runtime, name, &bytes)
+            })?;
+            Ok(json(
+                StatusCode::OK,
+                serde_json::json!({
+                    "name": name,
+                    "version": info.version,
+                    "sha256": info.sha256,
+                    "size": info.size,
+                }),
+            ))
+        }
+        (&Method::PUT, [name, "aliases", alias]) => {
+            let bytes = read_body(body, 64 * 1024).await?;
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Additional {
+                version: u32,
+                weight: f64,
+            }
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Body {
+                version: u32,
+                additional: Option<Additional>,
+            }
+            let b: Body = serde_json::from_slice(&bytes).map_err(|e| {
+                GatewayError::InvalidArgument(format!(
+                    "expected {{\"version\": N}} or {{\"version\": N, \"additional\": {{\"version\": M, \"weight\": W}}}}: {e}"
+                ))
+            })?;
+            let alias = registry.set_alias(
+                name,
+                alias,
+                crate::registry::Alias {
+                    version: b.version,
+                    additional: b.additional.map(|a| crate::registry::Additional {
+                        version: a.version,
+                        weight: a.weight,
+                    }),
+                },
+            )?;
+            Ok(json(
+                StatusCode::OK,
+                serde_json::to_value(alias).unwrap_or_default(),
+            ))
+        }
+        _ => Err(GatewayError::TriggerNotFound(format!(
+            "no admin route for {method} /-/functions{rest}"
+        ))),
     }
 }

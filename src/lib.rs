@@ -5,7 +5,8 @@
 //! compiled functions); [`App::handle`] runs one request through the pipeline of
 //! [`pipeline`]. The [`server`] module only accepts connections and calls it.
 
-#![forbid(unsafe_code)]
+// One audited exception: loading wasmtime's own compiled artifacts (registry.rs).
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod auth;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod metrics;
 pub mod pipeline;
 pub mod queue;
+pub mod registry;
 pub mod router;
 pub mod runtime;
 pub mod server;
@@ -29,6 +31,7 @@ use anyhow::{Context, Result};
 use crate::auth::TriggerAuth;
 use crate::config::{Config, Listener, TriggerConfig};
 use crate::queue::Queue;
+use crate::registry::Registry;
 use crate::router::Router;
 use crate::runtime::{Function, Runtime};
 use crate::throttle::{NodeLimiter, RateLimit};
@@ -60,6 +63,8 @@ pub struct App {
     pub node: NodeLimiter,
     /// The durable async queue, opened when a trigger enables async invocation.
     pub queue: Option<Arc<Queue>>,
+    /// Deployed versions and aliases, opened with the admin listener (or when present).
+    pub registry: Option<Registry>,
     draining: AtomicBool,
     /// Warnings found while building (shown by `check`).
     pub warnings: Vec<String>,
@@ -80,12 +85,6 @@ impl App {
             } else {
                 None
             };
-            if function.is_none() {
-                warnings.push(format!(
-                    "trigger '{}': function '{}' qualifier '{}' is not deployed; requests answer 404 FunctionNotFound until it is",
-                    t.name, t.function, t.qualifier
-                ));
-            }
             router.insert(t.host.as_deref(), &t.path, i);
             triggers.push(Trigger {
                 config: t.clone(),
@@ -98,6 +97,25 @@ impl App {
             .triggers
             .iter()
             .any(|t| t.async_.as_ref().is_some_and(|a| a.enabled));
+        let registry = if config.server.admin_listen.is_some()
+            || config.server.data_dir.join("registry.db").exists()
+        {
+            Some(Registry::open(&config.server.data_dir, &config, &runtime)?)
+        } else {
+            None
+        };
+        for t in &triggers {
+            let deployed = registry
+                .as_ref()
+                .and_then(|r| r.resolve(&t.config.function, &t.config.qualifier))
+                .is_some();
+            if t.function.is_none() && !deployed {
+                warnings.push(format!(
+                    "trigger '{}': function '{}' qualifier '{}' is not deployed; requests answer 404 FunctionNotFound until it is",
+                    t.config.name, t.config.function, t.config.qualifier
+                ));
+            }
+        }
         let queue = if wants_queue {
             Some(Arc::new(Queue::open(
                 &config.server.data_dir,
@@ -109,6 +127,7 @@ impl App {
         Ok(App {
             node: NodeLimiter::new(config.limits.max_in_flight.get()),
             queue,
+            registry,
             config,
             triggers,
             router,
@@ -116,6 +135,23 @@ impl App {
             draining: AtomicBool::new(false),
             warnings,
         })
+    }
+
+    /// The function a trigger runs right now: the config's file for `LATEST` when the config
+    /// has the function, else the deployed version its qualifier names.
+    pub fn resolve(&self, trigger: &Trigger) -> Result<Arc<Function>, error::GatewayError> {
+        if let Some(f) = &trigger.function {
+            return Ok(f.clone());
+        }
+        self.registry
+            .as_ref()
+            .and_then(|r| r.resolve(&trigger.config.function, &trigger.config.qualifier))
+            .ok_or_else(|| {
+                error::GatewayError::FunctionNotFound(format!(
+                    "function '{}' qualifier '{}' is not deployed",
+                    trigger.config.function, trigger.config.qualifier
+                ))
+            })
     }
 
     /// Starts the async workers (when the queue is open). They stop when the app drains.

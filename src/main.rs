@@ -1,4 +1,4 @@
-//! The `wasmgate` command line: `serve`, `check`, `sign`.
+//! The `wasmgate` command line: `serve`, `check`, `sign`, `deploy`, `versions`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,6 +62,32 @@ enum Command {
         /// The URL to sign (only its path and query are signed).
         url: String,
     },
+    /// Upload a component as a new version of NAME through the admin API.
+    Deploy {
+        name: String,
+        file: PathBuf,
+        /// Point this alias at the new version.
+        #[arg(long)]
+        alias: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the deployed versions and aliases of NAME through the admin API.
+    Versions {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The admin listener's URL.
+    #[arg(long, default_value = "http://127.0.0.1:9090", env = "WASMGATE_ADMIN")]
+    admin: String,
+    /// The environment variable holding the admin token.
+    #[arg(long, default_value = "WASMGATE_ADMIN_TOKEN")]
+    token_env: String,
 }
 
 fn main() -> ExitCode {
@@ -76,6 +102,13 @@ fn main() -> ExitCode {
             method,
             url,
         } => sign(&key_id, &secret_env, &method, &url),
+        Command::Deploy {
+            name,
+            file,
+            alias,
+            admin,
+        } => deploy(&name, &file, alias.as_deref(), &admin),
+        Command::Versions { name, admin } => versions(&name, &admin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -141,6 +174,107 @@ fn sign(key_id: &str, secret_env: &str, method: &str, url: &str) -> Result<()> {
     );
     for (name, value) in headers {
         println!("{name}: {value}");
+    }
+    Ok(())
+}
+
+/// Calls the admin API; a non-2xx answer is an error carrying the gateway's message.
+fn admin_call(
+    admin: &AdminArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<serde_json::Value> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut req = reqwest::Client::new()
+            .request(
+                method,
+                format!("{}{path}", admin.admin.trim_end_matches('/')),
+            )
+            .body(body);
+        if let Ok(token) = std::env::var(&admin.token_env) {
+            req = req.bearer_auth(token);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach the admin API at {}: {e}", admin.admin))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        if !status.is_success() {
+            anyhow::bail!(
+                "{status}: {}",
+                v.get("Message").and_then(|m| m.as_str()).unwrap_or("")
+            );
+        }
+        Ok(v)
+    })
+}
+
+fn deploy(
+    name: &str,
+    file: &std::path::Path,
+    alias: Option<&str>,
+    admin: &AdminArgs,
+) -> Result<()> {
+    let bytes =
+        std::fs::read(file).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", file.display()))?;
+    let v = admin_call(
+        admin,
+        reqwest::Method::PUT,
+        &format!("/-/functions/{name}"),
+        bytes,
+    )?;
+    let version = v["version"].as_u64().unwrap_or(0);
+    println!(
+        "{name} version {version} sha256 {} ({} bytes)",
+        v["sha256"].as_str().unwrap_or(""),
+        v["size"]
+    );
+    if let Some(alias) = alias {
+        let body = serde_json::json!({ "version": version })
+            .to_string()
+            .into_bytes();
+        admin_call(
+            admin,
+            reqwest::Method::PUT,
+            &format!("/-/functions/{name}/aliases/{alias}"),
+            body,
+        )?;
+        println!("{name} alias {alias} -> version {version}");
+    }
+    Ok(())
+}
+
+fn versions(name: &str, admin: &AdminArgs) -> Result<()> {
+    let v = admin_call(
+        admin,
+        reqwest::Method::GET,
+        &format!("/-/functions/{name}"),
+        Vec::new(),
+    )?;
+    println!("{:<8} {:<66} {:>10}  CREATED", "VERSION", "SHA256", "SIZE");
+    for ver in v["versions"].as_array().into_iter().flatten() {
+        println!(
+            "{:<8} {:<66} {:>10}  {}",
+            ver["version"],
+            ver["sha256"].as_str().unwrap_or(""),
+            ver["size"],
+            ver["created"].as_str().unwrap_or("")
+        );
+    }
+    for (alias, a) in v["aliases"].as_object().into_iter().flatten() {
+        match a.get("additional") {
+            Some(x) => println!(
+                "alias {alias} -> version {} ({} to version {})",
+                a["version"], x["weight"], x["version"]
+            ),
+            None => println!("alias {alias} -> version {}", a["version"]),
+        }
     }
     Ok(())
 }

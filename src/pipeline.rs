@@ -160,19 +160,14 @@ impl App {
         let (principal, body) = authenticate(self, trigger, &mut parts, body, conn).await?;
         record.principal = Some(principal.id());
         record.anonymous = matches!(principal, Principal::Anonymous(_));
-        let function = trigger.function.as_ref().ok_or_else(|| {
-            GatewayError::FunctionNotFound(format!(
-                "function '{}' qualifier '{}' is not deployed",
-                trigger.config.function, trigger.config.qualifier
-            ))
-        })?;
+        let function = self.resolve(trigger)?;
         throttle(self, trigger, &principal, conn)?;
         if invocation_type == InvocationType::Async {
             return enqueue(self, trigger, parts, body, conn, request_id).await;
         }
-        let admission = self.node.admit(function)?;
+        let admission = self.node.admit(&function)?;
         let request = function_request(trigger, parts, body, conn, request_id);
-        dispatch(self, function, request, conn, request_id, admission).await
+        dispatch(self, &function, request, conn, request_id, admission).await
     }
 }
 

@@ -231,7 +231,8 @@ fn non_zero(key: &str, value: u64) -> Result<NonZeroU64> {
     NonZeroU64::new(value).ok_or_else(|| anyhow!("key `{key}`: must be greater than 0"))
 }
 
-fn valid_name(name: &str) -> bool {
+/// Function and trigger names: `[a-z0-9-]{1,64}`.
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name

@@ -250,13 +250,11 @@ fn jittered(d: Duration) -> Duration {
 /// Runs the task's request once through the runtime, with the node's and the function's
 /// permits like any request.
 async fn run_once(app: &App, trigger: &Trigger, task: &Task) -> Attempt {
-    let Some(function) = trigger.function.as_ref() else {
-        return Attempt::Refused(GatewayError::FunctionNotFound(format!(
-            "function '{}' is not deployed",
-            trigger.config.function
-        )));
+    let function = match app.resolve(trigger) {
+        Ok(f) => f,
+        Err(e) => return Attempt::Refused(e),
     };
-    let admission = match app.node.admit(function) {
+    let admission = match app.node.admit(&function) {
         Ok(a) => a,
         Err(e) => return Attempt::Refused(e),
     };

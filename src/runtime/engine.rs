@@ -31,7 +31,9 @@ pub fn build_engine(config: &Config) -> Result<wasmtime::Engine> {
         .iter()
         .map(|f| u64::from(f.memory_mb.get()) << 20)
         .max()
-        .unwrap_or(128 << 20);
+        .unwrap_or(0)
+        // Room for deployed versions of functions the config does not list (128 MiB default).
+        .max(128 << 20);
 
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(slots)

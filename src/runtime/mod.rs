@@ -24,6 +24,8 @@ pub use instance::{Host, Invocation, Outcome};
 /// A compiled function, ready to instantiate.
 pub struct Function {
     pub name: Arc<str>,
+    /// The deployed version number, `None` for the config's own file (LATEST).
+    pub version: Option<u32>,
     pub config: FunctionConfig,
     pre: ProxyPre<Host>,
     env: Arc<[(String, String)]>,
@@ -45,6 +47,8 @@ pub struct Runtime {
     engine: wasmtime::Engine,
     linker: Linker<Host>,
     functions: HashMap<String, Arc<Function>>,
+    /// One concurrency semaphore per function name, shared by all its versions.
+    permits: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl Runtime {
@@ -62,6 +66,7 @@ impl Runtime {
             engine,
             linker,
             functions: HashMap::new(),
+            permits: std::sync::Mutex::new(HashMap::new()),
         };
         for f in &config.functions {
             let bytes = std::fs::read(&f.wasm).with_context(|| {
@@ -77,20 +82,43 @@ impl Runtime {
 
     /// Compiles and pre-instantiates one component; checks it is a wasi:http/proxy component.
     pub fn compile(&self, config: &FunctionConfig, bytes: &[u8]) -> Result<Function> {
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| anyhow!("not a valid WebAssembly component: {e}"))?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+        let component = self.compile_component(bytes)?;
+        self.prepare(config, None, &component)
+    }
+
+    /// Compiles a component (no linking yet).
+    pub fn compile_component(&self, bytes: &[u8]) -> Result<Component> {
+        Component::new(&self.engine, bytes)
+            .map_err(|e| anyhow!("not a valid WebAssembly component: {e}"))
+    }
+
+    /// Links a compiled component against the wasi:http/proxy host and pre-instantiates it.
+    pub fn prepare(
+        &self,
+        config: &FunctionConfig,
+        version: Option<u32>,
+        component: &Component,
+    ) -> Result<Function> {
+        let pre = self.linker.instantiate_pre(component).map_err(|e| {
             anyhow!("imports something a wasi:http/proxy host does not provide: {e}")
         })?;
         let pre = ProxyPre::new(pre)
             .map_err(|e| anyhow!("does not export wasi:http/incoming-handler: {e}"))?;
+        let permits = match self.permits.lock() {
+            Ok(mut map) => map
+                .entry(config.name.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(config.max_concurrency.get())))
+                .clone(),
+            Err(_) => Arc::new(Semaphore::new(config.max_concurrency.get())),
+        };
         Ok(Function {
             name: config.name.as_str().into(),
+            version,
             config: config.clone(),
             pre,
             env: config.env.clone().into(),
             outbound_hosts: config.outbound_hosts.clone().into(),
-            permits: Arc::new(Semaphore::new(config.max_concurrency.get())),
+            permits,
         })
     }
 

@@ -1,0 +1,227 @@
+//! Deploying functions through the admin API: versions, aliases (with canaries), no failed
+//! requests while an alias moves, refusal of invalid uploads, and restarts that keep
+//! everything without recompiling.
+
+mod common;
+
+use std::process::Command;
+
+use common::TestServer;
+
+const TOKEN: &str = "deploy-admin-token";
+
+const CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+admin_token_env = "ADMIN_TOKEN"
+data_dir = "data"
+
+[[trigger]]
+name = "live"
+function = "greet"
+qualifier = "live"
+
+[[trigger]]
+name = "v1"
+function = "greet"
+qualifier = "1"
+
+[[trigger]]
+name = "latest"
+function = "greet"
+"#;
+
+fn start_in(dir: &std::path::Path) -> TestServer {
+    TestServer::start_in(dir, CONFIG, &[("ADMIN_TOKEN", TOKEN)])
+}
+
+fn cli(s: &TestServer, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+        .args(args)
+        .args(["--admin", s.admin.as_deref().unwrap()])
+        .env("WASMGATE_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn body(url: String) -> (u16, String) {
+    let r = reqwest::get(url).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+async fn set_alias(s: &TestServer, json: &str) -> u16 {
+    reqwest::Client::new()
+        .put(s.admin_url("/-/functions/greet/aliases/live"))
+        .bearer_auth(TOKEN)
+        .body(json.to_string())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_alias_canary_rollback_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start_in(dir.path());
+    let (status, _) = body(s.url("/live")).await;
+    assert_eq!(status, 404, "nothing deployed yet");
+
+    let (ok, out, err) = cli(
+        &s,
+        &["deploy", "greet", &common::wasm("hello"), "--alias", "live"],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("greet version 1"), "{out}");
+    assert_eq!(
+        body(s.url("/live")).await,
+        (200, "hello from wasmgate\n".into())
+    );
+
+    let (ok, out, err) = cli(&s, &["deploy", "greet", &common::wasm("echo")]);
+    assert!(ok, "{err}");
+    assert!(out.contains("greet version 2"), "{out}");
+    // LATEST is the highest version; a number pins one; the alias has not moved.
+    let (status, latest) = body(s.url("/latest/x")).await;
+    assert_eq!(status, 200);
+    assert!(latest.contains("\"path\":\"/x\""), "{latest}");
+    assert_eq!(body(s.url("/v1")).await.1, "hello from wasmgate\n");
+    assert_eq!(body(s.url("/live")).await.1, "hello from wasmgate\n");
+
+    // Move the alias while a client loop runs: every request succeeds, on one version or
+    // the other.
+    let url = s.url("/live");
+    let client_loop = tokio::spawn(async move {
+        let c = reqwest::Client::new();
+        let mut seen = (0, 0);
+        for _ in 0..300 {
+            let r = c.get(&url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            if r.text().await.unwrap().starts_with("hello") {
+                seen.0 += 1;
+            } else {
+                seen.1 += 1;
+            }
+        }
+        seen
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(set_alias(&s, r#"{"version": 2}"#).await, 200);
+    let seen = client_loop.await.unwrap();
+    assert!(seen.1 > 0, "the alias move never took effect: {seen:?}");
+    assert!(body(s.url("/live")).await.1.starts_with('{'));
+
+    // Canary: half the traffic to version 1.
+    assert_eq!(
+        set_alias(
+            &s,
+            r#"{"version": 2, "additional": {"version": 1, "weight": 0.5}}"#
+        )
+        .await,
+        200
+    );
+    let mut hello = 0;
+    for _ in 0..60 {
+        if body(s.url("/live")).await.1.starts_with("hello") {
+            hello += 1;
+        }
+    }
+    assert!(hello > 0 && hello < 60, "canary split {hello}/60");
+    // Bad aliases are refused.
+    assert_eq!(set_alias(&s, r#"{"version": 9}"#).await, 400);
+    assert_eq!(
+        set_alias(
+            &s,
+            r#"{"version": 2, "additional": {"version": 1, "weight": 1.5}}"#
+        )
+        .await,
+        400
+    );
+
+    // Roll back.
+    assert_eq!(set_alias(&s, r#"{"version": 1}"#).await, 200);
+    assert_eq!(body(s.url("/live")).await.1, "hello from wasmgate\n");
+
+    let (ok, out, _) = cli(&s, &["versions", "greet"]);
+    assert!(ok);
+    assert!(out.contains("alias live -> version 1"), "{out}");
+
+    // Restart: versions and aliases are kept, and nothing is recompiled.
+    s.kill9();
+    let s = start_in(dir.path());
+    assert!(
+        s.wait_for_log("loaded 2 deployed versions (2 from the compiled cache)"),
+        "{}",
+        s.stderr_text()
+    );
+    assert_eq!(body(s.url("/live")).await.1, "hello from wasmgate\n");
+    assert!(body(s.url("/latest")).await.1.starts_with('{'));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_uploads_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_in(dir.path());
+    let c = reqwest::Client::new();
+    let put = |bytes: Vec<u8>| {
+        c.put(s.admin_url("/-/functions/greet"))
+            .bearer_auth(TOKEN)
+            .body(bytes)
+            .send()
+    };
+    let resp = put(std::fs::read(common::wasm("hello")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["version"], 1);
+    assert_eq!(
+        v["size"],
+        std::fs::metadata(common::wasm("hello")).unwrap().len()
+    );
+
+    for junk in [
+        b"not wasm".to_vec(),
+        b"\0asm\x01\0\0\0".to_vec(),
+        Vec::new(),
+    ] {
+        let resp = put(junk).await.unwrap();
+        assert_eq!(resp.status(), 400);
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["Code"], "InvalidArgument");
+    }
+    // No token, wrong token.
+    let resp = c
+        .put(s.admin_url("/-/functions/greet"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = c
+        .get(s.admin_url("/-/functions/greet"))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    let v: serde_json::Value = c
+        .get(s.admin_url("/-/functions/greet"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["versions"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(body(s.url("/latest")).await.0, 200);
+}
