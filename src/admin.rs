@@ -7,11 +7,11 @@
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use subtle::ConstantTimeEq;
 
-use crate::App;
 use crate::body::{ResponseBody, full};
 use crate::error::GatewayError;
 use crate::pipeline::{error_response, new_request_id};
 use crate::queue::TaskState;
+use crate::{App, Gateway};
 
 fn json(status: StatusCode, value: serde_json::Value) -> Response<ResponseBody> {
     let mut r = Response::new(full(value.to_string()));
@@ -52,13 +52,13 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 }
 
 /// Serves one admin request.
-pub async fn handle<B>(app: &App, req: Request<B>) -> Response<ResponseBody>
+pub async fn handle<B>(gateway: &std::sync::Arc<Gateway>, req: Request<B>) -> Response<ResponseBody>
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let request_id = new_request_id();
-    let mut resp = match route(app, req).await {
+    let mut resp = match route(gateway, req).await {
         Ok(r) => r,
         Err(e) => error_response(&e, &request_id),
     };
@@ -83,11 +83,15 @@ where
         })
 }
 
-async fn route<B>(app: &App, req: Request<B>) -> Result<Response<ResponseBody>, GatewayError>
+async fn route<B>(
+    gateway: &std::sync::Arc<Gateway>,
+    req: Request<B>,
+) -> Result<Response<ResponseBody>, GatewayError>
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let app = &*gateway.app();
     let (parts, body) = req.into_parts();
     let req = Request::from_parts(parts, ());
     let path = req.uri().path().to_string();
@@ -125,6 +129,19 @@ where
         });
     }
     let not_found = || GatewayError::TriggerNotFound(format!("no admin route for {method} {path}"));
+    if method == Method::POST && path == "/-/reload" {
+        let g = gateway.clone();
+        return match tokio::task::spawn_blocking(move || g.reload()).await {
+            Ok(Ok(())) => Ok(json(StatusCode::OK, serde_json::json!({"reloaded": true}))),
+            Ok(Err(e)) => {
+                tracing::error!("reload failed, the running configuration stays: {e:#}");
+                Err(GatewayError::InvalidArgument(format!(
+                    "the configuration was not reloaded: {e:#}"
+                )))
+            }
+            Err(e) => Err(GatewayError::Internal(format!("reload failed: {e}"))),
+        };
+    }
     if method == Method::GET && path == "/metrics" {
         let m = &crate::metrics::METRICS;
         m.in_flight.set(app.node.in_flight() as i64);

@@ -23,8 +23,8 @@ pub mod server;
 pub mod throttle;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::{Context, Result};
 
@@ -44,6 +44,19 @@ pub struct Trigger {
     /// `None` when the function or qualifier names nothing deployed (=> 404 FunctionNotFound).
     pub function: Option<Arc<Function>>,
     pub rate_limit: Option<RateLimit>,
+}
+
+impl Gateway {
+    /// Starts the async workers (when the queue is open). They follow reloads and stop when
+    /// the gateway drains.
+    pub fn start_workers(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let queue = self.app().queue.clone()?;
+        Some(tokio::spawn(queue::worker::run(self.clone(), queue)))
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
 }
 
 /// Where a request came in.
@@ -70,9 +83,75 @@ pub struct App {
     pub warnings: Vec<String>,
 }
 
+/// The running gateway: the current [`App`] generation, swapped whole by a config reload.
+///
+/// Each request takes the generation current when it arrives and keeps it to the end, so a
+/// reload never changes a request mid-flight; the old generation goes away with its last
+/// request. Listener addresses and TLS are fixed at start; everything else (functions,
+/// triggers, authentication, limits) comes from the reloaded file.
+pub struct Gateway {
+    current: RwLock<Arc<App>>,
+    reloading: Mutex<()>,
+    draining: AtomicBool,
+}
+
+impl Gateway {
+    pub fn new(app: App) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            current: RwLock::new(Arc::new(app)),
+            reloading: Mutex::new(()),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// The current generation.
+    pub fn app(&self) -> Arc<App> {
+        match self.current.read() {
+            Ok(a) => a.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-reads the config file and swaps in a new generation. A bad config is reported and
+    /// the running generation stays.
+    pub fn reload(&self) -> Result<()> {
+        let _one_at_a_time = self
+            .reloading
+            .lock()
+            .map_err(|_| anyhow::anyhow!("reload lock poisoned"))?;
+        let old = self.app();
+        let config = Config::load(&old.config.path)?;
+        let new = App::build_with(config, Some(&old))?;
+        if self.draining.load(Ordering::SeqCst) {
+            new.start_draining();
+        }
+        for w in &new.warnings {
+            tracing::warn!("{w}");
+        }
+        match self.current.write() {
+            Ok(mut cur) => *cur = Arc::new(new),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(new),
+        }
+        tracing::info!("configuration reloaded from {}", old.config.path.display());
+        Ok(())
+    }
+
+    /// New requests get 503 from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.app().start_draining();
+    }
+}
+
 impl App {
     /// Builds everything a request needs: compiled functions, routes, authenticators.
     pub fn build(config: Config) -> Result<App> {
+        Self::build_with(config, None)
+    }
+
+    /// Builds a generation; a reload passes the previous one so that the async queue (one
+    /// writer per database) is shared rather than opened twice.
+    pub fn build_with(config: Config, previous: Option<&App>) -> Result<App> {
         let runtime = Runtime::new(&config)?;
         let mut warnings = Vec::new();
         let mut triggers = Vec::new();
@@ -116,13 +195,16 @@ impl App {
                 ));
             }
         }
-        let queue = if wants_queue {
-            Some(Arc::new(Queue::open(
+        let reusable = previous
+            .filter(|p| p.config.server.data_dir == config.server.data_dir)
+            .and_then(|p| p.queue.clone());
+        let queue = match reusable {
+            Some(q) => Some(q),
+            None if wants_queue => Some(Arc::new(Queue::open(
                 &config.server.data_dir,
                 &config.queue,
-            )?))
-        } else {
-            None
+            )?)),
+            None => None,
         };
         Ok(App {
             node: NodeLimiter::new(config.limits.max_in_flight.get()),
@@ -152,12 +234,6 @@ impl App {
                     trigger.config.function, trigger.config.qualifier
                 ))
             })
-    }
-
-    /// Starts the async workers (when the queue is open). They stop when the app drains.
-    pub fn start_workers(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
-        let queue = self.queue.clone()?;
-        Some(tokio::spawn(queue::worker::run(self.clone(), queue)))
     }
 
     /// From now on new requests are refused with 503 while in-flight ones finish.

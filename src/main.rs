@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -284,11 +283,11 @@ fn serve(config: PathBuf) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let app = Arc::new(build(&config)?);
+        let app = build(&config)?;
         for w in &app.warnings {
             tracing::warn!("{w}");
         }
-        wasmgate::server::run(app, shutdown_signal()).await
+        wasmgate::server::run(wasmgate::Gateway::new(app), shutdown_signal()).await
     })
 }
 

@@ -127,3 +127,56 @@ fn a_public_admin_address_needs_a_token() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("admin_token_env"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_applies_a_good_config_and_keeps_serving_on_a_bad_one() {
+    let s = TestServer::start(CONFIG);
+    let c = reqwest::Client::new();
+    assert_eq!(c.get(s.url("/hello")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(s.url("/greet")).send().await.unwrap().status(), 404);
+    let path = s.dir.join("wasmgate.toml");
+    let original = std::fs::read_to_string(&path).unwrap();
+
+    // A broken config (SIGHUP): reported, and the running one stays.
+    std::fs::write(&path, format!("{original}\nbogus_key = 1\n")).unwrap();
+    s.signal("HUP");
+    assert!(s.wait_for_log("reload failed"), "{}", s.stderr_text());
+    assert!(s.stderr_text().contains("bogus_key"));
+    assert_eq!(c.get(s.url("/hello")).send().await.unwrap().status(), 200);
+    // The same through the admin API: 400 with the reason.
+    let resp = c
+        .post(s.admin_url("/-/reload"))
+        .bearer_auth("admin-secret-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert!(v["Message"].as_str().unwrap().contains("bogus_key"), "{v}");
+
+    // A good config with a new trigger takes effect.
+    std::fs::write(
+        &path,
+        format!("{original}\n[[trigger]]\nname = \"greet\"\nfunction = \"hello\"\n"),
+    )
+    .unwrap();
+    let resp = c
+        .post(s.admin_url("/-/reload"))
+        .bearer_auth("admin-secret-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(c.get(s.url("/greet")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(s.url("/hello")).send().await.unwrap().status(), 200);
+
+    // And by SIGHUP: the trigger goes away again.
+    std::fs::write(&path, &original).unwrap();
+    s.signal("HUP");
+    assert!(
+        s.wait_for_count("configuration reloaded", 2),
+        "{}",
+        s.stderr_text()
+    );
+    assert_eq!(c.get(s.url("/greet")).send().await.unwrap().status(), 404);
+}

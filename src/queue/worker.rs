@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use super::{PendingCallback, Queue, Task, TaskState, Update, now_ms};
 use crate::error::GatewayError;
 use crate::runtime::Invocation;
-use crate::{App, Trigger};
+use crate::{App, Gateway, Trigger};
 
 /// First retry delay; doubles per attempt up to [`MAX_BACKOFF`].
 const BASE_BACKOFF: Duration = Duration::from_millis(500);
@@ -35,7 +35,7 @@ pub fn backoff(attempt: u32) -> Duration {
 }
 
 /// Runs the dispatcher until the app drains; finishes in-flight attempts before returning.
-pub async fn run(app: Arc<App>, queue: Arc<Queue>) {
+pub async fn run(gateway: Arc<Gateway>, queue: Arc<Queue>) {
     let workers = Arc::new(Semaphore::new(queue.config.workers.get()));
     let client = callback_client();
     for cb in queue.pending_callbacks().await {
@@ -43,7 +43,7 @@ pub async fn run(app: Arc<App>, queue: Arc<Queue>) {
     }
     let mut last_prune = Instant::now() - Duration::from_secs(3600);
     loop {
-        if app.is_draining() {
+        if gateway.is_draining() {
             break;
         }
         if last_prune.elapsed() > Duration::from_secs(60) {
@@ -56,7 +56,8 @@ pub async fn run(app: Arc<App>, queue: Arc<Queue>) {
                 let Ok(permit) = workers.clone().acquire_owned().await else {
                     return;
                 };
-                let (app, queue, client) = (app.clone(), queue.clone(), client.clone());
+                // Each attempt runs on the generation current when it starts.
+                let (app, queue, client) = (gateway.app(), queue.clone(), client.clone());
                 tokio::spawn(async move {
                     execute(&app, &queue, &client, task).await;
                     drop(permit);

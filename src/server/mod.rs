@@ -21,7 +21,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Listener;
-use crate::{App, ConnInfo};
+use crate::{App, ConnInfo, Gateway};
 
 /// One bound listener.
 struct Bound {
@@ -31,7 +31,8 @@ struct Bound {
 
 /// Binds every listener, serves until `shutdown` resolves, then drains: new requests get
 /// 503, idle connections close, in-flight requests finish (up to `drain_timeout_ms`).
-pub async fn run(app: Arc<App>, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let app = gateway.app();
     let server = &app.config.server;
     let tls = match &server.tls {
         Some(t) => Some(TlsAcceptor::from(tls::server_config(t)?)),
@@ -69,7 +70,7 @@ pub async fn run(app: Arc<App>, shutdown: impl Future<Output = ()>) -> Result<()
     let mut accept_tasks = Vec::new();
     for b in listeners {
         accept_tasks.push(tokio::spawn(accept_loop(
-            app.clone(),
+            gateway.clone(),
             b,
             tls.clone(),
             builder.clone(),
@@ -81,22 +82,24 @@ pub async fn run(app: Arc<App>, shutdown: impl Future<Output = ()>) -> Result<()
     // Rate-limit state is swept while serving so that many distinct keys cannot grow it
     // without bound.
     let sweeper = tokio::spawn({
-        let app = app.clone();
+        let gateway = gateway.clone();
         async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tick.tick().await;
-                app.sweep_rate_limits();
+                gateway.app().sweep_rate_limits();
             }
         }
     });
+    let reloader = tokio::spawn(reload_on_sighup(gateway.clone()));
 
-    let workers = app.start_workers();
+    let workers = gateway.start_workers();
 
     shutdown.await;
     sweeper.abort();
+    reloader.abort();
     tracing::info!("shutting down: draining in-flight requests");
-    app.start_draining();
+    gateway.start_draining();
     let _ = stop_tx.send(true);
     for t in accept_tasks {
         let _ = t.await;
@@ -138,15 +141,33 @@ fn http_builder(app: &App) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// SIGHUP re-reads the config; a bad config is logged and the running one stays.
+async fn reload_on_sighup(gateway: Arc<Gateway>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload with POST /-/reload");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let g = gateway.clone();
+        match tokio::task::spawn_blocking(move || g.reload()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("reload failed, the running configuration stays: {e:#}"),
+            Err(e) => tracing::error!("reload failed: {e}"),
+        }
+    }
+}
+
 async fn accept_loop(
-    app: Arc<App>,
+    gateway: Arc<Gateway>,
     bound: Bound,
     tls: Option<TlsAcceptor>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     connections: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let handshake_timeout = Duration::from_millis(app.config.limits.header_read_timeout_ms.get());
+    let handshake_timeout =
+        Duration::from_millis(gateway.app().config.limits.header_read_timeout_ms.get());
     loop {
         // Wait for a connection slot before accepting: over the limit, clients queue in the
         // kernel's backlog instead of costing memory here.
@@ -174,13 +195,13 @@ async fn accept_loop(
             listener: bound.role,
             https: tls.is_some(),
         };
-        let app = app.clone();
+        let gateway = gateway.clone();
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            let app = app.clone();
+            let gateway = gateway.clone();
             async move {
                 Ok::<_, Infallible>(match conn.listener {
-                    Listener::Admin => crate::admin::handle(&app, req).await,
-                    _ => app.handle(req, &conn).await,
+                    Listener::Admin => crate::admin::handle(&gateway, req).await,
+                    _ => gateway.app().handle(req, &conn).await,
                 })
             }
         });
