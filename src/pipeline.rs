@@ -76,6 +76,8 @@ struct Record {
     trigger: Option<String>,
     principal: Option<String>,
     anonymous: bool,
+    /// Which limit refused the request, if one did.
+    throttled: Option<&'static str>,
 }
 
 impl App {
@@ -116,7 +118,7 @@ impl App {
         m.duration
             .get_or_create(&crate::metrics::TriggerLabels { trigger })
             .observe(started.elapsed().as_secs_f64());
-        if let Some(reason) = throttle_reason(&response) {
+        if let Some(reason) = record.throttled {
             m.throttled
                 .get_or_create(&crate::metrics::ThrottleLabels {
                     trigger: record.trigger.clone().unwrap_or_default(),
@@ -161,22 +163,25 @@ impl App {
         record.principal = Some(principal.id());
         record.anonymous = matches!(principal, Principal::Anonymous(_));
         let function = self.resolve(trigger)?;
-        throttle(self, trigger, &principal, conn)?;
+        if let Err(e) = throttle(self, trigger, &principal, conn) {
+            record.throttled = Some(if self.is_draining() {
+                "draining"
+            } else {
+                "rate_limit"
+            });
+            return Err(e);
+        }
         if invocation_type == InvocationType::Async {
             return enqueue(self, trigger, parts, body, conn, request_id).await;
         }
-        let admission = self.node.admit(&function)?;
+        let admission = self.node.admit(&function).inspect_err(|e| {
+            record.throttled = Some(match e {
+                GatewayError::ResourceExhausted { .. } => "function_concurrency",
+                _ => "node_in_flight",
+            });
+        })?;
         let request = function_request(trigger, parts, body, conn, request_id);
         dispatch(self, &function, request, conn, request_id, admission).await
-    }
-}
-
-/// Which throttle refused a response, if one did (for the metrics).
-fn throttle_reason(response: &Response<ResponseBody>) -> Option<&'static str> {
-    match response.status() {
-        StatusCode::TOO_MANY_REQUESTS => Some("rate_limit_or_concurrency"),
-        StatusCode::SERVICE_UNAVAILABLE => Some("node_in_flight_or_draining"),
-        _ => None,
     }
 }
 
