@@ -87,6 +87,9 @@ struct AdminArgs {
     /// The environment variable holding the admin token.
     #[arg(long, default_value = "WASMGATE_ADMIN_TOKEN")]
     token_env: String,
+    /// A PEM CA certificate to trust for an HTTPS admin listener (besides the Web PKI roots).
+    #[arg(long)]
+    cacert: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -187,8 +190,18 @@ fn admin_call(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let mut client = reqwest::Client::builder();
+    if let Some(ca) = &admin.cacert {
+        let pem = std::fs::read(ca)
+            .map_err(|e| anyhow::anyhow!("--cacert {}: cannot read: {e}", ca.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+            anyhow::anyhow!("--cacert {}: not a PEM certificate: {e}", ca.display())
+        })?;
+        client = client.add_root_certificate(cert);
+    }
+    let client = client.build()?;
     runtime.block_on(async {
-        let mut req = reqwest::Client::new()
+        let mut req = client
             .request(
                 method,
                 format!("{}{path}", admin.admin.trim_end_matches('/')),
@@ -197,10 +210,15 @@ fn admin_call(
         if let Ok(token) = std::env::var(&admin.token_env) {
             req = req.bearer_auth(token);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach the admin API at {}: {e}", admin.admin))?;
+        let resp = req.send().await.map_err(|e| {
+            let mut msg = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            anyhow::anyhow!("cannot reach the admin API at {}: {msg}", admin.admin)
+        })?;
         let status = resp.status();
         let bytes = resp.bytes().await.unwrap_or_default();
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
@@ -260,9 +278,9 @@ fn versions(name: &str, admin: &AdminArgs) -> Result<()> {
     for ver in v["versions"].as_array().into_iter().flatten() {
         println!(
             "{:<8} {:<66} {:>10}  {}",
-            ver["version"],
+            ver["version"].to_string(),
             ver["sha256"].as_str().unwrap_or(""),
-            ver["size"],
+            ver["size"].to_string(),
             ver["created"].as_str().unwrap_or("")
         );
     }
