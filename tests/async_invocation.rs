@@ -291,7 +291,7 @@ async fn delays_are_honoured_and_stopped_tasks_never_run() {
     let resp = submit(
         &s,
         "/echo",
-        &[("x-fc-async-task-id", "stopme"), ("x-fc-async-delay", "2")],
+        &[("x-fc-async-task-id", "stopme"), ("x-fc-async-delay", "3")],
         "",
     )
     .await;
@@ -299,7 +299,7 @@ async fn delays_are_honoured_and_stopped_tasks_never_run() {
     let resp = submit(
         &s,
         "/echo",
-        &[("x-fc-async-task-id", "later"), ("x-fc-async-delay", "2")],
+        &[("x-fc-async-task-id", "later"), ("x-fc-async-delay", "3")],
         "",
     )
     .await;
@@ -318,7 +318,7 @@ async fn delays_are_honoured_and_stopped_tasks_never_run() {
     assert_eq!(cb.header("x-fc-async-task-id"), Some("later"));
     let later = wait_task(&s, "later", |t| t["state"] == "Succeeded").await;
     let waited = later["started_ms"].as_i64().unwrap() - later["created_ms"].as_i64().unwrap();
-    assert!(waited >= 2000, "ran {waited} ms after submission");
+    assert!(waited >= 3000, "ran {waited} ms after submission");
     let t = task(&s, "stopme").await;
     assert_eq!(t["state"], "Stopped");
     assert_eq!(t["attempts"], 0);
@@ -367,13 +367,13 @@ async fn a_task_running_during_a_crash_runs_again() {
     let mut s = TestServer::start_in(dir.path(), &cfg, &[]);
     let resp = submit(
         &s,
-        "/probe/sleep?ms=1500",
+        "/probe/sleep?ms=3000",
         &[("x-fc-async-task-id", "inflight")],
         "",
     )
     .await;
     assert_eq!(resp.status(), 202);
-    assert!(s.wait_for_log("sleep start 1500 ms"), "{}", s.stderr_text());
+    assert!(s.wait_for_log("sleep start 3000 ms"), "{}", s.stderr_text());
     s.kill9();
     assert!(ok.next(Duration::from_millis(1)).is_none());
     let s = TestServer::start_in(dir.path(), &cfg, &[]);

@@ -94,11 +94,12 @@ async fn function_and_node_limits_refuse_fast_while_admitted_requests_complete()
         let url = s.url(path);
         tokio::spawn(async move { c.get(url).send().await.unwrap() })
     };
-    // Fill `narrow` to its max_concurrency of 2.
-    let a = sleep("/narrow/sleep?ms=2000");
-    let b = sleep("/narrow/sleep?ms=2000");
+    // Fill `narrow` to its max_concurrency of 2. (The sleeps leave seconds of margin for the
+    // checks below on a slow machine; nothing waits for them to end but the final joins.)
+    let a = sleep("/narrow/sleep?ms=4000");
+    let b = sleep("/narrow/sleep?ms=4000");
     assert!(
-        s.wait_for_count("sleep start 2000 ms", 2),
+        s.wait_for_count("sleep start 4000 ms", 2),
         "{}",
         s.stderr_text()
     );
@@ -110,10 +111,10 @@ async fn function_and_node_limits_refuse_fast_while_admitted_requests_complete()
     assert_eq!(c.get(s.url("/hello")).send().await.unwrap().status(), 200);
 
     // Fill the node: two more sleeping requests on another function.
-    let d = sleep("/wide/sleep?ms=1500");
-    let e = sleep("/wide/sleep?ms=1500");
+    let d = sleep("/wide/sleep?ms=3000");
+    let e = sleep("/wide/sleep?ms=3000");
     assert!(
-        s.wait_for_count("sleep start 1500 ms", 2),
+        s.wait_for_count("sleep start 3000 ms", 2),
         "{}",
         s.stderr_text()
     );
