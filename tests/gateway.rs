@@ -72,6 +72,9 @@ name = "missing"
 function = "not-deployed"
 "#;
 
+/// Plain HTTP, one anonymous trigger on the hello function.
+const HELLO_ONLY: &str = "[server]\nlisten = \"127.0.0.1:0\"\n[[function]]\nname = \"hello\"\nwasm = \"{hello}\"\n[[trigger]]\nname = \"hello\"\nfunction = \"hello\"\n";
+
 fn echo_json(v: &serde_json::Value, header: &str) -> Option<String> {
     v["headers"]
         .as_array()?
@@ -226,9 +229,7 @@ async fn http2_over_tls_and_http1() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn plain_http_when_tls_is_omitted() {
-    let s = TestServer::start(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[[function]]\nname = \"hello\"\nwasm = \"{hello}\"\n[[trigger]]\nname = \"hello\"\nfunction = \"hello\"\n",
-    );
+    let s = TestServer::start(HELLO_ONLY);
     assert!(s.public.starts_with("http://"), "{}", s.public);
     let resp = reqwest::get(s.url("/hello")).await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -497,9 +498,7 @@ async fn slow_clients_are_cut_off() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_requests_get_400_and_the_server_lives() {
-    let s = TestServer::start(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[[function]]\nname = \"hello\"\nwasm = \"{hello}\"\n[[trigger]]\nname = \"hello\"\nfunction = \"hello\"\n",
-    );
+    let s = TestServer::start(HELLO_ONLY);
     for raw in [
         &b"GARBAGE\r\n\r\n"[..],
         b"GET /hello HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",

@@ -61,18 +61,20 @@ pub async fn run(gateway: Arc<Gateway>, queue: Arc<Queue>) {
                 tokio::spawn(async move {
                     execute(&app, &queue, &client, task).await;
                     drop(permit);
+                    // A worker is free: let the dispatcher claim the next due task now.
+                    queue.wake.notify_one();
                 });
             }
         }
-        // Sleep until the next task is due, new work arrives, or a worker frees up.
-        let wait = match queue.next_due().await {
-            Some(due) => Duration::from_millis((due - now_ms()).clamp(0, 1000) as u64),
-            None => Duration::from_secs(1),
-        };
+        // Sleep until the next task is due, new work arrives, or a worker frees up (each
+        // of which notifies `wake`).
         let wait = if workers.available_permits() == 0 {
-            wait.max(Duration::from_millis(20))
+            Duration::from_secs(1)
         } else {
-            wait
+            match queue.next_due().await {
+                Some(due) => Duration::from_millis((due - now_ms()).clamp(0, 1000) as u64),
+                None => Duration::from_secs(1),
+            }
         };
         tokio::select! {
             _ = queue.wake.notified() => {}
