@@ -383,3 +383,104 @@ async fn a_task_running_during_a_crash_runs_again() {
     let t = wait_task(&s, "inflight", |t| t["state"] == "Succeeded").await;
     assert_eq!(t["attempts"], 1);
 }
+
+fn small_config(ok: &Receiver, fail: &Receiver) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+admin_token = "{ADMIN_TOKEN}"
+data_dir = "data"
+
+[queue]
+max_tasks = 3
+
+[[function]]
+name = "echo"
+wasm = "{{echo}}"
+memory_mb = 16
+
+[[trigger]]
+name = "short"
+function = "echo"
+async = {{ max_event_age_s = 1, on_success = "{ok}", on_failure = "{fail}" }}
+"#,
+        ok = ok.url("/ok"),
+        fail = fail.url("/fail"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_past_their_age_expire_and_the_backlog_is_bounded() {
+    let (ok, fail) = (Receiver::start(200), Receiver::start(200));
+    let s = TestServer::start(&small_config(&ok, &fail));
+    // Due two seconds after submission, but allowed to live one: it expires unrun.
+    let resp = submit(
+        &s,
+        "/short",
+        &[("x-fc-async-task-id", "old"), ("x-fc-async-delay", "2")],
+        "",
+    )
+    .await;
+    assert_eq!(resp.status(), 202);
+    for id in ["b", "c"] {
+        let resp = submit(
+            &s,
+            "/short",
+            &[("x-fc-async-task-id", id), ("x-fc-async-delay", "3600")],
+            "",
+        )
+        .await;
+        assert_eq!(resp.status(), 202);
+    }
+    // max_tasks = 3 unfinished tasks: the next submission is refused, not queued.
+    let resp = submit(&s, "/short", &[("x-fc-async-task-id", "d")], "").await;
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_eq!(error_body(resp).await["Code"], "ResourceThrottled");
+
+    let cb = fail
+        .next(WAIT)
+        .expect("on_failure callback of the expired task");
+    assert_eq!(cb.header("x-fc-async-task-id"), Some("old"));
+    assert_eq!(cb.header("x-fc-async-task-state"), Some("Expired"));
+    let t = wait_task(&s, "old", |t| t["state"] == "Expired").await;
+    assert_eq!(t["attempts"], 0);
+    assert!(ok.next(Duration::from_millis(1)).is_none());
+    // With one task finished there is room again.
+    let resp = submit(
+        &s,
+        "/short",
+        &[("x-fc-async-task-id", "e"), ("x-fc-async-delay", "3600")],
+        "",
+    )
+    .await;
+    assert_eq!(resp.status(), 202);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_undelivered_callback_is_retried_after_a_restart() {
+    // The receiver refuses every callback, so delivery stays pending and is retried.
+    let (ok, fail) = (Receiver::start(500), Receiver::start(500));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&ok, &fail);
+    let mut s = TestServer::start_in(dir.path(), &cfg, &[]);
+    let resp = submit(&s, "/echo", &[("x-fc-async-task-id", "cb")], "").await;
+    assert_eq!(resp.status(), 202);
+    let first = ok.next(WAIT).expect("first delivery attempt");
+    assert_eq!(first.header("x-fc-async-task-id"), Some("cb"));
+    // Crash before the next attempt (0.4 s or more away), then restart.
+    s.kill9();
+    let s = TestServer::start_in(dir.path(), &cfg, &[]);
+    let again = ok
+        .next(WAIT)
+        .expect("delivery is retried after the restart");
+    assert_eq!(again.header("x-fc-async-task-id"), Some("cb"));
+    assert_eq!(again.body, first.body);
+    let t = wait_task(&s, "cb", |t| {
+        t["callback_attempts"].as_u64().unwrap_or(0) >= 2
+    })
+    .await;
+    assert_eq!(t["state"], "Succeeded");
+}
