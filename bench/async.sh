@@ -8,6 +8,7 @@
 #   bash bench/async.sh          DURATION=5s TASKS=3000 bash bench/async.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 DURATION=${DURATION:-5s}
 TASKS=${TASKS:-3000}
 out=bench/results
@@ -20,8 +21,6 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk 
 bash scripts/build-functions.sh >/dev/null
 cargo build --release --quiet
 HELLO=$PWD/functions/target/wasm32-wasip2/release/hello.wasm
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; exit 1; }
 
 start() { # name group_commit -> sets PORT and ADMIN
   local name=$1 gc=$2

@@ -10,6 +10,7 @@
 # the first time). Prints a markdown table and writes it to bench/results/load.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-6s}
 CONNS=${CONNS:-32}
@@ -35,8 +36,6 @@ bash scripts/build-functions.sh >/dev/null
 cargo build --release --quiet
 HELLO=$PWD/functions/target/wasm32-wasip2/release/hello.wasm
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
 # wasmgate, plain and TLS: one anonymous trigger at / on the hello component.
 for mode in plain tls; do

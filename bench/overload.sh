@@ -7,6 +7,7 @@
 #   bash bench/overload.sh            RATE=480 DURATION=30 bash bench/overload.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 RATE=${RATE:-480}
 DURATION=${DURATION:-30}
 out=bench/results
@@ -18,7 +19,7 @@ bash scripts/build-functions.sh >/dev/null
 cargo build --release --quiet --example loadgen
 cargo build --release --quiet
 PROBE=$PWD/functions/target/wasm32-wasip2/release/probe.wasm
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 cat > "$work/overload.toml" <<TOML
 [server]
 listen = "127.0.0.1:$port"
@@ -36,7 +37,7 @@ path = "/"
 TOML
 RUST_LOG=warn ./target/release/wasmgate serve --config "$work/overload.toml" >/dev/null 2>"$work/log" &
 pid=$!
-for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+wait_port "$port"
 rss() { awk '/^VmRSS/ {print $2 " kB"}' /proc/$pid/status; }
 url="http://127.0.0.1:$port/sleep?ms=100"
 {

@@ -7,7 +7,6 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use sha2::{Digest, Sha256};
-use subtle::{Choice, ConstantTimeEq};
 
 use crate::error::GatewayError;
 
@@ -69,19 +68,9 @@ impl BasicAuth {
             .ok_or_else(invalid)?;
         let user = std::str::from_utf8(&decoded[..colon]).map_err(|_| invalid())?;
         let presented = digest(user, &decoded[colon + 1..]);
-        let mut found: Option<&str> = None;
-        let mut any = Choice::from(0);
-        for (name, expected) in &self.users {
-            let eq = expected.ct_eq(&presented);
-            any |= eq;
-            if bool::from(eq) {
-                found = Some(name);
-            }
-        }
-        match (bool::from(any), found) {
-            (true, Some(name)) => Ok(name.to_string()),
-            _ => Err(invalid()),
-        }
+        super::match_digest(&self.users, &presented)
+            .map(str::to_string)
+            .ok_or_else(invalid)
     }
 }
 

@@ -1,7 +1,6 @@
 //! Static bearer tokens (SPEC section 4.5): compared as SHA-256 digests in constant time.
 
 use sha2::{Digest, Sha256};
-use subtle::{Choice, ConstantTimeEq};
 
 use crate::error::GatewayError;
 
@@ -54,19 +53,9 @@ impl BearerAuth {
             return Err(invalid());
         }
         let presented: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-        let mut any = Choice::from(0);
-        let mut found = None;
-        for (name, expected) in &self.tokens {
-            let eq = expected.ct_eq(&presented);
-            any |= eq;
-            if bool::from(eq) {
-                found = Some(name);
-            }
-        }
-        match (bool::from(any), found) {
-            (true, Some(name)) => Ok(name.clone()),
-            _ => Err(invalid()),
-        }
+        super::match_digest(&self.tokens, &presented)
+            .map(str::to_string)
+            .ok_or_else(invalid)
     }
 }
 

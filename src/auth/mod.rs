@@ -17,6 +17,21 @@ use subtle::ConstantTimeEq;
 use crate::config::{AuthConfig, TriggerConfig};
 use crate::error::GatewayError;
 
+/// Finds the entry whose SHA-256 digest equals `presented`, comparing against every entry in
+/// constant time (no early exit), so timing says nothing about which one or how close.
+pub(crate) fn match_digest<'a>(
+    entries: &'a [(String, [u8; 32])],
+    presented: &[u8; 32],
+) -> Option<&'a str> {
+    let mut found = None;
+    for (name, expected) in entries {
+        if bool::from(expected.ct_eq(presented)) {
+            found = Some(name.as_str());
+        }
+    }
+    found
+}
+
 /// Who a request was authenticated as. Used for rate-limit keys and logs; never a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
