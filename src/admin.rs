@@ -8,8 +8,8 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use subtle::ConstantTimeEq;
 
 use crate::body::{ResponseBody, full};
-use crate::error::GatewayError;
-use crate::pipeline::{error_response, new_request_id};
+use crate::error::{GatewayError, error_response};
+use crate::pipeline::new_request_id;
 use crate::queue::TaskState;
 use crate::{App, Gateway};
 
@@ -115,18 +115,20 @@ where
                     "ready": ready,
                     "draining": app.is_draining(),
                     "functions": app.config.functions.len(),
-                    "in_flight": app.node.in_flight(),
-                    "queue_depth": app.queue.as_ref().map(|q| q.depth()),
+                    "in_flight": app.dispatcher.limits().in_flight(),
+                    "queue_depth": app.dispatcher.queue().map(|q| q.depth()),
+                    "services": gateway.supervisor.running(),
                 }),
             ));
         }
         _ => {}
     }
     if !authorized(app, req.headers()) {
-        return Err(GatewayError::Unauthorized {
+        return Err(crate::auth::AuthError::Unauthorized {
             message: "a valid admin token is required".into(),
             www_authenticate: "Bearer realm=\"wasmgate-admin\"".into(),
-        });
+        }
+        .into());
     }
     let not_found = || GatewayError::TriggerNotFound(format!("no admin route for {method} {path}"));
     if method == Method::POST && path == "/-/reload" {
@@ -134,18 +136,19 @@ where
         return match tokio::task::spawn_blocking(move || g.reload()).await {
             Ok(Ok(())) => Ok(json(StatusCode::OK, serde_json::json!({"reloaded": true}))),
             Ok(Err(e)) => {
-                tracing::error!("reload failed, the running configuration stays: {e:#}");
-                Err(GatewayError::InvalidArgument(format!(
-                    "the configuration was not reloaded: {e:#}"
-                )))
+                tracing::error!("reload failed, the running configuration stays: {e}");
+                Err(
+                    crate::config::ConfigError(format!("the configuration was not reloaded: {e}"))
+                        .into(),
+                )
             }
             Err(e) => Err(GatewayError::Internal(format!("reload failed: {e}"))),
         };
     }
     if method == Method::GET && path == "/metrics" {
         let m = &crate::metrics::METRICS;
-        m.in_flight.set(app.node.in_flight() as i64);
-        if let Some(q) = &app.queue {
+        m.in_flight.set(app.dispatcher.limits().in_flight() as i64);
+        if let Some(q) = app.dispatcher.queue() {
             m.queue_depth.set(q.depth() as i64);
         }
         let mut r = Response::new(full(m.encode()));
@@ -161,10 +164,11 @@ where
     let Some(rest) = path.strip_prefix("/-/tasks") else {
         return Err(not_found());
     };
-    let queue = app
-        .queue
-        .as_ref()
-        .ok_or_else(|| GatewayError::TaskNotFound("no trigger enables async invocation".into()))?;
+    let queue = app.dispatcher.queue().ok_or_else(|| {
+        GatewayError::from(crate::queue::QueueError::NotFound(
+            "(no trigger enables async invocation)".into(),
+        ))
+    })?;
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     match (method, segments.as_slice()) {
         (&Method::GET, []) => {
@@ -187,7 +191,7 @@ where
             let task = queue
                 .get(id)
                 .await
-                .ok_or_else(|| GatewayError::TaskNotFound(format!("task '{id}' does not exist")))?;
+                .ok_or_else(|| crate::queue::QueueError::NotFound(id.to_string()))?;
             Ok(json(
                 StatusCode::OK,
                 serde_json::to_value(task).unwrap_or_default(),
@@ -216,8 +220,8 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let registry = app
-        .registry
-        .as_ref()
+        .dispatcher
+        .registry()
         .ok_or_else(|| GatewayError::Internal("the function registry is not open".into()))?;
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     match (method, segments.as_slice()) {
@@ -237,7 +241,7 @@ where
             let bytes = read_body(body, crate::registry::MAX_COMPONENT_BYTES).await?;
             // Compiling takes a while: keep it off the other requests' threads.
             let info = tokio::task::block_in_place(|| {
-                registry.deploy(&app.config, &app.runtime, name, &bytes)
+                registry.deploy(&app.config, app.dispatcher.runtime(), name, &bytes)
             })?;
             Ok(json(
                 StatusCode::OK,

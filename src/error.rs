@@ -1,10 +1,22 @@
-//! The one place where a refusal becomes an HTTP response.
+//! The one place where a refusal or failure becomes an HTTP answer.
 //!
-//! Every stage of the pipeline fails with a [`GatewayError`]; [`GatewayError::status`] and
-//! [`GatewayError::code`] are the only mapping from errors to status codes and the
-//! `{"Code", "Message", "RequestId"}` body of SPEC section 3.
+//! Each concern says what went wrong in its own type ([`AuthError`], [`ThrottleError`],
+//! [`RuntimeError`], [`QueueError`], [`RegistryError`], [`ConfigError`]); the pipeline's
+//! own refusals are variants of [`GatewayError`], which wraps the rest. [`GatewayError::status`],
+//! [`GatewayError::code`] and [`error_response`] are the only mapping to status codes,
+//! headers and the `{"Code", "Message", "RequestId"}` body of SPEC section 3. A 500 tells
+//! the client a fixed message and the request id; the detail goes to the log.
 
-use http::StatusCode;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::auth::AuthError;
+use crate::body::{ResponseBody, full};
+use crate::config::ConfigError;
+use crate::queue::QueueError;
+use crate::registry::RegistryError;
+use crate::runtime::RuntimeError;
+use crate::throttle::ThrottleError;
 
 /// A refusal or failure produced by the gateway itself (never by the function).
 #[derive(Debug, thiserror::Error)]
@@ -15,51 +27,27 @@ pub enum GatewayError {
     /// A body over the sync or async limit.
     #[error("{0}")]
     EntityTooLarge(String),
-    /// Signature trigger without `Authorization` or a date.
-    #[error("{0}")]
-    MissingRequiredHeader(String),
-    /// basic / bearer / jwt: credentials missing or invalid. Carries `WWW-Authenticate`.
-    #[error("{message}")]
-    Unauthorized {
-        message: String,
-        www_authenticate: String,
-    },
-    /// The request was signed but the signature does not match.
-    #[error("{0}")]
-    SignatureNotMatch(String),
-    /// The signature names an access key this trigger does not know.
-    #[error("{0}")]
-    InvalidAccessKeyId(String),
-    /// Method, listener policy, clock skew, JWT path rules.
+    /// Method filter, listener policy.
     #[error("{0}")]
     AccessDenied(String),
-    /// No trigger matches the host and path.
+    /// No trigger (or admin route) matches.
     #[error("{0}")]
     TriggerNotFound(String),
-    /// The trigger's function or qualifier names nothing deployed.
+    /// The target's function or qualifier names nothing deployed.
     #[error("{0}")]
     FunctionNotFound(String),
-    /// No async task with this id (admin API).
-    #[error("{0}")]
-    TaskNotFound(String),
-    /// An async task id was reused.
-    #[error("{0}")]
-    TaskAlreadyExists(String),
-    /// Rate limit or function concurrency. Carries `Retry-After` seconds.
-    #[error("{message}")]
-    ResourceExhausted { message: String, retry_after_s: u64 },
-    /// Node-wide in-flight limit, or draining. Carries `Retry-After` seconds.
-    #[error("{message}")]
-    ResourceThrottled { message: String, retry_after_s: u64 },
-    /// The guest trapped or reported an error.
-    #[error("{0}")]
-    FunctionError(String),
-    /// The guest's response is unusable (no response, headers too large, invalid).
-    #[error("{0}")]
-    BadResponse(String),
-    /// The guest passed its `timeout_ms`.
-    #[error("{0}")]
-    FunctionTimeout(String),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Throttle(#[from] ThrottleError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// A host fault: a bug in the gateway, never the client's or the guest's doing.
     #[error("{0}")]
     Internal(String),
@@ -68,58 +56,126 @@ pub enum GatewayError {
 impl GatewayError {
     /// The HTTP status of this error (SPEC section 3 table).
     pub fn status(&self) -> StatusCode {
-        use GatewayError::*;
+        use GatewayError as G;
         match self {
-            InvalidArgument(_) | EntityTooLarge(_) | MissingRequiredHeader(_) => {
-                StatusCode::BAD_REQUEST
-            }
-            Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            SignatureNotMatch(_) | InvalidAccessKeyId(_) | AccessDenied(_) => StatusCode::FORBIDDEN,
-            TriggerNotFound(_) | FunctionNotFound(_) | TaskNotFound(_) => StatusCode::NOT_FOUND,
-            TaskAlreadyExists(_) => StatusCode::CONFLICT,
-            ResourceExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            FunctionError(_) | BadResponse(_) => StatusCode::BAD_GATEWAY,
-            ResourceThrottled { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            FunctionTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            G::InvalidArgument(_) | G::EntityTooLarge(_) | G::Config(_) => StatusCode::BAD_REQUEST,
+            G::AccessDenied(_) => StatusCode::FORBIDDEN,
+            G::TriggerNotFound(_) | G::FunctionNotFound(_) => StatusCode::NOT_FOUND,
+            G::Auth(e) => match e {
+                AuthError::InvalidArgument(_) | AuthError::MissingRequiredHeader(_) => {
+                    StatusCode::BAD_REQUEST
+                }
+                AuthError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+                AuthError::SignatureNotMatch(_)
+                | AuthError::InvalidAccessKeyId(_)
+                | AuthError::AccessDenied(_) => StatusCode::FORBIDDEN,
+            },
+            G::Throttle(e) => match e {
+                ThrottleError::RateLimited { .. } | ThrottleError::FunctionBusy { .. } => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
+                ThrottleError::NodeBusy { .. } | ThrottleError::Draining => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            },
+            G::Runtime(e) => match e {
+                RuntimeError::Failed(_) | RuntimeError::BadResponse(_) => StatusCode::BAD_GATEWAY,
+                RuntimeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                RuntimeError::Host(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            G::Queue(e) => match e {
+                QueueError::Exists(_) => StatusCode::CONFLICT,
+                QueueError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
+                QueueError::NotFound(_) | QueueError::TriggerGone(_) => StatusCode::NOT_FOUND,
+                QueueError::Expired(_) => StatusCode::GATEWAY_TIMEOUT,
+                QueueError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            G::Registry(e) => match e {
+                RegistryError::Invalid(_) => StatusCode::BAD_REQUEST,
+                RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
+                RegistryError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            G::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// The `Code` field of the JSON body.
     pub fn code(&self) -> &'static str {
-        use GatewayError::*;
+        use GatewayError as G;
         match self {
-            InvalidArgument(_) => "InvalidArgument",
-            EntityTooLarge(_) => "EntityTooLarge",
-            MissingRequiredHeader(_) => "MissingRequiredHeader",
-            Unauthorized { .. } => "Unauthorized",
-            SignatureNotMatch(_) => "SignatureNotMatch",
-            InvalidAccessKeyId(_) => "InvalidAccessKeyID",
-            AccessDenied(_) => "AccessDenied",
-            TriggerNotFound(_) => "TriggerNotFound",
-            FunctionNotFound(_) => "FunctionNotFound",
-            TaskNotFound(_) => "TaskNotFound",
-            TaskAlreadyExists(_) => "TaskAlreadyExists",
-            ResourceExhausted { .. } => "ResourceExhausted",
-            ResourceThrottled { .. } => "ResourceThrottled",
-            FunctionError(_) => "FunctionError",
-            BadResponse(_) => "BadResponse",
-            FunctionTimeout(_) => "FunctionTimeout",
-            Internal(_) => "InternalServerError",
+            G::InvalidArgument(_) | G::Config(_) => "InvalidArgument",
+            G::EntityTooLarge(_) => "EntityTooLarge",
+            G::AccessDenied(_) => "AccessDenied",
+            G::TriggerNotFound(_) => "TriggerNotFound",
+            G::FunctionNotFound(_) => "FunctionNotFound",
+            G::Auth(e) => match e {
+                AuthError::InvalidArgument(_) => "InvalidArgument",
+                AuthError::MissingRequiredHeader(_) => "MissingRequiredHeader",
+                AuthError::Unauthorized { .. } => "Unauthorized",
+                AuthError::SignatureNotMatch(_) => "SignatureNotMatch",
+                AuthError::InvalidAccessKeyId(_) => "InvalidAccessKeyID",
+                AuthError::AccessDenied(_) => "AccessDenied",
+            },
+            G::Throttle(e) => match e {
+                ThrottleError::RateLimited { .. } | ThrottleError::FunctionBusy { .. } => {
+                    "ResourceExhausted"
+                }
+                ThrottleError::NodeBusy { .. } | ThrottleError::Draining => "ResourceThrottled",
+            },
+            G::Runtime(e) => match e {
+                RuntimeError::Failed(_) => "FunctionError",
+                RuntimeError::BadResponse(_) => "BadResponse",
+                RuntimeError::Timeout(_) => "FunctionTimeout",
+                RuntimeError::Host(_) => "InternalServerError",
+            },
+            G::Queue(e) => match e {
+                QueueError::Exists(_) => "TaskAlreadyExists",
+                QueueError::Full(_) => "ResourceThrottled",
+                QueueError::NotFound(_) => "TaskNotFound",
+                QueueError::TriggerGone(_) => "TriggerNotFound",
+                QueueError::Expired(_) => "TaskExpired",
+                QueueError::Storage(_) => "InternalServerError",
+            },
+            G::Registry(e) => match e {
+                RegistryError::Invalid(_) => "InvalidArgument",
+                RegistryError::NotFound(_) => "FunctionNotFound",
+                RegistryError::Storage(_) => "InternalServerError",
+            },
+            G::Internal(_) => "InternalServerError",
         }
+    }
+
+    /// Whether this is a capacity refusal (429/503) that a queued task waits out.
+    pub fn is_capacity(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::Throttle(_) | GatewayError::Queue(QueueError::Full(_))
+        )
     }
 
     /// Extra headers this error carries (`WWW-Authenticate`, `Retry-After`).
     pub fn extra_header(&self) -> Option<(http::HeaderName, String)> {
         match self {
-            GatewayError::Unauthorized {
+            GatewayError::Auth(AuthError::Unauthorized {
                 www_authenticate, ..
-            } => Some((http::header::WWW_AUTHENTICATE, www_authenticate.clone())),
-            GatewayError::ResourceExhausted { retry_after_s, .. }
-            | GatewayError::ResourceThrottled { retry_after_s, .. } => {
-                Some((http::header::RETRY_AFTER, retry_after_s.max(&1).to_string()))
+            }) => Some((header::WWW_AUTHENTICATE, www_authenticate.clone())),
+            GatewayError::Throttle(e) => {
+                Some((header::RETRY_AFTER, e.retry_after_s().max(1).to_string()))
             }
+            GatewayError::Queue(QueueError::Full(_)) => Some((header::RETRY_AFTER, "5".into())),
             _ => None,
+        }
+    }
+
+    /// What the client is told: the error's own message, except for host faults, whose
+    /// detail stays in the log.
+    pub fn public_message(&self, request_id: &str) -> String {
+        if self.status() == StatusCode::INTERNAL_SERVER_ERROR {
+            format!(
+                "internal error; the gateway's log has the details under request id {request_id}"
+            )
+        } else {
+            self.to_string()
         }
     }
 
@@ -127,11 +183,32 @@ impl GatewayError {
     pub fn body(&self, request_id: &str) -> String {
         serde_json::json!({
             "Code": self.code(),
-            "Message": self.to_string(),
+            "Message": self.public_message(request_id),
             "RequestId": request_id,
         })
         .to_string()
     }
+}
+
+/// The one place a [`GatewayError`] becomes a response (status, headers, JSON body). A
+/// host fault's detail is logged here with the request id.
+pub fn error_response(e: &GatewayError, request_id: &str) -> Response<ResponseBody> {
+    if e.status() == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!(request_id, "internal error: {e}");
+    }
+    let mut response = Response::new(full(e.body(request_id)));
+    *response.status_mut() = e.status();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some((name, value)) = e.extra_header()
+        && let Ok(v) = HeaderValue::from_str(&value)
+    {
+        h.insert(name, v);
+    }
+    response
 }
 
 #[cfg(test)]
@@ -150,10 +227,81 @@ mod tests {
 
     #[test]
     fn retry_after_is_at_least_one_second() {
-        let e = GatewayError::ResourceThrottled {
-            message: "busy".into(),
-            retry_after_s: 0,
-        };
+        let e = GatewayError::from(ThrottleError::NodeBusy { max: 1 });
         assert_eq!(e.extra_header().unwrap().1, "1");
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code(), "ResourceThrottled");
+    }
+
+    #[test]
+    fn host_faults_tell_the_client_nothing_but_the_request_id() {
+        for e in [
+            GatewayError::from(RuntimeError::Host(
+                "host fault: table full at 0x1234".into(),
+            )),
+            GatewayError::from(QueueError::Storage("disk I/O error in /var/data".into())),
+            GatewayError::Internal("bug".into()),
+        ] {
+            assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            let v: serde_json::Value = serde_json::from_str(&e.body("rid-7")).unwrap();
+            let msg = v["Message"].as_str().unwrap();
+            assert!(!msg.contains("0x1234") && !msg.contains("/var/data") && !msg.contains("bug"));
+            assert!(msg.contains("rid-7"), "{msg}");
+            assert_eq!(v["Code"], "InternalServerError");
+        }
+    }
+
+    #[test]
+    fn each_concern_maps_to_its_spec_status() {
+        let cases: Vec<(GatewayError, u16, &str)> = vec![
+            (
+                AuthError::Unauthorized {
+                    message: "m".into(),
+                    www_authenticate: "Basic".into(),
+                }
+                .into(),
+                401,
+                "Unauthorized",
+            ),
+            (
+                AuthError::InvalidAccessKeyId("k".into()).into(),
+                403,
+                "InvalidAccessKeyID",
+            ),
+            (
+                ThrottleError::FunctionBusy {
+                    function: "f".into(),
+                    max: 1,
+                }
+                .into(),
+                429,
+                "ResourceExhausted",
+            ),
+            (
+                RuntimeError::Timeout("t".into()).into(),
+                504,
+                "FunctionTimeout",
+            ),
+            (
+                RuntimeError::Failed("t".into()).into(),
+                502,
+                "FunctionError",
+            ),
+            (
+                QueueError::Exists("a".into()).into(),
+                409,
+                "TaskAlreadyExists",
+            ),
+            (QueueError::Expired(5).into(), 504, "TaskExpired"),
+            (
+                RegistryError::Invalid("x".into()).into(),
+                400,
+                "InvalidArgument",
+            ),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!(e.status().as_u16(), status, "{e:?}");
+            assert_eq!(e.code(), code, "{e:?}");
+        }
     }
 }

@@ -12,7 +12,9 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod dispatch;
 pub mod error;
+pub mod invocation;
 pub mod metrics;
 pub mod pipeline;
 pub mod queue;
@@ -20,43 +22,37 @@ pub mod registry;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod supervisor;
 pub mod throttle;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use futures::future::BoxFuture;
 
 use crate::auth::TriggerAuth;
-use crate::config::{Config, Listener, TriggerConfig};
-use crate::queue::Queue;
+use crate::config::{Config, ConfigError, Listener, TriggerConfig};
+use crate::dispatch::Dispatcher;
+use crate::invocation::Target;
+use crate::queue::worker::{Attempt, Executor};
+use crate::queue::{Clock, Queue, QueueError, SystemClock, Task};
 use crate::registry::Registry;
 use crate::router::Router;
-use crate::runtime::{Function, Runtime};
-use crate::throttle::{NodeLimiter, RateLimit};
+use crate::runtime::Runtime;
+use crate::supervisor::Supervisor;
+use crate::throttle::{Limits, RateLimit};
 
 /// A trigger with everything it needs at request time.
 #[derive(Debug)]
 pub struct Trigger {
     pub config: TriggerConfig,
     pub auth: TriggerAuth,
-    /// `None` when the function or qualifier names nothing deployed (=> 404 FunctionNotFound).
-    pub function: Option<Arc<Function>>,
+    /// The function and qualifier its invocations target.
+    pub target: Target,
     pub rate_limit: Option<RateLimit>,
-}
-
-impl Gateway {
-    /// Starts the async workers (when the queue is open). They follow reloads and stop when
-    /// the gateway drains.
-    pub fn start_workers(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
-        let queue = self.app().queue.clone()?;
-        Some(tokio::spawn(queue::worker::run(self.clone(), queue)))
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
 }
 
 /// Where a request came in.
@@ -67,32 +63,40 @@ pub struct ConnInfo {
     pub https: bool,
 }
 
-/// The gateway, fully built.
+/// How a generation is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Serving: the queue and registry are opened (created, migrated, recovered).
+    Serve,
+    /// `wasmgate check`: nothing in `data_dir` is created or written.
+    Check,
+}
+
+/// The gateway, fully built: one configuration generation.
 pub struct App {
     pub config: Config,
     pub triggers: Vec<Trigger>,
     pub router: Router<usize>,
-    pub runtime: Runtime,
-    pub node: NodeLimiter,
-    /// The durable async queue, opened when a trigger enables async invocation.
-    pub queue: Option<Arc<Queue>>,
-    /// Deployed versions and aliases, opened with the admin listener (or when present).
-    pub registry: Option<Registry>,
+    /// Resolves, admits and runs invocations (shares limits and queue across generations).
+    pub dispatcher: Dispatcher,
     draining: AtomicBool,
     /// Warnings found while building (shown by `check`).
     pub warnings: Vec<String>,
 }
 
-/// The running gateway: the current [`App`] generation, swapped whole by a config reload.
+/// The running gateway: the current [`App`] generation, swapped whole by a config reload,
+/// and the [`Supervisor`] of its background services.
 ///
 /// Each request takes the generation current when it arrives and keeps it to the end, so a
 /// reload never changes a request mid-flight; the old generation goes away with its last
-/// request. Listener addresses and TLS are fixed at start; everything else (functions,
-/// triggers, authentication, limits) comes from the reloaded file.
+/// request. Listener addresses, TLS and `data_dir` are fixed at start: a reload that changes
+/// them is refused whole. Everything else (functions, triggers, authentication, limits)
+/// comes from the reloaded file.
 pub struct Gateway {
     current: RwLock<Arc<App>>,
     reloading: Mutex<()>,
     draining: AtomicBool,
+    pub supervisor: Supervisor,
 }
 
 impl Gateway {
@@ -101,6 +105,7 @@ impl Gateway {
             current: RwLock::new(Arc::new(app)),
             reloading: Mutex::new(()),
             draining: AtomicBool::new(false),
+            supervisor: Supervisor::new(),
         })
     }
 
@@ -112,25 +117,57 @@ impl Gateway {
         }
     }
 
-    /// Re-reads the config file and swaps in a new generation. A bad config is reported and
-    /// the running generation stays.
-    pub fn reload(&self) -> Result<()> {
+    /// Starts (or, after a reload, reconciles) the background services the current
+    /// generation needs: the rate-limit sweeper, the SIGHUP reloader, and the queue's
+    /// workers whenever a queue is open.
+    pub fn supervise(self: &Arc<Self>) {
+        let app = self.app();
+        let g = self.clone();
+        self.supervisor
+            .ensure("rate-limit-sweeper", 0, move |stop| {
+                sweep_rate_limits(g, stop)
+            });
+        let g = self.clone();
+        self.supervisor
+            .ensure("reloader", 0, move |stop| reload_on_sighup(g, stop));
+        match app.dispatcher.queue() {
+            Some(q) => {
+                let (g, q) = (self.clone(), q.clone());
+                let key = Arc::as_ptr(&q) as usize;
+                self.supervisor.ensure("queue-workers", key, move |stop| {
+                    queue::worker::run(g as Arc<dyn Executor>, q, stop)
+                });
+            }
+            None => self.supervisor.stop("queue-workers"),
+        }
+    }
+
+    /// Re-reads the config file and swaps in a new generation, then reconciles the
+    /// background services. A bad config, or one that changes what is fixed at start, is
+    /// refused with the reason and the running generation stays.
+    pub fn reload(self: &Arc<Self>) -> Result<(), ConfigError> {
         let _one_at_a_time = self
             .reloading
             .lock()
-            .map_err(|_| anyhow::anyhow!("reload lock poisoned"))?;
+            .map_err(|_| ConfigError("reload lock poisoned".into()))?;
         let old = self.app();
-        let config = Config::load(&old.config.path)?;
-        let new = App::build_with(config, Some(&old))?;
+        let config = Config::load(&old.config.path).map_err(|e| ConfigError(format!("{e:#}")))?;
+        fixed_at_start(&old.config, &config)?;
+        let new = App::build_with(config, Some(&old), Mode::Serve, Arc::new(SystemClock))
+            .map_err(|e| ConfigError(format!("{e:#}")))?;
         if self.draining.load(Ordering::SeqCst) {
             new.start_draining();
         }
         for w in &new.warnings {
             tracing::warn!("{w}");
         }
+        new.apply_limits();
         match self.current.write() {
             Ok(mut cur) => *cur = Arc::new(new),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(new),
+        }
+        if !self.is_draining() {
+            self.supervise();
         }
         tracing::info!("configuration reloaded from {}", old.config.path.display());
         Ok(())
@@ -141,17 +178,128 @@ impl Gateway {
         self.draining.store(true, Ordering::SeqCst);
         self.app().start_draining();
     }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// The queue's workers run each task on the generation current when its attempt starts.
+impl Executor for Gateway {
+    fn policy(&self, trigger: &str) -> Option<config::AsyncConfig> {
+        self.app().dispatcher.policy(trigger)
+    }
+
+    fn attempt(&self, task: &Task) -> BoxFuture<'static, Attempt> {
+        let app = self.app();
+        let task = task.clone();
+        Box::pin(async move { app.dispatcher.attempt(&task).await })
+    }
+
+    fn refused(&self, error: QueueError, request_id: &str) -> Attempt {
+        dispatch::refused(error.into(), request_id)
+    }
+}
+
+/// What a reload may not change: listeners and TLS are bound at start, and `data_dir` holds
+/// the queue and registry that in-flight work uses.
+fn fixed_at_start(old: &Config, new: &Config) -> Result<(), ConfigError> {
+    let (o, n) = (&old.server, &new.server);
+    let changed = |key: &str, a: String, b: String| -> Result<(), ConfigError> {
+        if a == b {
+            Ok(())
+        } else {
+            Err(ConfigError(format!(
+                "{}: key `server.{key}` changed from {a} to {b}; it is fixed while the node runs, so nothing was reloaded (restart to apply it)",
+                new.path.display()
+            )))
+        }
+    };
+    changed("listen", o.listen.to_string(), n.listen.to_string())?;
+    changed(
+        "internal_listen",
+        format!("{:?}", o.internal_listen),
+        format!("{:?}", n.internal_listen),
+    )?;
+    changed(
+        "admin_listen",
+        format!("{:?}", o.admin_listen),
+        format!("{:?}", n.admin_listen),
+    )?;
+    changed(
+        "tls",
+        format!("{:?}", o.tls.as_ref().map(|t| (&t.cert, &t.key))),
+        format!("{:?}", n.tls.as_ref().map(|t| (&t.cert, &t.key))),
+    )?;
+    changed(
+        "data_dir",
+        o.data_dir.display().to_string(),
+        n.data_dir.display().to_string(),
+    )
+}
+
+/// Rate-limit state is swept while serving so that many distinct keys cannot grow it
+/// without bound.
+async fn sweep_rate_limits(gateway: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => gateway.app().sweep_rate_limits(),
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// SIGHUP re-reads the config; a bad config is logged and the running one stays.
+async fn reload_on_sighup(gateway: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload with POST /-/reload");
+        return;
+    };
+    loop {
+        tokio::select! {
+            r = hup.recv() => if r.is_none() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let g = gateway.clone();
+        match tokio::task::spawn_blocking(move || g.reload()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("reload failed, the running configuration stays: {e}"),
+            Err(e) => tracing::error!("reload failed: {e}"),
+        }
+    }
 }
 
 impl App {
-    /// Builds everything a request needs: compiled functions, routes, authenticators.
+    /// Builds everything a request needs: compiled functions, routes, authenticators, and
+    /// (when configured) the durable queue and the registry of deployed versions.
     pub fn build(config: Config) -> Result<App> {
-        Self::build_with(config, None)
+        Self::build_with_clock(config, Arc::new(SystemClock))
     }
 
-    /// Builds a generation; a reload passes the previous one so that the async queue (one
-    /// writer per database) is shared rather than opened twice.
-    pub fn build_with(config: Config, previous: Option<&App>) -> Result<App> {
+    /// [`App::build`] with the clock the queue and its workers read (tests move a fake one).
+    pub fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<App> {
+        let app = Self::build_with(config, None, Mode::Serve, clock)?;
+        app.apply_limits();
+        Ok(app)
+    }
+
+    /// Validates and compiles like [`App::build`] but writes nothing: the queue is not
+    /// opened, and deployed versions are read (if any) without creating, migrating or
+    /// caching anything, so `check` is safe beside a running node.
+    pub fn check(config: Config) -> Result<App> {
+        Self::build_with(config, None, Mode::Check, Arc::new(SystemClock))
+    }
+
+    /// Builds a generation; a reload passes the previous one, whose queue and limits are
+    /// shared rather than opened or created twice.
+    fn build_with(
+        config: Config,
+        previous: Option<&App>,
+        mode: Mode,
+        clock: Arc<dyn Clock>,
+    ) -> Result<App> {
         let runtime = Runtime::new(&config)?;
         let mut warnings = Vec::new();
         let mut triggers = Vec::new();
@@ -159,81 +307,94 @@ impl App {
         for (i, t) in config.triggers.iter().enumerate() {
             let auth = TriggerAuth::build(t)
                 .with_context(|| format!("{}: trigger '{}'", config.path.display(), t.name))?;
-            let function = if t.qualifier == "LATEST" {
-                runtime.function(&t.function).cloned()
-            } else {
-                None
-            };
             router.insert(t.host.as_deref(), &t.path, i);
             triggers.push(Trigger {
                 config: t.clone(),
                 auth,
-                function,
+                target: Target {
+                    function: t.function.clone(),
+                    qualifier: t.qualifier.clone(),
+                },
                 rate_limit: t.rate_limit.as_ref().map(|r| RateLimit::new(&t.name, r)),
             });
         }
+        let data_dir = &config.server.data_dir;
+        let registry = match mode {
+            Mode::Serve
+                if config.server.admin_listen.is_some()
+                    || data_dir.join("registry.db").exists() =>
+            {
+                Some(Registry::open(data_dir, &config, &runtime)?)
+            }
+            Mode::Serve => None,
+            Mode::Check => {
+                Registry::open_read_only(data_dir, &config, &runtime).unwrap_or_else(|e| {
+                    warnings.push(format!("deployed versions could not be read: {e:#}"));
+                    None
+                })
+            }
+        };
         let wants_queue = config
             .triggers
             .iter()
             .any(|t| t.async_.as_ref().is_some_and(|a| a.enabled));
-        let registry = if config.server.admin_listen.is_some()
-            || config.server.data_dir.join("registry.db").exists()
-        {
-            Some(Registry::open(&config.server.data_dir, &config, &runtime)?)
-        } else {
-            None
+        // Once open, the queue stays open across reloads: its tasks were promised a run.
+        let queue = match previous.and_then(|p| p.dispatcher.queue().cloned()) {
+            Some(q) => Some(q),
+            None if wants_queue && mode == Mode::Serve => {
+                let qualifiers: std::collections::HashMap<String, String> = config
+                    .triggers
+                    .iter()
+                    .map(|t| (t.name.clone(), t.qualifier.clone()))
+                    .collect();
+                Some(Arc::new(Queue::open(
+                    data_dir,
+                    &config.queue,
+                    clock,
+                    &|t| {
+                        qualifiers
+                            .get(t)
+                            .cloned()
+                            .unwrap_or_else(|| "LATEST".into())
+                    },
+                )?))
+            }
+            None => None,
         };
+        let limits = match previous {
+            Some(p) => p.dispatcher.limits().clone(),
+            None => Limits::new(config.limits.max_in_flight.get()),
+        };
+        let dispatcher = Dispatcher::new(&config, runtime, registry, limits, queue);
         for t in &triggers {
-            let deployed = registry
-                .as_ref()
-                .and_then(|r| r.resolve(&t.config.function, &t.config.qualifier))
-                .is_some();
-            if t.function.is_none() && !deployed {
+            if dispatcher.resolve(&t.target).is_err() {
                 warnings.push(format!(
                     "trigger '{}': function '{}' qualifier '{}' is not deployed; requests answer 404 FunctionNotFound until it is",
-                    t.config.name, t.config.function, t.config.qualifier
+                    t.config.name, t.target.function, t.target.qualifier
                 ));
             }
         }
-        let reusable = previous
-            .filter(|p| p.config.server.data_dir == config.server.data_dir)
-            .and_then(|p| p.queue.clone());
-        let queue = match reusable {
-            Some(q) => Some(q),
-            None if wants_queue => Some(Arc::new(Queue::open(
-                &config.server.data_dir,
-                &config.queue,
-            )?)),
-            None => None,
-        };
         Ok(App {
-            node: NodeLimiter::new(config.limits.max_in_flight.get()),
-            queue,
-            registry,
+            dispatcher,
             config,
             triggers,
             router,
-            runtime,
             draining: AtomicBool::new(false),
             warnings,
         })
     }
 
-    /// The function a trigger runs right now: the config's file for `LATEST` when the config
-    /// has the function, else the deployed version its qualifier names.
-    pub fn resolve(&self, trigger: &Trigger) -> Result<Arc<Function>, error::GatewayError> {
-        if let Some(f) = &trigger.function {
-            return Ok(f.clone());
-        }
-        self.registry
-            .as_ref()
-            .and_then(|r| r.resolve(&trigger.config.function, &trigger.config.qualifier))
-            .ok_or_else(|| {
-                error::GatewayError::FunctionNotFound(format!(
-                    "function '{}' qualifier '{}' is not deployed",
-                    trigger.config.function, trigger.config.qualifier
-                ))
-            })
+    /// Sizes the shared node and function limits to this generation's configuration.
+    fn apply_limits(&self) {
+        let functions: Vec<(String, usize)> = self
+            .config
+            .functions
+            .iter()
+            .map(|f| (f.name.clone(), f.max_concurrency.get()))
+            .collect();
+        self.dispatcher
+            .limits()
+            .resize(self.config.limits.max_in_flight.get(), &functions);
     }
 
     /// From now on new requests are refused with 503 while in-flight ones finish.

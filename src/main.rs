@@ -144,7 +144,8 @@ fn build(config: &std::path::Path) -> Result<App> {
 }
 
 fn check(config: PathBuf) -> Result<()> {
-    let app = build(&config)?;
+    // Read-only: `check` may run beside a live node on the same data_dir.
+    let app = App::check(Config::load(&config)?)?;
     for w in &app.warnings {
         eprintln!("warning: {w}");
     }

@@ -7,8 +7,11 @@
 //! 4. [`method_filter`]: the trigger's methods => 403
 //! 5. [`authenticate`]: the trigger's scheme => 400/401/403
 //! 6. [`throttle`]: draining (503), the trigger's rate limit (429)
-//! 7. [`dispatch`]: sync => function and node capacity (429/503), then run the function;
-//!    async => [`enqueue`]: persist the request durably, then 202
+//! 7. dispatch: the request becomes an [`Invocation`] ([`invocation`]) handed to the
+//!    [`crate::dispatch::Dispatcher`]: sync => [`run_sync`] (resolve 404, function and node
+//!    capacity 429/503, run); async => [`enqueue`] (persist durably, then 202)
+//!
+//! This is the HTTP door: the only module that turns a hyper request into an invocation.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,10 +24,11 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use crate::auth::{AuthRequest, Principal};
 use crate::body::{LimitedBody, RequestBody, ResponseBody, collect_limited, full};
 use crate::config::Listener;
-use crate::error::GatewayError;
+use crate::dispatch::EnqueueOptions;
+use crate::error::{GatewayError, error_response};
+use crate::invocation::{Invocation, Source};
 use crate::router;
-use crate::runtime::{Function, Invocation};
-use crate::throttle::Admission;
+use crate::throttle::ThrottleError;
 use crate::{App, ConnInfo, Trigger};
 
 /// Client `x-fc-*` headers that survive; every other `x-fc-*` header is removed.
@@ -162,26 +166,18 @@ impl App {
         let (principal, body) = authenticate(self, trigger, &mut parts, body, conn).await?;
         record.principal = Some(principal.id());
         record.anonymous = matches!(principal, Principal::Anonymous(_));
-        let function = self.resolve(trigger)?;
-        if let Err(e) = throttle(self, trigger, &principal, conn) {
-            record.throttled = Some(if self.is_draining() {
-                "draining"
-            } else {
-                "rate_limit"
-            });
-            return Err(e);
-        }
-        if invocation_type == InvocationType::Async {
-            return enqueue(self, trigger, parts, body, conn, request_id).await;
-        }
-        let admission = self.node.admit(&function).inspect_err(|e| {
-            record.throttled = Some(match e {
-                GatewayError::ResourceExhausted { .. } => "function_concurrency",
-                _ => "node_in_flight",
-            });
+        throttle(self, trigger, &principal, conn).inspect_err(|e| {
+            record.throttled = Some(e.reason());
         })?;
-        let request = function_request(trigger, parts, body, conn, request_id);
-        dispatch(self, &function, request, conn, request_id, admission).await
+        let inv = invocation(trigger, parts, body, conn, request_id);
+        if invocation_type == InvocationType::Async {
+            return enqueue(self, trigger, inv).await;
+        }
+        run_sync(self, inv).await.inspect_err(|e| {
+            if let GatewayError::Throttle(t) = e {
+                record.throttled = Some(t.reason());
+            }
+        })
     }
 }
 
@@ -323,19 +319,16 @@ where
 }
 
 /// Stage 6: draining (503), then the trigger's rate limit (429). The function and node
-/// capacity of sync requests is taken right after (see [`crate::throttle::NodeLimiter`]).
-/// Nothing here allocates an instance; a refusal costs microseconds.
+/// capacity is taken by the dispatcher right before the function runs. Nothing here
+/// allocates an instance; a refusal costs microseconds.
 pub fn throttle(
     app: &App,
     trigger: &Trigger,
     principal: &Principal,
     conn: &ConnInfo,
-) -> Result<(), GatewayError> {
+) -> Result<(), ThrottleError> {
     if app.is_draining() {
-        return Err(GatewayError::ResourceThrottled {
-            message: "this node is shutting down".into(),
-            retry_after_s: 1,
-        });
+        return Err(ThrottleError::Draining);
     }
     if let Some(limit) = &trigger.rate_limit {
         limit.check(principal, conn.peer.ip())?;
@@ -343,8 +336,9 @@ pub fn throttle(
     Ok(())
 }
 
-/// Stage 7 (async): validate the async headers, commit the whole request (as the function
-/// will see it) to the durable queue, then answer 202 with the task id.
+/// Stage 7 (async): validate the async headers, read the body (within
+/// `max_async_body_bytes`), have the dispatcher commit the invocation to the durable queue,
+/// then answer 202 with the task id.
 ///
 /// 400 `InvalidArgument`: the trigger has no enabled `async` table, a bad
 /// `X-Fc-Async-Task-Id`, `X-Fc-Async-Delay` or `X-Callback-Url` (whose host must be in
@@ -353,16 +347,13 @@ pub fn throttle(
 pub async fn enqueue<B>(
     app: &App,
     trigger: &Trigger,
-    parts: http::request::Parts,
-    body: B,
-    conn: &ConnInfo,
-    request_id: &Arc<str>,
+    inv: Invocation<B>,
 ) -> Result<Response<ResponseBody>, GatewayError>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
-    let invalid = |m: String| GatewayError::InvalidArgument(m);
+    let invalid = GatewayError::InvalidArgument;
     let config = trigger
         .config
         .async_
@@ -374,10 +365,14 @@ where
                 trigger.config.name
             ))
         })?;
-    let queue = app
-        .queue
-        .as_ref()
-        .ok_or_else(|| GatewayError::Internal("the async queue is not running".into()))?;
+    let Invocation {
+        target,
+        trigger: trigger_name,
+        source,
+        request_id,
+        request,
+    } = inv;
+    let (mut parts, body) = request.into_parts();
     let header = |name: &str| -> Result<Option<String>, GatewayError> {
         match parts.headers.get(name) {
             None => Ok(None),
@@ -388,13 +383,13 @@ where
         }
     };
     let task_id = match header("x-fc-async-task-id")? {
-        Some(id) if crate::queue::valid_task_id(&id) => id,
+        Some(id) if crate::queue::valid_task_id(&id) => Some(id),
         Some(_) => {
             return Err(invalid(
                 "X-Fc-Async-Task-Id must match [A-Za-z_][A-Za-z0-9_-]{0,127}".into(),
             ));
         }
-        None => request_id.to_string(),
+        None => None,
     };
     let delay_s: i64 = match header("x-fc-async-delay")? {
         None => 0,
@@ -425,9 +420,11 @@ where
             }
         }
     };
+    // Request-control headers are for the gateway, not part of the stored request.
+    for name in ["x-fc-invocation-type", "x-callback-url", "x-fc-async-delay"] {
+        parts.headers.remove(name);
+    }
     let limit = app.config.limits.max_async_body_bytes;
-    let request = function_request(trigger, parts, body, conn, request_id);
-    let (parts, body) = request.into_parts();
     let body = collect_limited(body, limit)
         .await
         .map_err(|e| invalid(format!("cannot read the request body: {e}")))?
@@ -436,31 +433,23 @@ where
                 "async request body is over the limit of {limit} bytes"
             ))
         })?;
-    let now = crate::queue::now_ms();
-    queue
-        .submit(crate::queue::NewTask {
-            id: task_id.clone(),
-            request_id: request_id.to_string(),
-            trigger: trigger.config.name.clone(),
-            function: trigger.config.function.clone(),
-            method: parts.method.to_string(),
-            path: parts.uri.to_string(),
-            headers: parts
-                .headers
-                .iter()
-                .filter(|(k, _)| {
-                    !matches!(
-                        k.as_str(),
-                        "x-fc-invocation-type" | "x-callback-url" | "x-fc-async-delay"
-                    )
-                })
-                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-                .collect(),
-            body: body.to_vec(),
-            callback_url,
-            created_ms: now,
-            due_ms: now + delay_s * 1000,
-        })
+    let inv = Invocation {
+        target,
+        trigger: trigger_name,
+        source,
+        request_id,
+        request: Request::from_parts(parts, body),
+    };
+    let task_id = app
+        .dispatcher
+        .enqueue(
+            inv,
+            EnqueueOptions {
+                task_id,
+                delay_ms: delay_s * 1000,
+                callback_url,
+            },
+        )
         .await?;
     let mut response = Response::new(full(Bytes::new()));
     *response.status_mut() = StatusCode::ACCEPTED;
@@ -470,31 +459,37 @@ where
     Ok(response)
 }
 
-/// Stage 7 (sync): run the function and shape its response for the client.
-pub async fn dispatch<B>(
+/// Stage 7 (sync): the dispatcher resolves, admits and runs the invocation; the body is
+/// counted as it streams; the function's response is shaped for the client.
+pub async fn run_sync<B>(
     app: &App,
-    function: &Function,
-    request: Request<B>,
-    conn: &ConnInfo,
-    request_id: &Arc<str>,
-    admission: Admission,
+    inv: Invocation<B>,
 ) -> Result<Response<ResponseBody>, GatewayError>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
+    let Invocation {
+        target,
+        trigger,
+        source,
+        request_id,
+        request,
+    } = inv;
     let (parts, body) = request.into_parts();
     let tail = parts
         .headers
         .get("x-fc-log-type")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"tail"));
     let (body, too_large) = LimitedBody::new(body, app.config.limits.max_body_bytes);
-    let invocation = Invocation {
+    let inv = Invocation {
+        target,
+        trigger,
+        source,
+        request_id,
         request: Request::from_parts(parts, body),
-        request_id: request_id.clone(),
-        https: conn.https,
     };
-    let outcome = function.invoke(invocation, admission).await;
+    let outcome = app.dispatcher.run(inv).await;
     if too_large.load(Ordering::SeqCst) {
         return Err(GatewayError::EntityTooLarge(format!(
             "request body is over the limit of {} bytes",
@@ -526,7 +521,7 @@ async fn with_log_tail(
         .collect()
         .await
         .map_err(|e| {
-            GatewayError::BadResponse(format!(
+            crate::runtime::RuntimeError::BadResponse(format!(
                 "the function's response could not be read for the log tail: {e}"
             ))
         })?
@@ -541,15 +536,17 @@ async fn with_log_tail(
     Ok(Response::from_parts(parts, full(body)))
 }
 
-/// The request as the function sees it: the trigger prefix removed, gateway headers set,
-/// client `x-fc-*` headers filtered, hop-by-hop headers and consumed credentials removed.
-fn function_request<B>(
+/// The HTTP door's invocation: the request as the function sees it (the trigger prefix
+/// removed, `X-Fc-Original-Path` set, client `x-fc-*` headers filtered, hop-by-hop headers
+/// removed), aimed at the trigger's target. The gateway headers common to every door are
+/// set by [`Invocation::stamp`] when it is dispatched.
+fn invocation<B>(
     trigger: &Trigger,
     mut parts: http::request::Parts,
     body: B,
     conn: &ConnInfo,
     request_id: &Arc<str>,
-) -> Request<B> {
+) -> Invocation<B> {
     let original = parts
         .uri
         .path_and_query()
@@ -579,21 +576,19 @@ fn function_request<B>(
     for k in foreign {
         headers.remove(&k);
     }
-    let c = &trigger.config;
-    let set = |headers: &mut HeaderMap, name: &'static str, value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(name, v);
-        }
-    };
-    set(headers, "x-fc-request-id", request_id);
-    set(headers, "x-fc-function-name", &c.function);
-    set(headers, "x-fc-trigger-name", &c.name);
-    set(headers, "x-fc-trigger-type", "http");
-    set(headers, "x-fc-qualifier", &c.qualifier);
-    set(headers, "x-fc-original-path", &original);
-    set(headers, "x-forwarded-for", &conn.peer.ip().to_string());
-    set(headers, "x-forwarded-proto", scheme);
-    Request::from_parts(parts, body)
+    if let Ok(v) = HeaderValue::from_str(&original) {
+        headers.insert("x-fc-original-path", v);
+    }
+    Invocation {
+        target: trigger.target.clone(),
+        trigger: trigger.config.name.as_str().into(),
+        source: Source::Http {
+            peer: conn.peer,
+            https: conn.https,
+        },
+        request_id: request_id.clone(),
+        request: Request::from_parts(parts, body),
+    }
 }
 
 /// The request's host: the URI authority (HTTP/2) or the `Host` header (HTTP/1.1).
@@ -621,26 +616,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
-}
-
-/// The one place a [`GatewayError`] becomes a response (status, headers, JSON body).
-pub fn error_response(e: &GatewayError, request_id: &str) -> Response<ResponseBody> {
-    if e.status() == StatusCode::INTERNAL_SERVER_ERROR {
-        tracing::error!(request_id, "internal error: {e}");
-    }
-    let mut response = Response::new(full(e.body(request_id)));
-    *response.status_mut() = e.status();
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Some((name, value)) = e.extra_header()
-        && let Ok(v) = HeaderValue::from_str(&value)
-    {
-        h.insert(name, v);
-    }
-    response
 }
 
 #[cfg(test)]

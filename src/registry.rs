@@ -19,8 +19,21 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, FunctionConfig};
-use crate::error::GatewayError;
 use crate::runtime::{Function, Runtime};
+
+/// Why a deploy or an alias change was refused. `crate::error` maps these.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The upload or alias is invalid => 400; nothing changed.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such function => 404 `FunctionNotFound`.
+    #[error("{0}")]
+    NotFound(String),
+    /// Disk or database failure: logged, never shown to a client.
+    #[error("{0}")]
+    Storage(String),
+}
 
 /// Largest component accepted by a deploy.
 pub const MAX_COMPONENT_BYTES: usize = 64 * 1024 * 1024;
@@ -54,6 +67,8 @@ struct State {
 
 pub struct Registry {
     dir: PathBuf,
+    /// False for `wasmgate check`: nothing is created, cached or migrated.
+    writable: bool,
     engine_key: String,
     db: Mutex<Connection>,
     state: RwLock<State>,
@@ -107,16 +122,44 @@ impl Registry {
         let path = data_dir.join("registry.db");
         let db = Connection::open(&path)
             .with_context(|| format!("{}: cannot open the registry", path.display()))?;
-        db.pragma_update(None, "journal_mode", "WAL")?;
-        db.pragma_update(None, "synchronous", "FULL")?;
-        db.execute_batch(
-            "CREATE TABLE IF NOT EXISTS versions (
+        Self::with_db(dir, db, true, config, runtime)
+    }
+
+    /// Opens an existing registry without writing anything (for `wasmgate check`, which may
+    /// run beside a live node): `None` when there is none.
+    pub fn open_read_only(
+        data_dir: &Path,
+        config: &Config,
+        runtime: &Runtime,
+    ) -> Result<Option<Registry>> {
+        let path = data_dir.join("registry.db");
+        if !path.exists() {
+            return Ok(None);
+        }
+        let db = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .with_context(|| format!("{}: cannot open the registry", path.display()))?;
+        Self::with_db(data_dir.join("functions"), db, false, config, runtime).map(Some)
+    }
+
+    fn with_db(
+        dir: PathBuf,
+        db: Connection,
+        writable: bool,
+        config: &Config,
+        runtime: &Runtime,
+    ) -> Result<Registry> {
+        if writable {
+            db.pragma_update(None, "journal_mode", "WAL")?;
+            db.pragma_update(None, "synchronous", "FULL")?;
+            db.execute_batch(
+                "CREATE TABLE IF NOT EXISTS versions (
                 name TEXT NOT NULL, version INTEGER NOT NULL, sha256 TEXT NOT NULL,
                 size INTEGER NOT NULL, created_ms INTEGER NOT NULL, PRIMARY KEY (name, version));
              CREATE TABLE IF NOT EXISTS aliases (
                 name TEXT NOT NULL, alias TEXT NOT NULL, version INTEGER NOT NULL,
                 additional_version INTEGER, weight REAL, PRIMARY KEY (name, alias));",
-        )?;
+            )?;
+        }
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         runtime
             .engine()
@@ -124,6 +167,7 @@ impl Registry {
             .hash(&mut hasher);
         let registry = Registry {
             dir,
+            writable,
             engine_key: format!("{:016x}", hasher.finish()),
             db: Mutex::new(db),
             state: RwLock::new(State::default()),
@@ -237,6 +281,9 @@ impl Registry {
     }
 
     fn write_cache(&self, component: &wasmtime::component::Component, sha: &str) {
+        if !self.writable {
+            return;
+        }
         match component.serialize() {
             Ok(bytes) => {
                 if let Err(e) = write_atomic(&self.cwasm_path(sha), &bytes) {
@@ -254,8 +301,8 @@ impl Registry {
         runtime: &Runtime,
         name: &str,
         bytes: &[u8],
-    ) -> Result<VersionInfo, GatewayError> {
-        let invalid = |m: String| GatewayError::InvalidArgument(m);
+    ) -> Result<VersionInfo, RegistryError> {
+        let invalid = RegistryError::Invalid;
         if !crate::config::valid_name(name) {
             return Err(invalid(format!(
                 "function name '{name}' must match [a-z0-9-]{{1,64}}"
@@ -270,7 +317,7 @@ impl Registry {
         runtime
             .prepare(&fc, None, &component)
             .map_err(|e| invalid(format!("{e}")))?;
-        let internal = |e: String| GatewayError::Internal(e);
+        let internal = RegistryError::Storage;
         write_atomic(&self.wasm_path(&sha), bytes)
             .map_err(|e| internal(format!("cannot store the component: {e}")))?;
         self.write_cache(&component, &sha);
@@ -321,8 +368,8 @@ impl Registry {
     }
 
     /// Points `alias` at a version (optionally splitting traffic with a second one).
-    pub fn set_alias(&self, name: &str, alias: &str, a: Alias) -> Result<Alias, GatewayError> {
-        let invalid = |m: String| GatewayError::InvalidArgument(m);
+    pub fn set_alias(&self, name: &str, alias: &str, a: Alias) -> Result<Alias, RegistryError> {
+        let invalid = RegistryError::Invalid;
         if !valid_alias(alias) {
             return Err(invalid(format!(
                 "alias '{alias}' must match [A-Za-z0-9_-]{{1,64}}, not be a number and not be LATEST"
@@ -332,11 +379,9 @@ impl Registry {
             let state = self
                 .state
                 .read()
-                .map_err(|_| GatewayError::Internal("registry lock poisoned".into()))?;
+                .map_err(|_| RegistryError::Storage("registry lock poisoned".into()))?;
             let versions = state.functions.get(name).ok_or_else(|| {
-                GatewayError::FunctionNotFound(format!(
-                    "function '{name}' has no deployed versions"
-                ))
+                RegistryError::NotFound(format!("function '{name}' has no deployed versions"))
             })?;
             for v in std::iter::once(a.version).chain(a.additional.as_ref().map(|x| x.version)) {
                 if !versions.contains_key(&v) {
@@ -352,7 +397,7 @@ impl Registry {
         let db = self
             .db
             .lock()
-            .map_err(|_| GatewayError::Internal("registry lock poisoned".into()))?;
+            .map_err(|_| RegistryError::Storage("registry lock poisoned".into()))?;
         db.execute(
             "INSERT INTO aliases (name, alias, version, additional_version, weight) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (name, alias) DO UPDATE SET version = ?3, additional_version = ?4, weight = ?5",
@@ -364,7 +409,7 @@ impl Registry {
                 a.additional.as_ref().map(|x| x.weight)
             ],
         )
-        .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        .map_err(|e| RegistryError::Storage(e.to_string()))?;
         drop(db);
         if let Ok(mut state) = self.state.write() {
             state

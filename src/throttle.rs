@@ -10,19 +10,18 @@
 //! on every path (success, trap, timeout, client disconnect), because they are owned by the
 //! task that runs the guest. A refusal is a failed `try_acquire`: no allocation, no waiting.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Principal;
 use crate::config::{RateLimitConfig, RateLimitKey};
-use crate::error::GatewayError;
-use crate::runtime::Function;
 
 type Keyed<C> =
     RateLimiter<String, DashMapStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
@@ -63,7 +62,7 @@ impl<C: Clock + Clone> RateLimit<C> {
 
     /// Takes one cell for this request's key, or refuses with 429 and an honest
     /// `Retry-After` (whole seconds until a request would be allowed, at least 1).
-    pub fn check(&self, principal: &Principal, ip: IpAddr) -> Result<(), GatewayError> {
+    pub fn check(&self, principal: &Principal, ip: IpAddr) -> Result<(), ThrottleError> {
         let key = match self.key {
             RateLimitKey::Principal => principal.id(),
             RateLimitKey::Ip => ip.to_string(),
@@ -72,8 +71,8 @@ impl<C: Clock + Clone> RateLimit<C> {
         self.limiter.check_key(&key).map_err(|not_until| {
             let wait = not_until.wait_time_from(self.clock.now());
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            GatewayError::ResourceExhausted {
-                message: format!("rate limit of trigger '{}' exceeded", self.trigger),
+            ThrottleError::RateLimited {
+                trigger: self.trigger.clone(),
                 retry_after_s: secs.max(1),
             }
         })
@@ -92,53 +91,161 @@ impl<C: Clock + Clone> RateLimit<C> {
     }
 }
 
+/// Why throttling refused a request (SPEC section 6). `crate::error` maps these to 429
+/// `ResourceExhausted` and 503 `ResourceThrottled`, each with `Retry-After`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ThrottleError {
+    /// A trigger's rate limit.
+    #[error("rate limit of trigger '{trigger}' exceeded")]
+    RateLimited { trigger: String, retry_after_s: u64 },
+    /// A function's `max_concurrency`.
+    #[error("function '{function}' is at its max_concurrency of {max}")]
+    FunctionBusy { function: String, max: usize },
+    /// The node's `max_in_flight`.
+    #[error("this node is at its limit of {max} executions")]
+    NodeBusy { max: usize },
+    /// The node is shutting down.
+    #[error("this node is shutting down")]
+    Draining,
+}
+
+impl ThrottleError {
+    /// Whole seconds a client should wait before trying again.
+    pub fn retry_after_s(&self) -> u64 {
+        match self {
+            ThrottleError::RateLimited { retry_after_s, .. } => *retry_after_s,
+            _ => 1,
+        }
+    }
+
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ThrottleError::RateLimited { .. } => "rate_limit",
+            ThrottleError::FunctionBusy { .. } => "function_concurrency",
+            ThrottleError::NodeBusy { .. } => "node_in_flight",
+            ThrottleError::Draining => "draining",
+        }
+    }
+}
+
+/// A counted capacity whose maximum can change while permits are out: a reload that
+/// lowers it refuses new takers until enough permits come back, and one that raises it
+/// admits more at once. Taking a slot is one compare-and-swap, no allocation, no waiting.
+#[derive(Debug)]
+pub struct Slots {
+    used: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl Slots {
+    pub fn new(max: usize) -> Arc<Slots> {
+        Arc::new(Slots {
+            used: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+        })
+    }
+
+    /// Takes a slot if one is free.
+    pub fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        let max = self.max.load(Ordering::Acquire);
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used < max).then_some(used + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.clone()))
+    }
+
+    pub fn resize(&self, max: usize) {
+        self.max.store(max, Ordering::Release);
+    }
+
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Acquire)
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+/// One taken slot, given back when dropped.
+#[derive(Debug)]
+pub struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.used.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The permits an admitted invocation holds until its guest is done.
 #[derive(Debug)]
 pub struct Admission {
-    _function: OwnedSemaphorePermit,
-    _node: OwnedSemaphorePermit,
+    _function: Slot,
+    _node: Slot,
 }
 
-/// Node-wide admission state.
+/// The node's and every function's concurrency: one object for the life of the process.
+/// A reload resizes it ([`Limits::resize`]); it is never rebuilt, so requests admitted
+/// under the old configuration still count against the new one.
 #[derive(Debug)]
-pub struct NodeLimiter {
-    in_flight: Arc<Semaphore>,
-    max: usize,
+pub struct Limits {
+    node: Arc<Slots>,
+    /// One entry per function name, shared by all its versions.
+    functions: Mutex<HashMap<String, Arc<Slots>>>,
 }
 
-impl NodeLimiter {
-    pub fn new(max_in_flight: usize) -> Self {
-        NodeLimiter {
-            in_flight: Arc::new(Semaphore::new(max_in_flight)),
-            max: max_in_flight,
+impl Limits {
+    pub fn new(max_in_flight: usize) -> Arc<Limits> {
+        Arc::new(Limits {
+            node: Slots::new(max_in_flight),
+            functions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Applies a (re)loaded configuration: the node's `max_in_flight` and each configured
+    /// function's `max_concurrency`.
+    pub fn resize(&self, max_in_flight: usize, functions: &[(String, usize)]) {
+        self.node.resize(max_in_flight);
+        for (name, max) in functions {
+            self.function(name, *max).resize(*max);
         }
+    }
+
+    /// The slots of `function`, created with `max` the first time it is seen.
+    fn function(&self, name: &str, max: usize) -> Arc<Slots> {
+        let mut map = match self.functions.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.entry(name.to_string())
+            .or_insert_with(|| Slots::new(max))
+            .clone()
     }
 
     /// Executions running now.
     pub fn in_flight(&self) -> usize {
-        self.max - self.in_flight.available_permits()
+        self.node.used()
     }
 
-    /// Admits one invocation of `function`, or refuses at once.
-    pub fn admit(&self, function: &Function) -> Result<Admission, GatewayError> {
-        let function_permit = function.permits.clone().try_acquire_owned().map_err(|_| {
-            GatewayError::ResourceExhausted {
-                message: format!(
-                    "function '{}' is at its max_concurrency of {}",
-                    function.name, function.config.max_concurrency
-                ),
-                retry_after_s: 1,
-            }
-        })?;
-        let node_permit = self.in_flight.clone().try_acquire_owned().map_err(|_| {
-            GatewayError::ResourceThrottled {
-                message: format!("this node is at its limit of {} executions", self.max),
-                retry_after_s: 1,
-            }
+    /// Admits one invocation of `function` (whose own `max_concurrency` is `max` unless a
+    /// configuration set it), or refuses at once: 429 for the function, 503 for the node.
+    pub fn admit(&self, function: &str, max: usize) -> Result<Admission, ThrottleError> {
+        let slots = self.function(function, max);
+        let function_slot = slots
+            .try_take()
+            .ok_or_else(|| ThrottleError::FunctionBusy {
+                function: function.to_string(),
+                max: slots.max(),
+            })?;
+        let node_slot = self.node.try_take().ok_or(ThrottleError::NodeBusy {
+            max: self.node.max(),
         })?;
         Ok(Admission {
-            _function: function_permit,
-            _node: node_permit,
+            _function: function_slot,
+            _node: node_slot,
         })
     }
 }
@@ -181,7 +288,7 @@ mod tests {
             l.check(&user("a"), ip(1)).unwrap();
         }
         match l.check(&user("a"), ip(1)) {
-            Err(GatewayError::ResourceExhausted { retry_after_s, .. }) => {
+            Err(ThrottleError::RateLimited { retry_after_s, .. }) => {
                 assert_eq!(retry_after_s, 1)
             }
             other => panic!("{other:?}"),
@@ -212,7 +319,7 @@ mod tests {
         l.check(&user("a"), ip(1)).unwrap();
         // Slow rate: 1 per second, so the wait is about 1 s.
         match l.check(&user("b"), ip(2)) {
-            Err(GatewayError::ResourceExhausted { retry_after_s, .. }) => {
+            Err(ThrottleError::RateLimited { retry_after_s, .. }) => {
                 assert_eq!(retry_after_s, 1)
             }
             other => panic!("{other:?}"),
@@ -249,5 +356,34 @@ mod tests {
         // Once every bucket has refilled, every key goes.
         clock.advance(Duration::from_secs(2));
         assert_eq!(l.sweep(), 0);
+    }
+
+    #[test]
+    fn limits_resize_without_forgetting_admitted_work() {
+        let limits = Limits::new(2);
+        let a = limits.admit("f", 10).unwrap();
+        let b = limits.admit("f", 10).unwrap();
+        assert!(matches!(
+            limits.admit("f", 10),
+            Err(ThrottleError::NodeBusy { max: 2 })
+        ));
+        // A reload that lowers the node limit keeps counting what is running.
+        limits.resize(1, &[("f".into(), 1)]);
+        drop(a);
+        assert!(matches!(
+            limits.admit("f", 10),
+            Err(ThrottleError::FunctionBusy { max: 1, .. })
+        ));
+        drop(b);
+        let c = limits.admit("f", 10).unwrap();
+        assert!(limits.admit("g", 10).is_err());
+        drop(c);
+        // Raising it admits more at once.
+        limits.resize(3, &[("f".into(), 3)]);
+        let held: Vec<_> = (0..3).map(|_| limits.admit("f", 10).unwrap()).collect();
+        assert_eq!(limits.in_flight(), 3);
+        assert!(limits.admit("g", 10).is_err());
+        drop(held);
+        assert_eq!(limits.in_flight(), 0);
     }
 }

@@ -118,7 +118,7 @@ fn a_public_admin_address_needs_a_token() {
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"0.0.0.0:9090\"\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+    let out = std::process::Command::new(common::bin())
         .args(["check", "--config"])
         .arg(&path)
         .output()

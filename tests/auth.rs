@@ -123,7 +123,7 @@ async fn signature_scheme() {
     let uri: http::Uri = url.parse().unwrap();
 
     // The CLI's headers sign a request the gateway accepts.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+    let out = std::process::Command::new(common::bin())
         .args([
             "sign",
             "--key-id",

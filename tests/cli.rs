@@ -8,7 +8,7 @@ fn check(config: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, common::render(config)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+    let out = Command::new(common::bin())
         .args(["check", "--config"])
         .arg(&path)
         .output()
@@ -91,7 +91,7 @@ fn a_bad_certificate_path_is_named_at_start() {
         "[server]\nlisten = \"127.0.0.1:0\"\ntls = { cert = \"/nope/cert.pem\", key = \"/nope/key.pem\" }\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+    let out = Command::new(common::bin())
         .args(["serve", "--config"])
         .arg(&path)
         .output()

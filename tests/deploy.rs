@@ -37,7 +37,7 @@ fn start_in(dir: &std::path::Path) -> TestServer {
 }
 
 fn cli(s: &TestServer, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+    let out = Command::new(common::bin())
         .args(args)
         .args(["--admin", s.admin.as_deref().unwrap()])
         .env("WASMGATE_ADMIN_TOKEN", TOKEN)

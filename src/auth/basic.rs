@@ -8,7 +8,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use sha2::{Digest, Sha256};
 
-use crate::error::GatewayError;
+use super::AuthError;
 
 pub struct BasicAuth {
     /// (username, sha256("user:password")).
@@ -43,15 +43,15 @@ impl BasicAuth {
         }
     }
 
-    fn refuse(&self, message: &str) -> GatewayError {
-        GatewayError::Unauthorized {
+    fn refuse(&self, message: &str) -> AuthError {
+        AuthError::Unauthorized {
             message: message.to_string(),
             www_authenticate: self.challenge.clone(),
         }
     }
 
     /// Returns the user name when `authorization` holds valid credentials.
-    pub fn verify(&self, authorization: Option<&[u8]>) -> Result<String, GatewayError> {
+    pub fn verify(&self, authorization: Option<&[u8]>) -> Result<String, AuthError> {
         let Some(value) = authorization else {
             return Err(self.refuse("Authorization header is expected but missing"));
         };
@@ -119,7 +119,7 @@ mod tests {
         ];
         for c in cases {
             match auth().verify(c) {
-                Err(GatewayError::Unauthorized {
+                Err(AuthError::Unauthorized {
                     www_authenticate, ..
                 }) => assert_eq!(www_authenticate, "Basic realm=\"t\""),
                 other => panic!("{c:?}: {other:?}"),

@@ -2,7 +2,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::error::GatewayError;
+use super::AuthError;
 
 pub struct BearerAuth {
     /// (token name, sha256(token)) for enabled tokens.
@@ -30,8 +30,8 @@ impl BearerAuth {
     }
 
     /// Returns the token's name when `authorization` carries an enabled token.
-    pub fn verify(&self, authorization: Option<&[u8]>) -> Result<String, GatewayError> {
-        let refuse = |message: &str, error: Option<&str>| GatewayError::Unauthorized {
+    pub fn verify(&self, authorization: Option<&[u8]>) -> Result<String, AuthError> {
+        let refuse = |message: &str, error: Option<&str>| AuthError::Unauthorized {
             message: message.to_string(),
             www_authenticate: match error {
                 Some(e) => format!("{}, error=\"{e}\"", self.challenge),

@@ -15,8 +15,8 @@ use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
+use super::AuthError;
 use crate::config::JwtConfig;
-use crate::error::GatewayError;
 
 /// Where a token may be found, tried in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,8 +79,8 @@ pub enum JwtOutcome {
     Valid { subject: String },
 }
 
-fn invalid(message: &str) -> GatewayError {
-    GatewayError::Unauthorized {
+fn invalid(message: &str) -> AuthError {
+    AuthError::Unauthorized {
         message: message.to_string(),
         www_authenticate: "Bearer error=\"invalid_token\"".to_string(),
     }
@@ -358,7 +358,7 @@ impl JwtAuth {
         path: &str,
         now: i64,
         pass_credentials: bool,
-    ) -> Result<JwtOutcome, GatewayError> {
+    ) -> Result<JwtOutcome, AuthError> {
         let protected = match &self.rule {
             PathRule::All => true,
             PathRule::Whitelist(list) => !list.iter().any(|p| path_matches(p, path)),

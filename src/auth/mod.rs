@@ -15,7 +15,33 @@ use chrono::{DateTime, Utc};
 use subtle::ConstantTimeEq;
 
 use crate::config::{AuthConfig, TriggerConfig};
-use crate::error::GatewayError;
+
+/// Why authentication refused a request (SPEC section 4). `crate::error` maps each to its
+/// status and Code; messages never carry a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Malformed credentials (a date, a signature header) => 400 `InvalidArgument`.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Signature trigger without `Authorization` or a date => 400.
+    #[error("{0}")]
+    MissingRequiredHeader(String),
+    /// basic / bearer / jwt: credentials missing or invalid => 401 with `WWW-Authenticate`.
+    #[error("{message}")]
+    Unauthorized {
+        message: String,
+        www_authenticate: String,
+    },
+    /// The request was signed but the signature does not match => 403.
+    #[error("{0}")]
+    SignatureNotMatch(String),
+    /// The signature names an access key this trigger does not know => 403.
+    #[error("{0}")]
+    InvalidAccessKeyId(String),
+    /// Clock skew, an expired signed URL, JWT path rules => 403.
+    #[error("{0}")]
+    AccessDenied(String),
+}
 
 /// Finds the entry whose SHA-256 digest equals `presented`, comparing against every entry in
 /// constant time (no early exit), so timing says nothing about which one or how close.
@@ -125,7 +151,7 @@ impl TriggerAuth {
     }
 
     /// Checks the request and returns who made it.
-    pub fn authenticate(&self, req: AuthRequest<'_>) -> Result<Principal, GatewayError> {
+    pub fn authenticate(&self, req: AuthRequest<'_>) -> Result<Principal, AuthError> {
         let authorization = req
             .parts
             .headers
@@ -148,7 +174,7 @@ impl TriggerAuth {
                 if let Some(expected) = &verified.body_sha256 {
                     let actual = signature::sha256_hex(req.body.unwrap_or(&[]));
                     if !bool::from(actual.as_bytes().ct_eq(expected.as_bytes())) {
-                        return Err(GatewayError::SignatureNotMatch(
+                        return Err(AuthError::SignatureNotMatch(
                             "the request body does not match x-acs-content-sha256".into(),
                         ));
                     }

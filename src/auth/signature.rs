@@ -19,7 +19,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_perc
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::error::GatewayError;
+use super::AuthError;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -63,22 +63,22 @@ pub struct SignedRequest<'a> {
     pub headers: &'a http::HeaderMap,
 }
 
-fn missing(what: &str) -> GatewayError {
-    GatewayError::MissingRequiredHeader(what.to_string())
+fn missing(what: &str) -> AuthError {
+    AuthError::MissingRequiredHeader(what.to_string())
 }
 
-fn mismatch() -> GatewayError {
-    GatewayError::SignatureNotMatch(
+fn mismatch() -> AuthError {
+    AuthError::SignatureNotMatch(
         "the request signature does not match the signature computed by the server".into(),
     )
 }
 
-fn malformed(what: &str) -> GatewayError {
-    GatewayError::InvalidArgument(format!("malformed signature: {what}"))
+fn malformed(what: &str) -> AuthError {
+    AuthError::InvalidArgument(format!("malformed signature: {what}"))
 }
 
-fn skew(request: DateTime<Utc>, now: DateTime<Utc>) -> GatewayError {
-    GatewayError::AccessDenied(format!(
+fn skew(request: DateTime<Utc>, now: DateTime<Utc>) -> AuthError {
+    AuthError::AccessDenied(format!(
         "the difference between the request time '{}' and the current time '{}' is too large",
         request.format("%Y-%m-%dT%H:%M:%SZ"),
         now.format("%Y-%m-%dT%H:%M:%SZ")
@@ -128,19 +128,19 @@ impl SignatureAuth {
         }
     }
 
-    fn secret(&self, key_id: &str) -> Result<&[u8], GatewayError> {
+    fn secret(&self, key_id: &str) -> Result<&[u8], AuthError> {
         self.keys
             .iter()
             .find(|(id, _)| id == key_id)
             .map(|(_, s)| s.as_slice())
             .ok_or_else(|| {
-                GatewayError::InvalidAccessKeyId(format!(
+                AuthError::InvalidAccessKeyId(format!(
                     "the access key id '{key_id}' is not valid for this trigger"
                 ))
             })
     }
 
-    fn check_window(&self, at: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), GatewayError> {
+    fn check_window(&self, at: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), AuthError> {
         if (now - at).num_seconds().abs() > self.window_s {
             return Err(skew(at, now));
         }
@@ -152,7 +152,7 @@ impl SignatureAuth {
         &self,
         req: &SignedRequest<'_>,
         now: DateTime<Utc>,
-    ) -> Result<Verified, GatewayError> {
+    ) -> Result<Verified, AuthError> {
         let auth = header_str(req.headers, "authorization").map(str::trim);
         match auth {
             Some(a) if a.starts_with("ACS3-HMAC-SHA256 ") => self.verify_acs3(req, a, now),
@@ -180,7 +180,7 @@ impl SignatureAuth {
         req: &SignedRequest<'_>,
         auth: &str,
         now: DateTime<Utc>,
-    ) -> Result<Verified, GatewayError> {
+    ) -> Result<Verified, AuthError> {
         let params = &auth["ACS3-HMAC-SHA256 ".len()..];
         let (mut credential, mut signed_headers, mut signature) = (None, None, None);
         for part in params.split(',') {
@@ -204,7 +204,7 @@ impl SignatureAuth {
             .ok_or_else(|| missing("the x-acs-date header is required"))?;
         let secret = self.secret(key_id)?;
         let at = DateTime::parse_from_rfc3339(date.trim())
-            .map_err(|_| GatewayError::InvalidArgument(format!("invalid x-acs-date '{date}'")))?
+            .map_err(|_| AuthError::InvalidArgument(format!("invalid x-acs-date '{date}'")))?
             .with_timezone(&Utc);
         self.check_window(at, now)?;
 
@@ -214,7 +214,7 @@ impl SignatureAuth {
             .map(|s| s.to_ascii_lowercase())
             .collect();
         if !names.iter().any(|n| n == "x-acs-date") {
-            return Err(GatewayError::SignatureNotMatch(
+            return Err(AuthError::SignatureNotMatch(
                 "x-acs-date must be one of the signed headers".into(),
             ));
         }
@@ -259,7 +259,7 @@ impl SignatureAuth {
         req: &SignedRequest<'_>,
         auth: &str,
         now: DateTime<Utc>,
-    ) -> Result<Verified, GatewayError> {
+    ) -> Result<Verified, AuthError> {
         let (key_id, signature) = auth["FC ".len()..]
             .trim()
             .split_once(':')
@@ -268,7 +268,7 @@ impl SignatureAuth {
             .ok_or_else(|| missing("the Date header is required"))?;
         let secret = self.secret(key_id)?;
         let at = DateTime::parse_from_rfc2822(date.trim())
-            .map_err(|_| GatewayError::InvalidArgument(format!("invalid Date '{date}'")))?
+            .map_err(|_| AuthError::InvalidArgument(format!("invalid Date '{date}'")))?
             .with_timezone(&Utc);
         self.check_window(at, now)?;
         let pairs = req.query.map(decoded_pairs).unwrap_or_default();
@@ -289,7 +289,7 @@ impl SignatureAuth {
         &self,
         req: &SignedRequest<'_>,
         now: DateTime<Utc>,
-    ) -> Result<Verified, GatewayError> {
+    ) -> Result<Verified, AuthError> {
         let pairs = req.query.map(decoded_pairs).unwrap_or_default();
         let get = |name: &str| {
             pairs
@@ -302,12 +302,13 @@ impl SignatureAuth {
         let expires = get("x-fc-expires").ok_or_else(|| missing("x-fc-expires is required"))?;
         let signature = get("x-fc-signature").unwrap_or_default();
         let secret = self.secret(&key_id)?;
-        let expires_at: i64 = expires.trim().parse().map_err(|_| {
-            GatewayError::InvalidArgument(format!("invalid x-fc-expires '{expires}'"))
-        })?;
+        let expires_at: i64 = expires
+            .trim()
+            .parse()
+            .map_err(|_| AuthError::InvalidArgument(format!("invalid x-fc-expires '{expires}'")))?;
         if now.timestamp() > expires_at {
             let at = DateTime::from_timestamp(expires_at, 0).unwrap_or_default();
-            return Err(GatewayError::AccessDenied(format!(
+            return Err(AuthError::AccessDenied(format!(
                 "the signed URL expired at '{}'; the current time is '{}'",
                 at.format("%Y-%m-%dT%H:%M:%SZ"),
                 now.format("%Y-%m-%dT%H:%M:%SZ")
@@ -533,7 +534,7 @@ mod tests {
             let result = a.verify(&req, now);
             if name.contains("no-newline") {
                 assert!(
-                    matches!(result, Err(GatewayError::SignatureNotMatch(_))),
+                    matches!(result, Err(AuthError::SignatureNotMatch(_))),
                     "{name} must not verify: {result:?}"
                 );
             } else {
@@ -630,7 +631,7 @@ mod tests {
         let later = DateTime::from_timestamp(1583221069, 0).unwrap();
         assert!(matches!(
             a.verify(&req, later),
-            Err(GatewayError::AccessDenied(_))
+            Err(AuthError::AccessDenied(_))
         ));
 
         // fc-go-sdk TestSignURL with and without STS.
@@ -662,7 +663,7 @@ mod tests {
             };
             assert!(matches!(
                 a.verify(&req2, now),
-                Err(GatewayError::SignatureNotMatch(_))
+                Err(AuthError::SignatureNotMatch(_))
             ));
         }
 
@@ -744,13 +745,13 @@ mod tests {
         let (h, _) = acs3_request("AK2", "s3cret", "2026-01-01T00:00:00Z", &[]);
         assert!(matches!(
             verify(&h, now),
-            Err(GatewayError::InvalidAccessKeyId(_))
+            Err(AuthError::InvalidAccessKeyId(_))
         ));
         // Wrong secret.
         let (h, _) = acs3_request("AK1", "other", "2026-01-01T00:00:00Z", &[]);
         assert!(matches!(
             verify(&h, now),
-            Err(GatewayError::SignatureNotMatch(_))
+            Err(AuthError::SignatureNotMatch(_))
         ));
         // Skew: 901 s either way is refused, 900 s accepted.
         for (date, ok) in [
@@ -762,7 +763,7 @@ mod tests {
             let (h, _) = acs3_request("AK1", "s3cret", date, &[]);
             match verify(&h, now) {
                 Ok(_) => assert!(ok, "{date}"),
-                Err(GatewayError::AccessDenied(m)) => {
+                Err(AuthError::AccessDenied(m)) => {
                     assert!(!ok, "{date}");
                     assert!(
                         m.starts_with("the difference between the request time"),
@@ -777,19 +778,19 @@ mod tests {
         h.insert("x-acs-x", "2".parse().unwrap());
         assert!(matches!(
             verify(&h, now),
-            Err(GatewayError::SignatureNotMatch(_))
+            Err(AuthError::SignatureNotMatch(_))
         ));
         // No date header at all.
         let (mut h, _) = acs3_request("AK1", "s3cret", "2026-01-01T00:00:00Z", &[]);
         h.remove("x-acs-date");
         assert!(matches!(
             verify(&h, now),
-            Err(GatewayError::MissingRequiredHeader(_))
+            Err(AuthError::MissingRequiredHeader(_))
         ));
         // Nothing at all.
         assert!(matches!(
             verify(&http::HeaderMap::new(), now),
-            Err(GatewayError::MissingRequiredHeader(_))
+            Err(AuthError::MissingRequiredHeader(_))
         ));
         // A body hash is returned for the pipeline to check.
         let hash = sha256_hex(b"hello");
@@ -839,7 +840,7 @@ mod tests {
         let late = at + chrono::Duration::seconds(901);
         assert!(matches!(
             a.verify(&req, late),
-            Err(GatewayError::AccessDenied(_))
+            Err(AuthError::AccessDenied(_))
         ));
         let mut h2 = h.clone();
         h2.insert("authorization", format!("FC AK9:{sig}").parse().unwrap());
@@ -851,7 +852,7 @@ mod tests {
         };
         assert!(matches!(
             a.verify(&req, at),
-            Err(GatewayError::InvalidAccessKeyId(_))
+            Err(AuthError::InvalidAccessKeyId(_))
         ));
     }
 

@@ -14,6 +14,13 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use raw::RawConfig;
 
+/// A configuration that cannot be applied (a reload that is refused). Start-up and `check`
+/// report errors through `anyhow` with the file, key and value; this is what the admin API
+/// answers 400 with.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
 /// The seven methods a trigger allows when `methods` is omitted.
 pub const ALL_METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS"];
 
@@ -51,6 +58,21 @@ pub struct AsyncConfig {
     pub on_failure: Option<String>,
     /// Lowercase hosts an `X-Callback-Url` may name.
     pub callback_hosts: Vec<String>,
+}
+
+impl Default for AsyncConfig {
+    /// A trigger without an `async` table: no async requests from clients, and the SPEC
+    /// defaults for any task that names it.
+    fn default() -> Self {
+        AsyncConfig {
+            enabled: false,
+            max_retries: 3,
+            max_event_age_s: 86_400,
+            on_success: None,
+            on_failure: None,
+            callback_hosts: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -3,6 +3,11 @@
 //!
 //! A 202 is a promise: the task is committed to disk before the answer, and runs at least
 //! once across crashes and restarts (a task left `Running` by a crash runs again).
+//!
+//! The queue stores [`StoredInvocation`]s and knows nothing of the doors that enqueue them
+//! or of how they run: the workers hand each due task to an [`worker::Executor`] (the
+//! dispatcher). Time comes from a [`Clock`], so delays, backoff and expiry can be tested
+//! without waiting.
 
 pub mod store;
 pub mod worker;
@@ -16,18 +21,73 @@ use anyhow::Result;
 use tokio::sync::{Notify, oneshot};
 
 use crate::config::QueueConfig;
-use crate::error::GatewayError;
+pub use crate::invocation::StoredInvocation;
 use store::{Cmd, InsertError, StopError};
 pub use store::{NewTask, PendingCallback, Task, TaskState, TaskView, Update};
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+/// Where the queue and its workers read the time.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis()
+    }
+}
+
+/// A clock that moves only when told to (tests).
+#[derive(Debug)]
+pub struct FakeClock(std::sync::atomic::AtomicI64);
+
+impl FakeClock {
+    pub fn new(start_ms: i64) -> Arc<FakeClock> {
+        Arc::new(FakeClock(std::sync::atomic::AtomicI64::new(start_ms)))
+    }
+
+    pub fn advance(&self, ms: i64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for FakeClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Why the queue refused or failed. `crate::error` maps these to status and Code.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The task id is taken => 409 `TaskAlreadyExists`.
+    #[error("task '{0}' already exists")]
+    Exists(String),
+    /// `max_tasks` open tasks => 503.
+    #[error("the async queue holds its maximum of {0} tasks")]
+    Full(u64),
+    /// No such task => 404 `TaskNotFound`.
+    #[error("task '{0}' does not exist")]
+    NotFound(String),
+    /// The task outlived its trigger's `max_event_age_s`.
+    #[error("the task is older than max_event_age_s ({0} s)")]
+    Expired(u64),
+    /// The trigger that enqueued the task is no longer configured.
+    #[error("trigger '{0}' no longer exists")]
+    TriggerGone(String),
+    /// The database failed: logged, never shown to a client.
+    #[error("the task store failed: {0}")]
+    Storage(String),
 }
 
 /// The handle to the task store, shared by the pipeline, the workers and the admin API.
 pub struct Queue {
     tx: mpsc::Sender<Cmd>,
+    clock: Arc<dyn Clock>,
     /// Wakes the dispatcher when new work arrives.
     pub(crate) wake: Arc<Notify>,
     /// Tasks not finished yet (for `max_tasks` and metrics).
@@ -43,14 +103,20 @@ impl std::fmt::Debug for Queue {
     }
 }
 
-fn unavailable() -> GatewayError {
-    GatewayError::Internal("the task store is not running".into())
+fn unavailable() -> QueueError {
+    QueueError::Storage("the task store is not running".into())
 }
 
 impl Queue {
-    /// Opens `data_dir/tasks.db` and starts the writer thread.
-    pub fn open(data_dir: &Path, config: &QueueConfig) -> Result<Queue> {
-        let (conn, open) = store::open(&data_dir.join("tasks.db"), now_ms())?;
+    /// Opens `data_dir/tasks.db` and starts the writer thread. `qualifier_of` gives the
+    /// qualifier of a trigger, for tasks stored before invocations carried their target.
+    pub fn open(
+        data_dir: &Path,
+        config: &QueueConfig,
+        clock: Arc<dyn Clock>,
+        qualifier_of: &dyn Fn(&str) -> String,
+    ) -> Result<Queue> {
+        let (conn, open) = store::open(&data_dir.join("tasks.db"), clock.now_ms(), qualifier_of)?;
         let (tx, rx) = mpsc::channel();
         let group_commit = config.group_commit;
         std::thread::Builder::new()
@@ -58,6 +124,7 @@ impl Queue {
             .spawn(move || store::run(conn, rx, group_commit))?;
         Ok(Queue {
             tx,
+            clock,
             wake: Arc::new(Notify::new()),
             open: AtomicU64::new(open),
             config: config.clone(),
@@ -70,21 +137,25 @@ impl Queue {
         rx.await.ok()
     }
 
+    /// Milliseconds since the epoch, by the queue's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Wakes the workers (new work, a worker free, the clock moved).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     /// Unfinished tasks.
     pub fn depth(&self) -> u64 {
         self.open.load(Ordering::Relaxed)
     }
 
     /// Makes a task durable. 409 for a reused id, 503 when the queue is full.
-    pub async fn submit(&self, task: NewTask) -> Result<(), GatewayError> {
+    pub async fn submit(&self, task: NewTask) -> Result<(), QueueError> {
         if self.depth() >= self.config.max_tasks {
-            return Err(GatewayError::ResourceThrottled {
-                message: format!(
-                    "the async queue holds its maximum of {} tasks",
-                    self.config.max_tasks
-                ),
-                retry_after_s: 5,
-            });
+            return Err(QueueError::Full(self.config.max_tasks));
         }
         let id = task.id.clone();
         match self.call(|r| Cmd::Insert(task, r)).await {
@@ -93,12 +164,10 @@ impl Queue {
                 self.wake.notify_one();
                 Ok(())
             }
-            Some(Err(InsertError::Exists)) => Err(GatewayError::TaskAlreadyExists(format!(
-                "task '{id}' already exists"
-            ))),
-            Some(Err(InsertError::Storage(e))) => Err(GatewayError::Internal(format!(
-                "cannot store the task: {e}"
-            ))),
+            Some(Err(InsertError::Exists)) => Err(QueueError::Exists(id)),
+            Some(Err(InsertError::Storage(e))) => {
+                Err(QueueError::Storage(format!("cannot store the task: {e}")))
+            }
             None => Err(unavailable()),
         }
     }
@@ -106,7 +175,7 @@ impl Queue {
     /// Marks up to `limit` due tasks `Running` and returns them.
     pub async fn claim(&self, limit: usize) -> Vec<Task> {
         self.call(|reply| Cmd::Claim {
-            now_ms: now_ms(),
+            now_ms: self.now_ms(),
             limit,
             reply,
         })
@@ -143,18 +212,19 @@ impl Queue {
     }
 
     /// Stops a task: a waiting task never runs; a running one is not retried.
-    pub async fn stop(&self, id: &str) -> Result<TaskView, GatewayError> {
-        match self.call(|r| Cmd::Stop(id.to_string(), now_ms(), r)).await {
+    pub async fn stop(&self, id: &str) -> Result<TaskView, QueueError> {
+        match self
+            .call(|r| Cmd::Stop(id.to_string(), self.now_ms(), r))
+            .await
+        {
             Some(Ok(v)) => {
                 if v.state == TaskState::Stopped {
                     self.open.fetch_sub(1, Ordering::Relaxed);
                 }
                 Ok(v)
             }
-            Some(Err(StopError::NotFound)) => Err(GatewayError::TaskNotFound(format!(
-                "task '{id}' does not exist"
-            ))),
-            Some(Err(StopError::Storage(e))) => Err(GatewayError::Internal(e)),
+            Some(Err(StopError::NotFound)) => Err(QueueError::NotFound(id.to_string())),
+            Some(Err(StopError::Storage(e))) => Err(QueueError::Storage(e)),
             None => Err(unavailable()),
         }
     }
@@ -174,7 +244,7 @@ impl Queue {
     }
 
     pub fn prune(&self) {
-        let before_ms = now_ms() - (self.config.retention_s as i64).saturating_mul(1000);
+        let before_ms = self.now_ms() - (self.config.retention_s as i64).saturating_mul(1000);
         let _ = self.tx.send(Cmd::Prune { before_ms });
     }
 }
@@ -189,9 +259,6 @@ pub fn valid_task_id(id: &str) -> bool {
             .iter()
             .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
 }
-
-/// The shared queue handle.
-pub type SharedQueue = Arc<Queue>;
 
 #[cfg(test)]
 mod tests {

@@ -14,6 +14,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::invocation::{StoredInvocation, StoredValue, Target, TriggerKind};
+
 /// Commands handled in one transaction at most.
 pub const MAX_BATCH: usize = 512;
 
@@ -63,16 +65,12 @@ impl TaskState {
     }
 }
 
-/// A task as submitted: the whole request, as the function will see it.
+/// A task as submitted: the invocation (the request as the function will see it, and its
+/// target), its body, and when it is due.
 #[derive(Debug, Clone)]
 pub struct NewTask {
     pub id: String,
-    pub request_id: String,
-    pub trigger: String,
-    pub function: String,
-    pub method: String,
-    pub path: String,
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub invocation: StoredInvocation,
     pub body: Vec<u8>,
     pub callback_url: Option<String>,
     pub created_ms: i64,
@@ -184,60 +182,157 @@ pub enum Cmd {
     },
 }
 
-/// Opens (creating if needed) the database and recovers tasks a crash left `Running`.
-/// Returns the connection and the number of unfinished tasks.
-pub fn open(path: &Path, now_ms: i64) -> Result<(Connection, u64)> {
+/// The schema this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+const CREATE: &str = "CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    trigger_name TEXT NOT NULL,
+    function TEXT NOT NULL,
+    state TEXT NOT NULL,
+    invocation TEXT NOT NULL,
+    body BLOB NOT NULL,
+    callback_url TEXT,
+    created_ms INTEGER NOT NULL,
+    due_ms INTEGER NOT NULL,
+    started_ms INTEGER,
+    finished_ms INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    stop_requested INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    response_status INTEGER,
+    response_preview BLOB,
+    callback_target TEXT,
+    callback_headers BLOB,
+    callback_body BLOB,
+    callback_status TEXT,
+    callback_attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS tasks_due ON tasks(state, due_ms);
+CREATE INDEX IF NOT EXISTS tasks_function ON tasks(function, state);";
+
+/// Opens (creating if needed) the database, migrates an older schema, and recovers tasks a
+/// crash left `Running`. Returns the connection and the number of unfinished tasks.
+///
+/// `qualifier_of` names the qualifier a schema-0 task's trigger runs (those rows stored no
+/// target of their own).
+pub fn open(
+    path: &Path,
+    now_ms: i64,
+    qualifier_of: &dyn Fn(&str) -> String,
+) -> Result<(Connection, u64)> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     }
-    let conn = Connection::open(path)
+    let mut conn = Connection::open(path)
         .with_context(|| format!("{}: cannot open the task database", path.display()))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS tasks (
-            id TEXT PRIMARY KEY,
-            request_id TEXT NOT NULL,
-            trigger_name TEXT NOT NULL,
-            function TEXT NOT NULL,
-            state TEXT NOT NULL,
-            method TEXT NOT NULL,
-            path TEXT NOT NULL,
-            headers BLOB NOT NULL,
-            body BLOB NOT NULL,
-            callback_url TEXT,
-            created_ms INTEGER NOT NULL,
-            due_ms INTEGER NOT NULL,
-            started_ms INTEGER,
-            finished_ms INTEGER,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            stop_requested INTEGER NOT NULL DEFAULT 0,
-            last_error TEXT,
-            response_status INTEGER,
-            response_preview BLOB,
-            callback_target TEXT,
-            callback_headers BLOB,
-            callback_body BLOB,
-            callback_status TEXT,
-            callback_attempts INTEGER NOT NULL DEFAULT 0
-        );
-        CREATE INDEX IF NOT EXISTS tasks_due ON tasks(state, due_ms);
-        CREATE INDEX IF NOT EXISTS tasks_function ON tasks(function, state);",
-    )
-    .with_context(|| format!("{}: cannot create the task table", path.display()))?;
+    migrate(&mut conn, qualifier_of)
+        .with_context(|| format!("{}: cannot migrate", path.display()))?;
+    conn.execute_batch(CREATE)
+        .with_context(|| format!("{}: cannot create the task table", path.display()))?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     // A task that was Running when the process died runs again (at least once).
     conn.execute(
         "UPDATE tasks SET state = 'Retrying', due_ms = ?1 WHERE state = 'Running'",
         params![now_ms],
     )?;
+    let open = count_open(&conn)?;
+    Ok((conn, open))
+}
+
+fn count_open(conn: &Connection) -> rusqlite::Result<u64> {
     let open: i64 = conn.query_row(
         "SELECT COUNT(*) FROM tasks WHERE state IN ('Enqueued', 'Retrying', 'Running')",
         [],
         |r| r.get(0),
     )?;
-    Ok((conn, open as u64))
+    Ok(open as u64)
+}
+
+/// Moves a schema-0 table (method, path and a header blob per task) to the stored
+/// invocation form, in one transaction, keeping every task.
+fn migrate(conn: &mut Connection, qualifier_of: &dyn Fn(&str) -> String) -> Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let legacy: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('tasks') WHERE name = 'method'")?
+        .exists([])?;
+    if version >= SCHEMA_VERSION || !legacy {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    tx.execute_batch("ALTER TABLE tasks RENAME TO tasks_v0; DROP INDEX IF EXISTS tasks_due; DROP INDEX IF EXISTS tasks_function;")?;
+    tx.execute_batch(CREATE)?;
+    let rows: Vec<(String, String, String, String, String, Vec<u8>)> = {
+        let mut stmt = tx.prepare(
+            "SELECT id, request_id, trigger_name, function, method || ' ' || path, headers FROM tasks_v0",
+        )?;
+        stmt.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?
+    };
+    for (id, request_id, trigger, function, line, headers) in rows {
+        let (method, uri) = line.split_once(' ').unwrap_or(("POST", "/"));
+        let headers = decode_headers(&headers)
+            .into_iter()
+            .map(|(k, v)| {
+                let value = match String::from_utf8(v) {
+                    Ok(s) => StoredValue::Text(s),
+                    Err(e) => {
+                        use base64::Engine as _;
+                        StoredValue::Binary {
+                            b64: base64::engine::general_purpose::STANDARD.encode(e.as_bytes()),
+                        }
+                    }
+                };
+                (k, value)
+            })
+            .collect();
+        let qualifier = qualifier_of(&trigger);
+        let stored = StoredInvocation {
+            target: Target {
+                function,
+                qualifier,
+            },
+            trigger,
+            origin: TriggerKind::Http,
+            request_id,
+            method: method.to_string(),
+            uri: uri.to_string(),
+            headers,
+        };
+        tx.execute(
+            "UPDATE tasks_v0 SET headers = ?2 WHERE id = ?1",
+            params![id, serde_json::to_string(&stored)?.into_bytes()],
+        )?;
+    }
+    tx.execute_batch(
+        "INSERT INTO tasks (id, request_id, trigger_name, function, state, invocation, body,
+            callback_url, created_ms, due_ms, started_ms, finished_ms, attempts, stop_requested,
+            last_error, response_status, response_preview, callback_target, callback_headers,
+            callback_body, callback_status, callback_attempts)
+         SELECT id, request_id, trigger_name, function, state, CAST(headers AS TEXT), body,
+            callback_url, created_ms, due_ms, started_ms, finished_ms, attempts, stop_requested,
+            last_error, response_status, response_preview, callback_target, callback_headers,
+            callback_body, callback_status, callback_attempts FROM tasks_v0;
+         DROP TABLE tasks_v0;",
+    )?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    tracing::info!("task database migrated to schema {SCHEMA_VERSION}");
+    Ok(())
 }
 
 /// Encodes headers as a compact binary blob (names and values as bytes, nothing lost).
@@ -367,23 +462,24 @@ fn fail(cmd: Cmd) {
 fn apply(tx: &Connection, cmd: Cmd) -> Option<Deferred> {
     match cmd {
         Cmd::Insert(t, reply) => {
-            let r = tx.execute(
-                "INSERT INTO tasks (id, request_id, trigger_name, function, state, method, path, headers, body, callback_url, created_ms, due_ms)
-                 VALUES (?1, ?2, ?3, ?4, 'Enqueued', ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![
-                    t.id,
-                    t.request_id,
-                    t.trigger,
-                    t.function,
-                    t.method,
-                    t.path,
-                    encode_headers(&t.headers),
-                    t.body,
-                    t.callback_url,
-                    t.created_ms,
-                    t.due_ms
-                ],
-            );
+            let r = match serde_json::to_string(&t.invocation) {
+                Ok(invocation) => tx.execute(
+                    "INSERT INTO tasks (id, request_id, trigger_name, function, state, invocation, body, callback_url, created_ms, due_ms)
+                     VALUES (?1, ?2, ?3, ?4, 'Enqueued', ?5, ?6, ?7, ?8, ?9)",
+                    params![
+                        t.id,
+                        t.invocation.request_id,
+                        t.invocation.trigger,
+                        t.invocation.target.function,
+                        invocation,
+                        t.body,
+                        t.callback_url,
+                        t.created_ms,
+                        t.due_ms
+                    ],
+                ),
+                Err(e) => Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))),
+            };
             let result = match r {
                 Ok(_) => Ok(()),
                 Err(rusqlite::Error::SqliteFailure(e, _))
@@ -492,35 +588,51 @@ fn apply(tx: &Connection, cmd: Cmd) -> Option<Deferred> {
 
 fn claim(tx: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<Vec<Task>> {
     let mut stmt = tx.prepare(
-        "SELECT id, request_id, trigger_name, function, method, path, headers, body, callback_url, created_ms, due_ms, attempts
+        "SELECT id, invocation, body, callback_url, created_ms, due_ms, attempts
          FROM tasks WHERE state IN ('Enqueued', 'Retrying') AND due_ms <= ?1 ORDER BY due_ms LIMIT ?2",
     )?;
-    let tasks: Vec<Task> = stmt
+    let rows: Vec<(String, String, Vec<u8>, Option<String>, i64, i64, u32)> = stmt
         .query_map(params![now_ms, limit as i64], |r| {
-            let headers: Vec<u8> = r.get(6)?;
-            Ok(Task {
-                new: NewTask {
-                    id: r.get(0)?,
-                    request_id: r.get(1)?,
-                    trigger: r.get(2)?,
-                    function: r.get(3)?,
-                    method: r.get(4)?,
-                    path: r.get(5)?,
-                    headers: decode_headers(&headers),
-                    body: r.get(7)?,
-                    callback_url: r.get(8)?,
-                    created_ms: r.get(9)?,
-                    due_ms: r.get(10)?,
-                },
-                attempts: r.get(11)?,
-            })
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    for t in &tasks {
-        tx.execute(
-            "UPDATE tasks SET state = 'Running', started_ms = ?2 WHERE id = ?1",
-            params![t.new.id, now_ms],
-        )?;
+    let mut tasks = Vec::with_capacity(rows.len());
+    for (id, invocation, body, callback_url, created_ms, due_ms, attempts) in rows {
+        match serde_json::from_str::<StoredInvocation>(&invocation) {
+            Ok(invocation) => {
+                tx.execute(
+                    "UPDATE tasks SET state = 'Running', started_ms = ?2 WHERE id = ?1",
+                    params![id, now_ms],
+                )?;
+                tasks.push(Task {
+                    new: NewTask {
+                        id,
+                        invocation,
+                        body,
+                        callback_url,
+                        created_ms,
+                        due_ms,
+                    },
+                    attempts,
+                });
+            }
+            Err(e) => {
+                // Never claimable again: record why instead of failing every claim.
+                tracing::error!(task = %id, "stored invocation is unreadable: {e}");
+                tx.execute(
+                    "UPDATE tasks SET state = 'Failed', finished_ms = ?2, last_error = ?3 WHERE id = ?1",
+                    params![id, now_ms, format!("the stored invocation is unreadable: {e}")],
+                )?;
+            }
+        }
     }
     Ok(tasks)
 }
@@ -550,7 +662,7 @@ fn update(tx: &Connection, u: &Update) -> rusqlite::Result<()> {
                 "UPDATE tasks SET state = ?2, attempts = ?3, finished_ms = ?4, last_error = ?5,
                  response_status = ?6, response_preview = ?7, callback_target = ?8,
                  callback_headers = ?9, callback_body = ?10, callback_status = ?11,
-                 body = X'' WHERE id = ?1",
+                 body = X'', invocation = '{}' WHERE id = ?1",
                 params![
                     id,
                     state.as_str(),
@@ -676,5 +788,55 @@ mod tests {
         for cut in 0..enc.len() {
             let _ = decode_headers(&enc[..cut]);
         }
+    }
+
+    #[test]
+    fn a_schema_0_database_is_migrated_keeping_every_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tasks.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE tasks (id TEXT PRIMARY KEY, request_id TEXT NOT NULL,
+                 trigger_name TEXT NOT NULL, function TEXT NOT NULL, state TEXT NOT NULL,
+                 method TEXT NOT NULL, path TEXT NOT NULL, headers BLOB NOT NULL, body BLOB NOT NULL,
+                 callback_url TEXT, created_ms INTEGER NOT NULL, due_ms INTEGER NOT NULL,
+                 started_ms INTEGER, finished_ms INTEGER, attempts INTEGER NOT NULL DEFAULT 0,
+                 stop_requested INTEGER NOT NULL DEFAULT 0, last_error TEXT, response_status INTEGER,
+                 response_preview BLOB, callback_target TEXT, callback_headers BLOB,
+                 callback_body BLOB, callback_status TEXT, callback_attempts INTEGER NOT NULL DEFAULT 0);",
+            )
+            .unwrap();
+            let headers = encode_headers(&[
+                ("x-a".to_string(), b"1".to_vec()),
+                ("x-bin".to_string(), vec![0xff]),
+            ]);
+            conn.execute(
+                "INSERT INTO tasks (id, request_id, trigger_name, function, state, method, path, headers, body, created_ms, due_ms, attempts)
+                 VALUES ('job_1', 'r1', 'jobs', 'echo', 'Retrying', 'PUT', 'https://h/a?b=1', ?1, X'6869', 5, 6, 2)",
+                params![headers],
+            )
+            .unwrap();
+        }
+        let (conn, open) = open(&path, 100, &|t| format!("{t}-alias")).unwrap();
+        assert_eq!(open, 1);
+        let tasks = claim(&conn, 100, 10).unwrap();
+        assert_eq!(tasks.len(), 1);
+        let t = &tasks[0];
+        assert_eq!(t.attempts, 2);
+        assert_eq!(t.new.body, b"hi");
+        let inv = &t.new.invocation;
+        assert_eq!(inv.method, "PUT");
+        assert_eq!(inv.uri, "https://h/a?b=1");
+        assert_eq!(inv.trigger, "jobs");
+        assert_eq!(inv.target.function, "echo");
+        assert_eq!(inv.target.qualifier, "jobs-alias");
+        let rebuilt = inv.to_invocation(bytes::Bytes::new(), "job_1", 3).unwrap();
+        assert_eq!(rebuilt.request.headers()["x-a"], "1");
+        assert_eq!(rebuilt.request.headers()["x-bin"].as_bytes(), &[0xff]);
+        // Opening again is a no-op.
+        drop(conn);
+        let (_, open) = super::open(&path, 100, &|_| unreachable!()).unwrap();
+        assert_eq!(open, 1);
     }
 }

@@ -1,18 +1,49 @@
-//! The async workers: claim due tasks, run them through the same runtime, limits and permits
-//! as sync requests, retry failures with exponential backoff, back off on capacity refusals,
-//! and deliver callbacks.
+//! The async workers: claim due tasks, hand each to the [`Executor`] (the dispatcher, which
+//! admits and runs it like any invocation), retry failures with exponential backoff, back
+//! off on capacity refusals, and deliver callbacks.
+//!
+//! The workers see the rest of the gateway only through [`Executor`]: they do not know the
+//! triggers, the runtime or HTTP status mapping, so every door's tasks run the same way.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use tokio::sync::Semaphore;
+use futures::future::BoxFuture;
+use tokio::sync::{Semaphore, watch};
 
-use super::{PendingCallback, Queue, Task, TaskState, Update, now_ms};
-use crate::error::GatewayError;
-use crate::runtime::Invocation;
-use crate::{App, Gateway, Trigger};
+use super::{PendingCallback, Queue, QueueError, Task, TaskState, Update};
+use crate::config::AsyncConfig;
+
+/// What the workers need from the rest of the gateway.
+pub trait Executor: Send + Sync + 'static {
+    /// The async settings of `trigger` as configured now; `None` when it no longer exists.
+    fn policy(&self, trigger: &str) -> Option<AsyncConfig>;
+    /// Runs one attempt of `task` (resolve its target, admit, invoke) and reads the answer.
+    fn attempt(&self, task: &Task) -> BoxFuture<'static, Attempt>;
+    /// The task record and callback of a failure the queue itself decided (expiry, a
+    /// trigger that is gone).
+    fn refused(&self, error: QueueError, request_id: &str) -> Attempt;
+}
+
+/// What one attempt produced.
+#[derive(Debug)]
+pub enum Attempt {
+    /// The function answered (any status), with its headers and (bounded) body.
+    Answered {
+        status: u16,
+        headers: Vec<(String, Vec<u8>)>,
+        body: Bytes,
+    },
+    /// The gateway refused or the guest failed: the status and JSON body a client would
+    /// have seen, and whether it was only a capacity refusal (429/503: run it later).
+    Refused {
+        status: u16,
+        capacity: bool,
+        error: String,
+        body: Bytes,
+    },
+}
 
 /// First retry delay; doubles per attempt up to [`MAX_BACKOFF`].
 const BASE_BACKOFF: Duration = Duration::from_millis(500);
@@ -34,8 +65,8 @@ pub fn backoff(attempt: u32) -> Duration {
     capped.mul_f64(jitter)
 }
 
-/// Runs the dispatcher until the app drains; finishes in-flight attempts before returning.
-pub async fn run(gateway: Arc<Gateway>, queue: Arc<Queue>) {
+/// Claims and runs due tasks until `stop` turns true, then lets running attempts finish.
+pub async fn run(executor: Arc<dyn Executor>, queue: Arc<Queue>, mut stop: watch::Receiver<bool>) {
     let workers = Arc::new(Semaphore::new(queue.config.workers.get()));
     let client = callback_client();
     for cb in queue.pending_callbacks().await {
@@ -43,7 +74,7 @@ pub async fn run(gateway: Arc<Gateway>, queue: Arc<Queue>) {
     }
     let mut last_prune = Instant::now() - Duration::from_secs(3600);
     loop {
-        if gateway.is_draining() {
+        if *stop.borrow_and_update() {
             break;
         }
         if last_prune.elapsed() > Duration::from_secs(60) {
@@ -56,13 +87,12 @@ pub async fn run(gateway: Arc<Gateway>, queue: Arc<Queue>) {
                 let Ok(permit) = workers.clone().acquire_owned().await else {
                     return;
                 };
-                // Each attempt runs on the generation current when it starts.
-                let (app, queue, client) = (gateway.app(), queue.clone(), client.clone());
+                let (executor, queue, client) = (executor.clone(), queue.clone(), client.clone());
                 tokio::spawn(async move {
-                    execute(&app, &queue, &client, task).await;
+                    execute(&*executor, &queue, &client, task).await;
                     drop(permit);
-                    // A worker is free: let the dispatcher claim the next due task now.
-                    queue.wake.notify_one();
+                    // A worker is free: let the loop claim the next due task now.
+                    queue.wake();
                 });
             }
         }
@@ -72,13 +102,14 @@ pub async fn run(gateway: Arc<Gateway>, queue: Arc<Queue>) {
             Duration::from_secs(1)
         } else {
             match queue.next_due().await {
-                Some(due) => Duration::from_millis((due - now_ms()).clamp(0, 1000) as u64),
+                Some(due) => Duration::from_millis((due - queue.now_ms()).clamp(0, 1000) as u64),
                 None => Duration::from_secs(1),
             }
         };
         tokio::select! {
             _ = queue.wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => {}
         }
     }
     // Let running attempts finish (their permits come back when they do).
@@ -94,56 +125,25 @@ fn callback_client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
-/// What one attempt produced.
-enum Attempt {
-    /// The function answered (any status), with its headers and (bounded) body.
-    Answered {
-        status: u16,
-        headers: Vec<(String, Vec<u8>)>,
-        body: Bytes,
-    },
-    /// The gateway refused or the guest failed.
-    Refused(GatewayError),
-}
-
-async fn execute(app: &App, queue: &Queue, client: &reqwest::Client, task: Task) {
+async fn execute(executor: &dyn Executor, queue: &Queue, client: &reqwest::Client, task: Task) {
     let id = task.new.id.clone();
-    let Some(trigger) = app
-        .triggers
-        .iter()
-        .find(|t| t.config.name == task.new.trigger)
-    else {
-        finish(
-            queue,
-            client,
-            &task,
-            None,
-            TaskState::Failed,
-            failure(GatewayError::TriggerNotFound(format!(
-                "trigger '{}' no longer exists",
-                task.new.trigger
-            ))),
-            0.0,
-        )
-        .await;
+    let request_id = task.new.invocation.request_id.clone();
+    let Some(policy) = executor.policy(&task.new.invocation.trigger) else {
+        let gone = QueueError::TriggerGone(task.new.invocation.trigger.clone());
+        let outcome = executor.refused(gone, &request_id);
+        finish(queue, client, &task, None, TaskState::Failed, outcome, 0.0).await;
         return;
     };
-    let max_age_ms = trigger.config.async_.as_ref().map_or(86_400_000, |a| {
-        (a.max_event_age_s as i64).saturating_mul(1000)
-    });
-    let max_retries = trigger.config.async_.as_ref().map_or(3, |a| a.max_retries);
-    if now_ms() - task.new.created_ms > max_age_ms {
-        let e = GatewayError::FunctionTimeout(format!(
-            "the task is older than max_event_age_s ({} s)",
-            max_age_ms / 1000
-        ));
+    let max_age_ms = (policy.max_event_age_s as i64).saturating_mul(1000);
+    if queue.now_ms() - task.new.created_ms > max_age_ms {
+        let outcome = executor.refused(QueueError::Expired(policy.max_event_age_s), &request_id);
         finish(
             queue,
             client,
             &task,
-            Some(trigger),
+            Some(&policy),
             TaskState::Expired,
-            failure(e),
+            outcome,
             0.0,
         )
         .await;
@@ -151,7 +151,7 @@ async fn execute(app: &App, queue: &Queue, client: &reqwest::Client, task: Task)
     }
 
     let started = Instant::now();
-    let attempt = run_once(app, trigger, &task).await;
+    let attempt = executor.attempt(&task).await;
     let duration = started.elapsed().as_secs_f64();
     let (status, capacity, failed) = match &attempt {
         Attempt::Answered { status, .. } => (
@@ -159,13 +159,9 @@ async fn execute(app: &App, queue: &Queue, client: &reqwest::Client, task: Task)
             *status == 429 || *status == 503,
             *status >= 500 && *status != 503,
         ),
-        Attempt::Refused(e) => {
-            let capacity = matches!(
-                e,
-                GatewayError::ResourceExhausted { .. } | GatewayError::ResourceThrottled { .. }
-            );
-            (e.status().as_u16(), capacity, !capacity)
-        }
+        Attempt::Refused {
+            status, capacity, ..
+        } => (*status, *capacity, !*capacity),
     };
     let outcome_label = if capacity {
         "capacity"
@@ -177,7 +173,7 @@ async fn execute(app: &App, queue: &Queue, client: &reqwest::Client, task: Task)
     crate::metrics::METRICS
         .async_attempts
         .get_or_create(&crate::metrics::AttemptLabels {
-            function: task.new.function.clone(),
+            function: task.new.invocation.target.function.clone(),
             outcome: outcome_label,
         })
         .inc();
@@ -187,27 +183,27 @@ async fn execute(app: &App, queue: &Queue, client: &reqwest::Client, task: Task)
             .update(Update::Reschedule {
                 id,
                 attempts: task.attempts,
-                due_ms: now_ms() + jittered(CAPACITY_BACKOFF).as_millis() as i64,
+                due_ms: queue.now_ms() + jittered(CAPACITY_BACKOFF).as_millis() as i64,
                 last_error: Some(format!("capacity refusal ({status})")),
                 status: Some(status),
             })
             .await;
-        queue.wake.notify_one();
+        queue.wake();
         return;
     }
     let attempts = task.attempts + 1;
     let task = Task { attempts, ..task };
     let stopped = queue.stop_requested(&task.new.id).await;
-    if failed && attempts <= max_retries && !stopped {
+    if failed && attempts <= policy.max_retries && !stopped {
         let last_error = match &attempt {
-            Attempt::Refused(e) => e.to_string(),
+            Attempt::Refused { error, .. } => error.clone(),
             Attempt::Answered { status, .. } => format!("the function answered {status}"),
         };
         queue
             .update(Update::Reschedule {
                 id,
                 attempts,
-                due_ms: now_ms() + backoff(attempts).as_millis() as i64,
+                due_ms: queue.now_ms() + backoff(attempts).as_millis() as i64,
                 last_error: Some(last_error),
                 status: Some(status),
             })
@@ -221,26 +217,13 @@ async fn execute(app: &App, queue: &Queue, client: &reqwest::Client, task: Task)
     } else {
         TaskState::Succeeded
     };
-    let outcome = match attempt {
-        Attempt::Answered {
-            status,
-            headers,
-            body,
-        } => Outcome {
-            status,
-            headers,
-            body,
-            error: failed.then(|| format!("the function answered {status}")),
-        },
-        Attempt::Refused(e) => failure(e),
-    };
     finish(
         queue,
         client,
         &task,
-        Some(trigger),
+        Some(&policy),
         state,
-        outcome,
+        attempt,
         duration,
     )
     .await;
@@ -250,61 +233,7 @@ fn jittered(d: Duration) -> Duration {
     d.mul_f64(rand::random_range(0.8..1.2))
 }
 
-/// Runs the task's request once through the runtime, with the node's and the function's
-/// permits like any request.
-async fn run_once(app: &App, trigger: &Trigger, task: &Task) -> Attempt {
-    let function = match app.resolve(trigger) {
-        Ok(f) => f,
-        Err(e) => return Attempt::Refused(e),
-    };
-    let admission = match app.node.admit(&function) {
-        Ok(a) => a,
-        Err(e) => return Attempt::Refused(e),
-    };
-    let mut builder = http::Request::builder()
-        .method(task.new.method.as_str())
-        .uri(task.new.path.as_str());
-    for (k, v) in &task.new.headers {
-        builder = builder.header(k.as_str(), v.as_slice());
-    }
-    let request = match builder.body(Full::new(Bytes::from(task.new.body.clone()))) {
-        Ok(r) => r,
-        Err(e) => {
-            return Attempt::Refused(GatewayError::Internal(format!(
-                "the stored request is invalid: {e}"
-            )));
-        }
-    };
-    let invocation = Invocation {
-        request,
-        request_id: task.new.request_id.as_str().into(),
-        https: task.new.path.starts_with("https:"),
-    };
-    match function.invoke(invocation, admission).await {
-        Err(e) => Attempt::Refused(e),
-        Ok(outcome) => {
-            let (parts, body) = outcome.response.into_parts();
-            let body = match Limited::new(body, MAX_CALLBACK_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    return Attempt::Refused(GatewayError::BadResponse(format!(
-                        "reading the function's response failed: {e}"
-                    )));
-                }
-            };
-            Attempt::Answered {
-                status: parts.status.as_u16(),
-                headers: parts
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-                    .collect(),
-                body,
-            }
-        }
-    }
-}
-
+/// A finished task's record and callback.
 struct Outcome {
     status: u16,
     headers: Vec<(String, Vec<u8>)>,
@@ -312,27 +241,42 @@ struct Outcome {
     error: Option<String>,
 }
 
-fn failure(e: GatewayError) -> Outcome {
-    Outcome {
-        status: e.status().as_u16(),
-        headers: vec![("content-type".into(), b"application/json".to_vec())],
-        body: Bytes::from(e.body("")),
-        error: Some(e.to_string()),
-    }
-}
-
 /// Records the final state and hands the callback (if any) to delivery.
 async fn finish(
     queue: &Queue,
     client: &reqwest::Client,
     task: &Task,
-    trigger: Option<&Trigger>,
+    policy: Option<&AsyncConfig>,
     state: TaskState,
-    outcome: Outcome,
+    attempt: Attempt,
     duration_s: f64,
 ) {
+    let outcome = match attempt {
+        Attempt::Answered {
+            status,
+            headers,
+            body,
+        } => Outcome {
+            status,
+            headers,
+            body,
+            error: (status >= 500 && status != 503)
+                .then(|| format!("the function answered {status}")),
+        },
+        Attempt::Refused {
+            status,
+            error,
+            body,
+            ..
+        } => Outcome {
+            status,
+            headers: vec![("content-type".into(), b"application/json".to_vec())],
+            body,
+            error: Some(error),
+        },
+    };
     let target = task.new.callback_url.clone().or_else(|| {
-        let a = trigger?.config.async_.as_ref()?;
+        let a = policy?;
         if state == TaskState::Succeeded {
             a.on_success.clone()
         } else {
@@ -353,9 +297,12 @@ async fn finish(
             .collect();
         let mut add = |k: &str, v: String| headers.push((k.to_string(), v.into_bytes()));
         add("x-function-status", outcome.status.to_string());
-        add("x-fc-request-id", task.new.request_id.clone());
+        add("x-fc-request-id", task.new.invocation.request_id.clone());
         add("x-fc-async-task-id", task.new.id.clone());
-        add("x-function-name", task.new.function.clone());
+        add(
+            "x-function-name",
+            task.new.invocation.target.function.clone(),
+        );
         add("x-duration-seconds", format!("{duration_s:.3}"));
         add("x-fc-async-task-state", state.as_str().to_string());
         PendingCallback {
@@ -372,7 +319,7 @@ async fn finish(
             id: task.new.id.clone(),
             state,
             attempts: task.attempts,
-            finished_ms: now_ms(),
+            finished_ms: queue.now_ms(),
             last_error: outcome.error,
             status: Some(outcome.status),
             preview: Some(preview),

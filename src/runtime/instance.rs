@@ -13,9 +13,8 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use super::Function;
 use super::log::GuestLog;
-use crate::error::GatewayError;
+use super::{Function, RuntimeError};
 
 /// The per-invocation state a guest can reach through WASI.
 pub struct Host {
@@ -87,14 +86,6 @@ impl WasiHttpHooks for OutboundPolicy {
     }
 }
 
-/// A request for one function, admitted and ready to run.
-pub struct Invocation<B> {
-    /// The request as the function sees it (path already rewritten, headers set).
-    pub request: http::Request<B>,
-    pub request_id: Arc<str>,
-    pub https: bool,
-}
-
 /// What an invocation produced.
 pub struct Outcome {
     pub response: http::Response<HyperOutgoingBody>,
@@ -138,13 +129,15 @@ impl Drop for AbortOnDrop {
 pub const MAX_RESPONSE_HEADER_BYTES: usize = 8192;
 
 impl Function {
-    /// Runs one invocation in a fresh instance. `permits` are held until the guest is done
-    /// (including streaming its body), whatever the outcome.
+    /// Runs one request in a fresh instance. `permits` are held until the guest is done
+    /// (including streaming its body), whatever the outcome. The scheme the guest sees is
+    /// the request URI's; where the request came from is none of the runtime's business.
     pub async fn invoke<B, P>(
         &self,
-        inv: Invocation<B>,
+        request: http::Request<B>,
+        request_id: Arc<str>,
         permits: P,
-    ) -> Result<Outcome, GatewayError>
+    ) -> Result<Outcome, RuntimeError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
@@ -152,7 +145,7 @@ impl Function {
     {
         let timeout = std::time::Duration::from_millis(self.config.timeout_ms.get());
         let deadline = Instant::now() + timeout;
-        let log = GuestLog::new(inv.request_id.clone(), self.name.clone());
+        let log = GuestLog::new(request_id, self.name.clone());
 
         let mut wasi = WasiCtxBuilder::new();
         wasi.envs(&self.env)
@@ -181,17 +174,17 @@ impl Function {
             }
         });
 
-        let scheme = if inv.https {
+        let scheme = if request.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
             Scheme::Https
         } else {
             Scheme::Http
         };
-        let internal = |e: wasmtime::Error| GatewayError::Internal(format!("host fault: {e}"));
+        let internal = |e: wasmtime::Error| RuntimeError::Host(format!("host fault: {e}"));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let req = store
             .data_mut()
             .http()
-            .new_incoming_request(scheme, inv.request)
+            .new_incoming_request(scheme, request)
             .map_err(internal)?;
         let out = store
             .data_mut()
@@ -225,7 +218,7 @@ impl Function {
         let mut task = AbortOnDrop(Some(task));
 
         let timed_out = || {
-            GatewayError::FunctionTimeout(format!(
+            RuntimeError::Timeout(format!(
                 "function '{}' did not finish within {} ms",
                 self.name,
                 timeout.as_millis()
@@ -250,7 +243,7 @@ impl Function {
                     .map(|(k, v)| k.as_str().len() + v.len())
                     .sum();
                 if header_bytes > MAX_RESPONSE_HEADER_BYTES {
-                    return Err(GatewayError::BadResponse(format!(
+                    return Err(RuntimeError::BadResponse(format!(
                         "function '{}' answered with {header_bytes} bytes of headers (limit {MAX_RESPONSE_HEADER_BYTES})",
                         self.name
                     )));
@@ -261,7 +254,7 @@ impl Function {
                     finished,
                 })
             }
-            Ok(Ok(Err(code))) => Err(GatewayError::FunctionError(format!(
+            Ok(Ok(Err(code))) => Err(RuntimeError::Failed(format!(
                 "function '{}' reported an error: {code:?}",
                 self.name
             ))),
@@ -273,16 +266,16 @@ impl Function {
                     None => Ok(GuestEnd::Returned),
                 };
                 match end {
-                    Ok(GuestEnd::Returned) => Err(GatewayError::BadResponse(format!(
+                    Ok(GuestEnd::Returned) => Err(RuntimeError::BadResponse(format!(
                         "function '{}' returned without setting a response",
                         self.name
                     ))),
                     Ok(GuestEnd::Timeout) => Err(timed_out()),
-                    Ok(GuestEnd::Failed(msg)) => Err(GatewayError::FunctionError(format!(
+                    Ok(GuestEnd::Failed(msg)) => Err(RuntimeError::Failed(format!(
                         "function '{}' failed: {msg}",
                         self.name
                     ))),
-                    Err(e) => Err(GatewayError::Internal(format!("guest task failed: {e}"))),
+                    Err(e) => Err(RuntimeError::Host(format!("guest task failed: {e}"))),
                 }
             }
         }

@@ -1,10 +1,9 @@
 //! The function runtime: compiled, pre-instantiated components and one fresh instance per
 //! invocation.
 //!
-//! The runtime knows nothing of HTTP triggers, authentication or where an invocation came
-//! from: it takes an [`Invocation`] (a request for one function, already admitted) and
-//! returns the function's response or a [`GatewayError`]. Every door (the HTTP pipeline,
-//! later the async workers and event sources) builds an `Invocation`.
+//! The runtime knows nothing of triggers, authentication, admission or where an invocation
+//! came from: [`Function::invoke`] takes a request for one function, already admitted by
+//! the dispatcher, and returns the function's response or a [`RuntimeError`].
 
 pub mod engine;
 pub mod instance;
@@ -14,12 +13,28 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
-use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::config::{Config, FunctionConfig};
-pub use instance::{Host, Invocation, Outcome};
+pub use instance::{Host, Outcome};
+
+/// How an invocation failed in the runtime. `crate::error` maps these to 502, 504 and 500.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The guest trapped (including running out of its memory cap) or reported an error.
+    #[error("{0}")]
+    Failed(String),
+    /// The guest's response is unusable (none set, headers too large).
+    #[error("{0}")]
+    BadResponse(String),
+    /// The guest passed its `timeout_ms`.
+    #[error("{0}")]
+    Timeout(String),
+    /// A fault of the host, not of the guest: logged, never shown to a client.
+    #[error("{0}")]
+    Host(String),
+}
 
 /// A compiled function, ready to instantiate.
 pub struct Function {
@@ -30,8 +45,6 @@ pub struct Function {
     pre: ProxyPre<Host>,
     env: Arc<[(String, String)]>,
     outbound_hosts: Arc<[String]>,
-    /// In-flight instances of this function (`max_concurrency`).
-    pub permits: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Function {
@@ -47,8 +60,6 @@ pub struct Runtime {
     engine: wasmtime::Engine,
     linker: Linker<Host>,
     functions: HashMap<String, Arc<Function>>,
-    /// One concurrency semaphore per function name, shared by all its versions.
-    permits: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl Runtime {
@@ -66,7 +77,6 @@ impl Runtime {
             engine,
             linker,
             functions: HashMap::new(),
-            permits: std::sync::Mutex::new(HashMap::new()),
         };
         for f in &config.functions {
             let bytes = std::fs::read(&f.wasm).with_context(|| {
@@ -104,13 +114,6 @@ impl Runtime {
         })?;
         let pre = ProxyPre::new(pre)
             .map_err(|e| anyhow!("does not export wasi:http/incoming-handler: {e}"))?;
-        let permits = match self.permits.lock() {
-            Ok(mut map) => map
-                .entry(config.name.clone())
-                .or_insert_with(|| Arc::new(Semaphore::new(config.max_concurrency.get())))
-                .clone(),
-            Err(_) => Arc::new(Semaphore::new(config.max_concurrency.get())),
-        };
         Ok(Function {
             name: config.name.as_str().into(),
             version,
@@ -118,7 +121,6 @@ impl Runtime {
             pre,
             env: config.env.clone().into(),
             outbound_hosts: config.outbound_hosts.clone().into(),
-            permits,
         })
     }
 

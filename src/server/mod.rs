@@ -79,37 +79,22 @@ pub async fn run(gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> R
         )));
     }
 
-    // Rate-limit state is swept while serving so that many distinct keys cannot grow it
-    // without bound.
-    let sweeper = tokio::spawn({
-        let gateway = gateway.clone();
-        async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                gateway.app().sweep_rate_limits();
-            }
-        }
-    });
-    let reloader = tokio::spawn(reload_on_sighup(gateway.clone()));
-
-    let workers = gateway.start_workers();
+    // The sweeper, the reloader and the queue's workers.
+    gateway.supervise();
 
     shutdown.await;
-    sweeper.abort();
-    reloader.abort();
     tracing::info!("shutting down: draining in-flight requests");
     gateway.start_draining();
     let _ = stop_tx.send(true);
     for t in accept_tasks {
         let _ = t.await;
     }
-    if let Some(w) = workers {
-        // Workers stop claiming tasks and let running attempts finish; anything not finished
-        // stays in the database and runs after a restart.
-        let _ = tokio::time::timeout(Duration::from_millis(app.config.server.drain_timeout_ms), w)
-            .await;
-    }
+    // Workers stop claiming tasks and let running attempts finish; anything not finished
+    // stays in the database and runs after a restart.
+    gateway
+        .supervisor
+        .shutdown(Duration::from_millis(app.config.server.drain_timeout_ms))
+        .await;
     // Every connection holds a slot; when all slots are back, every connection has ended.
     let drain = Duration::from_millis(app.config.server.drain_timeout_ms);
     let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
@@ -139,23 +124,6 @@ fn http_builder(app: &App) -> auto::Builder<TokioExecutor> {
         .max_concurrent_streams(256)
         .keep_alive_interval(Duration::from_secs(30));
     builder
-}
-
-/// SIGHUP re-reads the config; a bad config is logged and the running one stays.
-async fn reload_on_sighup(gateway: Arc<Gateway>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; reload with POST /-/reload");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        let g = gateway.clone();
-        match tokio::task::spawn_blocking(move || g.reload()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("reload failed, the running configuration stays: {e:#}"),
-            Err(e) => tracing::error!("reload failed: {e}"),
-        }
-    }
 }
 
 async fn accept_loop(

@@ -8,6 +8,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
+/// The `wasmgate` binary under test: this build's, or `WASMGATE_BIN` to run the same tests
+/// against another build (for instance main's, to see a new test fail there first).
+pub fn bin() -> PathBuf {
+    std::env::var_os("WASMGATE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_wasmgate")))
+}
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -79,7 +87,7 @@ impl TestServer {
     pub fn start_in(dir: &Path, template: &str, env: &[(&str, &str)]) -> TestServer {
         let config = dir.join("wasmgate.toml");
         std::fs::write(&config, render(template)).expect("write config");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wasmgate"));
+        let mut cmd = Command::new(bin());
         cmd.args(["serve", "--config"])
             .arg(&config)
             .env("RUST_LOG", "info")

@@ -1,0 +1,219 @@
+//! The dispatcher: the one place an [`Invocation`] is resolved, admitted and run, or made
+//! durable.
+//!
+//! Every door calls it: the HTTP pipeline ([`Dispatcher::run`] for sync requests,
+//! [`Dispatcher::enqueue`] for async ones), the queue's workers ([`Dispatcher::attempt`]
+//! through [`crate::queue::worker::Executor`]) and the event sources. Nothing else resolves
+//! a function or takes a permit.
+//!
+//! A dispatcher belongs to one configuration generation (its compiled functions, deployed
+//! registry and trigger policies) but shares the long-lived parts with every generation:
+//! the node's and functions' [`Limits`] (resized by a reload, never duplicated) and the
+//! durable [`Queue`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+
+use crate::config::{AsyncConfig, Config};
+use crate::error::GatewayError;
+use crate::invocation::{Invocation, StoredInvocation, Target};
+use crate::queue::worker::{Attempt, MAX_CALLBACK_BODY};
+use crate::queue::{NewTask, Queue, Task};
+use crate::registry::Registry;
+use crate::runtime::{Function, Outcome, Runtime};
+use crate::throttle::Limits;
+
+/// How an invocation is made durable.
+#[derive(Debug, Default, Clone)]
+pub struct EnqueueOptions {
+    /// The task id; the request id when `None`.
+    pub task_id: Option<String>,
+    /// Delay before the first attempt.
+    pub delay_ms: i64,
+    /// Where the result is POSTed (already checked against the trigger's policy).
+    pub callback_url: Option<String>,
+}
+
+/// Resolves, admits and runs invocations for one configuration generation.
+pub struct Dispatcher {
+    runtime: Runtime,
+    registry: Option<Registry>,
+    limits: Arc<Limits>,
+    queue: Option<Arc<Queue>>,
+    /// Each trigger's async settings (the defaults where it has no `async` table).
+    policies: HashMap<String, AsyncConfig>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("queue", &self.queue)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl Dispatcher {
+    pub fn new(
+        config: &Config,
+        runtime: Runtime,
+        registry: Option<Registry>,
+        limits: Arc<Limits>,
+        queue: Option<Arc<Queue>>,
+    ) -> Dispatcher {
+        let policies = config
+            .triggers
+            .iter()
+            .map(|t| (t.name.clone(), t.async_.clone().unwrap_or_default()))
+            .collect();
+        Dispatcher {
+            runtime,
+            registry,
+            limits,
+            queue,
+            policies,
+        }
+    }
+
+    /// The function a target names right now: the config's own file for `LATEST` when the
+    /// config has the function, else the deployed version its qualifier names.
+    pub fn resolve(&self, target: &Target) -> Result<Arc<Function>, GatewayError> {
+        if target.qualifier == "LATEST"
+            && let Some(f) = self.runtime.function(&target.function)
+        {
+            return Ok(f.clone());
+        }
+        self.registry
+            .as_ref()
+            .and_then(|r| r.resolve(&target.function, &target.qualifier))
+            .ok_or_else(|| {
+                GatewayError::FunctionNotFound(format!(
+                    "function '{}' qualifier '{}' is not deployed",
+                    target.function, target.qualifier
+                ))
+            })
+    }
+
+    /// Runs an invocation now: resolve its target (404), admit it against the function's
+    /// and the node's capacity (429/503, before any instance exists), set the headers the
+    /// function sees, and run it in a fresh instance.
+    pub async fn run<B>(&self, mut inv: Invocation<B>) -> Result<Outcome, GatewayError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let function = self.resolve(&inv.target)?;
+        let admission = self
+            .limits
+            .admit(&function.name, function.config.max_concurrency.get())?;
+        inv.stamp();
+        Ok(function
+            .invoke(inv.request, inv.request_id, admission)
+            .await?)
+    }
+
+    /// Makes an invocation durable (committed before this returns) and gives its task id.
+    /// 409 for a reused id, 503 when the queue is full.
+    pub async fn enqueue(
+        &self,
+        mut inv: Invocation<Bytes>,
+        options: EnqueueOptions,
+    ) -> Result<String, GatewayError> {
+        let queue = self
+            .queue
+            .as_ref()
+            .ok_or_else(|| GatewayError::Internal("the async queue is not running".into()))?;
+        inv.stamp();
+        let id = options
+            .task_id
+            .unwrap_or_else(|| inv.request_id.to_string());
+        let invocation = StoredInvocation::from_invocation(&inv);
+        let now = queue.now_ms();
+        queue
+            .submit(NewTask {
+                id: id.clone(),
+                invocation,
+                body: inv.request.into_body().to_vec(),
+                callback_url: options.callback_url,
+                created_ms: now,
+                due_ms: now + options.delay_ms.max(0),
+            })
+            .await?;
+        Ok(id)
+    }
+
+    /// One attempt of a queued task: its stored target, admitted and run like any
+    /// invocation, the response read (bounded) for the record and the callback.
+    pub async fn attempt(&self, task: &Task) -> Attempt {
+        let stored = &task.new.invocation;
+        let inv = match stored.to_invocation(
+            Bytes::from(task.new.body.clone()),
+            &task.new.id,
+            task.attempts + 1,
+        ) {
+            Ok(inv) => inv,
+            Err(e) => return refused(GatewayError::Internal(e), &stored.request_id),
+        };
+        let outcome = match self.run(inv).await {
+            Ok(o) => o,
+            Err(e) => return refused(e, &stored.request_id),
+        };
+        let (parts, body) = outcome.response.into_parts();
+        match Limited::new(body, MAX_CALLBACK_BODY).collect().await {
+            Ok(b) => Attempt::Answered {
+                status: parts.status.as_u16(),
+                headers: parts
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+                    .collect(),
+                body: b.to_bytes(),
+            },
+            Err(e) => refused(
+                crate::runtime::RuntimeError::BadResponse(format!(
+                    "reading the function's response failed: {e}"
+                ))
+                .into(),
+                &stored.request_id,
+            ),
+        }
+    }
+
+    /// A trigger's async settings; `None` when the trigger does not exist.
+    pub fn policy(&self, trigger: &str) -> Option<AsyncConfig> {
+        self.policies.get(trigger).cloned()
+    }
+
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
+    }
+
+    pub fn queue(&self) -> Option<&Arc<Queue>> {
+        self.queue.as_ref()
+    }
+
+    pub fn registry(&self) -> Option<&Registry> {
+        self.registry.as_ref()
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+}
+
+/// A refused or failed attempt as the task record and callback carry it: the status and
+/// JSON body a client would have seen.
+pub fn refused(e: GatewayError, request_id: &str) -> Attempt {
+    if e.status() == http::StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!(request_id, "internal error in an async task: {e}");
+    }
+    Attempt::Refused {
+        status: e.status().as_u16(),
+        capacity: e.is_capacity(),
+        error: e.public_message(request_id),
+        body: Bytes::from(e.body(request_id)),
+    }
+}

@@ -1,0 +1,261 @@
+//! An invocation: one request for one function, and where it came from.
+//!
+//! Every door builds one: the HTTP pipeline for a client request, the queue's workers for a
+//! stored task, and (with the event sources) cron ticks, broker messages and the event API.
+//! The [`crate::dispatch::Dispatcher`] resolves its [`Target`], admits it and hands the
+//! request to the runtime, which never learns the [`Source`]. [`Invocation::stamp`] is the
+//! one place the `X-Fc-*` headers a function sees are set.
+//!
+//! [`StoredInvocation`] is the durable form the queue keeps: the request as the function
+//! will see it, its target and the kind of door it came through, as JSON (header values
+//! that are not UTF-8 are kept as base64, so nothing is lost).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde::{Deserialize, Serialize};
+
+/// Which function, and which of its versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub function: String,
+    /// `LATEST`, a version number or an alias (SPEC section 9).
+    pub qualifier: String,
+}
+
+/// The kind of trigger an invocation came through (`X-Fc-Trigger-Type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TriggerKind {
+    Http,
+}
+
+impl TriggerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerKind::Http => "http",
+        }
+    }
+}
+
+/// Where an invocation came from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A client request on a listener.
+    Http { peer: SocketAddr, https: bool },
+    /// A durable task run by a queue worker; `origin` is the door that enqueued it.
+    Queue {
+        task_id: String,
+        attempt: u32,
+        origin: TriggerKind,
+    },
+}
+
+impl Source {
+    /// The kind of trigger this invocation belongs to.
+    pub fn kind(&self) -> TriggerKind {
+        match self {
+            Source::Http { .. } => TriggerKind::Http,
+            Source::Queue { origin, .. } => *origin,
+        }
+    }
+}
+
+/// One request for one function.
+#[derive(Debug)]
+pub struct Invocation<B> {
+    pub target: Target,
+    /// The trigger's name.
+    pub trigger: Arc<str>,
+    pub source: Source,
+    pub request_id: Arc<str>,
+    /// The request as the function will see it (path already relative to the trigger).
+    pub request: http::Request<B>,
+}
+
+impl<B> Invocation<B> {
+    /// Sets the headers every function receives (SPEC sections 3 and 8): `X-Fc-Request-Id`,
+    /// `X-Fc-Function-Name`, `X-Fc-Trigger-Name`, `X-Fc-Trigger-Type`, `X-Fc-Qualifier`; for
+    /// a client request `X-Forwarded-For` and `X-Forwarded-Proto`; for a queued task
+    /// `X-Fc-Async-Task-Id`. Values the gateway sets replace whatever was there.
+    pub fn stamp(&mut self) {
+        let headers = self.request.headers_mut();
+        set(headers, "x-fc-request-id", &self.request_id);
+        set(headers, "x-fc-function-name", &self.target.function);
+        set(headers, "x-fc-trigger-name", &self.trigger);
+        set(headers, "x-fc-trigger-type", self.source.kind().as_str());
+        set(headers, "x-fc-qualifier", &self.target.qualifier);
+        match &self.source {
+            Source::Http { peer, https } => {
+                set(headers, "x-forwarded-for", &peer.ip().to_string());
+                set(
+                    headers,
+                    "x-forwarded-proto",
+                    if *https { "https" } else { "http" },
+                );
+            }
+            Source::Queue { task_id, .. } => set(headers, "x-fc-async-task-id", task_id),
+        }
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+}
+
+/// A header value as stored: text when it is UTF-8, else base64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StoredValue {
+    Text(String),
+    Binary { b64: String },
+}
+
+/// The durable form of an invocation (its body is stored beside it, as bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredInvocation {
+    pub target: Target,
+    pub trigger: String,
+    pub origin: TriggerKind,
+    pub request_id: String,
+    pub method: String,
+    pub uri: String,
+    pub headers: Vec<(String, StoredValue)>,
+}
+
+impl StoredInvocation {
+    /// The stored form of `inv` (its body is the caller's to store).
+    pub fn from_invocation<B>(inv: &Invocation<B>) -> StoredInvocation {
+        StoredInvocation {
+            target: inv.target.clone(),
+            trigger: inv.trigger.to_string(),
+            origin: inv.source.kind(),
+            request_id: inv.request_id.to_string(),
+            method: inv.request.method().to_string(),
+            uri: inv.request.uri().to_string(),
+            headers: inv
+                .request
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    let value = match v.to_str() {
+                        Ok(s) => StoredValue::Text(s.to_string()),
+                        Err(_) => StoredValue::Binary {
+                            b64: B64.encode(v.as_bytes()),
+                        },
+                    };
+                    (k.as_str().to_string(), value)
+                })
+                .collect(),
+        }
+    }
+
+    /// Rebuilds the invocation for one attempt of task `task_id`.
+    pub fn to_invocation(
+        &self,
+        body: Bytes,
+        task_id: &str,
+        attempt: u32,
+    ) -> Result<Invocation<http_body_util::Full<Bytes>>, String> {
+        let mut builder = http::Request::builder()
+            .method(self.method.as_str())
+            .uri(self.uri.as_str());
+        for (k, v) in &self.headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| format!("stored header '{k}': {e}"))?;
+            let value = match v {
+                StoredValue::Text(s) => HeaderValue::from_str(s),
+                StoredValue::Binary { b64 } => {
+                    let bytes = B64
+                        .decode(b64)
+                        .map_err(|e| format!("stored header '{k}': {e}"))?;
+                    HeaderValue::from_bytes(&bytes)
+                }
+            }
+            .map_err(|e| format!("stored header '{k}': {e}"))?;
+            builder = builder.header(name, value);
+        }
+        let request = builder
+            .body(http_body_util::Full::new(body))
+            .map_err(|e| format!("the stored request is invalid: {e}"))?;
+        Ok(Invocation {
+            target: self.target.clone(),
+            trigger: self.trigger.as_str().into(),
+            source: Source::Queue {
+                task_id: task_id.to_string(),
+                attempt,
+                origin: self.origin,
+            },
+            request_id: self.request_id.as_str().into(),
+            request,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invocation() -> Invocation<()> {
+        let request = http::Request::builder()
+            .method("POST")
+            .uri("https://example.com/a/b?x=1")
+            .header("x-fc-trigger-type", "forged")
+            .header("x-bin", HeaderValue::from_bytes(&[0xff, b'a']).unwrap())
+            .body(())
+            .unwrap();
+        Invocation {
+            target: Target {
+                function: "echo".into(),
+                qualifier: "LATEST".into(),
+            },
+            trigger: "t".into(),
+            source: Source::Http {
+                peer: "10.1.2.3:5555".parse().unwrap(),
+                https: true,
+            },
+            request_id: "rid".into(),
+            request,
+        }
+    }
+
+    #[test]
+    fn stamp_sets_the_gateway_headers_from_the_source() {
+        let mut inv = invocation();
+        inv.stamp();
+        let h = inv.request.headers();
+        assert_eq!(h["x-fc-trigger-type"], "http");
+        assert_eq!(h["x-fc-function-name"], "echo");
+        assert_eq!(h["x-fc-trigger-name"], "t");
+        assert_eq!(h["x-fc-qualifier"], "LATEST");
+        assert_eq!(h["x-fc-request-id"], "rid");
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn the_stored_form_round_trips_every_byte() {
+        let mut inv = invocation();
+        inv.stamp();
+        let stored = StoredInvocation::from_invocation(&inv);
+        let json = serde_json::to_string(&stored).unwrap();
+        let back: StoredInvocation = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, stored);
+        let mut again = back
+            .to_invocation(Bytes::from_static(b"body"), "task-1", 2)
+            .unwrap();
+        assert_eq!(again.request.headers()["x-bin"].as_bytes(), &[0xff, b'a']);
+        assert_eq!(again.request.uri(), "https://example.com/a/b?x=1");
+        assert_eq!(again.request.method(), "POST");
+        again.stamp();
+        // A queued task keeps the kind of door it came through.
+        assert_eq!(again.request.headers()["x-fc-trigger-type"], "http");
+        assert_eq!(again.request.headers()["x-fc-async-task-id"], "task-1");
+    }
+}
