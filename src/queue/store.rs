@@ -591,21 +591,40 @@ fn claim(tx: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<Vec<Tas
         "SELECT id, invocation, body, callback_url, created_ms, due_ms, attempts
          FROM tasks WHERE state IN ('Enqueued', 'Retrying') AND due_ms <= ?1 ORDER BY due_ms LIMIT ?2",
     )?;
-    let rows: Vec<(String, String, Vec<u8>, Option<String>, i64, i64, u32)> = stmt
+    /// A claimable row; its invocation is parsed below, so one bad row cannot fail a claim.
+    struct Row {
+        id: String,
+        invocation: String,
+        body: Vec<u8>,
+        callback_url: Option<String>,
+        created_ms: i64,
+        due_ms: i64,
+        attempts: u32,
+    }
+    let rows: Vec<Row> = stmt
         .query_map(params![now_ms, limit as i64], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-            ))
+            Ok(Row {
+                id: r.get(0)?,
+                invocation: r.get(1)?,
+                body: r.get(2)?,
+                callback_url: r.get(3)?,
+                created_ms: r.get(4)?,
+                due_ms: r.get(5)?,
+                attempts: r.get(6)?,
+            })
         })?
         .collect::<rusqlite::Result<_>>()?;
     let mut tasks = Vec::with_capacity(rows.len());
-    for (id, invocation, body, callback_url, created_ms, due_ms, attempts) in rows {
+    for Row {
+        id,
+        invocation,
+        body,
+        callback_url,
+        created_ms,
+        due_ms,
+        attempts,
+    } in rows
+    {
         match serde_json::from_str::<StoredInvocation>(&invocation) {
             Ok(invocation) => {
                 tx.execute(
