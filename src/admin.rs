@@ -183,22 +183,29 @@ where
                 .unwrap_or(100usize)
                 .min(1000);
             let tasks = queue
-                .list(query_param(req.uri().query(), "function"), state, limit)
+                .list(
+                    query_param(req.uri().query(), "trigger"),
+                    query_param(req.uri().query(), "function"),
+                    state,
+                    limit,
+                )
                 .await;
             Ok(json(StatusCode::OK, serde_json::json!({ "tasks": tasks })))
         }
         (&Method::GET, [id]) => {
-            let task = queue
-                .get(id)
-                .await
-                .ok_or_else(|| crate::queue::QueueError::NotFound(id.to_string()))?;
+            let trigger = query_param(req.uri().query(), "trigger");
+            let task = queue.find(id, trigger.as_deref()).await?;
             Ok(json(
                 StatusCode::OK,
                 serde_json::to_value(task).unwrap_or_default(),
             ))
         }
         (&Method::POST, [id, "stop"]) => {
-            let task = queue.stop(id).await?;
+            let trigger = query_param(req.uri().query(), "trigger");
+            let found = queue.find(id, trigger.as_deref()).await?;
+            let task = queue
+                .stop(&crate::queue::task_key(&found.trigger, &found.id))
+                .await?;
             Ok(json(
                 StatusCode::OK,
                 serde_json::to_value(task).unwrap_or_default(),

@@ -84,7 +84,7 @@ impl GatewayError {
                 RuntimeError::Host(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             G::Queue(e) => match e {
-                QueueError::Exists(_) => StatusCode::CONFLICT,
+                QueueError::Exists(_) | QueueError::Ambiguous { .. } => StatusCode::CONFLICT,
                 QueueError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
                 QueueError::NotFound(_) | QueueError::TriggerGone(_) => StatusCode::NOT_FOUND,
                 QueueError::Expired(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -130,6 +130,7 @@ impl GatewayError {
             },
             G::Queue(e) => match e {
                 QueueError::Exists(_) => "TaskAlreadyExists",
+                QueueError::Ambiguous { .. } => "TaskAmbiguous",
                 QueueError::Full(_) => "ResourceThrottled",
                 QueueError::NotFound(_) => "TaskNotFound",
                 QueueError::TriggerGone(_) => "TriggerNotFound",

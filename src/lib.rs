@@ -80,6 +80,8 @@ pub struct App {
     /// Resolves, admits and runs invocations (shares limits and queue across generations).
     pub dispatcher: Dispatcher,
     draining: AtomicBool,
+    /// The admin listener's bound address (known once bound; shared by every generation).
+    admin_bound: Arc<std::sync::OnceLock<SocketAddr>>,
     /// Warnings found while building (shown by `check`).
     pub warnings: Vec<String>,
 }
@@ -134,8 +136,9 @@ impl Gateway {
             Some(q) => {
                 let (g, q) = (self.clone(), q.clone());
                 let key = Arc::as_ptr(&q) as usize;
+                let admin = app.admin_addr();
                 self.supervisor.ensure("queue-workers", key, move |stop| {
-                    queue::worker::run(g as Arc<dyn Executor>, q, stop)
+                    queue::worker::run(g as Arc<dyn Executor>, q, admin, stop)
                 });
             }
             None => self.supervisor.stop("queue-workers"),
@@ -380,6 +383,7 @@ impl App {
             triggers,
             router,
             draining: AtomicBool::new(false),
+            admin_bound: previous.map(|p| p.admin_bound.clone()).unwrap_or_default(),
             warnings,
         })
     }
@@ -395,6 +399,19 @@ impl App {
         self.dispatcher
             .limits()
             .resize(self.config.limits.max_in_flight.get(), &functions);
+    }
+
+    /// Records where the admin listener is bound (its configured port may be 0).
+    pub fn set_admin_addr(&self, addr: SocketAddr) {
+        let _ = self.admin_bound.set(addr);
+    }
+
+    /// The admin listener's address: as bound, else as configured. No callback may reach it.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_bound
+            .get()
+            .copied()
+            .or(self.config.server.admin_listen)
     }
 
     /// From now on new requests are refused with 503 while in-flight ones finish.

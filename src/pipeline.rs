@@ -40,6 +40,15 @@ const CLIENT_FC_HEADERS: [&str; 5] = [
     "x-fc-trace-id",
 ];
 
+/// Forwarding headers a client may not set (the gateway sets its own X-Forwarded-*).
+const CLIENT_FORWARDING: [&str; 5] = [
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-for",
+];
+
 /// Hop-by-hop headers (RFC 9110 section 7.6.1) never forwarded in either direction.
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
@@ -292,7 +301,7 @@ where
         p if p.is_empty() => "/".to_string(),
         p => p,
     };
-    let (buffered, body) = if trigger.auth.needs_body(parts) {
+    let (buffered, body): (Option<Bytes>, RequestBody<B>) = if trigger.auth.needs_body(parts) {
         let limit = app.config.limits.max_body_bytes;
         let bytes = collect_limited(body, limit)
             .await
@@ -308,14 +317,18 @@ where
     } else {
         (None, RequestBody::Streaming(body))
     };
-    let principal = trigger.auth.authenticate(AuthRequest {
+    let authenticated = trigger.auth.authenticate(AuthRequest {
         parts,
         body: buffered.as_deref(),
         client_ip: conn.peer.ip(),
         function_path: &function_path,
         now: chrono::Utc::now(),
     })?;
-    Ok((principal, body))
+    let body = match authenticated.body {
+        Some(replaced) => RequestBody::Buffered(Some(Bytes::from(replaced))),
+        None => body,
+    };
+    Ok((authenticated.principal, body))
 }
 
 /// Stage 6: draining (503), then the trigger's rate limit (429). The function and node
@@ -383,6 +396,12 @@ where
         }
     };
     let task_id = match header("x-fc-async-task-id")? {
+        Some(id) if crate::queue::reserved_task_id(&id) => {
+            return Err(invalid(format!(
+                "X-Fc-Async-Task-Id '{id}': ids starting with {} are made by the gateway",
+                crate::queue::RESERVED_PREFIXES.join(" or ")
+            )));
+        }
         Some(id) if crate::queue::valid_task_id(&id) => Some(id),
         Some(_) => {
             return Err(invalid(
@@ -404,20 +423,13 @@ where
     let callback_url = match header("x-callback-url")? {
         None => None,
         Some(url) => {
-            let uri: http::Uri = url
-                .parse()
-                .map_err(|_| invalid("X-Callback-Url is not a URL".into()))?;
-            let host = uri.host().map(|h| h.to_ascii_lowercase());
-            let scheme_ok = matches!(uri.scheme_str(), Some("http") | Some("https"));
-            match host {
-                Some(h) if scheme_ok && config.callback_hosts.contains(&h) => Some(url),
-                _ => {
-                    return Err(invalid(
-                        "X-Callback-Url must be an http(s) URL on one of the trigger's callback_hosts"
-                            .to_string(),
-                    ));
-                }
-            }
+            crate::queue::callback::check_client_url(
+                &url,
+                &config.callback_hosts,
+                app.admin_addr(),
+            )
+            .map_err(|why| invalid(format!("X-Callback-Url is refused: {why}")))?;
+            Some(url)
         }
     };
     // Request-control headers are for the gateway, not part of the stored request.
@@ -575,6 +587,11 @@ fn invocation<B>(
         .collect();
     for k in foreign {
         headers.remove(&k);
+    }
+    // The gateway is the edge: forwarding information from the client is unverified. It
+    // sets X-Forwarded-For and X-Forwarded-Proto itself (see `Invocation::stamp`).
+    for name in CLIENT_FORWARDING {
+        headers.remove(name);
     }
     if let Ok(v) = HeaderValue::from_str(&original) {
         headers.insert("x-fc-original-path", v);

@@ -63,10 +63,11 @@ impl<C: Clock + Clone> RateLimit<C> {
     /// Takes one cell for this request's key, or refuses with 429 and an honest
     /// `Retry-After` (whole seconds until a request would be allowed, at least 1).
     pub fn check(&self, principal: &Principal, ip: IpAddr) -> Result<(), ThrottleError> {
-        let key = match self.key {
-            RateLimitKey::Principal => principal.id(),
-            RateLimitKey::Ip => ip.to_string(),
-            RateLimitKey::Trigger => String::new(),
+        let key = match (self.key, principal) {
+            (RateLimitKey::Principal, Principal::Anonymous(ip)) => client_key(*ip),
+            (RateLimitKey::Principal, p) => p.id(),
+            (RateLimitKey::Ip, _) => client_key(ip),
+            (RateLimitKey::Trigger, _) => String::new(),
         };
         self.limiter.check_key(&key).map_err(|not_until| {
             let wait = not_until.wait_time_from(self.clock.now());
@@ -88,6 +89,22 @@ impl<C: Clock + Clone> RateLimit<C> {
     /// Keys currently tracked.
     pub fn keys(&self) -> usize {
         self.limiter.len()
+    }
+}
+
+/// The rate-limit key of a client address: an IPv4 address, or the /64 network of an IPv6
+/// one (a single subscriber usually holds a whole /64, so per-address keys would let one
+/// client take 2^64 buckets).
+pub fn client_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("ip:{v4}"),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => format!("ip:{v4}"),
+            None => {
+                let s = v6.segments();
+                format!("ip6:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
     }
 }
 
@@ -385,5 +402,20 @@ mod tests {
         assert!(limits.admit("g", 10).is_err());
         drop(held);
         assert_eq!(limits.in_flight(), 0);
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64_network() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        for key in [RateLimitKey::Ip, RateLimitKey::Principal] {
+            let (l, _) = limit(1, 1, key);
+            l.check(&Principal::Anonymous(a), a).unwrap();
+            assert!(l.check(&Principal::Anonymous(b), b).is_err(), "{key:?}");
+            l.check(&Principal::Anonymous(other), other).unwrap();
+        }
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(client_key(mapped), client_key(ip(1)));
     }
 }

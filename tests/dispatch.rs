@@ -82,7 +82,13 @@ async fn enqueue(g: &Gateway, function: &str, path: &str, id: &str, delay_ms: i6
 }
 
 async fn view(g: &Gateway, id: &str) -> TaskView {
-    g.app().dispatcher.queue().unwrap().get(id).await.unwrap()
+    g.app()
+        .dispatcher
+        .queue()
+        .unwrap()
+        .find(id, None)
+        .await
+        .unwrap()
 }
 
 /// Polls (bounded) until the task satisfies `done`.

@@ -59,6 +59,8 @@ pub struct JwtAuth {
     passes: Vec<ClaimPass>,
     rule: PathRule,
     leeway: i64,
+    issuer: Option<String>,
+    audience: Vec<String>,
 }
 
 impl std::fmt::Debug for JwtAuth {
@@ -75,13 +77,22 @@ impl std::fmt::Debug for JwtAuth {
 pub enum JwtOutcome {
     /// The path is exempt (whitelist, or not on the blacklist).
     Skipped,
-    /// A valid token; its `sub` claim (empty if absent).
-    Valid { subject: String },
+    /// A valid token; its `sub` claim (empty if absent). `form_body` is the form body with
+    /// the token's field removed, when the token came from one (and is not passed on).
+    Valid {
+        subject: String,
+        form_body: Option<Vec<u8>>,
+    },
 }
 
-fn invalid(message: &str) -> AuthError {
+/// What every failed check answers: which check failed (expiry, issuer, audience, key,
+/// signature) is logged at debug level, never told to the client.
+const INVALID_TOKEN: &str = "the JWT is missing or not valid for this trigger";
+
+fn invalid(reason: &str) -> AuthError {
+    tracing::debug!("JWT refused: {reason}");
     AuthError::Unauthorized {
-        message: message.to_string(),
+        message: INVALID_TOKEN.to_string(),
         www_authenticate: "Bearer error=\"invalid_token\"".to_string(),
     }
 }
@@ -270,7 +281,7 @@ fn query_param(query: &str, name: &str) -> Option<String> {
 }
 
 /// Rewrites the query of `uri` without `name`, and with `extra` pairs appended.
-fn rewrite_query(
+pub(crate) fn rewrite_query(
     uri: &http::Uri,
     remove: &[&str],
     extra: &[(String, String)],
@@ -336,6 +347,8 @@ impl JwtAuth {
             passes: parse_passes(&config.claim_pass_by)?,
             rule,
             leeway: i64::try_from(config.leeway_s).unwrap_or(i64::MAX),
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
         })
     }
 
@@ -359,17 +372,34 @@ impl JwtAuth {
         now: i64,
         pass_credentials: bool,
     ) -> Result<JwtOutcome, AuthError> {
+        // Every claim target is cleared on every request of the trigger, before the path
+        // rule: on a path that skips the check nothing the client sent under those names may
+        // pass for a value the gateway set.
+        let mut remove_query: Vec<&str> = Vec::new();
+        for pass in &self.passes {
+            match &pass.target {
+                PassTarget::Header(name) => {
+                    parts.headers.remove(name);
+                }
+                PassTarget::Query(name) => remove_query.push(name),
+            }
+        }
         let protected = match &self.rule {
             PathRule::All => true,
             PathRule::Whitelist(list) => !list.iter().any(|p| path_matches(p, path)),
             PathRule::Blacklist(list) => list.iter().any(|p| path_matches(p, path)),
         };
         if !protected {
+            if !remove_query.is_empty()
+                && let Some(uri) = rewrite_query(&parts.uri, &remove_query, &[])
+            {
+                parts.uri = uri;
+            }
             return Ok(JwtOutcome::Skipped);
         }
         let (token, found_by) = self
             .find_token(parts, body)
-            .ok_or_else(|| invalid("a JWT is expected but missing"))?;
+            .ok_or_else(|| invalid("no token found"))?;
         let header =
             jsonwebtoken::decode_header(&token).map_err(|_| invalid("the JWT is malformed"))?;
         let key = match &header.kid {
@@ -378,16 +408,31 @@ impl JwtAuth {
         }
         .ok_or_else(|| invalid("the JWT is signed with an unknown key"))?;
         let data = jsonwebtoken::decode::<serde_json::Value>(&token, &key.key, &key.validation)
-            .map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind::*;
-                match e.kind() {
-                    InvalidIssuer => invalid("the JWT issuer is not accepted"),
-                    InvalidAudience => invalid("the JWT audience is not accepted"),
-                    InvalidAlgorithm => invalid("the JWT algorithm is not accepted"),
-                    _ => invalid("the JWT is invalid"),
-                }
-            })?;
+            .map_err(|e| invalid(&format!("{e}")))?;
         let claims = data.claims;
+        // Configured issuer and audience are required claims of the right type, whatever the
+        // library makes of a missing or malformed one.
+        if let Some(iss) = &self.issuer
+            && claims.get("iss").and_then(|v| v.as_str()) != Some(iss.as_str())
+        {
+            return Err(invalid("issuer missing or not accepted"));
+        }
+        if !self.audience.is_empty() {
+            let accepted = |a: &serde_json::Value| {
+                a.as_str()
+                    .is_some_and(|a| self.audience.iter().any(|x| x == a))
+            };
+            let ok = match claims.get("aud") {
+                Some(serde_json::Value::String(_)) => claims.get("aud").is_some_and(accepted),
+                Some(serde_json::Value::Array(list)) => {
+                    list.iter().all(|a| a.is_string()) && list.iter().any(accepted)
+                }
+                _ => false,
+            };
+            if !ok {
+                return Err(invalid("audience missing or not accepted"));
+            }
+        }
         let exp = claims
             .get("exp")
             .and_then(|v| v.as_f64())
@@ -401,13 +446,10 @@ impl JwtAuth {
             return Err(invalid("the JWT is not valid yet"));
         }
 
-        // Claims the client might try to set itself are always cleared first.
         let mut extra_query = Vec::new();
-        let mut remove_query: Vec<&str> = Vec::new();
         for pass in &self.passes {
             match &pass.target {
                 PassTarget::Header(name) => {
-                    parts.headers.remove(name);
                     if let Some(v) = claims.get(&pass.claim).and_then(claim_string)
                         && let Ok(v) = http::HeaderValue::from_str(&v)
                     {
@@ -415,13 +457,13 @@ impl JwtAuth {
                     }
                 }
                 PassTarget::Query(name) => {
-                    remove_query.push(name);
                     if let Some(v) = claims.get(&pass.claim).and_then(claim_string) {
                         extra_query.push((name.clone(), v));
                     }
                 }
             }
         }
+        let mut form_body = None;
         if !pass_credentials {
             match &found_by {
                 Lookup::Header { name, .. } => {
@@ -429,7 +471,7 @@ impl JwtAuth {
                 }
                 Lookup::Cookie(name) => strip_cookie(&mut parts.headers, name),
                 Lookup::Query(name) => remove_query.push(name),
-                Lookup::Form(_) => {}
+                Lookup::Form(name) => form_body = body.map(|b| strip_form_field(b, name)),
             }
         }
         if (!remove_query.is_empty() || !extra_query.is_empty())
@@ -438,7 +480,7 @@ impl JwtAuth {
             parts.uri = uri;
         }
         let subject = claims.get("sub").and_then(claim_string).unwrap_or_default();
-        Ok(JwtOutcome::Valid { subject })
+        Ok(JwtOutcome::Valid { subject, form_body })
     }
 
     fn find_token(
@@ -475,6 +517,18 @@ impl JwtAuth {
         }
         None
     }
+}
+
+/// A form body without the fields named `name` (the rest byte for byte).
+fn strip_form_field(body: &[u8], name: &str) -> Vec<u8> {
+    body.split(|b| *b == b'&')
+        .filter(|field| {
+            let key = field.split(|b| *b == b'=').next().unwrap_or_default();
+            let key = String::from_utf8_lossy(key).replace('+', " ");
+            percent_decode_str(&key).decode_utf8_lossy() != name
+        })
+        .collect::<Vec<_>>()
+        .join(&b'&')
 }
 
 fn strip_cookie(headers: &mut http::HeaderMap, name: &str) {

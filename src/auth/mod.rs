@@ -98,6 +98,15 @@ pub struct AuthRequest<'a> {
     pub now: DateTime<Utc>,
 }
 
+/// A request that passed authentication.
+#[derive(Debug)]
+pub struct Authenticated {
+    pub principal: Principal,
+    /// The body the function gets instead of the one read, when a credential was removed
+    /// from it (a JWT form field).
+    pub body: Option<Vec<u8>>,
+}
+
 /// A trigger's authenticator.
 #[derive(Debug)]
 pub enum Authenticator {
@@ -150,15 +159,20 @@ impl TriggerAuth {
         }
     }
 
-    /// Checks the request and returns who made it.
-    pub fn authenticate(&self, req: AuthRequest<'_>) -> Result<Principal, AuthError> {
+    /// Checks the request and returns who made it. The credentials checked are removed
+    /// from the request (and its body) unless the trigger passes them on.
+    pub fn authenticate(&self, req: AuthRequest<'_>) -> Result<Authenticated, AuthError> {
+        let principal = |principal| Authenticated {
+            principal,
+            body: None,
+        };
         let authorization = req
             .parts
             .headers
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes());
-        let principal = match &self.authenticator {
-            Authenticator::Anonymous => return Ok(Principal::Anonymous(req.client_ip)),
+        let p = match &self.authenticator {
+            Authenticator::Anonymous => return Ok(principal(Principal::Anonymous(req.client_ip))),
             Authenticator::Basic(b) => Principal::User(b.verify(authorization)?),
             Authenticator::Bearer(b) => Principal::Token(b.verify(authorization)?),
             Authenticator::Signature(s) => {
@@ -179,6 +193,13 @@ impl TriggerAuth {
                         ));
                     }
                 }
+                if verified.signed_url && !self.pass_credentials {
+                    const URL_CREDENTIALS: [&str; 3] =
+                        ["x-fc-access-key-id", "x-fc-expires", "x-fc-signature"];
+                    if let Some(uri) = jwt::rewrite_query(&req.parts.uri, &URL_CREDENTIALS, &[]) {
+                        req.parts.uri = uri;
+                    }
+                }
                 Principal::AccessKey(verified.key_id)
             }
             Authenticator::Jwt(j) => {
@@ -189,15 +210,18 @@ impl TriggerAuth {
                     req.now.timestamp(),
                     self.pass_credentials,
                 )? {
-                    jwt::JwtOutcome::Skipped => Ok(Principal::Anonymous(req.client_ip)),
-                    jwt::JwtOutcome::Valid { subject } => Ok(Principal::Subject(subject)),
+                    jwt::JwtOutcome::Skipped => Ok(principal(Principal::Anonymous(req.client_ip))),
+                    jwt::JwtOutcome::Valid { subject, form_body } => Ok(Authenticated {
+                        principal: Principal::Subject(subject),
+                        body: form_body,
+                    }),
                 };
             }
         };
         if !self.pass_credentials {
             req.parts.headers.remove(http::header::AUTHORIZATION);
         }
-        Ok(principal)
+        Ok(principal(p))
     }
 }
 

@@ -51,6 +51,20 @@ pub struct Verified {
     pub key_id: String,
     /// ACS3 `x-acs-content-sha256`: the body must hash to this (lowercase hex).
     pub body_sha256: Option<String>,
+    /// The credentials came in the query (a signed URL).
+    pub signed_url: bool,
+}
+
+/// `x-acs-date`: ISO 8601 UTC, extended (`2024-01-02T03:04:05Z`, RFC 3339, fractions
+/// allowed) or basic (`20240102T030405Z`) format.
+fn parse_acs_date(date: &str) -> Option<DateTime<Utc>> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(date) {
+        return Some(at.with_timezone(&Utc));
+    }
+    ["%Y%m%dT%H%M%SZ", "%Y%m%dT%H%M%S%.fZ"]
+        .iter()
+        .find_map(|f| chrono::NaiveDateTime::parse_from_str(date, f).ok())
+        .map(|n| n.and_utc())
 }
 
 /// The parts of a request a signature covers.
@@ -203,9 +217,8 @@ impl SignatureAuth {
         let date = header_str(req.headers, "x-acs-date")
             .ok_or_else(|| missing("the x-acs-date header is required"))?;
         let secret = self.secret(key_id)?;
-        let at = DateTime::parse_from_rfc3339(date.trim())
-            .map_err(|_| AuthError::InvalidArgument(format!("invalid x-acs-date '{date}'")))?
-            .with_timezone(&Utc);
+        let at = parse_acs_date(date.trim())
+            .ok_or_else(|| AuthError::InvalidArgument(format!("invalid x-acs-date '{date}'")))?;
         self.check_window(at, now)?;
 
         let names: Vec<String> = signed_headers
@@ -248,6 +261,7 @@ impl SignatureAuth {
                 return Ok(Verified {
                     key_id: key_id.to_string(),
                     body_sha256,
+                    signed_url: false,
                 });
             }
         }
@@ -279,6 +293,7 @@ impl SignatureAuth {
             Ok(Verified {
                 key_id: key_id.to_string(),
                 body_sha256: None,
+                signed_url: false,
             })
         } else {
             Err(mismatch())
@@ -306,6 +321,15 @@ impl SignatureAuth {
             .trim()
             .parse()
             .map_err(|_| AuthError::InvalidArgument(format!("invalid x-fc-expires '{expires}'")))?;
+        if expires_at - now.timestamp() > self.window_s {
+            let at = DateTime::from_timestamp(expires_at, 0).unwrap_or_default();
+            return Err(AuthError::AccessDenied(format!(
+                "the signed URL expires at '{}', more than {} s after the current time '{}'",
+                at.format("%Y-%m-%dT%H:%M:%SZ"),
+                self.window_s,
+                now.format("%Y-%m-%dT%H:%M:%SZ")
+            )));
+        }
         if now.timestamp() > expires_at {
             let at = DateTime::from_timestamp(expires_at, 0).unwrap_or_default();
             return Err(AuthError::AccessDenied(format!(
@@ -326,6 +350,7 @@ impl SignatureAuth {
             Ok(Verified {
                 key_id,
                 body_sha256: None,
+                signed_url: true,
             })
         } else {
             Err(mismatch())

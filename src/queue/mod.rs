@@ -9,6 +9,7 @@
 //! dispatcher). Time comes from a [`Clock`], so delays, backoff and expiry can be tested
 //! without waiting.
 
+pub mod callback;
 pub mod store;
 pub mod worker;
 
@@ -23,7 +24,7 @@ use tokio::sync::{Notify, oneshot};
 use crate::config::QueueConfig;
 pub use crate::invocation::StoredInvocation;
 use store::{Cmd, InsertError, StopError};
-pub use store::{NewTask, PendingCallback, Task, TaskState, TaskView, Update};
+pub use store::{NewTask, PendingCallback, Task, TaskState, TaskView, Update, task_key};
 
 /// Where the queue and its workers read the time.
 pub trait Clock: Send + Sync + 'static {
@@ -79,6 +80,9 @@ pub enum QueueError {
     /// The trigger that enqueued the task is no longer configured.
     #[error("trigger '{0}' no longer exists")]
     TriggerGone(String),
+    /// The id names tasks of several triggers => 409 naming them (`?trigger=` selects).
+    #[error("task '{id}' exists on several triggers ({}); name one with ?trigger=", triggers.join(", "))]
+    Ambiguous { id: String, triggers: Vec<String> },
     /// The database failed: logged, never shown to a client.
     #[error("the task store failed: {0}")]
     Storage(String),
@@ -191,17 +195,41 @@ impl Queue {
         self.call(|r| Cmd::Update(u, Some(r))).await;
     }
 
-    pub async fn get(&self, id: &str) -> Option<TaskView> {
-        self.call(|r| Cmd::Get(id.to_string(), r)).await.flatten()
+    /// The task with store key `key` ([`task_key`]).
+    pub async fn get(&self, key: &str) -> Option<TaskView> {
+        self.call(|r| Cmd::Get(key.to_string(), r)).await.flatten()
+    }
+
+    /// Finds task `id`: on `trigger` when given, else on whichever trigger has it. Ids are
+    /// per trigger, so without a trigger an id two triggers use is ambiguous (409).
+    pub async fn find(&self, id: &str, trigger: Option<&str>) -> Result<TaskView, QueueError> {
+        let mut found = self
+            .call(|reply| Cmd::Find {
+                id: id.to_string(),
+                trigger: trigger.map(str::to_string),
+                reply,
+            })
+            .await
+            .unwrap_or_default();
+        match found.len() {
+            0 => Err(QueueError::NotFound(id.to_string())),
+            1 => Ok(found.remove(0)),
+            _ => Err(QueueError::Ambiguous {
+                id: id.to_string(),
+                triggers: found.into_iter().map(|t| t.trigger).collect(),
+            }),
+        }
     }
 
     pub async fn list(
         &self,
+        trigger: Option<String>,
         function: Option<String>,
         state: Option<TaskState>,
         limit: usize,
     ) -> Vec<TaskView> {
         self.call(|reply| Cmd::List {
+            trigger,
             function,
             state,
             limit,
@@ -211,10 +239,11 @@ impl Queue {
         .unwrap_or_default()
     }
 
-    /// Stops a task: a waiting task never runs; a running one is not retried.
-    pub async fn stop(&self, id: &str) -> Result<TaskView, QueueError> {
+    /// Stops the task with store key `key`: a waiting task never runs; a running one is
+    /// not retried.
+    pub async fn stop(&self, key: &str) -> Result<TaskView, QueueError> {
         match self
-            .call(|r| Cmd::Stop(id.to_string(), self.now_ms(), r))
+            .call(|r| Cmd::Stop(key.to_string(), self.now_ms(), r))
             .await
         {
             Some(Ok(v)) => {
@@ -223,14 +252,14 @@ impl Queue {
                 }
                 Ok(v)
             }
-            Some(Err(StopError::NotFound)) => Err(QueueError::NotFound(id.to_string())),
+            Some(Err(StopError::NotFound)) => Err(QueueError::NotFound(key.to_string())),
             Some(Err(StopError::Storage(e))) => Err(QueueError::Storage(e)),
             None => Err(unavailable()),
         }
     }
 
-    pub async fn stop_requested(&self, id: &str) -> bool {
-        self.call(|r| Cmd::StopRequested(id.to_string(), r))
+    pub async fn stop_requested(&self, key: &str) -> bool {
+        self.call(|r| Cmd::StopRequested(key.to_string(), r))
             .await
             .unwrap_or(false)
     }
@@ -247,6 +276,15 @@ impl Queue {
         let before_ms = self.now_ms() - (self.config.retention_s as i64).saturating_mul(1000);
         let _ = self.tx.send(Cmd::Prune { before_ms });
     }
+}
+
+/// Prefixes of the task ids the gateway makes itself (cron ticks, events); clients may
+/// not use them.
+pub const RESERVED_PREFIXES: [&str; 2] = ["cron-", "evt-"];
+
+/// Whether `id` starts with a prefix only the gateway may use.
+pub fn reserved_task_id(id: &str) -> bool {
+    RESERVED_PREFIXES.iter().any(|p| id.starts_with(p))
 }
 
 /// Whether `id` is a valid client task id: `[A-Za-z_][A-Za-z0-9_-]{0,127}`.

@@ -77,6 +77,18 @@ pub struct NewTask {
     pub due_ms: i64,
 }
 
+impl NewTask {
+    /// The task's key in the store: ids are scoped per trigger (SPEC section 7).
+    pub fn key(&self) -> String {
+        task_key(&self.invocation.trigger, &self.id)
+    }
+}
+
+/// The store's key for task `id` of `trigger` (trigger names never contain '/').
+pub fn task_key(trigger: &str, id: &str) -> String {
+    format!("{trigger}/{id}")
+}
+
 /// A task claimed for execution.
 #[derive(Debug, Clone)]
 pub struct Task {
@@ -108,11 +120,17 @@ pub struct TaskView {
 /// A callback waiting to be delivered (kept until it is, so a restart retries it).
 #[derive(Debug, Clone)]
 pub struct PendingCallback {
+    /// The task's store key ([`task_key`]).
+    pub key: String,
     pub task_id: String,
     pub url: String,
     pub headers: Vec<(String, Vec<u8>)>,
     pub body: Vec<u8>,
     pub attempts: u32,
+    /// The client named this URL (`X-Callback-Url`): host names may not reach the inside.
+    pub client_supplied: bool,
+    /// Delivery attempts in all (the trigger's `max_retries` + 1).
+    pub max_attempts: u32,
 }
 
 /// How an attempt ended, as recorded.
@@ -120,7 +138,7 @@ pub struct PendingCallback {
 pub enum Update {
     /// The task is done. A callback, if any, is stored for delivery.
     Finish {
-        id: String,
+        key: String,
         state: TaskState,
         attempts: u32,
         finished_ms: i64,
@@ -131,7 +149,7 @@ pub enum Update {
     },
     /// Run it again later.
     Reschedule {
-        id: String,
+        key: String,
         attempts: u32,
         due_ms: i64,
         last_error: Option<String>,
@@ -139,7 +157,7 @@ pub enum Update {
     },
     /// A callback delivery attempt: `delivered` or not, with a status line.
     Callback {
-        id: String,
+        key: String,
         status: String,
         attempts: u32,
         done: bool,
@@ -167,7 +185,14 @@ pub enum Cmd {
     },
     Update(Update, Option<oneshot::Sender<()>>),
     Get(String, oneshot::Sender<Option<TaskView>>),
+    /// Every task with this id, on `trigger` only when given.
+    Find {
+        id: String,
+        trigger: Option<String>,
+        reply: oneshot::Sender<Vec<TaskView>>,
+    },
     List {
+        trigger: Option<String>,
         function: Option<String>,
         state: Option<TaskState>,
         limit: usize,
@@ -186,7 +211,8 @@ pub enum Cmd {
 const SCHEMA_VERSION: i64 = 1;
 
 const CREATE: &str = "CREATE TABLE IF NOT EXISTS tasks (
-    id TEXT PRIMARY KEY,
+    key TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
     request_id TEXT NOT NULL,
     trigger_name TEXT NOT NULL,
     function TEXT NOT NULL,
@@ -210,7 +236,8 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS tasks (
     callback_attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_due ON tasks(state, due_ms);
-CREATE INDEX IF NOT EXISTS tasks_function ON tasks(function, state);";
+CREATE INDEX IF NOT EXISTS tasks_function ON tasks(function, state);
+CREATE INDEX IF NOT EXISTS tasks_id ON tasks(id);";
 
 /// Opens (creating if needed) the database, migrates an older schema, and recovers tasks a
 /// crash left `Running`. Returns the connection and the number of unfinished tasks.
@@ -319,11 +346,11 @@ fn migrate(conn: &mut Connection, qualifier_of: &dyn Fn(&str) -> String) -> Resu
         )?;
     }
     tx.execute_batch(
-        "INSERT INTO tasks (id, request_id, trigger_name, function, state, invocation, body,
+        "INSERT INTO tasks (key, id, request_id, trigger_name, function, state, invocation, body,
             callback_url, created_ms, due_ms, started_ms, finished_ms, attempts, stop_requested,
             last_error, response_status, response_preview, callback_target, callback_headers,
             callback_body, callback_status, callback_attempts)
-         SELECT id, request_id, trigger_name, function, state, CAST(headers AS TEXT), body,
+         SELECT trigger_name || '/' || id, id, request_id, trigger_name, function, state, CAST(headers AS TEXT), body,
             callback_url, created_ms, due_ms, started_ms, finished_ms, attempts, stop_requested,
             last_error, response_status, response_preview, callback_target, callback_headers,
             callback_body, callback_status, callback_attempts FROM tasks_v0;
@@ -391,7 +418,7 @@ fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskView> {
 
 fn get_view(tx: &Connection, id: &str) -> rusqlite::Result<Option<TaskView>> {
     tx.query_row(
-        &format!("SELECT {VIEW_COLUMNS} FROM tasks WHERE id = ?1"),
+        &format!("SELECT {VIEW_COLUMNS} FROM tasks WHERE key = ?1"),
         params![id],
         view,
     )
@@ -464,8 +491,8 @@ fn apply(tx: &Connection, cmd: Cmd) -> Option<Deferred> {
         Cmd::Insert(t, reply) => {
             let r = match serde_json::to_string(&t.invocation) {
                 Ok(invocation) => tx.execute(
-                    "INSERT INTO tasks (id, request_id, trigger_name, function, state, invocation, body, callback_url, created_ms, due_ms)
-                     VALUES (?1, ?2, ?3, ?4, 'Enqueued', ?5, ?6, ?7, ?8, ?9)",
+                    "INSERT INTO tasks (key, id, request_id, trigger_name, function, state, invocation, body, callback_url, created_ms, due_ms)
+                     VALUES (?10, ?1, ?2, ?3, ?4, 'Enqueued', ?5, ?6, ?7, ?8, ?9)",
                     params![
                         t.id,
                         t.invocation.request_id,
@@ -475,7 +502,8 @@ fn apply(tx: &Connection, cmd: Cmd) -> Option<Deferred> {
                         t.body,
                         t.callback_url,
                         t.created_ms,
-                        t.due_ms
+                        t.due_ms,
+                        t.key()
                     ],
                 ),
                 Err(e) => Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))),
@@ -522,18 +550,25 @@ fn apply(tx: &Connection, cmd: Cmd) -> Option<Deferred> {
                 })
             })
         }
+        Cmd::Find { id, trigger, reply } => {
+            let v = find(tx, &id, trigger.as_deref()).unwrap_or_default();
+            let _ = reply.send(v);
+            None
+        }
         Cmd::Get(id, reply) => {
             let v = get_view(tx, &id).ok().flatten();
             let _ = reply.send(v);
             None
         }
         Cmd::List {
+            trigger,
             function,
             state,
             limit,
             reply,
         } => {
-            let v = list(tx, function.as_deref(), state, limit).unwrap_or_default();
+            let v =
+                list(tx, trigger.as_deref(), function.as_deref(), state, limit).unwrap_or_default();
             let _ = reply.send(v);
             None
         }
@@ -557,7 +592,7 @@ fn apply(tx: &Connection, cmd: Cmd) -> Option<Deferred> {
         Cmd::StopRequested(id, reply) => {
             let v: bool = tx
                 .query_row(
-                    "SELECT stop_requested FROM tasks WHERE id = ?1",
+                    "SELECT stop_requested FROM tasks WHERE key = ?1",
                     params![id],
                     |r| r.get::<_, i64>(0),
                 )
@@ -588,7 +623,7 @@ fn apply(tx: &Connection, cmd: Cmd) -> Option<Deferred> {
 
 fn claim(tx: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<Vec<Task>> {
     let mut stmt = tx.prepare(
-        "SELECT id, invocation, body, callback_url, created_ms, due_ms, attempts
+        "SELECT id, invocation, body, callback_url, created_ms, due_ms, attempts, key
          FROM tasks WHERE state IN ('Enqueued', 'Retrying') AND due_ms <= ?1 ORDER BY due_ms LIMIT ?2",
     )?;
     /// A claimable row; its invocation is parsed below, so one bad row cannot fail a claim.
@@ -600,6 +635,7 @@ fn claim(tx: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<Vec<Tas
         created_ms: i64,
         due_ms: i64,
         attempts: u32,
+        key: String,
     }
     let rows: Vec<Row> = stmt
         .query_map(params![now_ms, limit as i64], |r| {
@@ -611,6 +647,7 @@ fn claim(tx: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<Vec<Tas
                 created_ms: r.get(4)?,
                 due_ms: r.get(5)?,
                 attempts: r.get(6)?,
+                key: r.get(7)?,
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -623,13 +660,14 @@ fn claim(tx: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<Vec<Tas
         created_ms,
         due_ms,
         attempts,
+        key,
     } in rows
     {
         match serde_json::from_str::<StoredInvocation>(&invocation) {
             Ok(invocation) => {
                 tx.execute(
-                    "UPDATE tasks SET state = 'Running', started_ms = ?2 WHERE id = ?1",
-                    params![id, now_ms],
+                    "UPDATE tasks SET state = 'Running', started_ms = ?2 WHERE key = ?1",
+                    params![key, now_ms],
                 )?;
                 tasks.push(Task {
                     new: NewTask {
@@ -647,8 +685,8 @@ fn claim(tx: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<Vec<Tas
                 // Never claimable again: record why instead of failing every claim.
                 tracing::error!(task = %id, "stored invocation is unreadable: {e}");
                 tx.execute(
-                    "UPDATE tasks SET state = 'Failed', finished_ms = ?2, last_error = ?3 WHERE id = ?1",
-                    params![id, now_ms, format!("the stored invocation is unreadable: {e}")],
+                    "UPDATE tasks SET state = 'Failed', finished_ms = ?2, last_error = ?3 WHERE key = ?1",
+                    params![key, now_ms, format!("the stored invocation is unreadable: {e}")],
                 )?;
             }
         }
@@ -659,7 +697,7 @@ fn claim(tx: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<Vec<Tas
 fn update(tx: &Connection, u: &Update) -> rusqlite::Result<()> {
     match u {
         Update::Finish {
-            id,
+            key,
             state,
             attempts,
             finished_ms,
@@ -681,9 +719,9 @@ fn update(tx: &Connection, u: &Update) -> rusqlite::Result<()> {
                 "UPDATE tasks SET state = ?2, attempts = ?3, finished_ms = ?4, last_error = ?5,
                  response_status = ?6, response_preview = ?7, callback_target = ?8,
                  callback_headers = ?9, callback_body = ?10, callback_status = ?11,
-                 body = X'', invocation = '{}' WHERE id = ?1",
+                 body = X'', invocation = '{}' WHERE key = ?1",
                 params![
-                    id,
+                    key,
                     state.as_str(),
                     attempts,
                     finished_ms,
@@ -698,7 +736,7 @@ fn update(tx: &Connection, u: &Update) -> rusqlite::Result<()> {
             )?;
         }
         Update::Reschedule {
-            id,
+            key,
             attempts,
             due_ms,
             last_error,
@@ -706,12 +744,12 @@ fn update(tx: &Connection, u: &Update) -> rusqlite::Result<()> {
         } => {
             tx.execute(
                 "UPDATE tasks SET state = CASE WHEN stop_requested = 1 THEN 'Stopped' ELSE 'Retrying' END,
-                 attempts = ?2, due_ms = ?3, last_error = ?4, response_status = ?5 WHERE id = ?1",
-                params![id, attempts, due_ms, last_error, status],
+                 attempts = ?2, due_ms = ?3, last_error = ?4, response_status = ?5 WHERE key = ?1",
+                params![key, attempts, due_ms, last_error, status],
             )?;
         }
         Update::Callback {
-            id,
+            key,
             status,
             attempts,
             done,
@@ -719,13 +757,13 @@ fn update(tx: &Connection, u: &Update) -> rusqlite::Result<()> {
             if *done {
                 tx.execute(
                     "UPDATE tasks SET callback_status = ?2, callback_attempts = ?3,
-                     callback_headers = NULL, callback_body = NULL WHERE id = ?1",
-                    params![id, status, attempts],
+                     callback_headers = NULL, callback_body = NULL WHERE key = ?1",
+                    params![key, status, attempts],
                 )?;
             } else {
                 tx.execute(
-                    "UPDATE tasks SET callback_attempts = ?2 WHERE id = ?1",
-                    params![id, attempts],
+                    "UPDATE tasks SET callback_attempts = ?2 WHERE key = ?1",
+                    params![key, attempts],
                 )?;
             }
         }
@@ -735,19 +773,34 @@ fn update(tx: &Connection, u: &Update) -> rusqlite::Result<()> {
 
 fn list(
     tx: &Connection,
+    trigger: Option<&str>,
     function: Option<&str>,
     state: Option<TaskState>,
     limit: usize,
 ) -> rusqlite::Result<Vec<TaskView>> {
     let mut stmt = tx.prepare(&format!(
         "SELECT {VIEW_COLUMNS} FROM tasks WHERE (?1 IS NULL OR function = ?1)
-         AND (?2 IS NULL OR state = ?2) ORDER BY created_ms DESC LIMIT ?3"
+         AND (?2 IS NULL OR state = ?2) AND (?4 IS NULL OR trigger_name = ?4)
+         ORDER BY created_ms DESC LIMIT ?3"
     ))?;
     stmt.query_map(
-        params![function, state.map(TaskState::as_str), limit as i64],
+        params![
+            function,
+            state.map(TaskState::as_str),
+            limit as i64,
+            trigger
+        ],
         view,
     )?
     .collect()
+}
+
+fn find(tx: &Connection, id: &str, trigger: Option<&str>) -> rusqlite::Result<Vec<TaskView>> {
+    let mut stmt = tx.prepare(&format!(
+        "SELECT {VIEW_COLUMNS} FROM tasks WHERE id = ?1 AND (?2 IS NULL OR trigger_name = ?2)
+         ORDER BY trigger_name"
+    ))?;
+    stmt.query_map(params![id, trigger], view)?.collect()
 }
 
 fn stop(tx: &Connection, id: &str, now_ms: i64) -> Result<TaskView, StopError> {
@@ -755,14 +808,14 @@ fn stop(tx: &Connection, id: &str, now_ms: i64) -> Result<TaskView, StopError> {
     let n = tx
         .execute(
             "UPDATE tasks SET state = 'Stopped', stop_requested = 1, finished_ms = ?2,
-             last_error = 'stopped' WHERE id = ?1 AND state IN ('Enqueued', 'Retrying')",
+             last_error = 'stopped' WHERE key = ?1 AND state IN ('Enqueued', 'Retrying')",
             params![id, now_ms],
         )
         .map_err(storage)?;
     if n == 0 {
         // Running: the attempt in progress finishes, nothing more is retried.
         tx.execute(
-            "UPDATE tasks SET stop_requested = 1 WHERE id = ?1 AND state = 'Running'",
+            "UPDATE tasks SET stop_requested = 1 WHERE key = ?1 AND state = 'Running'",
             params![id],
         )
         .map_err(storage)?;
@@ -774,13 +827,17 @@ fn stop(tx: &Connection, id: &str, now_ms: i64) -> Result<TaskView, StopError> {
 
 fn pending_callbacks(tx: &Connection) -> rusqlite::Result<Vec<PendingCallback>> {
     let mut stmt = tx.prepare(
-        "SELECT id, callback_target, callback_headers, callback_body, callback_attempts
+        "SELECT id, callback_target, callback_headers, callback_body, callback_attempts, key,
+         callback_url IS NOT NULL AND callback_url = callback_target
          FROM tasks WHERE callback_status = 'Pending' AND callback_target IS NOT NULL",
     )?;
     stmt.query_map([], |r| {
         let headers: Option<Vec<u8>> = r.get(2)?;
         Ok(PendingCallback {
             task_id: r.get(0)?,
+            key: r.get(5)?,
+            client_supplied: r.get(6)?,
+            max_attempts: 4,
             url: r.get(1)?,
             headers: decode_headers(&headers.unwrap_or_default()),
             body: r.get::<_, Option<Vec<u8>>>(3)?.unwrap_or_default(),

@@ -12,7 +12,9 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use tokio::sync::{Semaphore, watch};
 
-use super::{PendingCallback, Queue, QueueError, Task, TaskState, Update};
+use std::net::SocketAddr;
+
+use super::{PendingCallback, Queue, QueueError, Task, TaskState, Update, callback};
 use crate::config::AsyncConfig;
 
 /// What the workers need from the rest of the gateway.
@@ -54,8 +56,6 @@ const CAPACITY_BACKOFF: Duration = Duration::from_millis(200);
 pub const MAX_CALLBACK_BODY: usize = 6 * 1024 * 1024;
 /// Bytes of the response kept as the task's preview.
 const PREVIEW_BYTES: usize = 1024;
-/// Callback delivery attempts.
-const CALLBACK_ATTEMPTS: u32 = 5;
 
 /// Exponential backoff with ±20% jitter: 0.5 s, 1 s, 2 s, ... capped at 5 min.
 pub fn backoff(attempt: u32) -> Duration {
@@ -66,10 +66,21 @@ pub fn backoff(attempt: u32) -> Duration {
 }
 
 /// Claims and runs due tasks until `stop` turns true, then lets running attempts finish.
-pub async fn run(executor: Arc<dyn Executor>, queue: Arc<Queue>, mut stop: watch::Receiver<bool>) {
+///
+/// `admin` is the admin listener's address, which no callback may reach.
+pub async fn run(
+    executor: Arc<dyn Executor>,
+    queue: Arc<Queue>,
+    admin: Option<SocketAddr>,
+    mut stop: watch::Receiver<bool>,
+) {
     let workers = Arc::new(Semaphore::new(queue.config.workers.get()));
-    let client = callback_client();
-    for cb in queue.pending_callbacks().await {
+    let client = Delivery { admin };
+    for mut cb in queue.pending_callbacks().await {
+        let trigger = cb.key.split('/').next().unwrap_or_default();
+        cb.max_attempts = executor
+            .policy(trigger)
+            .map_or(cb.max_attempts, |p| p.max_retries + 1);
         tokio::spawn(deliver(queue.clone(), client.clone(), cb));
     }
     let mut last_prune = Instant::now() - Duration::from_secs(3600);
@@ -117,16 +128,28 @@ pub async fn run(executor: Arc<dyn Executor>, queue: Arc<Queue>, mut stop: watch
     let _ = workers.acquire_many(all).await;
 }
 
-fn callback_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap_or_default()
+/// How callbacks are delivered: through [`callback::resolve`], never to the admin listener.
+#[derive(Debug, Clone)]
+struct Delivery {
+    admin: Option<SocketAddr>,
 }
 
-async fn execute(executor: &dyn Executor, queue: &Queue, client: &reqwest::Client, task: Task) {
-    let id = task.new.id.clone();
+impl Delivery {
+    /// A client pinned to the address that was checked (no second DNS lookup).
+    async fn client(&self, cb: &PendingCallback) -> Result<reqwest::Client, String> {
+        let (target, addr) = callback::resolve(&cb.url, cb.client_supplied, self.admin).await?;
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none());
+        if target.host.parse::<std::net::IpAddr>().is_err() {
+            builder = builder.resolve(&target.host, addr);
+        }
+        builder.build().map_err(|e| e.to_string())
+    }
+}
+
+async fn execute(executor: &dyn Executor, queue: &Queue, client: &Delivery, task: Task) {
+    let key = task.new.key();
     let request_id = task.new.invocation.request_id.clone();
     let Some(policy) = executor.policy(&task.new.invocation.trigger) else {
         let gone = QueueError::TriggerGone(task.new.invocation.trigger.clone());
@@ -181,7 +204,7 @@ async fn execute(executor: &dyn Executor, queue: &Queue, client: &reqwest::Clien
         // Capacity refusals do not count as attempts; the age limit bounds them.
         queue
             .update(Update::Reschedule {
-                id,
+                key,
                 attempts: task.attempts,
                 due_ms: queue.now_ms() + jittered(CAPACITY_BACKOFF).as_millis() as i64,
                 last_error: Some(format!("capacity refusal ({status})")),
@@ -193,7 +216,7 @@ async fn execute(executor: &dyn Executor, queue: &Queue, client: &reqwest::Clien
     }
     let attempts = task.attempts + 1;
     let task = Task { attempts, ..task };
-    let stopped = queue.stop_requested(&task.new.id).await;
+    let stopped = queue.stop_requested(&task.new.key()).await;
     if failed && attempts <= policy.max_retries && !stopped {
         let last_error = match &attempt {
             Attempt::Refused { error, .. } => error.clone(),
@@ -201,7 +224,7 @@ async fn execute(executor: &dyn Executor, queue: &Queue, client: &reqwest::Clien
         };
         queue
             .update(Update::Reschedule {
-                id,
+                key,
                 attempts,
                 due_ms: queue.now_ms() + backoff(attempts).as_millis() as i64,
                 last_error: Some(last_error),
@@ -244,7 +267,7 @@ struct Outcome {
 /// Records the final state and hands the callback (if any) to delivery.
 async fn finish(
     queue: &Queue,
-    client: &reqwest::Client,
+    client: &Delivery,
     task: &Task,
     policy: Option<&AsyncConfig>,
     state: TaskState,
@@ -275,6 +298,7 @@ async fn finish(
             error: Some(error),
         },
     };
+    let client_supplied = task.new.callback_url.is_some();
     let target = task.new.callback_url.clone().or_else(|| {
         let a = policy?;
         if state == TaskState::Succeeded {
@@ -306,17 +330,21 @@ async fn finish(
         add("x-duration-seconds", format!("{duration_s:.3}"));
         add("x-fc-async-task-state", state.as_str().to_string());
         PendingCallback {
+            key: task.new.key(),
             task_id: task.new.id.clone(),
             url,
             headers,
             body: outcome.body.to_vec(),
             attempts: 0,
+            client_supplied,
+            // Delivery follows the trigger's max_retries, like attempts.
+            max_attempts: policy.map_or(4, |p| p.max_retries + 1),
         }
     });
     let preview = outcome.body[..outcome.body.len().min(PREVIEW_BYTES)].to_vec();
     queue
         .update(Update::Finish {
-            id: task.new.id.clone(),
+            key: task.new.key(),
             state,
             attempts: task.attempts,
             finished_ms: queue.now_ms(),
@@ -331,20 +359,25 @@ async fn finish(
     }
 }
 
-async fn deliver(queue: Arc<Queue>, client: reqwest::Client, cb: PendingCallback) {
+async fn deliver(queue: Arc<Queue>, client: Delivery, cb: PendingCallback) {
     deliver_with(&queue, &client, cb).await;
 }
 
 /// POSTs a callback, retrying with backoff; records every attempt and the final outcome.
-async fn deliver_with(queue: &Queue, client: &reqwest::Client, cb: PendingCallback) {
+async fn deliver_with(queue: &Queue, client: &Delivery, cb: PendingCallback) {
     let mut attempts = cb.attempts;
     loop {
         attempts += 1;
-        let mut req = client.post(&cb.url).body(cb.body.clone());
-        for (k, v) in &cb.headers {
-            req = req.header(k.as_str(), v.as_slice());
-        }
-        let result = req.send().await;
+        let result = match client.client(&cb).await {
+            Ok(http) => {
+                let mut req = http.post(&cb.url).body(cb.body.clone());
+                for (k, v) in &cb.headers {
+                    req = req.header(k.as_str(), v.as_slice());
+                }
+                req.send().await.map_err(|e| e.to_string())
+            }
+            Err(refused) => Err(format!("not delivered: {refused}")),
+        };
         let (ok, status) = match result {
             Ok(r) if r.status().is_success() => {
                 (true, format!("Delivered ({})", r.status().as_u16()))
@@ -355,13 +388,13 @@ async fn deliver_with(queue: &Queue, client: &reqwest::Client, cb: PendingCallba
             ),
             Err(e) => (false, format!("Failed: {e}")),
         };
-        let done = ok || attempts >= CALLBACK_ATTEMPTS;
+        let done = ok || attempts >= cb.max_attempts.max(1);
         if !ok {
             tracing::warn!(task = %cb.task_id, url = %cb.url, attempts, "callback failed: {status}");
         }
         queue
             .update(Update::Callback {
-                id: cb.task_id.clone(),
+                key: cb.key.clone(),
                 status,
                 attempts,
                 done,

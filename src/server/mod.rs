@@ -59,6 +59,9 @@ pub async fn run(gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> R
             Listener::Admin => "admin",
         };
         println!("{name} listening on {scheme}://{local}");
+        if role == Listener::Admin {
+            app.set_admin_addr(local);
+        }
         listeners.push(Bound { listener, role });
     }
     let _ = std::io::stdout().flush();
