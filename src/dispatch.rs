@@ -131,6 +131,7 @@ impl Dispatcher {
             .task_id
             .unwrap_or_else(|| inv.request_id.to_string());
         let invocation = StoredInvocation::from_invocation(&inv);
+        let inv_trigger = inv.trigger.clone();
         let now = queue.now_ms();
         queue
             .submit(NewTask {
@@ -140,6 +141,7 @@ impl Dispatcher {
                 callback_url: options.callback_url,
                 created_ms: now,
                 due_ms: now + options.delay_ms.max(0),
+                trigger_quota: self.policies.get(&*inv_trigger).and_then(|p| p.max_tasks),
             })
             .await?;
         Ok(id)

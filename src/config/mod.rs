@@ -46,6 +46,8 @@ pub struct QueueConfig {
     pub retention_s: u64,
     /// Tasks waiting to run at most; over => 503 on submission.
     pub max_tasks: u64,
+    /// Bytes the open tasks may hold (bodies and stored requests); over => 503.
+    pub max_queue_bytes: u64,
 }
 
 /// A trigger's `async` table.
@@ -54,9 +56,11 @@ pub struct AsyncConfig {
     pub enabled: bool,
     pub max_retries: u32,
     pub max_event_age_s: u64,
+    /// Open tasks this trigger may hold at most (a quota within `[queue] max_tasks`).
+    pub max_tasks: Option<u64>,
     pub on_success: Option<String>,
     pub on_failure: Option<String>,
-    /// Lowercase hosts an `X-Callback-Url` may name.
+    /// Lowercase `host` or `host:port` entries an `X-Callback-Url` may name.
     pub callback_hosts: Vec<String>,
 }
 
@@ -68,6 +72,7 @@ impl Default for AsyncConfig {
             enabled: false,
             max_retries: 3,
             max_event_age_s: 86_400,
+            max_tasks: None,
             on_success: None,
             on_failure: None,
             callback_hosts: Vec::new(),
@@ -363,6 +368,7 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
             .ok_or_else(|| anyhow!("key `queue.workers`: must be greater than 0"))?,
         retention_s: q.retention_s.unwrap_or(7 * 86400),
         max_tasks: q.max_tasks.unwrap_or(1_000_000),
+        max_queue_bytes: q.max_queue_bytes.unwrap_or(1 << 30),
     };
 
     let mut functions: Vec<FunctionConfig> = Vec::new();
@@ -481,6 +487,7 @@ fn validate_trigger(
                 enabled: a.enabled.unwrap_or(true),
                 max_retries: a.max_retries.unwrap_or(3),
                 max_event_age_s,
+                max_tasks: a.max_tasks,
                 on_success: a.on_success,
                 on_failure: a.on_failure,
                 callback_hosts: a

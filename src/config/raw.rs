@@ -163,6 +163,7 @@ pub struct RawQueue {
     pub workers: Option<u32>,
     pub retention_s: Option<u64>,
     pub max_tasks: Option<u64>,
+    pub max_queue_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,6 +172,7 @@ pub struct RawAsync {
     pub enabled: Option<bool>,
     pub max_retries: Option<u32>,
     pub max_event_age_s: Option<u64>,
+    pub max_tasks: Option<u64>,
     pub on_success: Option<String>,
     pub on_failure: Option<String>,
     pub callback_hosts: Option<Vec<String>>,

@@ -15,7 +15,7 @@ pub mod worker;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 
 use anyhow::Result;
@@ -68,9 +68,9 @@ pub enum QueueError {
     /// The task id is taken => 409 `TaskAlreadyExists`.
     #[error("task '{0}' already exists")]
     Exists(String),
-    /// `max_tasks` open tasks => 503.
-    #[error("the async queue holds its maximum of {0} tasks")]
-    Full(u64),
+    /// `max_tasks`, `max_queue_bytes` or the trigger's `async.max_tasks` => 503.
+    #[error("{0}")]
+    Full(String),
     /// No such task => 404 `TaskNotFound`.
     #[error("task '{0}' does not exist")]
     NotFound(String),
@@ -94,15 +94,15 @@ pub struct Queue {
     clock: Arc<dyn Clock>,
     /// Wakes the dispatcher when new work arrives.
     pub(crate) wake: Arc<Notify>,
-    /// Tasks not finished yet (for `max_tasks` and metrics).
-    open: AtomicU64,
+    /// Open tasks and their bytes, kept by the writer thread.
+    book: Arc<store::Book>,
     pub config: QueueConfig,
 }
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Queue")
-            .field("open", &self.open.load(Ordering::Relaxed))
+            .field("open", &self.depth())
             .finish()
     }
 }
@@ -120,17 +120,23 @@ impl Queue {
         clock: Arc<dyn Clock>,
         qualifier_of: &dyn Fn(&str) -> String,
     ) -> Result<Queue> {
-        let (conn, open) = store::open(&data_dir.join("tasks.db"), clock.now_ms(), qualifier_of)?;
+        let (conn, book) = store::open(&data_dir.join("tasks.db"), clock.now_ms(), qualifier_of)?;
+        let book = Arc::new(book);
         let (tx, rx) = mpsc::channel();
         let group_commit = config.group_commit;
+        let bounds = store::Bounds {
+            max_tasks: config.max_tasks,
+            max_bytes: config.max_queue_bytes,
+        };
+        let writer_book = book.clone();
         std::thread::Builder::new()
             .name("wasmgate-queue".into())
-            .spawn(move || store::run(conn, rx, group_commit))?;
+            .spawn(move || store::run(conn, rx, group_commit, writer_book, bounds))?;
         Ok(Queue {
             tx,
             clock,
             wake: Arc::new(Notify::new()),
-            open: AtomicU64::new(open),
+            book,
             config: config.clone(),
         })
     }
@@ -153,22 +159,25 @@ impl Queue {
 
     /// Unfinished tasks.
     pub fn depth(&self) -> u64 {
-        self.open.load(Ordering::Relaxed)
+        self.book.open.load(Ordering::Relaxed)
     }
 
-    /// Makes a task durable. 409 for a reused id, 503 when the queue is full.
+    /// Bytes the unfinished tasks hold (bodies and stored invocations).
+    pub fn bytes(&self) -> u64 {
+        self.book.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Makes a task durable. 409 for a reused id; 503 when the queue (`max_tasks`,
+    /// `max_queue_bytes`) or the trigger's quota is full.
     pub async fn submit(&self, task: NewTask) -> Result<(), QueueError> {
-        if self.depth() >= self.config.max_tasks {
-            return Err(QueueError::Full(self.config.max_tasks));
-        }
         let id = task.id.clone();
         match self.call(|r| Cmd::Insert(task, r)).await {
             Some(Ok(())) => {
-                self.open.fetch_add(1, Ordering::Relaxed);
                 self.wake.notify_one();
                 Ok(())
             }
             Some(Err(InsertError::Exists)) => Err(QueueError::Exists(id)),
+            Some(Err(InsertError::Full(why))) => Err(QueueError::Full(why)),
             Some(Err(InsertError::Storage(e))) => {
                 Err(QueueError::Storage(format!("cannot store the task: {e}")))
             }
@@ -189,9 +198,6 @@ impl Queue {
 
     /// Records an attempt's outcome (waits for the commit).
     pub async fn update(&self, u: Update) {
-        if let Update::Finish { .. } = u {
-            self.open.fetch_sub(1, Ordering::Relaxed);
-        }
         self.call(|r| Cmd::Update(u, Some(r))).await;
     }
 
@@ -246,12 +252,7 @@ impl Queue {
             .call(|r| Cmd::Stop(key.to_string(), self.now_ms(), r))
             .await
         {
-            Some(Ok(v)) => {
-                if v.state == TaskState::Stopped {
-                    self.open.fetch_sub(1, Ordering::Relaxed);
-                }
-                Ok(v)
-            }
+            Some(Ok(v)) => Ok(v),
             Some(Err(StopError::NotFound)) => Err(QueueError::NotFound(key.to_string())),
             Some(Err(StopError::Storage(e))) => Err(QueueError::Storage(e)),
             None => Err(unavailable()),

@@ -6,8 +6,10 @@
 //! once before answering any of them: concurrent submissions share one fsync (group commit),
 //! and a 202 is only sent after the commit that made its task durable.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 
 use anyhow::{Context, Result};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -75,6 +77,8 @@ pub struct NewTask {
     pub callback_url: Option<String>,
     pub created_ms: i64,
     pub due_ms: i64,
+    /// Open tasks its trigger may have at most (`async.max_tasks`), if bounded.
+    pub trigger_quota: Option<u64>,
 }
 
 impl NewTask {
@@ -154,6 +158,8 @@ pub enum Update {
         due_ms: i64,
         last_error: Option<String>,
         status: Option<u16>,
+        /// When it is recorded (the finish time if a stop landed meanwhile).
+        now_ms: i64,
     },
     /// A callback delivery attempt: `delivered` or not, with a status line.
     Callback {
@@ -167,7 +173,63 @@ pub enum Update {
 #[derive(Debug, PartialEq, Eq)]
 pub enum InsertError {
     Exists,
+    /// A bound on open tasks or their bytes (the message says which).
+    Full(String),
     Storage(String),
+}
+
+/// What the queue holds open (not final), kept by the writer thread as it commits and read
+/// by anyone: the bounds of `[queue] max_tasks`, `max_queue_bytes` and `async.max_tasks`
+/// are checked against it exactly, in the writer's order.
+#[derive(Debug, Default)]
+pub struct Book {
+    pub open: AtomicU64,
+    pub bytes: AtomicU64,
+    per_trigger: std::sync::Mutex<HashMap<String, u64>>,
+}
+
+impl Book {
+    fn add(&self, trigger: &str, size: u64) {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        if let Ok(mut m) = self.per_trigger.lock() {
+            *m.entry(trigger.to_string()).or_default() += 1;
+        }
+    }
+
+    fn remove(&self, trigger: &str, size: u64) {
+        let _ = self
+            .open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(1))
+            });
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(size))
+            });
+        if let Ok(mut m) = self.per_trigger.lock()
+            && let Some(n) = m.get_mut(trigger)
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Open tasks of `trigger`.
+    pub fn of_trigger(&self, trigger: &str) -> u64 {
+        self.per_trigger
+            .lock()
+            .ok()
+            .and_then(|m| m.get(trigger).copied())
+            .unwrap_or(0)
+    }
+}
+
+/// The bounds an insert is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub max_tasks: u64,
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -213,6 +275,7 @@ const SCHEMA_VERSION: i64 = 1;
 const CREATE: &str = "CREATE TABLE IF NOT EXISTS tasks (
     key TEXT PRIMARY KEY,
     id TEXT NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
     request_id TEXT NOT NULL,
     trigger_name TEXT NOT NULL,
     function TEXT NOT NULL,
@@ -248,7 +311,7 @@ pub fn open(
     path: &Path,
     now_ms: i64,
     qualifier_of: &dyn Fn(&str) -> String,
-) -> Result<(Connection, u64)> {
+) -> Result<(Connection, Book)> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create data directory {}", dir.display()))?;
@@ -268,17 +331,19 @@ pub fn open(
         "UPDATE tasks SET state = 'Retrying', due_ms = ?1 WHERE state = 'Running'",
         params![now_ms],
     )?;
-    let open = count_open(&conn)?;
-    Ok((conn, open))
-}
-
-fn count_open(conn: &Connection) -> rusqlite::Result<u64> {
-    let open: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM tasks WHERE state IN ('Enqueued', 'Retrying', 'Running')",
-        [],
-        |r| r.get(0),
-    )?;
-    Ok(open as u64)
+    let book = Book::default();
+    {
+        let mut stmt = conn.prepare(
+            "SELECT trigger_name, size FROM tasks WHERE state IN ('Enqueued', 'Retrying', 'Running')",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let trigger: String = r.get(0)?;
+            let size: i64 = r.get(1)?;
+            book.add(&trigger, size.max(0) as u64);
+        }
+    }
+    Ok((conn, book))
 }
 
 /// Moves a schema-0 table (method, path and a header blob per task) to the stored
@@ -346,11 +411,11 @@ fn migrate(conn: &mut Connection, qualifier_of: &dyn Fn(&str) -> String) -> Resu
         )?;
     }
     tx.execute_batch(
-        "INSERT INTO tasks (key, id, request_id, trigger_name, function, state, invocation, body,
+        "INSERT INTO tasks (key, id, size, request_id, trigger_name, function, state, invocation, body,
             callback_url, created_ms, due_ms, started_ms, finished_ms, attempts, stop_requested,
             last_error, response_status, response_preview, callback_target, callback_headers,
             callback_body, callback_status, callback_attempts)
-         SELECT trigger_name || '/' || id, id, request_id, trigger_name, function, state, CAST(headers AS TEXT), body,
+         SELECT trigger_name || '/' || id, id, length(body) + length(headers), request_id, trigger_name, function, state, CAST(headers AS TEXT), body,
             callback_url, created_ms, due_ms, started_ms, finished_ms, attempts, stop_requested,
             last_error, response_status, response_preview, callback_target, callback_headers,
             callback_body, callback_status, callback_attempts FROM tasks_v0;
@@ -429,7 +494,13 @@ fn get_view(tx: &Connection, id: &str) -> rusqlite::Result<Option<TaskView>> {
 type Deferred = Box<dyn FnOnce(bool) + Send>;
 
 /// The writer thread: runs until every sender is gone.
-pub fn run(mut conn: Connection, rx: mpsc::Receiver<Cmd>, group_commit: bool) {
+pub fn run(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Cmd>,
+    group_commit: bool,
+    book: Arc<Book>,
+    bounds: Bounds,
+) {
     let batch_limit = if group_commit { MAX_BATCH } else { 1 };
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -443,7 +514,7 @@ pub fn run(mut conn: Connection, rx: mpsc::Receiver<Cmd>, group_commit: bool) {
         let committed = match conn.transaction() {
             Ok(tx) => {
                 for cmd in batch {
-                    if let Some(d) = apply(&tx, cmd) {
+                    if let Some(d) = apply(&tx, cmd, &book, bounds) {
                         deferred.push(d);
                     }
                 }
@@ -486,13 +557,61 @@ fn fail(cmd: Cmd) {
     }
 }
 
-fn apply(tx: &Connection, cmd: Cmd) -> Option<Deferred> {
+/// Takes a task out of the open book if the row `key` is still open (before the statement
+/// that makes it final).
+fn close(tx: &Connection, key: &str, book: &Book) -> rusqlite::Result<()> {
+    let row: Option<(String, i64)> = tx
+        .query_row(
+            "SELECT trigger_name, size FROM tasks WHERE key = ?1
+             AND state IN ('Enqueued', 'Retrying', 'Running')",
+            params![key],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    if let Some((trigger, size)) = row {
+        book.remove(&trigger, size.max(0) as u64);
+    }
+    Ok(())
+}
+
+/// Why `t` may not be added, if a bound says so.
+fn over_bounds(t: &NewTask, size: u64, book: &Book, bounds: Bounds) -> Option<String> {
+    if book.open.load(Ordering::Relaxed) >= bounds.max_tasks {
+        return Some(format!(
+            "the async queue holds its maximum of {} open tasks",
+            bounds.max_tasks
+        ));
+    }
+    if book.bytes.load(Ordering::Relaxed) + size > bounds.max_bytes {
+        return Some(format!(
+            "the async queue holds its maximum of {} bytes (max_queue_bytes)",
+            bounds.max_bytes
+        ));
+    }
+    if let Some(quota) = t.trigger_quota
+        && book.of_trigger(&t.invocation.trigger) >= quota
+    {
+        return Some(format!(
+            "trigger '{}' holds its maximum of {quota} open tasks",
+            t.invocation.trigger
+        ));
+    }
+    None
+}
+
+fn apply(tx: &Connection, cmd: Cmd, book: &Book, bounds: Bounds) -> Option<Deferred> {
     match cmd {
         Cmd::Insert(t, reply) => {
-            let r = match serde_json::to_string(&t.invocation) {
+            let invocation = serde_json::to_string(&t.invocation);
+            let size = t.body.len() as u64 + invocation.as_ref().map_or(0, |i| i.len() as u64);
+            if let Some(why) = over_bounds(&t, size, book, bounds) {
+                let _ = reply.send(Err(InsertError::Full(why)));
+                return None;
+            }
+            let r = match invocation {
                 Ok(invocation) => tx.execute(
-                    "INSERT INTO tasks (key, id, request_id, trigger_name, function, state, invocation, body, callback_url, created_ms, due_ms)
-                     VALUES (?10, ?1, ?2, ?3, ?4, 'Enqueued', ?5, ?6, ?7, ?8, ?9)",
+                    "INSERT INTO tasks (key, id, request_id, trigger_name, function, state, invocation, body, callback_url, created_ms, due_ms, size)
+                     VALUES (?10, ?1, ?2, ?3, ?4, 'Enqueued', ?5, ?6, ?7, ?8, ?9, ?11)",
                     params![
                         t.id,
                         t.invocation.request_id,
@@ -503,13 +622,17 @@ fn apply(tx: &Connection, cmd: Cmd) -> Option<Deferred> {
                         t.callback_url,
                         t.created_ms,
                         t.due_ms,
-                        t.key()
+                        t.key(),
+                        size as i64
                     ],
                 ),
                 Err(e) => Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))),
             };
             let result = match r {
-                Ok(_) => Ok(()),
+                Ok(_) => {
+                    book.add(&t.invocation.trigger, size);
+                    Ok(())
+                }
                 Err(rusqlite::Error::SqliteFailure(e, _))
                     if e.code == rusqlite::ErrorCode::ConstraintViolation =>
                 {
@@ -532,7 +655,7 @@ fn apply(tx: &Connection, cmd: Cmd) -> Option<Deferred> {
             limit,
             reply,
         } => {
-            let tasks = claim(tx, now_ms, limit).unwrap_or_else(|e| {
+            let tasks = claim(tx, now_ms, limit, book).unwrap_or_else(|e| {
                 tracing::error!("claiming tasks failed: {e}");
                 Vec::new()
             });
@@ -541,7 +664,7 @@ fn apply(tx: &Connection, cmd: Cmd) -> Option<Deferred> {
             }))
         }
         Cmd::Update(u, reply) => {
-            if let Err(e) = update(tx, &u) {
+            if let Err(e) = update(tx, &u, book) {
                 tracing::error!("recording a task update failed: {e}");
             }
             reply.map(|r| -> Deferred {
@@ -573,7 +696,7 @@ fn apply(tx: &Connection, cmd: Cmd) -> Option<Deferred> {
             None
         }
         Cmd::Stop(id, now_ms, reply) => {
-            let r = stop(tx, &id, now_ms);
+            let r = stop(tx, &id, now_ms, book);
             Some(Box::new(move |_| {
                 let _ = reply.send(r);
             }))
@@ -621,7 +744,7 @@ fn apply(tx: &Connection, cmd: Cmd) -> Option<Deferred> {
     }
 }
 
-fn claim(tx: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<Vec<Task>> {
+fn claim(tx: &Connection, now_ms: i64, limit: usize, book: &Book) -> rusqlite::Result<Vec<Task>> {
     let mut stmt = tx.prepare(
         "SELECT id, invocation, body, callback_url, created_ms, due_ms, attempts, key
          FROM tasks WHERE state IN ('Enqueued', 'Retrying') AND due_ms <= ?1 ORDER BY due_ms LIMIT ?2",
@@ -677,6 +800,7 @@ fn claim(tx: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<Vec<Tas
                         callback_url,
                         created_ms,
                         due_ms,
+                        trigger_quota: None,
                     },
                     attempts,
                 });
@@ -684,6 +808,7 @@ fn claim(tx: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<Vec<Tas
             Err(e) => {
                 // Never claimable again: record why instead of failing every claim.
                 tracing::error!(task = %id, "stored invocation is unreadable: {e}");
+                close(tx, &key, book)?;
                 tx.execute(
                     "UPDATE tasks SET state = 'Failed', finished_ms = ?2, last_error = ?3 WHERE key = ?1",
                     params![key, now_ms, format!("the stored invocation is unreadable: {e}")],
@@ -694,7 +819,7 @@ fn claim(tx: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<Vec<Tas
     Ok(tasks)
 }
 
-fn update(tx: &Connection, u: &Update) -> rusqlite::Result<()> {
+fn update(tx: &Connection, u: &Update, book: &Book) -> rusqlite::Result<()> {
     match u {
         Update::Finish {
             key,
@@ -706,6 +831,7 @@ fn update(tx: &Connection, u: &Update) -> rusqlite::Result<()> {
             preview,
             callback,
         } => {
+            close(tx, key, book)?;
             let (target, headers, body, cb_status) = match callback {
                 Some(c) => (
                     Some(c.url.clone()),
@@ -741,12 +867,33 @@ fn update(tx: &Connection, u: &Update) -> rusqlite::Result<()> {
             due_ms,
             last_error,
             status,
+            now_ms,
         } => {
-            tx.execute(
-                "UPDATE tasks SET state = CASE WHEN stop_requested = 1 THEN 'Stopped' ELSE 'Retrying' END,
-                 attempts = ?2, due_ms = ?3, last_error = ?4, response_status = ?5 WHERE key = ?1",
-                params![key, attempts, due_ms, last_error, status],
-            )?;
+            // A stop that landed while this attempt ran ends the task here, as a finish
+            // would: final, timestamped, out of the open book, its request cleared.
+            let stopped: bool = tx
+                .query_row(
+                    "SELECT stop_requested FROM tasks WHERE key = ?1",
+                    params![key],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()?
+                .is_some_and(|v| v != 0);
+            if stopped {
+                close(tx, key, book)?;
+                tx.execute(
+                    "UPDATE tasks SET state = 'Stopped', attempts = ?2, finished_ms = ?3,
+                     last_error = ?4, response_status = ?5, body = X'', invocation = '{}'
+                     WHERE key = ?1",
+                    params![key, attempts, now_ms, last_error, status],
+                )?;
+            } else {
+                tx.execute(
+                    "UPDATE tasks SET state = 'Retrying', attempts = ?2, due_ms = ?3,
+                     last_error = ?4, response_status = ?5 WHERE key = ?1",
+                    params![key, attempts, due_ms, last_error, status],
+                )?;
+            }
         }
         Update::Callback {
             key,
@@ -803,12 +950,25 @@ fn find(tx: &Connection, id: &str, trigger: Option<&str>) -> rusqlite::Result<Ve
     stmt.query_map(params![id, trigger], view)?.collect()
 }
 
-fn stop(tx: &Connection, id: &str, now_ms: i64) -> Result<TaskView, StopError> {
+fn stop(tx: &Connection, id: &str, now_ms: i64, book: &Book) -> Result<TaskView, StopError> {
     let storage = |e: rusqlite::Error| StopError::Storage(e.to_string());
+    let waiting = tx
+        .query_row(
+            "SELECT 1 FROM tasks WHERE key = ?1 AND state IN ('Enqueued', 'Retrying')",
+            params![id],
+            |_| Ok(()),
+        )
+        .optional()
+        .map_err(storage)?
+        .is_some();
+    if waiting {
+        close(tx, id, book).map_err(storage)?;
+    }
     let n = tx
         .execute(
             "UPDATE tasks SET state = 'Stopped', stop_requested = 1, finished_ms = ?2,
-             last_error = 'stopped' WHERE key = ?1 AND state IN ('Enqueued', 'Retrying')",
+             last_error = 'stopped', body = X'', invocation = '{}'
+             WHERE key = ?1 AND state IN ('Enqueued', 'Retrying')",
             params![id, now_ms],
         )
         .map_err(storage)?;
@@ -894,9 +1054,9 @@ mod tests {
             )
             .unwrap();
         }
-        let (conn, open) = open(&path, 100, &|t| format!("{t}-alias")).unwrap();
-        assert_eq!(open, 1);
-        let tasks = claim(&conn, 100, 10).unwrap();
+        let (conn, book) = open(&path, 100, &|t| format!("{t}-alias")).unwrap();
+        assert_eq!(book.open.load(Ordering::Relaxed), 1);
+        let tasks = claim(&conn, 100, 10, &book).unwrap();
         assert_eq!(tasks.len(), 1);
         let t = &tasks[0];
         assert_eq!(t.attempts, 2);
@@ -912,7 +1072,114 @@ mod tests {
         assert_eq!(rebuilt.request.headers()["x-bin"].as_bytes(), &[0xff]);
         // Opening again is a no-op.
         drop(conn);
-        let (_, open) = super::open(&path, 100, &|_| unreachable!()).unwrap();
-        assert_eq!(open, 1);
+        let (_, book) = super::open(&path, 100, &|_| unreachable!()).unwrap();
+        assert_eq!(book.open.load(Ordering::Relaxed), 1);
+    }
+
+    fn new_task(trigger: &str, id: &str, body: usize, quota: Option<u64>) -> NewTask {
+        NewTask {
+            id: id.into(),
+            invocation: StoredInvocation {
+                target: Target {
+                    function: "f".into(),
+                    qualifier: "LATEST".into(),
+                },
+                trigger: trigger.into(),
+                origin: TriggerKind::Http,
+                request_id: "r".into(),
+                method: "POST".into(),
+                uri: "/".into(),
+                headers: Vec::new(),
+            },
+            body: vec![b'x'; body],
+            callback_url: None,
+            created_ms: 0,
+            due_ms: 0,
+            trigger_quota: quota,
+        }
+    }
+
+    fn insert(tx: &Connection, t: NewTask, book: &Book, bounds: Bounds) -> Result<(), InsertError> {
+        let (reply, mut rx) = oneshot::channel();
+        if let Some(d) = apply(tx, Cmd::Insert(t, reply), book, bounds) {
+            d(true);
+        }
+        rx.try_recv().unwrap()
+    }
+
+    #[test]
+    fn open_tasks_their_bytes_and_trigger_quotas_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, book) = open(&dir.path().join("t.db"), 0, &|_| "LATEST".into()).unwrap();
+        let bounds = Bounds {
+            max_tasks: 10,
+            max_bytes: 10_000,
+        };
+        insert(&conn, new_task("a", "1", 4000, None), &book, bounds).unwrap();
+        insert(&conn, new_task("a", "2", 4000, None), &book, bounds).unwrap();
+        let full = insert(&conn, new_task("b", "3", 4000, None), &book, bounds);
+        assert!(
+            matches!(full, Err(InsertError::Full(ref m)) if m.contains("max_queue_bytes")),
+            "{full:?}"
+        );
+        insert(&conn, new_task("b", "3", 10, Some(1)), &book, bounds).unwrap();
+        let quota = insert(&conn, new_task("b", "4", 10, Some(1)), &book, bounds);
+        assert!(
+            matches!(quota, Err(InsertError::Full(ref m)) if m.contains("'b'")),
+            "{quota:?}"
+        );
+        assert_eq!(book.open.load(Ordering::Relaxed), 3);
+        // A finished task gives its room back.
+        update(
+            &conn,
+            &Update::Finish {
+                key: task_key("a", "1"),
+                state: TaskState::Succeeded,
+                attempts: 1,
+                finished_ms: 1,
+                last_error: None,
+                status: Some(200),
+                preview: None,
+                callback: None,
+            },
+            &book,
+        )
+        .unwrap();
+        assert_eq!(book.open.load(Ordering::Relaxed), 2);
+        insert(&conn, new_task("c", "5", 4000, None), &book, bounds).unwrap();
+    }
+
+    #[test]
+    fn a_stop_during_a_reschedule_finishes_the_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, book) = open(&dir.path().join("t.db"), 0, &|_| "LATEST".into()).unwrap();
+        let bounds = Bounds {
+            max_tasks: 10,
+            max_bytes: 1 << 20,
+        };
+        insert(&conn, new_task("a", "1", 10, None), &book, bounds).unwrap();
+        assert_eq!(claim(&conn, 0, 10, &book).unwrap().len(), 1);
+        // The stop lands while the attempt runs; then the attempt asks for a retry.
+        let v = stop(&conn, &task_key("a", "1"), 5, &book).unwrap();
+        assert_eq!(v.state, TaskState::Running);
+        update(
+            &conn,
+            &Update::Reschedule {
+                key: task_key("a", "1"),
+                attempts: 1,
+                due_ms: 500,
+                last_error: Some("failed".into()),
+                status: Some(500),
+                now_ms: 7,
+            },
+            &book,
+        )
+        .unwrap();
+        let v = get_view(&conn, &task_key("a", "1")).unwrap().unwrap();
+        assert_eq!(v.state, TaskState::Stopped);
+        assert_eq!(v.finished_ms, Some(7));
+        assert_eq!(book.open.load(Ordering::Relaxed), 0);
+        // Final: never claimed again, and prunable.
+        assert!(claim(&conn, 1000, 10, &book).unwrap().is_empty());
     }
 }

@@ -209,6 +209,7 @@ async fn execute(executor: &dyn Executor, queue: &Queue, client: &Delivery, task
                 due_ms: queue.now_ms() + jittered(CAPACITY_BACKOFF).as_millis() as i64,
                 last_error: Some(format!("capacity refusal ({status})")),
                 status: Some(status),
+                now_ms: queue.now_ms(),
             })
             .await;
         queue.wake();
@@ -229,6 +230,7 @@ async fn execute(executor: &dyn Executor, queue: &Queue, client: &Delivery, task
                 due_ms: queue.now_ms() + backoff(attempts).as_millis() as i64,
                 last_error: Some(last_error),
                 status: Some(status),
+                now_ms: queue.now_ms(),
             })
             .await;
         return;
