@@ -238,6 +238,11 @@ fn fixed_at_start(old: &Config, new: &Config) -> Result<(), ConfigError> {
         "data_dir",
         o.data_dir.display().to_string(),
         n.data_dir.display().to_string(),
+    )?;
+    changed(
+        "artifact_key_file",
+        o.artifact_key_file.display().to_string(),
+        n.artifact_key_file.display().to_string(),
     )
 }
 
@@ -253,10 +258,24 @@ async fn sweep_rate_limits(gateway: Arc<Gateway>, mut stop: tokio::sync::watch::
     }
 }
 
-/// SIGHUP re-reads the config; a bad config is logged and the running one stays.
-async fn reload_on_sighup(gateway: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// SIGHUP re-reads the config; a bad config is logged and the running one stays. The
+/// handler is installed when this is called (not when the task first runs), so a SIGHUP
+/// right after start-up never takes the default action (terminate).
+fn reload_on_sighup(
+    gateway: Arc<Gateway>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+    let hup = signal(SignalKind::hangup());
+    reload_loop(gateway, hup, stop)
+}
+
+async fn reload_loop(
+    gateway: Arc<Gateway>,
+    hup: std::io::Result<tokio::signal::unix::Signal>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let Ok(mut hup) = hup else {
         tracing::warn!("cannot listen for SIGHUP; reload with POST /-/reload");
         return;
     };

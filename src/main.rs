@@ -16,14 +16,10 @@ use wasmgate::config::Config;
     about = "Authenticated HTTP-trigger edge proxy for WebAssembly functions"
 )]
 struct Cli {
-    /// Log format: text or json.
-    #[arg(
-        long,
-        global = true,
-        default_value = "text",
-        env = "WASMGATE_LOG_FORMAT"
-    )]
-    log_format: LogFormat,
+    /// Log format: text or json. Default: json lines when stderr is not a terminal (a
+    /// service, a container), readable text on a terminal.
+    #[arg(long, global = true, env = "WASMGATE_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -94,7 +90,15 @@ struct AdminArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _guard = init_logging(cli.log_format);
+    let format = cli.log_format.unwrap_or_else(|| {
+        use std::io::IsTerminal;
+        if std::io::stderr().is_terminal() {
+            LogFormat::Text
+        } else {
+            LogFormat::Json
+        }
+    });
+    let _guard = init_logging(format);
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::Check { config } => check(config),

@@ -334,4 +334,135 @@ claim_pass_by = "header:sub:X-User,query:uid:uid"
             }
         }
     }
+
+    mod claim_targets {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const JWKS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwks.json");
+        const RSA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt-rsa.pem");
+
+        fn trigger(rule: &str) -> TriggerAuth {
+            let text = format!(
+                r#"[server]
+listen = "127.0.0.1:0"
+[[trigger]]
+name = "j"
+function = "f"
+auth = "jwt"
+[trigger.jwt]
+jwks_file = "{JWKS}"
+algorithms = ["RS256"]
+token_lookup = "header:Authorization:Bearer "
+claim_pass_by = "header:sub:X-User-Id,header:role:X-Role,query:sub:uid"
+{rule}
+"#
+            );
+            let config = Config::parse(&text, std::path::Path::new("t.toml"), &|_| None).unwrap();
+            TriggerAuth::build(&config.triggers[0]).unwrap()
+        }
+
+        fn mint(claims: &serde_json::Value) -> String {
+            let key =
+                jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(RSA).unwrap()).unwrap();
+            let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+            h.kid = Some("rsa-1".into());
+            jsonwebtoken::encode(&h, claims, &key).unwrap()
+        }
+
+        fn query_values(uri: &http::Uri, name: &str) -> Vec<String> {
+            uri.query()
+                .unwrap_or("")
+                .split('&')
+                .filter_map(|p| p.split_once('='))
+                .filter(|(k, _)| {
+                    percent_encoding::percent_decode_str(k).decode_utf8_lossy() == name
+                })
+                .map(|(_, v)| {
+                    percent_encoding::percent_decode_str(v)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
+                .collect()
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            "[a-z0-9]{1,8}"
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 192, ..ProptestConfig::default() })]
+
+            /// Whatever the path, the client's headers and query, and the token (valid with
+            /// any claims, expired, or none), a claim target the function sees holds exactly
+            /// what a verified token said, and nothing when no token was verified.
+            #[test]
+            fn targets_only_ever_hold_verified_claims(
+                rule in prop_oneof![
+                    Just(""),
+                    Just("whitelist = [\"/public/*\"]"),
+                    Just("blacklist = [\"/admin/*\"]"),
+                ],
+                path in prop_oneof![
+                    Just("/public/x".to_string()),
+                    Just("/admin/x".to_string()),
+                    "/[a-z]{0,6}(/[a-z]{0,6}){0,2}",
+                ],
+                forged_header in proptest::option::of(value()),
+                forged_role in proptest::option::of(value()),
+                forged_query in proptest::option::of(value()),
+                token in prop_oneof![
+                    Just(None),
+                    (proptest::option::of(value()), proptest::option::of(value()), any::<bool>())
+                        .prop_map(Some),
+                ],
+            ) {
+                let auth = trigger(rule);
+                let query = forged_query
+                    .as_ref()
+                    .map(|q| format!("?uid={q}&keep=1"))
+                    .unwrap_or_default();
+                let mut b = http::Request::builder().uri(format!("{path}{query}"));
+                if let Some(h) = &forged_header {
+                    b = b.header("x-user-id", h.as_str());
+                }
+                if let Some(r) = &forged_role {
+                    b = b.header("x-role", r.as_str());
+                }
+                let now = Utc::now();
+                let mut claims = serde_json::json!({});
+                if let Some((sub, role, expired)) = &token {
+                    let exp = now.timestamp() + if *expired { -3600 } else { 3600 };
+                    claims = serde_json::json!({ "exp": exp });
+                    if let Some(s) = sub {
+                        claims["sub"] = serde_json::json!(s);
+                    }
+                    if let Some(r) = role {
+                        claims["role"] = serde_json::json!(r);
+                    }
+                    b = b.header("authorization", format!("Bearer {}", mint(&claims)));
+                }
+                let (mut parts, ()) = b.body(()).unwrap().into_parts();
+                let outcome = auth.authenticate(AuthRequest {
+                    parts: &mut parts,
+                    body: None,
+                    client_ip: IpAddr::from([127, 0, 0, 1]),
+                    function_path: &path,
+                    now,
+                });
+                let verified = matches!(&outcome, Ok(a) if matches!(a.principal, Principal::Subject(_)));
+                let claim = |name: &str| -> Option<String> {
+                    verified.then(|| claims.get(name).and_then(|v| v.as_str()).map(str::to_string)).flatten()
+                };
+                if outcome.is_ok() {
+                    let header = |n: &str| parts.headers.get(n).map(|v| v.to_str().unwrap().to_string());
+                    prop_assert_eq!(header("x-user-id"), claim("sub"));
+                    prop_assert_eq!(header("x-role"), claim("role"));
+                    prop_assert_eq!(query_values(&parts.uri, "uid"), claim("sub").into_iter().collect::<Vec<_>>());
+                    prop_assert_eq!(query_values(&parts.uri, "keep").len(), usize::from(forged_query.is_some()));
+                }
+            }
+        }
+    }
 }

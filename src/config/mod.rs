@@ -14,6 +14,16 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use raw::RawConfig;
 
+/// Creates `path` (and missing parents) readable by this user only (0700): `data_dir`
+/// holds queued requests and deployed code.
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
 /// A configuration that cannot be applied (a reload that is refused). Start-up and `check`
 /// report errors through `anyhow` with the file, key and value; this is what the admin API
 /// answers 400 with.
@@ -88,6 +98,9 @@ pub struct ServerConfig {
     pub admin_listen: Option<SocketAddr>,
     pub admin_token: Option<String>,
     pub data_dir: PathBuf,
+    /// The key that authenticates compiled artifacts; outside `data_dir` (default
+    /// `<data_dir>.key`).
+    pub artifact_key_file: PathBuf,
     pub drain_timeout_ms: u64,
 }
 
@@ -318,6 +331,16 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
             .transpose()?,
         admin_token,
         data_dir: rel(s.data_dir.as_deref().unwrap_or("data")),
+        artifact_key_file: match s.artifact_key_file.as_deref() {
+            Some(f) => rel(f),
+            None => {
+                let mut key = rel(s.data_dir.as_deref().unwrap_or("data"))
+                    .as_os_str()
+                    .to_owned();
+                key.push(".key");
+                PathBuf::from(key)
+            }
+        },
         drain_timeout_ms: s.drain_timeout_ms.unwrap_or(30_000),
     };
 

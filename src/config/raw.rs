@@ -29,6 +29,7 @@ pub struct RawServer {
     pub admin_token: Option<String>,
     pub admin_token_env: Option<String>,
     pub data_dir: Option<String>,
+    pub artifact_key_file: Option<String>,
     /// How long a graceful drain may take before remaining connections are cut.
     pub drain_timeout_ms: Option<u64>,
 }

@@ -313,7 +313,7 @@ pub fn open(
     qualifier_of: &dyn Fn(&str) -> String,
 ) -> Result<(Connection, Book)> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
+        crate::config::create_private_dir(dir)
             .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     }
     let mut conn = Connection::open(path)

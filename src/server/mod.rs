@@ -48,6 +48,7 @@ pub async fn run(gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> R
         bound.push((addr, Listener::Admin));
     }
     let mut listeners = Vec::new();
+    let mut announce = Vec::new();
     for (addr, role) in bound {
         let listener = TcpListener::bind(addr)
             .await
@@ -58,11 +59,17 @@ pub async fn run(gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> R
             Listener::Internal => "internal",
             Listener::Admin => "admin",
         };
-        println!("{name} listening on {scheme}://{local}");
+        announce.push(format!("{name} listening on {scheme}://{local}"));
         if role == Listener::Admin {
             app.set_admin_addr(local);
         }
         listeners.push(Bound { listener, role });
+    }
+    // The sweeper, the reloader (its SIGHUP handler is installed here, before anyone is
+    // told where to connect) and the queue's workers.
+    gateway.supervise();
+    for line in announce {
+        println!("{line}");
     }
     let _ = std::io::stdout().flush();
 
@@ -81,9 +88,6 @@ pub async fn run(gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> R
             stop_rx.clone(),
         )));
     }
-
-    // The sweeper, the reloader and the queue's workers.
-    gateway.supervise();
 
     shutdown.await;
     tracing::info!("shutting down: draining in-flight requests");

@@ -1,0 +1,117 @@
+//! Deployed code on disk: `data_dir` is private, a compiled artifact is only loaded when it
+//! is authentically this node's, and one damaged version never stops the node from starting.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use common::TestServer;
+
+const TOKEN: &str = "artifact-admin-token";
+
+const CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+admin_token = "artifact-admin-token"
+data_dir = "data"
+
+[[trigger]]
+name = "greet"
+function = "greet"
+
+[[trigger]]
+name = "other"
+function = "other"
+"#;
+
+async fn deploy(s: &TestServer, name: &str, wasm: &str) -> String {
+    let bytes = std::fs::read(common::wasm(wasm)).unwrap();
+    let v: serde_json::Value = reqwest::Client::new()
+        .put(s.admin_url(&format!("/-/functions/{name}")))
+        .bearer_auth(TOKEN)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["sha256"].as_str().unwrap().to_string()
+}
+
+fn artifact(dir: &Path, sha: &str, ext: &str) -> PathBuf {
+    std::fs::read_dir(dir.join("data/functions"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with(sha) && n.ends_with(ext)
+        })
+        .unwrap_or_else(|| panic!("no {ext} for {sha}"))
+}
+
+async fn get(s: &TestServer, path: &str) -> (u16, String) {
+    let r = reqwest::get(s.url(path)).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_swapped_compiled_artifact_is_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start_in(dir.path(), CONFIG, &[]);
+    let hello = deploy(&s, "greet", "hello").await;
+    let echo = deploy(&s, "other", "echo").await;
+    assert_eq!(get(&s, "/greet").await.1, "hello from wasmgate\n");
+    s.signal("TERM");
+    s.wait_exit(std::time::Duration::from_secs(30));
+
+    let mode = std::fs::metadata(dir.path().join("data"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "data_dir mode {mode:o}");
+
+    // Someone with write access to data_dir puts another (genuine) compiled component under
+    // greet's name: its native code must not run as greet.
+    let (a, b) = (
+        artifact(dir.path(), &hello, ".cwasm"),
+        artifact(dir.path(), &echo, ".cwasm"),
+    );
+    std::fs::copy(&b, &a).unwrap();
+    let s = TestServer::start_in(dir.path(), CONFIG, &[]);
+    let (status, body) = get(&s, "/greet").await;
+    assert_eq!((status, body.as_str()), (200, "hello from wasmgate\n"));
+    assert!(
+        s.stderr_text().contains("recompiling"),
+        "{}",
+        s.stderr_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn artifacts_writable_by_others_are_recompiled_and_a_broken_version_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start_in(dir.path(), CONFIG, &[]);
+    let hello = deploy(&s, "greet", "hello").await;
+    let echo = deploy(&s, "other", "echo").await;
+    s.signal("TERM");
+    s.wait_exit(std::time::Duration::from_secs(30));
+
+    let cwasm = artifact(dir.path(), &hello, ".cwasm");
+    std::fs::set_permissions(&cwasm, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // The other version loses both its compiled form and its component.
+    std::fs::remove_file(artifact(dir.path(), &echo, ".cwasm")).unwrap();
+    std::fs::write(artifact(dir.path(), &echo, ".wasm"), b"not a component").unwrap();
+
+    let s = TestServer::start_in(dir.path(), CONFIG, &[]);
+    assert_eq!(
+        get(&s, "/greet").await,
+        (200, "hello from wasmgate\n".into())
+    );
+    let log = s.stderr_text();
+    assert!(log.contains("writable by others"), "{log}");
+    assert!(log.contains("'other' version 1"), "{log}");
+    assert_eq!(get(&s, "/other").await.0, 404);
+}
