@@ -25,6 +25,8 @@ pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
 pub enum RequestBody<B> {
     Streaming(B),
     Buffered(Option<Bytes>),
+    /// What was read before the function was admitted, then the rest as it streams.
+    Prefixed(Option<Bytes>, B),
 }
 
 impl<B> Body for RequestBody<B>
@@ -42,6 +44,10 @@ where
         match self.get_mut() {
             RequestBody::Streaming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             RequestBody::Buffered(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            RequestBody::Prefixed(prefix, b) => match prefix.take() {
+                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+                None => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            },
         }
     }
 
@@ -49,6 +55,7 @@ where
         match self {
             RequestBody::Streaming(b) => b.is_end_stream(),
             RequestBody::Buffered(data) => data.is_none(),
+            RequestBody::Prefixed(prefix, b) => prefix.is_none() && b.is_end_stream(),
         }
     }
 
@@ -57,6 +64,64 @@ where
             RequestBody::Streaming(b) => b.size_hint(),
             RequestBody::Buffered(Some(d)) => SizeHint::with_exact(d.len() as u64),
             RequestBody::Buffered(None) => SizeHint::with_exact(0),
+            RequestBody::Prefixed(prefix, b) => {
+                let have = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let rest = b.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + have);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + have);
+                }
+                hint
+            }
+        }
+    }
+}
+
+/// Why reading a body before admission stopped.
+#[derive(Debug)]
+pub enum PrefetchError {
+    /// The client paused longer than the idle timeout between two chunks.
+    Stalled,
+    /// More than the limit arrived.
+    TooLarge,
+    /// The connection failed.
+    Read(String),
+}
+
+/// Reads what a slow sender would otherwise make a function wait for: up to `buffer`
+/// bytes, with at most `idle` between two chunks. The body comes back whole when it ended
+/// within `buffer` (at most `limit` bytes), else as what was read followed by the rest.
+pub async fn prefetch<B>(
+    mut body: B,
+    buffer: usize,
+    limit: u64,
+    idle: std::time::Duration,
+) -> Result<RequestBody<B>, PrefetchError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut read = bytes::BytesMut::new();
+    loop {
+        if body.is_end_stream() {
+            return Ok(RequestBody::Buffered(Some(read.freeze())));
+        }
+        if read.len() >= buffer {
+            return Ok(RequestBody::Prefixed(Some(read.freeze()), body));
+        }
+        match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(PrefetchError::Stalled),
+            Ok(None) => return Ok(RequestBody::Buffered(Some(read.freeze()))),
+            Ok(Some(Err(e))) => return Err(PrefetchError::Read(e.to_string())),
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    read.extend_from_slice(data);
+                    if read.len() as u64 > limit {
+                        return Err(PrefetchError::TooLarge);
+                    }
+                }
+            }
         }
     }
 }
@@ -159,5 +224,31 @@ mod tests {
         let (body, flag) = LimitedBody::new(Full::new(Bytes::from(vec![0u8; 10])), 10);
         assert_eq!(body.collect().await.unwrap().to_bytes().len(), 10);
         assert!(!flag.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn prefetch_buffers_small_bodies_and_prefixes_large_ones() {
+        let idle = std::time::Duration::from_secs(5);
+        let small = Full::new(Bytes::from_static(b"hello"));
+        match prefetch(small, 1024, 1 << 20, idle).await.unwrap() {
+            RequestBody::Buffered(Some(b)) => assert_eq!(&b[..], b"hello"),
+            _ => panic!("a small body is read whole"),
+        }
+        let chunks: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = (0..4)
+            .map(|i| Ok(Frame::data(Bytes::from(vec![i as u8; 400]))))
+            .collect();
+        let large = http_body_util::StreamBody::new(futures::stream::iter(chunks));
+        let body = prefetch(large, 500, 1 << 20, idle).await.unwrap();
+        assert!(matches!(body, RequestBody::Prefixed(Some(ref p), _) if p.len() == 800));
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 1600);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_is_reported() {
+        let (_tx, rx) =
+            futures::channel::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
+        let body = http_body_util::StreamBody::new(rx);
+        let r = prefetch(body, 1024, 1 << 20, std::time::Duration::from_millis(20)).await;
+        assert!(matches!(r, Err(PrefetchError::Stalled)));
     }
 }

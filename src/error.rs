@@ -27,6 +27,9 @@ pub enum GatewayError {
     /// A body over the sync or async limit.
     #[error("{0}")]
     EntityTooLarge(String),
+    /// The request body paused longer than `body_read_timeout_ms`.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// Method filter, listener policy.
     #[error("{0}")]
     AccessDenied(String),
@@ -60,6 +63,7 @@ impl GatewayError {
         match self {
             G::InvalidArgument(_) | G::EntityTooLarge(_) | G::Config(_) => StatusCode::BAD_REQUEST,
             G::AccessDenied(_) => StatusCode::FORBIDDEN,
+            G::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             G::TriggerNotFound(_) | G::FunctionNotFound(_) => StatusCode::NOT_FOUND,
             G::Auth(e) => match e {
                 AuthError::InvalidArgument(_) | AuthError::MissingRequiredHeader(_) => {
@@ -106,6 +110,7 @@ impl GatewayError {
             G::InvalidArgument(_) | G::Config(_) => "InvalidArgument",
             G::EntityTooLarge(_) => "EntityTooLarge",
             G::AccessDenied(_) => "AccessDenied",
+            G::RequestTimeout(_) => "RequestTimeout",
             G::TriggerNotFound(_) => "TriggerNotFound",
             G::FunctionNotFound(_) => "FunctionNotFound",
             G::Auth(e) => match e {

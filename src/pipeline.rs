@@ -104,12 +104,25 @@ impl App {
         let request_id = new_request_id();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
+        let http1 = req.version() <= http::Version::HTTP_11;
+        let expects_continue = req
+            .headers()
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         let mut record = Record::default();
-        let result = self.run(req, conn, &request_id, &mut record).await;
+        let (parts, body) = req.into_parts();
+        // The body stays here until a stage reads it: a refusal before that is "early".
+        let mut unread = Some(body);
+        let result = self
+            .run(parts, &mut unread, conn, &request_id, &mut record)
+            .await;
         let mut response = match result {
             Ok(r) => r,
             Err(e) => error_response(&e, &request_id),
         };
+        if let Some(body) = unread.take() {
+            linger(body, &mut response, http1, expects_continue);
+        }
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-fc-request-id", v);
         }
@@ -157,7 +170,8 @@ impl App {
 
     async fn run<B>(
         &self,
-        req: Request<B>,
+        mut parts: http::request::Parts,
+        unread: &mut Option<B>,
         conn: &ConnInfo,
         request_id: &Arc<str>,
         record: &mut Record,
@@ -166,19 +180,30 @@ impl App {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let (mut parts, body) = req.into_parts();
         let invocation_type = check_limits(self, &parts)?;
-        let trigger = route(self, &parts)?;
+        let path =
+            router::normalize_path(parts.uri.path()).map_err(GatewayError::InvalidArgument)?;
+        let trigger = route(self, &parts, &path)?;
         record.trigger = Some(trigger.config.name.clone());
         listener_policy(trigger, conn)?;
         method_filter(trigger, &parts)?;
-        let (principal, body) = authenticate(self, trigger, &mut parts, body, conn).await?;
+        let (principal, buffered) =
+            authenticate(self, trigger, &mut parts, unread, conn, &path.path).await?;
         record.principal = Some(principal.id());
         record.anonymous = matches!(principal, Principal::Anonymous(_));
         throttle(self, trigger, &principal, conn).inspect_err(|e| {
             record.throttled = Some(e.reason());
         })?;
-        let inv = invocation(trigger, parts, body, conn, request_id);
+        let body = match buffered {
+            Some(bytes) => RequestBody::Buffered(Some(bytes)),
+            None => {
+                let body = unread
+                    .take()
+                    .ok_or_else(|| GatewayError::Internal("the request body is gone".into()))?;
+                read_ahead(self, body, invocation_type).await?
+            }
+        };
+        let inv = invocation(trigger, parts, body, conn, request_id, &path.path);
         if invocation_type == InvocationType::Async {
             return enqueue(self, trigger, inv).await;
         }
@@ -249,14 +274,31 @@ pub fn check_limits(
     Ok(invocation_type)
 }
 
-/// Stage 2: the most specific trigger for the request's host and path => 404 `TriggerNotFound`.
-pub fn route<'a>(app: &'a App, parts: &http::request::Parts) -> Result<&'a Trigger, GatewayError> {
+/// Stage 2: the most specific trigger for the request's host and normalised path => 404
+/// `TriggerNotFound`; a path whose `..` climbs above that trigger's prefix => 400 (the
+/// path was normalised first: unreserved escapes decoded, dot segments resolved, `//`
+/// collapsed; an encoded `/` or `\` was already a 400).
+pub fn route<'a>(
+    app: &'a App,
+    parts: &http::request::Parts,
+    path: &router::NormalPath,
+) -> Result<&'a Trigger, GatewayError> {
     let host = request_host(parts);
-    let path = parts.uri.path();
-    app.router
-        .lookup(host, path)
+    let trigger = app
+        .router
+        .lookup(host, &path.path)
         .map(|m| &app.triggers[*m.value])
-        .ok_or_else(|| GatewayError::TriggerNotFound(format!("no trigger matches path '{path}'")))
+        .ok_or_else(|| {
+            GatewayError::TriggerNotFound(format!("no trigger matches path '{}'", path.path))
+        })?;
+    if path.climbs_above(&trigger.config.path) {
+        return Err(GatewayError::InvalidArgument(format!(
+            "path '{}' climbs above the prefix of trigger '{}'",
+            parts.uri.path(),
+            trigger.config.name
+        )));
+    }
+    Ok(trigger)
 }
 
 /// Stage 3: a trigger with `disable_internet` is not served on the public listener.
@@ -290,18 +332,21 @@ pub async fn authenticate<B>(
     app: &App,
     trigger: &Trigger,
     parts: &mut http::request::Parts,
-    body: B,
+    unread: &mut Option<B>,
     conn: &ConnInfo,
-) -> Result<(Principal, RequestBody<B>), GatewayError>
+    path: &str,
+) -> Result<(Principal, Option<Bytes>), GatewayError>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
-    let function_path = match router::strip_prefix(&trigger.config.path, parts.uri.path(), None) {
+    let function_path = match router::strip_prefix(&trigger.config.path, path, None) {
         p if p.is_empty() => "/".to_string(),
         p => p,
     };
-    let (buffered, body): (Option<Bytes>, RequestBody<B>) = if trigger.auth.needs_body(parts) {
+    let buffered = if trigger.auth.needs_body(parts)
+        && let Some(body) = unread.take()
+    {
         let limit = app.config.limits.max_body_bytes;
         let bytes = collect_limited(body, limit)
             .await
@@ -313,9 +358,9 @@ where
                     "request body is over the limit of {limit} bytes"
                 ))
             })?;
-        (Some(bytes.clone()), RequestBody::Buffered(Some(bytes)))
+        Some(bytes)
     } else {
-        (None, RequestBody::Streaming(body))
+        None
     };
     let authenticated = trigger.auth.authenticate(AuthRequest {
         parts,
@@ -324,11 +369,83 @@ where
         function_path: &function_path,
         now: chrono::Utc::now(),
     })?;
-    let body = match authenticated.body {
-        Some(replaced) => RequestBody::Buffered(Some(Bytes::from(replaced))),
-        None => body,
+    let buffered = match authenticated.body {
+        Some(replaced) => Some(Bytes::from(replaced)),
+        None => buffered,
     };
-    Ok((authenticated.principal, body))
+    Ok((authenticated.principal, buffered))
+}
+
+/// Between stages 6 and 7: the body, or its first `body_buffer_bytes`, is read before a
+/// function slot is taken, with at most `body_read_timeout_ms` between two chunks (408).
+/// A slow sender holds a connection, never an instance. Larger bodies stream on.
+async fn read_ahead<B>(
+    app: &App,
+    body: B,
+    invocation_type: InvocationType,
+) -> Result<RequestBody<B>, GatewayError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let limits = &app.config.limits;
+    let (buffer, limit) = match invocation_type {
+        // An async body is read whole (it is stored): the async limit is the buffer.
+        InvocationType::Async => (
+            limits.max_async_body_bytes as usize + 1,
+            limits.max_async_body_bytes,
+        ),
+        InvocationType::Sync => (limits.body_buffer_bytes, limits.max_body_bytes),
+    };
+    let idle = std::time::Duration::from_millis(limits.body_read_timeout_ms.get());
+    crate::body::prefetch(ErrorText(body), buffer, limit, idle)
+        .await
+        .map(|b| match b {
+            RequestBody::Buffered(d) => RequestBody::Buffered(d),
+            RequestBody::Prefixed(d, ErrorText(rest)) => RequestBody::Prefixed(d, rest),
+            RequestBody::Streaming(ErrorText(rest)) => RequestBody::Streaming(rest),
+        })
+        .map_err(|e| match e {
+            crate::body::PrefetchError::Stalled => GatewayError::RequestTimeout(format!(
+                "the request body paused for more than {} ms",
+                limits.body_read_timeout_ms
+            )),
+            crate::body::PrefetchError::TooLarge => GatewayError::EntityTooLarge(format!(
+                "request body is over the limit of {limit} bytes"
+            )),
+            crate::body::PrefetchError::Read(e) => {
+                GatewayError::InvalidArgument(format!("cannot read the request body: {e}"))
+            }
+        })
+}
+
+/// A body whose error can be shown (the runtime's error type is not `Display`).
+struct ErrorText<B>(B);
+
+impl<B> http_body::Body for ErrorText<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    type Data = Bytes;
+    type Error = String;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, String>>> {
+        std::pin::Pin::new(&mut self.0)
+            .poll_frame(cx)
+            .map_err(|e| format!("{:?}", e.into()))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.size_hint()
+    }
 }
 
 /// Stage 6: draining (503), then the trigger's rate limit (429). The function and node
@@ -518,6 +635,50 @@ where
     Ok(response)
 }
 
+/// How much of a refused request's body is read and thrown away, and for how long, so the
+/// client (still sending) reads the answer instead of a reset (nginx's lingering close).
+const LINGER_BYTES: usize = 16 << 20;
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+const LINGER_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// After an early refusal (the body never read): on HTTP/1 the answer says
+/// `Connection: close`, and unless the client waits for `100 Continue` (it is then never
+/// invited to send), what it is still sending is read and discarded in the background,
+/// bounded in bytes and time, before the connection closes. On HTTP/2 the same reading
+/// keeps the stream open until the answer is out (dropping the body at once would reset
+/// the stream under it); only the stream ends.
+fn linger<B>(body: B, response: &mut Response<ResponseBody>, http1: bool, expects_continue: bool)
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+{
+    if http1 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        if expects_continue {
+            return;
+        }
+    }
+    if http_body::Body::is_end_stream(&body) {
+        return;
+    }
+    tokio::spawn(async move {
+        use http_body_util::BodyExt;
+        let mut body = body;
+        let mut read = 0usize;
+        let deadline = tokio::time::Instant::now() + LINGER_TIME;
+        while read < LINGER_BYTES {
+            let next = tokio::time::timeout(LINGER_IDLE, body.frame());
+            match tokio::time::timeout_at(deadline, next).await {
+                Ok(Ok(Some(Ok(frame)))) => {
+                    read += frame.data_ref().map_or(0, |d| d.len());
+                }
+                _ => break,
+            }
+        }
+    });
+}
+
 /// Largest response body buffered for `X-Fc-Log-Type: Tail`.
 const MAX_TAIL_RESPONSE: usize = 6 * 1024 * 1024;
 
@@ -558,13 +719,14 @@ fn invocation<B>(
     body: B,
     conn: &ConnInfo,
     request_id: &Arc<str>,
+    path: &str,
 ) -> Invocation<B> {
     let original = parts
         .uri
         .path_and_query()
         .map(|pq| pq.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    let stripped = router::strip_prefix(&trigger.config.path, parts.uri.path(), parts.uri.query());
+    let stripped = router::strip_prefix(&trigger.config.path, path, parts.uri.query());
     let authority = request_host(&parts)
         .map(str::to_string)
         .unwrap_or_else(|| "localhost".into());

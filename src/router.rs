@@ -59,6 +59,92 @@ impl<T> Router<T> {
     }
 }
 
+/// A request path normalised for routing and path rules (SPEC section 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NormalPath {
+    /// Unreserved percent-escapes decoded, `.` and `..` resolved, `//` collapsed.
+    pub path: String,
+    /// The fewest segments left right after a `..` removed one (`usize::MAX` when none
+    /// did): a path may not climb above the prefix of the trigger it routes to.
+    pub lowest: usize,
+}
+
+impl NormalPath {
+    /// Whether resolving `..` went above `prefix` (a trigger's path).
+    pub fn climbs_above(&self, prefix: &str) -> bool {
+        let depth = prefix.split('/').filter(|s| !s.is_empty()).count();
+        self.lowest < depth
+    }
+}
+
+/// Normalises a request path: percent-escapes of unreserved characters (RFC 3986 section
+/// 2.3) are decoded, other escapes kept (hex upper-cased), `.` and `..` segments resolved,
+/// empty segments (`//`) dropped; a trailing `/` is kept. An encoded `/` or `\` in a
+/// segment, or a `..` above the root, is an error (400).
+pub fn normalize_path(raw: &str) -> Result<NormalPath, String> {
+    let mut stack: Vec<String> = Vec::new();
+    let mut lowest = usize::MAX;
+    let segments: Vec<&str> = raw.split('/').collect();
+    let trailing = raw.len() > 1 && raw.ends_with('/');
+    for seg in segments {
+        let seg = decode_unreserved(seg)?;
+        match seg.as_str() {
+            "" | "." => {}
+            ".." => {
+                if stack.pop().is_none() {
+                    return Err(format!("path '{raw}' climbs above '/'"));
+                }
+                lowest = lowest.min(stack.len());
+            }
+            _ => stack.push(seg),
+        }
+    }
+    let mut path = String::with_capacity(raw.len());
+    for seg in &stack {
+        path.push('/');
+        path.push_str(seg);
+    }
+    if path.is_empty() || trailing {
+        path.push('/');
+    }
+    Ok(NormalPath { path, lowest })
+}
+
+fn decode_unreserved(seg: &str) -> Result<String, String> {
+    if !seg.contains('%') {
+        return Ok(seg.to_string());
+    }
+    let b = seg.as_bytes();
+    let mut out = String::with_capacity(seg.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = seg
+                .get(i + 1..i + 3)
+                .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
+                .ok_or_else(|| format!("malformed percent-escape in '{seg}'"))?;
+            let byte = u8::from_str_radix(hex, 16).map_err(|e| e.to_string())?;
+            match byte {
+                b'/' | b'\\' => {
+                    return Err(format!("an encoded '/' or '\\' in path segment '{seg}'"));
+                }
+                c if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') => {
+                    out.push(c as char)
+                }
+                _ => {
+                    out.push('%');
+                    out.push_str(&hex.to_ascii_uppercase());
+                }
+            }
+            i += 3;
+        } else {
+            out.push(b[i] as char);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
 /// Lowercases a `Host` value and removes the port (IPv6 literals keep their brackets).
 pub fn normalize_host(host: &str) -> String {
     let host = host.trim();
@@ -178,5 +264,31 @@ mod tests {
         assert_eq!(normalize_host("Example.COM:80"), "example.com");
         assert_eq!(normalize_host("[::1]:8443"), "[::1]");
         assert_eq!(normalize_host("example.com"), "example.com");
+    }
+
+    #[test]
+    fn paths_normalise() {
+        let n = |p: &str| normalize_path(p).map(|n| n.path);
+        assert_eq!(n("/t/%61dmin").unwrap(), "/t/admin");
+        assert_eq!(n("/t//admin").unwrap(), "/t/admin");
+        assert_eq!(n("/t/./admin").unwrap(), "/t/admin");
+        assert_eq!(n("/t/x/../admin").unwrap(), "/t/admin");
+        assert_eq!(n("/t/%2e%2E/admin").unwrap(), "/admin");
+        assert_eq!(n("/a/b/").unwrap(), "/a/b/");
+        assert_eq!(n("/").unwrap(), "/");
+        assert_eq!(n("").unwrap(), "/");
+        assert_eq!(n("/a%20b/%7e").unwrap(), "/a%20b/~");
+        assert_eq!(n("/a%3f").unwrap(), "/a%3F");
+        assert!(n("/t/a%2Fb").is_err());
+        assert!(n("/t/a%5cb").is_err());
+        assert!(n("/../etc").is_err());
+        assert!(n("/a/%zz").is_err());
+        // Climbing: where `..` went, against the trigger's prefix.
+        let p = normalize_path("/t/x/../admin").unwrap();
+        assert!(!p.climbs_above("/t"));
+        let p = normalize_path("/t/../admin").unwrap();
+        assert!(p.climbs_above("/admin"));
+        assert!(!p.climbs_above("/"));
+        assert!(!normalize_path("/t/a").unwrap().climbs_above("/t"));
     }
 }

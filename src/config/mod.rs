@@ -120,6 +120,10 @@ pub struct Limits {
     pub max_in_flight: NonZeroUsize,
     pub max_connections: NonZeroUsize,
     pub header_read_timeout_ms: NonZeroU64,
+    /// Longest pause between two chunks of a request body => 408.
+    pub body_read_timeout_ms: NonZeroU64,
+    /// Bodies up to this many bytes are read before a function slot is taken.
+    pub body_buffer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -132,6 +136,8 @@ impl Default for Limits {
             max_in_flight: NonZeroUsize::new(1024).expect("non-zero"),
             max_connections: NonZeroUsize::new(10_000).expect("non-zero"),
             header_read_timeout_ms: NonZeroU64::new(10_000).expect("non-zero"),
+            body_read_timeout_ms: NonZeroU64::new(10_000).expect("non-zero"),
+            body_buffer_bytes: 1 << 20,
         }
     }
 }
@@ -373,6 +379,12 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
             l.header_read_timeout_ms
                 .unwrap_or(d.header_read_timeout_ms.get()),
         )?,
+        body_read_timeout_ms: non_zero(
+            "limits.body_read_timeout_ms",
+            l.body_read_timeout_ms
+                .unwrap_or(d.body_read_timeout_ms.get()),
+        )?,
+        body_buffer_bytes: l.body_buffer_bytes.unwrap_or(d.body_buffer_bytes as u64) as usize,
     };
     if limits.max_header_bytes < 256 {
         bail!("key `limits.max_header_bytes`: must be at least 256");

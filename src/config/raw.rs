@@ -51,6 +51,8 @@ pub struct RawLimits {
     pub max_in_flight: Option<u64>,
     pub max_connections: Option<u64>,
     pub header_read_timeout_ms: Option<u64>,
+    pub body_read_timeout_ms: Option<u64>,
+    pub body_buffer_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

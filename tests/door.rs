@@ -1,0 +1,235 @@
+//! The door under abuse, against the real binary on real sockets: refused bodies still get
+//! their answer, path tricks do not get around path rules, slow senders never hold a
+//! function's slots.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{TestServer, certs, root};
+
+/// `slow`: the body limits of the slow-sender tests (keys the previous main did not know).
+fn config(tls: bool, slow: bool) -> String {
+    let slow = if slow {
+        "body_read_timeout_ms = 1500"
+    } else {
+        ""
+    };
+    let jwks = root()
+        .join("tests/fixtures/jwks.json")
+        .display()
+        .to_string();
+    let tls = if tls {
+        "tls = { cert = \"{certs}/localhost.pem\", key = \"{certs}/localhost-key.pem\" }"
+    } else {
+        ""
+    };
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+{tls}
+
+[limits]
+max_body_bytes = 1024
+{slow}
+
+[[function]]
+name = "echo"
+wasm = "{{echo}}"
+memory_mb = 16
+max_concurrency = 100
+
+[[trigger]]
+name = "t"
+function = "echo"
+auth = "jwt"
+[trigger.jwt]
+jwks_file = "{jwks}"
+algorithms = ["RS256"]
+blacklist = ["/admin/*"]
+
+[[trigger]]
+name = "admin"
+function = "echo"
+"#
+    )
+}
+
+/// Sends `request` as written (no client-side path clean-up) and returns the status code.
+fn raw(addr: &str, request: &str) -> u16 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn get(addr: &str, path: &str) -> u16 {
+    raw(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+#[test]
+fn path_tricks_do_not_get_around_path_rules() {
+    let s = TestServer::start(&config(false, false));
+    let addr = s.addr();
+    // The blacklisted path needs a token however it is spelled.
+    for path in [
+        "/t/admin/x",
+        "/t/%61dmin/x",
+        "/t//admin/x",
+        "/t/./admin/x",
+        "/t/x/../admin/x",
+        "/t/%2e/admin/x",
+    ] {
+        assert_eq!(get(&addr, path), 401, "{path}");
+    }
+    assert_eq!(get(&addr, "/t/public"), 200);
+    // An encoded separator, or climbing out of the trigger, is refused.
+    assert_eq!(get(&addr, "/t/admin%2Fx"), 400);
+    assert_eq!(get(&addr, "/t/admin%5cx"), 400);
+    assert_eq!(get(&addr, "/t/../admin/x"), 400);
+    assert_eq!(get(&addr, "/../t"), 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_function_sees_the_normalised_path() {
+    let s = TestServer::start(&config(false, false));
+    let mut stream = TcpStream::connect(s.addr()).unwrap();
+    stream
+        .write_all(
+            b"GET /admin//a/./b/../c%7e HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).unwrap();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let body = body.trim_start_matches(|c: char| c.is_ascii_hexdigit() || c == '\r' || c == '\n');
+    assert!(body.contains("\"path\":\"/a/c~\""), "{out}");
+    assert!(
+        body.contains("/admin//a/./b/../c%7e"),
+        "original path kept: {out}"
+    );
+}
+
+#[test]
+fn an_over_limit_body_gets_its_400_over_tls_with_curl() {
+    let s = TestServer::start(&config(true, false));
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'x'; 8 << 20]).unwrap();
+    for extra in [
+        &["--http1.1"][..],
+        &["--http1.1", "-H", "Expect:"][..],
+        &["--http2"][..],
+    ] {
+        let out = Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(certs().join("ca.pem"))
+            .args(["-o", "-", "-w", "\n%{http_code}", "--data-binary"])
+            .arg(format!("@{}", big.display()))
+            .args(extra)
+            .arg(s.url("/admin"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.ends_with("\n400") && stdout.contains("EntityTooLarge"),
+            "curl {extra:?}: {stdout} / {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_over_limit_body_gets_its_400_over_tls_with_reqwest() {
+    let s = TestServer::start(&config(true, false));
+    for client in [common::client_http1(), common::client()] {
+        let resp = client
+            .post(s.url("/admin"))
+            .body(vec![b'x'; 8 << 20])
+            .send()
+            .await
+            .expect("the refusal is read, not a reset");
+        assert_eq!(resp.status(), 400);
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["Code"], "EntityTooLarge");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_senders_never_hold_a_functions_slots() {
+    let s = TestServer::start(&config(false, true));
+    let addr = s.addr();
+    // 200 clients that promise 100 bytes and send one byte every 300 ms, against a function
+    // that runs 100 at once.
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let addr = addr.clone();
+        slow.push(std::thread::spawn(move || {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(b"POST /admin HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n")
+                .unwrap();
+            for _ in 0..10 {
+                if s.write_all(b"x").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // 100 concurrent normal requests are all served.
+    let c = reqwest::Client::new();
+    let normal: Vec<_> = (0..100)
+        .map(|i| {
+            let (c, url) = (c.clone(), s.url("/admin"));
+            tokio::spawn(async move {
+                c.post(&url)
+                    .body(format!("n{i}"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for n in normal {
+        statuses.push(n.await.unwrap());
+    }
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    for t in slow {
+        let _ = t.join();
+    }
+}
+
+#[test]
+fn a_body_that_stalls_gets_408() {
+    let s = TestServer::start(&config(false, true));
+    let mut stream = TcpStream::connect(s.addr()).unwrap();
+    stream
+        .write_all(b"POST /admin HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nabc")
+        .unwrap();
+    // body_read_timeout_ms is 1500: say nothing more.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("RequestTimeout"), "{text}");
+}
