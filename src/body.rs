@@ -78,6 +78,79 @@ where
     }
 }
 
+/// A body checked against the SHA-256 its (verified) signature claims, as it streams: the
+/// last frame is only handed on when the digest matches; otherwise the body fails and the
+/// flag is set, so the pipeline answers 403 `SignatureNotMatch`.
+pub struct HashChecked<B> {
+    inner: B,
+    /// The expected digest and the running hash; `None` passes the body through.
+    check: Option<([u8; 32], sha2::Sha256)>,
+    mismatch: Arc<AtomicBool>,
+}
+
+impl<B> HashChecked<B> {
+    pub fn new(inner: B, expected: Option<[u8; 32]>) -> (Self, Arc<AtomicBool>) {
+        use sha2::Digest;
+        let mismatch = Arc::new(AtomicBool::new(false));
+        (
+            HashChecked {
+                inner,
+                check: expected.map(|e| (e, sha2::Sha256::new())),
+                mismatch: mismatch.clone(),
+            },
+            mismatch,
+        )
+    }
+}
+
+impl<B> Body for HashChecked<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        use sha2::Digest;
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let Some((expected, hasher)) = self.check.as_mut() else {
+            return polled.map_err(Into::into);
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    hasher.update(d);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                let expected = *expected;
+                let digest: [u8; 32] = std::mem::take(hasher).finalize().into();
+                self.check = None;
+                if subtle::ConstantTimeEq::ct_eq(&digest[..], &expected[..]).into() {
+                    Poll::Ready(None)
+                } else {
+                    self.mismatch.store(true, Ordering::SeqCst);
+                    Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestDenied)))
+                }
+            }
+            other => other.map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.check.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Why reading a body before admission stopped.
 #[derive(Debug)]
 pub enum PrefetchError {

@@ -22,7 +22,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
 
 use crate::auth::{AuthRequest, Principal};
-use crate::body::{LimitedBody, RequestBody, ResponseBody, collect_limited, full};
+use crate::body::{HashChecked, LimitedBody, RequestBody, ResponseBody, collect_limited, full};
 use crate::config::Listener;
 use crate::dispatch::EnqueueOptions;
 use crate::error::{GatewayError, error_response};
@@ -123,6 +123,12 @@ impl App {
         if let Some(body) = unread.take() {
             linger(body, &mut response, http1, expects_continue);
         }
+        if http1 && self.is_draining() {
+            // A draining node asks keep-alive clients to reconnect elsewhere.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-fc-request-id", v);
         }
@@ -187,15 +193,15 @@ impl App {
         record.trigger = Some(trigger.config.name.clone());
         listener_policy(trigger, conn)?;
         method_filter(trigger, &parts)?;
-        let (principal, buffered) =
+        let (principal, read, body_sha256) =
             authenticate(self, trigger, &mut parts, unread, conn, &path.path).await?;
         record.principal = Some(principal.id());
         record.anonymous = matches!(principal, Principal::Anonymous(_));
         throttle(self, trigger, &principal, conn).inspect_err(|e| {
             record.throttled = Some(e.reason());
         })?;
-        let body = match buffered {
-            Some(bytes) => RequestBody::Buffered(Some(bytes)),
+        let body = match read {
+            Some(body) => body,
             None => {
                 let body = unread
                     .take()
@@ -203,11 +209,12 @@ impl App {
                 read_ahead(self, body, invocation_type).await?
             }
         };
+        let (body, hash_mismatch) = check_body_hash(body, body_sha256.as_deref())?;
         let inv = invocation(trigger, parts, body, conn, request_id, &path.path);
         if invocation_type == InvocationType::Async {
             return enqueue(self, trigger, inv).await;
         }
-        run_sync(self, inv).await.inspect_err(|e| {
+        run_sync(self, inv, hash_mismatch).await.inspect_err(|e| {
             if let GatewayError::Throttle(t) = e {
                 record.throttled = Some(t.reason());
             }
@@ -335,7 +342,7 @@ pub async fn authenticate<B>(
     unread: &mut Option<B>,
     conn: &ConnInfo,
     path: &str,
-) -> Result<(Principal, Option<Bytes>), GatewayError>
+) -> Result<(Principal, Option<RequestBody<B>>, Option<String>), GatewayError>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
@@ -344,36 +351,36 @@ where
         p if p.is_empty() => "/".to_string(),
         p => p,
     };
-    let buffered = if trigger.auth.needs_body(parts)
+    // A JWT in a form field: at most FORM_TOKEN_BYTES of the form are read before the
+    // token is checked; a longer form is not searched (the other lookups still apply) and
+    // streams on unchanged.
+    let mut read: Option<RequestBody<B>> = None;
+    if trigger.auth.needs_body(parts)
         && let Some(body) = unread.take()
     {
-        let limit = app.config.limits.max_body_bytes;
-        let bytes = collect_limited(body, limit)
-            .await
-            .map_err(|e| {
-                GatewayError::InvalidArgument(format!("cannot read the request body: {e}"))
-            })?
-            .ok_or_else(|| {
-                GatewayError::EntityTooLarge(format!(
-                    "request body is over the limit of {limit} bytes"
-                ))
-            })?;
-        Some(bytes)
-    } else {
-        None
+        let idle = std::time::Duration::from_millis(app.config.limits.body_read_timeout_ms.get());
+        read = Some(
+            crate::body::prefetch(ErrorText(body), FORM_TOKEN_BYTES, u64::MAX, idle)
+                .await
+                .map(unwrap_error_text)
+                .map_err(|e| prefetch_error(app, e, u64::MAX))?,
+        );
+    }
+    let form = match &read {
+        Some(RequestBody::Buffered(Some(b))) => Some(b.clone()),
+        _ => None,
     };
     let authenticated = trigger.auth.authenticate(AuthRequest {
         parts,
-        body: buffered.as_deref(),
+        body: form.as_deref(),
         client_ip: conn.peer.ip(),
         function_path: &function_path,
         now: chrono::Utc::now(),
     })?;
-    let buffered = match authenticated.body {
-        Some(replaced) => Some(Bytes::from(replaced)),
-        None => buffered,
-    };
-    Ok((authenticated.principal, buffered))
+    if let Some(replaced) = authenticated.body {
+        read = Some(RequestBody::Buffered(Some(Bytes::from(replaced))));
+    }
+    Ok((authenticated.principal, read, authenticated.body_sha256))
 }
 
 /// Between stages 6 and 7: the body, or its first `body_buffer_bytes`, is read before a
@@ -400,23 +407,73 @@ where
     let idle = std::time::Duration::from_millis(limits.body_read_timeout_ms.get());
     crate::body::prefetch(ErrorText(body), buffer, limit, idle)
         .await
-        .map(|b| match b {
-            RequestBody::Buffered(d) => RequestBody::Buffered(d),
-            RequestBody::Prefixed(d, ErrorText(rest)) => RequestBody::Prefixed(d, rest),
-            RequestBody::Streaming(ErrorText(rest)) => RequestBody::Streaming(rest),
-        })
-        .map_err(|e| match e {
-            crate::body::PrefetchError::Stalled => GatewayError::RequestTimeout(format!(
-                "the request body paused for more than {} ms",
-                limits.body_read_timeout_ms
-            )),
-            crate::body::PrefetchError::TooLarge => GatewayError::EntityTooLarge(format!(
-                "request body is over the limit of {limit} bytes"
-            )),
-            crate::body::PrefetchError::Read(e) => {
-                GatewayError::InvalidArgument(format!("cannot read the request body: {e}"))
-            }
-        })
+        .map(unwrap_error_text)
+        .map_err(|e| prefetch_error(app, e, limit))
+}
+
+/// What a form is read up to before a JWT is looked for in it.
+const FORM_TOKEN_BYTES: usize = 64 * 1024;
+
+fn unwrap_error_text<B>(b: RequestBody<ErrorText<B>>) -> RequestBody<B> {
+    match b {
+        RequestBody::Buffered(d) => RequestBody::Buffered(d),
+        RequestBody::Prefixed(d, ErrorText(rest)) => RequestBody::Prefixed(d, rest),
+        RequestBody::Streaming(ErrorText(rest)) => RequestBody::Streaming(rest),
+    }
+}
+
+fn prefetch_error(app: &App, e: crate::body::PrefetchError, limit: u64) -> GatewayError {
+    match e {
+        crate::body::PrefetchError::Stalled => GatewayError::RequestTimeout(format!(
+            "the request body paused for more than {} ms",
+            app.config.limits.body_read_timeout_ms
+        )),
+        crate::body::PrefetchError::TooLarge => {
+            GatewayError::EntityTooLarge(format!("request body is over the limit of {limit} bytes"))
+        }
+        crate::body::PrefetchError::Read(e) => {
+            GatewayError::InvalidArgument(format!("cannot read the request body: {e}"))
+        }
+    }
+}
+
+/// The signed body hash (`x-acs-content-sha256`, its signature already verified): a body
+/// read whole is checked now (403 before any function slot is taken); a longer one is
+/// checked as it streams ([`HashChecked`]), and a mismatch at its end answers 403 instead
+/// of the function's response.
+fn check_body_hash<B>(
+    body: RequestBody<B>,
+    expected: Option<&str>,
+) -> Result<
+    (
+        HashChecked<RequestBody<B>>,
+        Arc<std::sync::atomic::AtomicBool>,
+    ),
+    GatewayError,
+> {
+    let mismatch = || {
+        GatewayError::from(crate::auth::AuthError::SignatureNotMatch(
+            "the request body does not match x-acs-content-sha256".into(),
+        ))
+    };
+    let expected: Option<[u8; 32]> = match expected {
+        None => None,
+        Some(hex) => Some(
+            hex::decode(hex)
+                .ok()
+                .and_then(|v| <[u8; 32]>::try_from(v).ok())
+                .ok_or_else(mismatch)?,
+        ),
+    };
+    if let (Some(want), RequestBody::Buffered(data)) = (expected, &body) {
+        use sha2::Digest;
+        let got: [u8; 32] = sha2::Sha256::digest(data.as_deref().unwrap_or_default()).into();
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(&got[..], &want[..])) {
+            return Err(mismatch());
+        }
+        return Ok(HashChecked::new(body, None));
+    }
+    Ok(HashChecked::new(body, expected))
 }
 
 /// A body whose error can be shown (the runtime's error type is not `Display`).
@@ -593,6 +650,7 @@ where
 pub async fn run_sync<B>(
     app: &App,
     inv: Invocation<B>,
+    hash_mismatch: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<Response<ResponseBody>, GatewayError>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
@@ -624,6 +682,12 @@ where
             "request body is over the limit of {} bytes",
             app.config.limits.max_body_bytes
         )));
+    }
+    if hash_mismatch.load(Ordering::SeqCst) {
+        return Err(crate::auth::AuthError::SignatureNotMatch(
+            "the request body does not match x-acs-content-sha256".into(),
+        )
+        .into());
     }
     let outcome = outcome?;
     let mut response = if tail {

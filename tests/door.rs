@@ -55,6 +55,12 @@ blacklist = ["/admin/*"]
 [[trigger]]
 name = "admin"
 function = "echo"
+
+[[trigger]]
+name = "signed"
+function = "echo"
+auth = "signature"
+signature = {{ keys = [ {{ id = "AK1", secret = "door-secret" }} ] }}
 "#
     )
 }
@@ -232,4 +238,88 @@ fn a_body_that_stalls_gets_408() {
     let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("RequestTimeout"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_keeps_answering_503_for_the_grace_period_then_exits_zero() {
+    let cfg = r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+drain_grace_ms = 2000
+
+[[function]]
+name = "probe"
+wasm = "{probe}"
+memory_mb = 16
+"#;
+    let mut s = TestServer::start(&format!(
+        "{cfg}\n[[trigger]]\nname = \"probe\"\nfunction = \"probe\"\n"
+    ));
+    let c = reqwest::Client::new();
+    let in_flight = tokio::spawn({
+        let (c, url) = (c.clone(), s.url("/probe/sleep?ms=1500"));
+        async move { c.get(url).send().await.unwrap() }
+    });
+    assert!(s.wait_for_log("sleep start 1500 ms"), "{}", s.stderr_text());
+    s.signal("TERM");
+    // Bounded wait until the node says it is draining.
+    let mut ready = 0;
+    for _ in 0..200 {
+        ready = c
+            .get(s.admin_url("/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        if ready == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ready, 503, "/readyz while draining");
+    // A new connection is still answered, with 503 and Connection: close.
+    let fresh = reqwest::Client::new()
+        .get(s.url("/probe"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fresh.status(), 503);
+    assert_eq!(fresh.headers()["connection"], "close");
+    let v: serde_json::Value = fresh.json().await.unwrap();
+    assert_eq!(v["Code"], "ResourceThrottled");
+    // The request in flight finishes whole.
+    let resp = in_flight.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "slept");
+    assert_eq!(s.wait_exit(Duration::from_secs(30)), Some(0));
+    assert!(TcpStream::connect(s.addr()).is_err());
+}
+
+#[test]
+fn a_bad_signature_is_refused_before_its_body_is_read() {
+    let s = TestServer::start(&config(false, false));
+    let date = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let hash = "0".repeat(64);
+    let mut stream = TcpStream::connect(s.addr()).unwrap();
+    // The body is announced but only its first bytes are sent: the answer must not wait.
+    let head = format!(
+        "POST /signed HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\
+         x-acs-date: {date}\r\nx-acs-content-sha256: {hash}\r\n\
+         Authorization: ACS3-HMAC-SHA256 Credential=AK1,SignedHeaders=x-acs-content-sha256;x-acs-date,Signature={}\r\n\r\n\
+         only-a-little",
+        "ab".repeat(32)
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(8)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = stream.read(&mut buf).unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        text.starts_with("HTTP/1.1 403"),
+        "answered before the body: {text:?}"
+    );
+    assert!(text.contains("SignatureNotMatch"), "{text}");
 }

@@ -105,6 +105,10 @@ pub struct Authenticated {
     /// The body the function gets instead of the one read, when a credential was removed
     /// from it (a JWT form field).
     pub body: Option<Vec<u8>>,
+    /// The SHA-256 (lowercase hex) the signed `x-acs-content-sha256` claims for the body:
+    /// the signature is verified over the claim, and the body must be checked against it
+    /// as it is read (never before the signature is known to be good).
+    pub body_sha256: Option<String>,
 }
 
 /// A trigger's authenticator.
@@ -146,14 +150,10 @@ impl TriggerAuth {
         })
     }
 
-    /// Whether this request's check needs the body (an ACS3 body hash, a JWT form field).
+    /// Whether this request's check looks into the body (a JWT form field). A signature's
+    /// body hash is not read here: it is checked as the body streams, after the signature.
     pub fn needs_body(&self, parts: &http::request::Parts) -> bool {
         match &self.authenticator {
-            Authenticator::Signature(_) => parts
-                .headers
-                .get("x-acs-content-sha256")
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| !v.trim().eq_ignore_ascii_case("UNSIGNED-PAYLOAD")),
             Authenticator::Jwt(j) => j.needs_body(parts),
             _ => false,
         }
@@ -165,12 +165,14 @@ impl TriggerAuth {
         let principal = |principal| Authenticated {
             principal,
             body: None,
+            body_sha256: None,
         };
         let authorization = req
             .parts
             .headers
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes());
+        let mut body_sha256 = None;
         let p = match &self.authenticator {
             Authenticator::Anonymous => return Ok(principal(Principal::Anonymous(req.client_ip))),
             Authenticator::Basic(b) => Principal::User(b.verify(authorization)?),
@@ -185,14 +187,7 @@ impl TriggerAuth {
                     },
                     req.now,
                 )?;
-                if let Some(expected) = &verified.body_sha256 {
-                    let actual = signature::sha256_hex(req.body.unwrap_or(&[]));
-                    if !bool::from(actual.as_bytes().ct_eq(expected.as_bytes())) {
-                        return Err(AuthError::SignatureNotMatch(
-                            "the request body does not match x-acs-content-sha256".into(),
-                        ));
-                    }
-                }
+                body_sha256 = verified.body_sha256.clone();
                 if verified.signed_url && !self.pass_credentials {
                     const URL_CREDENTIALS: [&str; 3] =
                         ["x-fc-access-key-id", "x-fc-expires", "x-fc-signature"];
@@ -214,6 +209,7 @@ impl TriggerAuth {
                     jwt::JwtOutcome::Valid { subject, form_body } => Ok(Authenticated {
                         principal: Principal::Subject(subject),
                         body: form_body,
+                        body_sha256: None,
                     }),
                 };
             }
@@ -221,7 +217,11 @@ impl TriggerAuth {
         if !self.pass_credentials {
             req.parts.headers.remove(http::header::AUTHORIZATION);
         }
-        Ok(principal(p))
+        Ok(Authenticated {
+            principal: p,
+            body: None,
+            body_sha256,
+        })
     }
 }
 

@@ -102,6 +102,9 @@ pub struct ServerConfig {
     /// `<data_dir>.key`).
     pub artifact_key_file: PathBuf,
     pub drain_timeout_ms: u64,
+    /// After SIGTERM, how long the listeners keep answering (503, `/readyz` 503) before
+    /// they close, so a load balancer sees the node leave.
+    pub drain_grace_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -348,6 +351,7 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
             }
         },
         drain_timeout_ms: s.drain_timeout_ms.unwrap_or(30_000),
+        drain_grace_ms: s.drain_grace_ms.unwrap_or(0),
     };
 
     if let Some(addr) = server.admin_listen

@@ -32,6 +32,7 @@ pub struct RawServer {
     pub artifact_key_file: Option<String>,
     /// How long a graceful drain may take before remaining connections are cut.
     pub drain_timeout_ms: Option<u64>,
+    pub drain_grace_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

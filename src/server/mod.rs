@@ -90,8 +90,13 @@ pub async fn run(gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> R
     }
 
     shutdown.await;
-    tracing::info!("shutting down: draining in-flight requests");
+    // From now on /readyz says 503 and new requests get 503 (with `Connection: close`), while
+    // the listeners keep answering for `drain_grace_ms`, so a load balancer sees the node
+    // leave instead of finding its port closed; then they close and in-flight work ends.
     gateway.start_draining();
+    let grace = app.config.server.drain_grace_ms;
+    tracing::info!("shutting down: answering 503 for {grace} ms, then draining in-flight requests");
+    tokio::time::sleep(Duration::from_millis(grace)).await;
     let _ = stop_tx.send(true);
     for t in accept_tasks {
         let _ = t.await;
