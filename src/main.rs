@@ -301,7 +301,26 @@ fn versions(name: &str, admin: &AdminArgs) -> Result<()> {
     Ok(())
 }
 
+/// Raises the open-file soft limit to the hard limit: every connection is a descriptor.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!("cannot raise the open-file limit: {e}");
+        }
+    }
+    let now = getrlimit(Resource::Nofile);
+    tracing::info!(
+        "open-file limit: {}",
+        now.current
+            .map_or("unlimited".to_string(), |n| n.to_string())
+    );
+}
+
 fn serve(config: PathBuf) -> Result<()> {
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -14,7 +14,7 @@ use common::{TestServer, certs, root};
 /// `slow`: the body limits of the slow-sender tests (keys the previous main did not know).
 fn config(tls: bool, slow: bool) -> String {
     let slow = if slow {
-        "body_read_timeout_ms = 1500"
+        "body_read_timeout_ms = 1500\nmax_connections_per_ip = 1000"
     } else {
         ""
     };

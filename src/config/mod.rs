@@ -127,6 +127,10 @@ pub struct Limits {
     pub body_read_timeout_ms: NonZeroU64,
     /// Bodies up to this many bytes are read before a function slot is taken.
     pub body_buffer_bytes: usize,
+    /// Open connections per listener from one client (IPv4 address or IPv6 /64).
+    pub max_connections_per_ip: NonZeroUsize,
+    /// A connection with no request in progress for this long is closed.
+    pub idle_timeout_ms: NonZeroU64,
 }
 
 impl Default for Limits {
@@ -141,6 +145,8 @@ impl Default for Limits {
             header_read_timeout_ms: NonZeroU64::new(10_000).expect("non-zero"),
             body_read_timeout_ms: NonZeroU64::new(10_000).expect("non-zero"),
             body_buffer_bytes: 1 << 20,
+            max_connections_per_ip: NonZeroUsize::new(256).expect("non-zero"),
+            idle_timeout_ms: NonZeroU64::new(60_000).expect("non-zero"),
         }
     }
 }
@@ -389,6 +395,15 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
                 .unwrap_or(d.body_read_timeout_ms.get()),
         )?,
         body_buffer_bytes: l.body_buffer_bytes.unwrap_or(d.body_buffer_bytes as u64) as usize,
+        max_connections_per_ip: NonZeroUsize::new(
+            l.max_connections_per_ip
+                .unwrap_or(d.max_connections_per_ip.get() as u64) as usize,
+        )
+        .ok_or_else(|| anyhow!("key `limits.max_connections_per_ip`: must be greater than 0"))?,
+        idle_timeout_ms: non_zero(
+            "limits.idle_timeout_ms",
+            l.idle_timeout_ms.unwrap_or(d.idle_timeout_ms.get()),
+        )?,
     };
     if limits.max_header_bytes < 256 {
         bail!("key `limits.max_header_bytes`: must be at least 256");

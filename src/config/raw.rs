@@ -54,6 +54,8 @@ pub struct RawLimits {
     pub header_read_timeout_ms: Option<u64>,
     pub body_read_timeout_ms: Option<u64>,
     pub body_buffer_bytes: Option<u64>,
+    pub max_connections_per_ip: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -73,18 +73,33 @@ pub async fn run(gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> R
     }
     let _ = std::io::stdout().flush();
 
-    let builder = Arc::new(http_builder(&app));
-    let max_connections = app.config.limits.max_connections.get();
-    let connections = Arc::new(Semaphore::new(app.config.limits.max_connections.get()));
+    let detect = http_builder(&app);
+    let builders = Arc::new(Builders {
+        http1: detect.clone().http1_only(),
+        http2: detect.clone().http2_only(),
+        detect,
+    });
+    let limits = &app.config.limits;
+    let max_connections = limits.max_connections.get();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accept_tasks = Vec::new();
+    let mut pools = Vec::new();
     for b in listeners {
+        let state = Arc::new(ListenerState {
+            gateway: gateway.clone(),
+            role: b.role,
+            tls: tls.clone(),
+            builders: builders.clone(),
+            connections: Arc::new(Semaphore::new(max_connections)),
+            per_ip: Default::default(),
+            max_per_ip: limits.max_connections_per_ip.get(),
+            first_request: Duration::from_millis(limits.header_read_timeout_ms.get()),
+            idle: Duration::from_millis(limits.idle_timeout_ms.get()),
+        });
+        pools.push(state.connections.clone());
         accept_tasks.push(tokio::spawn(accept_loop(
-            gateway.clone(),
-            b,
-            tls.clone(),
-            builder.clone(),
-            connections.clone(),
+            state,
+            b.listener,
             stop_rx.clone(),
         )));
     }
@@ -110,7 +125,8 @@ pub async fn run(gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> R
     // Every connection holds a slot; when all slots are back, every connection has ended.
     let drain = Duration::from_millis(app.config.server.drain_timeout_ms);
     let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
-    match tokio::time::timeout(drain, connections.acquire_many(all)).await {
+    let everything = futures::future::join_all(pools.iter().map(|p| p.acquire_many(all)));
+    match tokio::time::timeout(drain, everything).await {
         Ok(_) => tracing::info!("drained; exiting"),
         Err(_) => tracing::warn!("drain timeout passed; closing remaining connections"),
     }
@@ -138,28 +154,94 @@ fn http_builder(app: &App) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-async fn accept_loop(
+/// What every connection of one listener shares.
+struct ListenerState {
     gateway: Arc<Gateway>,
-    bound: Bound,
+    role: Listener,
     tls: Option<TlsAcceptor>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
+    /// This listener's own connection slots: one listener's clients never take another's.
     connections: Arc<Semaphore>,
+    /// Open connections per client (IPv4 address or IPv6 /64).
+    per_ip: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    max_per_ip: usize,
+    /// TLS, protocol detection and the first request's head must all arrive within this.
+    first_request: Duration,
+    /// A connection with no request in progress for this long is closed.
+    idle: Duration,
+}
+
+/// One connection's place in its client's count, given back when the connection ends.
+struct PerIpSlot {
+    map: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    key: String,
+}
+
+impl Drop for PerIpSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.map.lock()
+            && let Some(n) = m.get_mut(&self.key)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl ListenerState {
+    fn take_ip_slot(&self, peer: SocketAddr) -> Option<PerIpSlot> {
+        let key = crate::throttle::client_key(peer.ip());
+        let mut m = self.per_ip.lock().ok()?;
+        let n = m.entry(key.clone()).or_default();
+        if *n >= self.max_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(PerIpSlot {
+            map: self.per_ip.clone(),
+            key,
+        })
+    }
+}
+
+/// The HTTP builders: plain connections detect HTTP/2 prior knowledge; TLS connections use
+/// exactly what ALPN agreed.
+struct Builders {
+    detect: auto::Builder<TokioExecutor>,
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
+
+/// Whether a connection is busy, for the idle timeout.
+#[derive(Default)]
+struct Activity {
+    /// Requests in progress.
+    active: std::sync::atomic::AtomicUsize,
+    /// Requests seen so far.
+    seen: std::sync::atomic::AtomicUsize,
+    /// When the last request ended (ms since the connection started).
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+async fn accept_loop(
+    state: Arc<ListenerState>,
+    listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) {
-    let handshake_timeout =
-        Duration::from_millis(gateway.app().config.limits.header_read_timeout_ms.get());
     loop {
         // Wait for a connection slot before accepting: over the limit, clients queue in the
         // kernel's backlog instead of costing memory here.
         let permit = tokio::select! {
-            p = connections.clone().acquire_owned() => match p {
+            p = state.connections.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => return,
             },
             _ = stop.changed() => return,
         };
         let (stream, peer) = tokio::select! {
-            r = bound.listener.accept() => match r {
+            r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
@@ -169,48 +251,137 @@ async fn accept_loop(
             },
             _ = stop.changed() => return,
         };
-        let _ = stream.set_nodelay(true);
-        let conn = ConnInfo {
-            peer,
-            listener: bound.role,
-            https: tls.is_some(),
+        let Some(ip_slot) = state.take_ip_slot(peer) else {
+            tracing::debug!(%peer, "refused: max_connections_per_ip reached");
+            drop(stream);
+            continue;
         };
-        let gateway = gateway.clone();
-        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            let gateway = gateway.clone();
-            async move {
-                Ok::<_, Infallible>(match conn.listener {
-                    Listener::Admin => crate::admin::handle(&gateway, req).await,
-                    _ => gateway.app().handle(req, &conn).await,
-                })
-            }
-        });
-        let tls = tls.clone();
-        let builder = builder.clone();
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            match tls {
-                None => serve(&builder, TokioIo::new(stream), service, stop, peer).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => serve(&builder, TokioIo::new(s), service, stop, peer).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
-            }
+            let _slots = (permit, ip_slot);
+            connection(state, stream, peer, stop).await;
         });
     }
 }
 
-/// Serves one connection; when the stop signal comes, finishes in-flight requests, then closes.
+/// One connection: TLS (within the first-request deadline), then HTTP/1.1 or HTTP/2.
+async fn connection(
+    state: Arc<ListenerState>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+) {
+    let started = tokio::time::Instant::now();
+    let deadline = started + state.first_request;
+    let conn = ConnInfo {
+        peer,
+        listener: state.role,
+        https: state.tls.is_some(),
+    };
+    let activity = Arc::new(Activity::default());
+    let service = {
+        let (gateway, activity) = (state.gateway.clone(), activity.clone());
+        hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let (gateway, activity) = (gateway.clone(), activity.clone());
+            async move {
+                use std::sync::atomic::Ordering::SeqCst;
+                activity.active.fetch_add(1, SeqCst);
+                activity.seen.fetch_add(1, SeqCst);
+                let response = match conn.listener {
+                    Listener::Admin => crate::admin::handle(&gateway, req).await,
+                    _ => gateway.app().handle(req, &conn).await,
+                };
+                activity
+                    .last_ms
+                    .store(started.elapsed().as_millis() as u64, SeqCst);
+                activity.active.fetch_sub(1, SeqCst);
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let watch = Watch {
+        activity,
+        started,
+        deadline,
+        idle: state.idle,
+    };
+    match &state.tls {
+        None => {
+            serve(
+                &state.builders.detect,
+                TokioIo::new(stream),
+                service,
+                stop,
+                peer,
+                watch,
+            )
+            .await
+        }
+        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => {
+                let builder = if s.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    &state.builders.http2
+                } else {
+                    &state.builders.http1
+                };
+                serve(builder, TokioIo::new(s), service, stop, peer, watch).await
+            }
+            Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        },
+    }
+}
+
+/// The deadlines of one connection.
+struct Watch {
+    activity: Arc<Activity>,
+    started: tokio::time::Instant,
+    /// The first request's head must have arrived by then.
+    deadline: tokio::time::Instant,
+    idle: Duration,
+}
+
+impl Watch {
+    /// Resolves when the connection should go: no first request by the deadline (closed at
+    /// once), or idle for `idle` with no request in progress (closed gracefully).
+    async fn expired(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let a = &self.activity;
+        loop {
+            let now = tokio::time::Instant::now();
+            if a.seen.load(SeqCst) == 0 {
+                if now >= self.deadline {
+                    return true;
+                }
+                tokio::time::sleep_until(self.deadline.min(now + Duration::from_millis(250))).await;
+                continue;
+            }
+            let last = self.started + Duration::from_millis(a.last_ms.load(SeqCst));
+            if a.active.load(SeqCst) == 0 && now >= last + self.idle {
+                return false;
+            }
+            let next = if a.active.load(SeqCst) == 0 {
+                last + self.idle
+            } else {
+                now + self.idle
+            };
+            tokio::time::sleep_until(next.max(now + Duration::from_millis(50))).await;
+        }
+    }
+}
+
+/// Serves one connection; when the stop signal comes, finishes in-flight requests, then
+/// closes. A connection that sends no request by its deadline is dropped; one that stays
+/// idle is shut down gracefully (HTTP/2: GOAWAY).
 async fn serve<I, S>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     service: S,
     mut stop: watch::Receiver<bool>,
     peer: SocketAddr,
+    watch: Watch,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::Service<
@@ -230,6 +401,14 @@ async fn serve<I, S>(
         tokio::select! {
             r = conn.as_mut() => r,
             _ = stop.changed() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+            first_missed = watch.expired() => {
+                if first_missed {
+                    tracing::debug!(%peer, "no request within the deadline; closed");
+                    return;
+                }
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }

@@ -1,0 +1,182 @@
+//! Connections under abuse: idle sockets (plain, TLS, an HTTP/2 preface and nothing more)
+//! are closed after one deadline and never starve the admin listener or real clients, and
+//! one client address holds at most `max_connections_per_ip` of a listener.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use common::{TestServer, certs};
+
+fn config(per_ip: usize, first_request_ms: u64) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+tls = {{ cert = "{{certs}}/localhost.pem", key = "{{certs}}/localhost-key.pem" }}
+admin_listen = "127.0.0.1:0"
+
+[limits]
+header_read_timeout_ms = {first_request_ms}
+idle_timeout_ms = {first_request_ms}
+max_connections = 1000
+max_connections_per_ip = {per_ip}
+
+[[function]]
+name = "hello"
+wasm = "{{hello}}"
+memory_mb = 16
+
+[[trigger]]
+name = "hello"
+function = "hello"
+"#
+    )
+}
+
+fn tls_connector(alpn: &[u8]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(certs().join("ca.pem")).unwrap();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// Whether the server closes the connection within `limit` (a bound, not a measurement).
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(s: &mut S, limit: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(limit, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_are_closed_and_never_starve_anyone() {
+    let s = TestServer::start(&config(5000, 1500));
+    let addr = s.addr();
+    // 2,000 TCP connections that never start TLS...
+    let mut tcp = Vec::new();
+    let connects: Vec<_> = (0..2000)
+        .map(|_| {
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            })
+        })
+        .collect();
+    for c in connects {
+        if let Some(stream) = c.await.unwrap() {
+            tcp.push(stream);
+        }
+    }
+    // ...200 that complete TLS and say nothing...
+    let connector = tls_connector(b"http/1.1");
+    let mut tls = Vec::new();
+    for _ in 0..200 {
+        let stream = TcpStream::connect(&addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        if let Ok(s) = connector.connect(name, stream).await {
+            tls.push(s);
+        }
+    }
+    // ...and an HTTP/2 connection that sends its preface and then idles.
+    let stream = TcpStream::connect(&addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut h2 = tls_connector(b"h2").connect(name, stream).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+
+    // The admin listener has its own slots: it answers at once.
+    let health = common::client()
+        .get(s.admin_url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    // Real clients are served (once the deadline has cleared the idle ones).
+    let client = common::client();
+    let mut served = false;
+    for _ in 0..40 {
+        if let Ok(r) = client.get(s.url("/hello")).send().await
+            && r.status() == 200
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(served, "a normal request was never answered");
+    // Every idle connection is closed by the server.
+    for s in tls.iter_mut() {
+        assert!(
+            closed_within(s, Duration::from_secs(10)).await,
+            "an idle TLS connection stayed open"
+        );
+    }
+    assert!(
+        closed_within(&mut h2, Duration::from_secs(10)).await,
+        "an HTTP/2 preface-only connection stayed open"
+    );
+    for s in tcp.iter_mut().take(50) {
+        assert!(
+            closed_within(s, Duration::from_secs(10)).await,
+            "an idle TCP connection stayed open"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_address_holds_at_most_its_share_of_a_listener() {
+    let s = TestServer::start(&config(5, 30_000));
+    let addr = s.addr();
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    // The sixth from the same address is closed at once, while the five stay open.
+    let mut sixth = TcpStream::connect(&addr).await.unwrap();
+    assert!(closed_within(&mut sixth, Duration::from_secs(10)).await);
+    // Other listeners keep their own count.
+    assert_eq!(
+        common::client()
+            .get(s.admin_url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Once they go, the address may connect again.
+    drop(held);
+    let client = common::client_http1();
+    let mut ok = false;
+    for _ in 0..40 {
+        if let Ok(r) = client.get(s.url("/hello")).send().await {
+            ok = r.status() == 200;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok);
+}
