@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit and integration tests (real binary, real TLS,
-# real guests). Installs what it needs (the wasm32-wasip2 target).
+# real guests). Installs what it needs (the wasm32-wasip2 target). Ends with one summary
+# line, "N passed, N failed", over every test binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build-functions.sh >/dev/null
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
-cargo test --all-targets
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --all-targets 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ {p += $4; f += $6} END {printf "tests: %d passed, %d failed\n", p, f}' "$log"
+exit "$status"
