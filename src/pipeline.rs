@@ -729,6 +729,12 @@ where
     tokio::spawn(async move {
         use http_body_util::BodyExt;
         let mut body = body;
+        if expects_continue {
+            // HTTP/2 and waiting for 100 Continue: never invite the body (reading would),
+            // only keep the stream open while the answer goes out.
+            tokio::time::sleep(LINGER_IDLE).await;
+            return;
+        }
         let mut read = 0usize;
         let deadline = tokio::time::Instant::now() + LINGER_TIME;
         while read < LINGER_BYTES {

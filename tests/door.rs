@@ -139,6 +139,7 @@ fn an_over_limit_body_gets_its_400_over_tls_with_curl() {
         &["--http1.1"][..],
         &["--http1.1", "-H", "Expect:"][..],
         &["--http2"][..],
+        &["--http2", "-H", "Expect: 100-continue"][..],
     ] {
         let out = Command::new("curl")
             .args(["-sS", "--cacert"])
