@@ -118,6 +118,16 @@ where
                     "in_flight": app.dispatcher.limits().in_flight(),
                     "queue_depth": app.dispatcher.queue().map(|q| q.depth()),
                     "services": gateway.supervisor.running(),
+                    // Event sources and their state; a failed one does not stop the node
+                    // serving HTTP, so it is named here rather than failing readiness.
+                    "sources": gateway.sources.snapshot(),
+                    "degraded": gateway
+                        .sources
+                        .snapshot()
+                        .into_iter()
+                        .filter(|(_, s)| s.state != crate::sources::Phase::Running)
+                        .map(|(name, _)| name)
+                        .collect::<Vec<_>>(),
                 }),
             ));
         }
@@ -144,6 +154,12 @@ where
             }
             Err(e) => Err(GatewayError::Internal(format!("reload failed: {e}"))),
         };
+    }
+    if method == Method::GET && path == "/-/sources" {
+        return Ok(json(
+            StatusCode::OK,
+            serde_json::json!({ "sources": gateway.sources.snapshot() }),
+        ));
     }
     if method == Method::GET && path == "/metrics" {
         let m = &crate::metrics::METRICS;

@@ -67,7 +67,12 @@ impl Dispatcher {
         let policies = config
             .triggers
             .iter()
-            .map(|t| (t.name.clone(), t.async_.clone().unwrap_or_default()))
+            .map(|t| {
+                let mut policy = t.async_.clone().unwrap_or_default();
+                // An event delivery succeeds only with a 2xx answer (SPEC section 8.3).
+                policy.require_2xx = matches!(t.kind, crate::config::Kind::Event);
+                (t.name.clone(), policy)
+            })
             .collect();
         Dispatcher {
             runtime,

@@ -39,6 +39,9 @@ pub enum GatewayError {
     /// The target's function or qualifier names nothing deployed.
     #[error("{0}")]
     FunctionNotFound(String),
+    /// A synchronous event no function subscribes to.
+    #[error("{0}")]
+    NoSubscriber(String),
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error(transparent)]
@@ -64,7 +67,9 @@ impl GatewayError {
             G::InvalidArgument(_) | G::EntityTooLarge(_) | G::Config(_) => StatusCode::BAD_REQUEST,
             G::AccessDenied(_) => StatusCode::FORBIDDEN,
             G::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            G::TriggerNotFound(_) | G::FunctionNotFound(_) => StatusCode::NOT_FOUND,
+            G::TriggerNotFound(_) | G::FunctionNotFound(_) | G::NoSubscriber(_) => {
+                StatusCode::NOT_FOUND
+            }
             G::Auth(e) => match e {
                 AuthError::InvalidArgument(_) | AuthError::MissingRequiredHeader(_) => {
                     StatusCode::BAD_REQUEST
@@ -113,6 +118,7 @@ impl GatewayError {
             G::RequestTimeout(_) => "RequestTimeout",
             G::TriggerNotFound(_) => "TriggerNotFound",
             G::FunctionNotFound(_) => "FunctionNotFound",
+            G::NoSubscriber(_) => "NoSubscriber",
             G::Auth(e) => match e {
                 AuthError::InvalidArgument(_) => "InvalidArgument",
                 AuthError::MissingRequiredHeader(_) => "MissingRequiredHeader",

@@ -32,12 +32,20 @@ pub struct Target {
 #[serde(rename_all = "lowercase")]
 pub enum TriggerKind {
     Http,
+    Cron,
+    Mqtt,
+    Nats,
+    Event,
 }
 
 impl TriggerKind {
     pub fn as_str(self) -> &'static str {
         match self {
             TriggerKind::Http => "http",
+            TriggerKind::Cron => "cron",
+            TriggerKind::Mqtt => "mqtt",
+            TriggerKind::Nats => "nats",
+            TriggerKind::Event => "event",
         }
     }
 }
@@ -47,6 +55,16 @@ impl TriggerKind {
 pub enum Source {
     /// A client request on a listener.
     Http { peer: SocketAddr, https: bool },
+    /// A cron tick due at `scheduled`.
+    Cron {
+        scheduled: chrono::DateTime<chrono::Utc>,
+    },
+    /// An MQTT message on `topic`.
+    Mqtt { topic: String },
+    /// A NATS message on `subject`.
+    Nats { subject: String },
+    /// An event published to the event API.
+    Event { event_id: String },
     /// A durable task run by a queue worker; `origin` is the door that enqueued it.
     Queue {
         task_id: String,
@@ -60,6 +78,10 @@ impl Source {
     pub fn kind(&self) -> TriggerKind {
         match self {
             Source::Http { .. } => TriggerKind::Http,
+            Source::Cron { .. } => TriggerKind::Cron,
+            Source::Mqtt { .. } => TriggerKind::Mqtt,
+            Source::Nats { .. } => TriggerKind::Nats,
+            Source::Event { .. } => TriggerKind::Event,
             Source::Queue { origin, .. } => *origin,
         }
     }
@@ -78,10 +100,22 @@ pub struct Invocation<B> {
 }
 
 impl<B> Invocation<B> {
+    /// The same invocation with its body converted.
+    pub fn map_body<C>(self, f: impl FnOnce(B) -> C) -> Invocation<C> {
+        Invocation {
+            target: self.target,
+            trigger: self.trigger,
+            source: self.source,
+            request_id: self.request_id,
+            request: self.request.map(f),
+        }
+    }
+
     /// Sets the headers every function receives (SPEC sections 3 and 8): `X-Fc-Request-Id`,
     /// `X-Fc-Function-Name`, `X-Fc-Trigger-Name`, `X-Fc-Trigger-Type`, `X-Fc-Qualifier`; for
-    /// a client request `X-Forwarded-For` and `X-Forwarded-Proto`; for a queued task
-    /// `X-Fc-Async-Task-Id`. Values the gateway sets replace whatever was there.
+    /// a client request `X-Forwarded-For` and `X-Forwarded-Proto`; for a cron tick
+    /// `X-Fc-Scheduled-Time`; for a broker message `X-Topic`; for an event
+    /// `X-Fc-Event-Id`; for a queued task `X-Fc-Async-Task-Id`. Values the gateway sets replace whatever was there.
     pub fn stamp(&mut self) {
         let headers = self.request.headers_mut();
         set(headers, "x-fc-request-id", &self.request_id);
@@ -98,6 +132,14 @@ impl<B> Invocation<B> {
                     if *https { "https" } else { "http" },
                 );
             }
+            Source::Cron { scheduled } => set(
+                headers,
+                "x-fc-scheduled-time",
+                &scheduled.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            ),
+            Source::Mqtt { topic } => set(headers, "x-topic", topic),
+            Source::Nats { subject } => set(headers, "x-topic", subject),
+            Source::Event { event_id } => set(headers, "x-fc-event-id", event_id),
             Source::Queue { task_id, .. } => set(headers, "x-fc-async-task-id", task_id),
         }
     }

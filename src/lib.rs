@@ -22,6 +22,7 @@ pub mod registry;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod sources;
 pub mod supervisor;
 pub mod throttle;
 
@@ -50,8 +51,9 @@ use crate::throttle::{Limits, RateLimit};
 pub struct Trigger {
     pub config: TriggerConfig,
     pub auth: TriggerAuth,
-    /// The function and qualifier its invocations target.
-    pub target: Target,
+    /// The function and qualifier its invocations target (`None` when the function is
+    /// chosen per request or message: routes by name, topic routing, the event API).
+    pub target: Option<Target>,
     pub rate_limit: Option<RateLimit>,
 }
 
@@ -99,6 +101,8 @@ pub struct Gateway {
     reloading: Mutex<()>,
     draining: AtomicBool,
     pub supervisor: Supervisor,
+    /// The state of each event source (connecting, running, failed and why).
+    pub sources: sources::States,
 }
 
 impl Gateway {
@@ -108,6 +112,7 @@ impl Gateway {
             reloading: Mutex::new(()),
             draining: AtomicBool::new(false),
             supervisor: Supervisor::new(),
+            sources: sources::States::default(),
         })
     }
 
@@ -135,7 +140,7 @@ impl Gateway {
         match app.dispatcher.queue() {
             Some(q) => {
                 let (g, q) = (self.clone(), q.clone());
-                let key = Arc::as_ptr(&q) as usize;
+                let key = Arc::as_ptr(&q) as usize as u64;
                 let admin = app.admin_addr();
                 self.supervisor.ensure("queue-workers", key, move |stop| {
                     queue::worker::run(g as Arc<dyn Executor>, q, admin, stop)
@@ -143,6 +148,7 @@ impl Gateway {
             }
             None => self.supervisor.stop("queue-workers"),
         }
+        sources::supervise(self);
     }
 
     /// Re-reads the config file and swaps in a new generation, then reconciles the
@@ -329,14 +335,16 @@ impl App {
         for (i, t) in config.triggers.iter().enumerate() {
             let auth = TriggerAuth::build(t)
                 .with_context(|| format!("{}: trigger '{}'", config.path.display(), t.name))?;
-            router.insert(t.host.as_deref(), &t.path, i);
+            for prefix in t.prefixes() {
+                router.insert(t.host.as_deref(), prefix, i);
+            }
             triggers.push(Trigger {
                 config: t.clone(),
                 auth,
-                target: Target {
-                    function: t.function.clone(),
+                target: t.function.as_ref().map(|f| Target {
+                    function: f.clone(),
                     qualifier: t.qualifier.clone(),
-                },
+                }),
                 rate_limit: t.rate_limit.as_ref().map(|r| RateLimit::new(&t.name, r)),
             });
         }
@@ -356,10 +364,10 @@ impl App {
                 })
             }
         };
-        let wants_queue = config
-            .triggers
-            .iter()
-            .any(|t| t.async_.as_ref().is_some_and(|a| a.enabled));
+        // Every source but a sync HTTP request goes through the queue.
+        let wants_queue = config.triggers.iter().any(|t| {
+            !matches!(t.kind, config::Kind::Http) || t.async_.as_ref().is_some_and(|a| a.enabled)
+        });
         // Once open, the queue stays open across reloads: its tasks were promised a run.
         let queue = match previous.and_then(|p| p.dispatcher.queue().cloned()) {
             Some(q) => Some(q),
@@ -389,13 +397,16 @@ impl App {
         };
         let dispatcher = Dispatcher::new(&config, runtime, registry, limits, queue);
         for t in &triggers {
-            if dispatcher.resolve(&t.target).is_err() {
+            if let Some(target) = &t.target
+                && dispatcher.resolve(target).is_err()
+            {
                 warnings.push(format!(
                     "trigger '{}': function '{}' qualifier '{}' is not deployed; requests answer 404 FunctionNotFound until it is",
-                    t.config.name, t.target.function, t.target.qualifier
+                    t.config.name, target.function, target.qualifier
                 ));
             }
         }
+        warnings.extend(sources::reach_warnings(&config));
         Ok(App {
             dispatcher,
             config,
@@ -457,18 +468,29 @@ impl App {
             "{:<20} {:<20} {:<24} {:<34} {:<10} {}\n",
             "TRIGGER", "HOST", "PATH", "METHODS", "AUTH", "FUNCTION"
         );
-        for t in &self.triggers {
+        for t in self.triggers.iter().filter(|t| t.config.kind.is_routed()) {
             let c = &t.config;
             let methods: Vec<&str> = c.methods.iter().map(|m| m.as_str()).collect();
+            let path = match &c.routes {
+                Some(r) => match &r.async_path {
+                    Some(a) => format!("{} (async {})", r.path.text, a.text),
+                    None => r.path.text.clone(),
+                },
+                None => c.path.clone(),
+            };
             out.push_str(&format!(
-                "{:<20} {:<20} {:<24} {:<34} {:<10} {}:{}{}\n",
+                "{:<20} {:<20} {:<24} {:<34} {:<10} {}{}{}\n",
                 c.name,
                 c.host.as_deref().unwrap_or("*"),
-                c.path,
+                path,
                 methods.join(","),
                 c.auth.scheme(),
-                c.function,
-                c.qualifier,
+                c.function_label(),
+                if matches!(c.kind, config::Kind::Event) {
+                    " (event API)"
+                } else {
+                    ""
+                },
                 if c.disable_internet {
                     " (internal only)"
                 } else {
@@ -476,6 +498,7 @@ impl App {
                 }
             ));
         }
+        out.push_str(&sources::source_table(&self.config));
         out
     }
 }

@@ -189,28 +189,74 @@ impl App {
         let invocation_type = check_limits(self, &parts)?;
         let path =
             router::normalize_path(parts.uri.path()).map_err(GatewayError::InvalidArgument)?;
-        let trigger = route(self, &parts, &path)?;
+        let routed = route(self, &parts, &path)?;
+        let trigger = routed.trigger;
         record.trigger = Some(trigger.config.name.clone());
         listener_policy(trigger, conn)?;
         method_filter(trigger, &parts)?;
+        let invocation_type = if routed.on_async_path {
+            if parts.method != http::Method::POST {
+                return Err(GatewayError::AccessDenied(format!(
+                    "method '{}' is not allowed on the async path of trigger '{}' (POST only)",
+                    parts.method, trigger.config.name
+                )));
+            }
+            InvocationType::Async
+        } else {
+            invocation_type
+        };
         let (principal, read, body_sha256) =
-            authenticate(self, trigger, &mut parts, unread, conn, &path.path).await?;
+            authenticate(self, trigger, &mut parts, unread, conn, &routed.function_path).await?;
         record.principal = Some(principal.id());
         record.anonymous = matches!(principal, Principal::Anonymous(_));
         throttle(self, trigger, &principal, conn).inspect_err(|e| {
             record.throttled = Some(e.reason());
         })?;
+        let is_event = matches!(trigger.config.kind, crate::config::Kind::Event);
         let body = match read {
             Some(body) => body,
             None => {
                 let body = unread
                     .take()
                     .ok_or_else(|| GatewayError::Internal("the request body is gone".into()))?;
-                read_ahead(self, body, invocation_type).await?
+                // An event is read whole, within the async body limit.
+                let read_as = if is_event { InvocationType::Async } else { invocation_type };
+                read_ahead(self, body, read_as).await?
             }
         };
         let (body, hash_mismatch) = check_body_hash(body, body_sha256.as_deref())?;
-        let inv = invocation(trigger, parts, body, conn, request_id, &path.path);
+        if is_event {
+            let limit = self.config.limits.max_async_body_bytes;
+            let body = collect_limited(body, limit)
+                .await
+                .map_err(|e| {
+                    GatewayError::InvalidArgument(format!("cannot read the request body: {e}"))
+                })?
+                .ok_or_else(|| {
+                    GatewayError::EntityTooLarge(format!(
+                        "event body is over the limit of {limit} bytes"
+                    ))
+                })?;
+            if hash_mismatch.load(Ordering::SeqCst) {
+                return Err(crate::auth::AuthError::SignatureNotMatch(
+                    "the request body does not match x-acs-content-sha256".into(),
+                )
+                .into());
+            }
+            return crate::sources::event::publish(self, trigger, &parts, body, request_id).await;
+        }
+        let target = routed
+            .target
+            .ok_or_else(|| GatewayError::Internal("the trigger has no target".into()))?;
+        let inv = invocation(
+            trigger,
+            target,
+            parts,
+            body,
+            conn,
+            request_id,
+            &routed.function_path,
+        );
         if invocation_type == InvocationType::Async {
             return enqueue(self, trigger, inv).await;
         }
@@ -285,11 +331,24 @@ pub fn check_limits(
 /// `TriggerNotFound`; a path whose `..` climbs above that trigger's prefix => 400 (the
 /// path was normalised first: unreserved escapes decoded, dot segments resolved, `//`
 /// collapsed; an encoded `/` or `\` was already a 400).
+/// What routing found: the trigger, the function (chosen by the trigger, or by name from
+/// the path), and the path the function sees.
+#[derive(Debug)]
+pub struct Routed<'a> {
+    pub trigger: &'a Trigger,
+    /// `None` for the event API, whose subscribers are found per event.
+    pub target: Option<crate::invocation::Target>,
+    /// The normalised path with the trigger's prefix (or template) removed.
+    pub function_path: String,
+    /// The request came on the trigger's `async_path`.
+    pub on_async_path: bool,
+}
+
 pub fn route<'a>(
     app: &'a App,
     parts: &http::request::Parts,
     path: &router::NormalPath,
-) -> Result<&'a Trigger, GatewayError> {
+) -> Result<Routed<'a>, GatewayError> {
     let host = request_host(parts);
     let trigger = app
         .router
@@ -305,7 +364,41 @@ pub fn route<'a>(
             trigger.config.name
         )));
     }
-    Ok(trigger)
+    let Some(routes) = &trigger.config.routes else {
+        return Ok(Routed {
+            trigger,
+            target: trigger.target.clone(),
+            function_path: router::strip_prefix(&trigger.config.path, &path.path, None),
+            on_async_path: false,
+        });
+    };
+    let (id, rest, on_async_path) = match routes.path.matches(&path.path) {
+        Some((id, rest)) => (id, rest, false),
+        None => match routes.async_path.as_ref().and_then(|a| a.matches(&path.path)) {
+            Some((id, rest)) => (id, rest, true),
+            None => {
+                return Err(GatewayError::TriggerNotFound(format!(
+                    "no trigger matches path '{}'",
+                    path.path
+                )));
+            }
+        },
+    };
+    if !routes.functions.allows(&id) {
+        return Err(GatewayError::FunctionNotFound(format!(
+            "function '{id}' is not exposed by trigger '{}'",
+            trigger.config.name
+        )));
+    }
+    Ok(Routed {
+        trigger,
+        target: Some(crate::invocation::Target {
+            function: id,
+            qualifier: trigger.config.qualifier.clone(),
+        }),
+        function_path: rest,
+        on_async_path,
+    })
 }
 
 /// Stage 3: a trigger with `disable_internet` is not served on the public listener.
@@ -347,10 +440,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
-    let function_path = match router::strip_prefix(&trigger.config.path, path, None) {
-        p if p.is_empty() => "/".to_string(),
-        p => p,
-    };
+    let function_path = path;
     // A JWT in a form field: at most FORM_TOKEN_BYTES of the form are read before the
     // token is checked; a longer form is not searched (the other lookups still apply) and
     // streams on unchanged.
@@ -374,7 +464,7 @@ where
         parts,
         body: form.as_deref(),
         client_ip: conn.peer.ip(),
-        function_path: &function_path,
+        function_path,
         now: chrono::Utc::now(),
     })?;
     if let Some(replaced) = authenticated.body {
@@ -785,18 +875,22 @@ async fn with_log_tail(
 /// set by [`Invocation::stamp`] when it is dispatched.
 fn invocation<B>(
     trigger: &Trigger,
+    target: crate::invocation::Target,
     mut parts: http::request::Parts,
     body: B,
     conn: &ConnInfo,
     request_id: &Arc<str>,
-    path: &str,
+    function_path: &str,
 ) -> Invocation<B> {
     let original = parts
         .uri
         .path_and_query()
         .map(|pq| pq.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    let stripped = router::strip_prefix(&trigger.config.path, path, parts.uri.query());
+    let stripped = match parts.uri.query() {
+        Some(q) => format!("{function_path}?{q}"),
+        None => function_path.to_string(),
+    };
     let authority = request_host(&parts)
         .map(str::to_string)
         .unwrap_or_else(|| "localhost".into());
@@ -829,7 +923,7 @@ fn invocation<B>(
         headers.insert("x-fc-original-path", v);
     }
     Invocation {
-        target: trigger.target.clone(),
+        target,
         trigger: trigger.config.name.as_str().into(),
         source: Source::Http {
             peer: conn.peer,

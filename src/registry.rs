@@ -98,6 +98,9 @@ pub fn function_config(config: &Config, name: &str, wasm: &Path) -> FunctionConf
         .cloned()
         .unwrap_or_else(|| FunctionConfig {
             name: name.to_string(),
+            namespace: "default".to_string(),
+            topics: Vec::new(),
+            events: Vec::new(),
             wasm: wasm.to_path_buf(),
             memory_mb: NonZeroU32::new(128).expect("non-zero"),
             timeout_ms: NonZeroU64::new(10_000).expect("non-zero"),

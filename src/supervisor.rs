@@ -17,8 +17,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 struct Service {
-    name: &'static str,
-    key: usize,
+    name: String,
+    key: u64,
     stop: watch::Sender<bool>,
     handle: JoinHandle<()>,
 }
@@ -45,18 +45,19 @@ impl Supervisor {
     /// Runs service `name` for `key` unless it already runs for that key. `start` gets a
     /// receiver that turns `true` when the service must stop; it should then finish its
     /// current work and return.
-    pub fn ensure<F, Fut>(&self, name: &'static str, key: usize, start: F)
+    pub fn ensure<F, Fut>(&self, name: impl Into<String>, key: u64, start: F)
     where
         F: FnOnce(watch::Receiver<bool>) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        let name = name.into();
         let mut services = lock(&self.services);
         if let Some(i) = services.iter().position(|s| s.name == name) {
             if services[i].key == key && !services[i].handle.is_finished() {
                 return;
             }
             let old = services.remove(i);
-            tracing::info!(service = name, "restarting: what it depends on changed");
+            tracing::info!(service = %name, "restarting: what it depends on changed");
             let _ = old.stop.send(true);
             lock(&self.retiring).push(old.handle);
         }
@@ -71,7 +72,7 @@ impl Supervisor {
     }
 
     /// Tells service `name` to stop, if it runs; it finishes in the background.
-    pub fn stop(&self, name: &'static str) {
+    pub fn stop(&self, name: &str) {
         let mut services = lock(&self.services);
         if let Some(i) = services.iter().position(|s| s.name == name) {
             let old = services.remove(i);
@@ -81,12 +82,26 @@ impl Supervisor {
     }
 
     /// The names of the services running now.
-    pub fn running(&self) -> Vec<&'static str> {
+    pub fn running(&self) -> Vec<String> {
         lock(&self.services)
             .iter()
             .filter(|s| !s.handle.is_finished())
-            .map(|s| s.name)
+            .map(|s| s.name.clone())
             .collect()
+    }
+
+    /// Stops every service whose name starts with `prefix` and is not in `keep` (a reload
+    /// removed what it served).
+    pub fn retain(&self, prefix: &str, keep: &[String]) {
+        let gone: Vec<String> = lock(&self.services)
+            .iter()
+            .filter(|s| s.name.starts_with(prefix) && !keep.contains(&s.name))
+            .map(|s| s.name.clone())
+            .collect();
+        for name in gone {
+            tracing::info!(service = %name, "stopping: no longer configured");
+            self.stop(&name);
+        }
     }
 
     /// Stops every service and waits for them to finish, up to `grace`; what has not

@@ -4,6 +4,7 @@
 //! (non-zero limits, valid names, resolved secrets, paths relative to the config file).
 //! Every error names the file, the key and the value at fault.
 
+pub mod kinds;
 pub mod raw;
 
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+pub use kinds::{BrokerConfig, CronConfig, Exposed, Kind, NameRoutes, RouteTemplate, TopicMatch};
 use raw::RawConfig;
 
 /// Creates `path` (and missing parents) readable by this user only (0700): `data_dir`
@@ -72,6 +74,8 @@ pub struct AsyncConfig {
     pub on_failure: Option<String>,
     /// Lowercase `host` or `host:port` entries an `X-Callback-Url` may name.
     pub callback_hosts: Vec<String>,
+    /// Any answer outside 2xx is a failed attempt (event deliveries), not only 5xx.
+    pub require_2xx: bool,
 }
 
 impl Default for AsyncConfig {
@@ -86,6 +90,7 @@ impl Default for AsyncConfig {
             on_success: None,
             on_failure: None,
             callback_hosts: Vec::new(),
+            require_2xx: false,
         }
     }
 }
@@ -153,7 +158,13 @@ impl Default for Limits {
 
 #[derive(Debug, Clone)]
 pub struct FunctionConfig {
+    /// The function's id: its name in namespace `default`, else `name.namespace`.
     pub name: String,
+    pub namespace: String,
+    /// Broker topics it receives from triggers without `function` (topic routing).
+    pub topics: Vec<String>,
+    /// Event types it receives from the event API (`*` at the end matches a suffix).
+    pub events: Vec<String>,
     pub wasm: PathBuf,
     pub memory_mb: NonZeroU32,
     pub timeout_ms: NonZeroU64,
@@ -173,10 +184,18 @@ pub enum Listener {
 #[derive(Debug, Clone)]
 pub struct TriggerConfig {
     pub name: String,
-    pub function: String,
+    pub kind: Kind,
+    /// The function it invokes; `None` for routes by name, topic routing and the event API.
+    pub function: Option<String>,
     pub qualifier: String,
-    /// Route prefix, always starting with `/`, never ending with `/` unless it is `/`.
+    /// Route prefix, always starting with `/`, never ending with `/` unless it is `/`
+    /// (for routes by name: the literal part of the template before its first variable).
     pub path: String,
+    /// Routes by function name (SPEC section 8.4).
+    pub routes: Option<NameRoutes>,
+    /// Topic routing: only functions in this namespace are reached.
+    pub namespace: Option<String>,
+    pub topic_match: TopicMatch,
     /// Lowercase host without port.
     pub host: Option<String>,
     pub methods: Vec<http::Method>,
@@ -185,6 +204,35 @@ pub struct TriggerConfig {
     pub pass_credentials: bool,
     pub rate_limit: Option<RateLimitConfig>,
     pub async_: Option<AsyncConfig>,
+}
+
+impl TriggerConfig {
+    /// Every route prefix the trigger is reached on (none for unrouted kinds).
+    pub fn prefixes(&self) -> Vec<&str> {
+        if !self.kind.is_routed() {
+            return Vec::new();
+        }
+        let mut out = vec![self.path.as_str()];
+        if let Some(a) = self.routes.as_ref().and_then(|r| r.async_path.as_ref())
+            && a.prefix != self.path
+        {
+            out.push(a.prefix.as_str());
+        }
+        out
+    }
+
+    /// The function it reaches, for `check` and the route table.
+    pub fn function_label(&self) -> String {
+        match (&self.function, &self.routes, &self.kind) {
+            (Some(f), _, _) => format!("{f}:{}", self.qualifier),
+            (None, Some(r), _) => match &r.functions {
+                Exposed::All => format!("{{function}}:{} (all)", self.qualifier),
+                Exposed::Only(l) => format!("{{function}}:{} ({})", self.qualifier, l.join(",")),
+            },
+            (None, None, Kind::Event) => "subscribers of the event type".to_string(),
+            (None, None, _) => "functions whose topics match".to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -434,15 +482,32 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
                 f.name
             );
         }
-        if functions.iter().any(|g| g.name == f.name) {
-            bail!("[[function]] name '{}': defined twice", f.name);
-        }
         let memory_mb = f.memory_mb.unwrap_or(128);
         if !(1..=4096).contains(&memory_mb) {
             bail!("{at}: key `memory_mb`: {memory_mb} is outside 1..=4096");
         }
         let max_concurrency = f.max_concurrency.unwrap_or(100);
+        let namespace = f.namespace.unwrap_or_else(|| "default".to_string());
+        if !valid_name(&namespace) {
+            bail!("{at}: key `namespace`: '{namespace}' must match [a-z0-9-]{{1,64}}");
+        }
+        for (key, list) in [("topics", &f.topics), ("events", &f.events)] {
+            if let Some(bad) = list.iter().find(|t| t.trim().is_empty()) {
+                bail!("{at}: key `{key}`: '{bad}' is empty");
+            }
+        }
+        let id = if namespace == "default" {
+            f.name.clone()
+        } else {
+            format!("{}.{namespace}", f.name)
+        };
+        if functions.iter().any(|g| g.name == id) {
+            bail!("[[function]] name '{}': defined twice in namespace '{namespace}'", f.name);
+        }
         functions.push(FunctionConfig {
+            namespace,
+            topics: f.topics,
+            events: f.events,
             wasm: rel(&f.wasm),
             memory_mb: NonZeroU32::new(memory_mb as u32).expect("checked above"),
             timeout_ms: non_zero(
@@ -457,7 +522,7 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
                 .into_iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
-            name: f.name,
+            name: id,
         });
     }
 
@@ -467,14 +532,17 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
         if triggers.iter().any(|o| o.name == trigger.name) {
             bail!("[[trigger]] name '{}': defined twice", trigger.name);
         }
-        if let Some(o) = triggers
-            .iter()
-            .find(|o| o.host == trigger.host && o.path == trigger.path)
-        {
+        for prefix in trigger.prefixes() {
+            let Some(o) = triggers
+                .iter()
+                .find(|o| o.host == trigger.host && o.prefixes().contains(&prefix))
+            else {
+                continue;
+            };
             bail!(
                 "trigger '{}': path '{}'{} is already routed to trigger '{}'",
                 trigger.name,
-                trigger.path,
+                prefix,
                 trigger
                     .host
                     .as_deref()
@@ -496,6 +564,173 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
     })
 }
 
+/// A function as triggers and URLs name it: `name` (namespace `default`) or
+/// `name.namespace`.
+pub fn valid_function_id(id: &str) -> bool {
+    match id.split_once('.') {
+        None => valid_name(id),
+        Some((name, ns)) => valid_name(name) && valid_name(ns),
+    }
+}
+
+/// The kind of a trigger and the keys that belong to it; keys of another kind are errors.
+fn validate_kind(
+    t: &raw::RawTrigger,
+    kind: &str,
+    at: &str,
+    rel: &dyn Fn(&str) -> PathBuf,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Kind> {
+    let routed_keys = [
+        ("path", t.path.is_some()),
+        ("host", t.host.is_some()),
+        ("methods", t.methods.is_some()),
+        ("auth", t.auth.is_some()),
+        ("disable_internet", t.disable_internet),
+        ("pass_credentials", t.pass_credentials),
+        ("rate_limit", t.rate_limit.is_some()),
+        ("signature", t.signature.is_some()),
+        ("basic", t.basic.is_some()),
+        ("jwt", t.jwt.is_some()),
+        ("bearer", t.bearer.is_some()),
+        ("async_path", t.async_path.is_some()),
+        ("functions", t.functions.is_some()),
+    ];
+    let cron_keys = [
+        ("schedule", t.schedule.is_some()),
+        ("timezone", t.timezone.is_some()),
+        ("payload", t.payload.is_some()),
+        ("catch_up", t.catch_up.is_some()),
+    ];
+    let broker_keys = [
+        ("broker", t.broker.is_some()),
+        ("client_id", t.client_id.is_some()),
+        ("username", t.username.is_some() || t.username_env.is_some()),
+        ("password", t.password.is_some() || t.password_env.is_some()),
+        ("ca_file", t.ca_file.is_some()),
+        ("qos", t.qos.is_some()),
+        ("topics", t.topics.is_some()),
+        ("queue_group", t.queue_group.is_some()),
+        ("content_type", t.content_type.is_some()),
+    ];
+    let topic_keys = [
+        ("namespace", t.namespace.is_some()),
+        ("topic_match", t.topic_match.is_some()),
+    ];
+    let refuse = |keys: &[(&str, bool)]| -> Result<()> {
+        match keys.iter().find(|(_, present)| *present) {
+            Some((key, _)) => bail!("{at}: key `{key}` does not apply to a {kind} trigger"),
+            None => Ok(()),
+        }
+    };
+    match kind {
+        "http" | "event" => {
+            refuse(&cron_keys)?;
+            refuse(&broker_keys)?;
+            refuse(&topic_keys[1..])?;
+            if kind == "event" {
+                refuse(&routed_keys[11..])?;
+                refuse(&topic_keys)?;
+                return Ok(Kind::Event);
+            }
+            Ok(Kind::Http)
+        }
+        "cron" => {
+            refuse(&routed_keys)?;
+            refuse(&broker_keys)?;
+            refuse(&topic_keys)?;
+            let schedule = t
+                .schedule
+                .clone()
+                .ok_or_else(|| anyhow!("{at}: key `schedule` is required for a cron trigger"))?;
+            let cron = kinds::parse_schedule(&schedule).map_err(|e| anyhow!("{at}: key `schedule`: {e}"))?;
+            let tz_name = t.timezone.clone().unwrap_or_else(|| "UTC".to_string());
+            let timezone: chrono_tz::Tz = tz_name
+                .parse()
+                .map_err(|_| anyhow!("{at}: key `timezone`: '{tz_name}' is not an IANA time zone name"))?;
+            Ok(Kind::Cron(CronConfig {
+                schedule,
+                cron,
+                timezone,
+                payload: t.payload.clone(),
+                catch_up: t.catch_up.unwrap_or(false),
+            }))
+        }
+        "mqtt" | "nats" => {
+            refuse(&routed_keys)?;
+            refuse(&cron_keys)?;
+            let url = t
+                .broker
+                .clone()
+                .ok_or_else(|| anyhow!("{at}: key `broker` is required for a {kind} trigger"))?;
+            let (transport, host, port) =
+                kinds::parse_broker_url(kind, &url).map_err(|e| anyhow!("{at}: key `broker`: {e}"))?;
+            let topics = t.topics.clone().unwrap_or_default();
+            if topics.is_empty() {
+                bail!("{at}: key `topics`: at least one {} is required", if kind == "mqtt" { "topic filter" } else { "subject" });
+            }
+            for topic in &topics {
+                let checked = if kind == "mqtt" {
+                    kinds::check_mqtt_filter(topic)
+                } else {
+                    kinds::check_nats_subject(topic)
+                };
+                checked.map_err(|e| anyhow!("{at}: key `topics`: {e}"))?;
+            }
+            let qos = t.qos.unwrap_or(1);
+            if kind == "mqtt" && qos > 1 {
+                bail!("{at}: key `qos`: {qos} is not 0 or 1");
+            }
+            if kind == "nats" && t.qos.is_some() {
+                bail!("{at}: key `qos` does not apply to a nats trigger");
+            }
+            if kind == "nats" && t.client_id.is_some() {
+                bail!("{at}: key `client_id` does not apply to a nats trigger");
+            }
+            if kind == "mqtt" && t.queue_group.is_some() {
+                bail!("{at}: key `queue_group` does not apply to a mqtt trigger");
+            }
+            let username = match (&t.username, &t.username_env) {
+                (None, None) => None,
+                (u, v) => Some(secret(&format!("{at}: key `username`"), u.clone(), v.clone(), env)?),
+            };
+            let password = match (&t.password, &t.password_env) {
+                (None, None) => None,
+                (p, v) => Some(secret(&format!("{at}: key `password`"), p.clone(), v.clone(), env)?),
+            };
+            if password.is_some() && username.is_none() {
+                bail!("{at}: key `password` needs a `username`");
+            }
+            let client_id = t.client_id.clone().unwrap_or_else(|| format!("wasmgate-{}", t.name));
+            if client_id.is_empty() || client_id.len() > 128 {
+                bail!("{at}: key `client_id`: must be 1 to 128 characters");
+            }
+            let broker = BrokerConfig {
+                url,
+                host,
+                port,
+                transport,
+                ca_file: t.ca_file.as_deref().map(rel),
+                client_id,
+                username,
+                password,
+                qos,
+                topics,
+                queue_group: t.queue_group.clone().unwrap_or_else(|| format!("wasmgate-{}", t.name)),
+                content_type: t
+                    .content_type
+                    .clone()
+                    .unwrap_or_else(|| "application/octet-stream".to_string()),
+            };
+            if http::HeaderValue::from_str(&broker.content_type).is_err() {
+                bail!("{at}: key `content_type`: '{}' is not a header value", broker.content_type);
+            }
+            Ok(if kind == "mqtt" { Kind::Mqtt(broker) } else { Kind::Nats(broker) })
+        }
+        other => bail!("{at}: key `kind`: '{other}' is not one of http, event, cron, mqtt, nats"),
+    }
+}
+
 fn validate_trigger(
     t: raw::RawTrigger,
     rel: &dyn Fn(&str) -> PathBuf,
@@ -508,13 +743,73 @@ fn validate_trigger(
         );
     }
     let at = format!("trigger '{}'", t.name);
-    match t.kind.as_deref() {
-        None | Some("http") => {}
-        Some(other) => bail!("{at}: key `kind`: '{other}' is not supported (http)"),
+    let kind_name = t.kind.clone().unwrap_or_else(|| "http".to_string());
+    let kind = validate_kind(&t, &kind_name, &at, rel, env)?;
+    if let Some(f) = &t.function
+        && !valid_function_id(f)
+    {
+        bail!("{at}: key `function`: '{f}' is not a function name (name or name.namespace)");
     }
-    let function = t
-        .function
-        .ok_or_else(|| anyhow!("{at}: key `function` is required"))?;
+    let function = t.function.clone();
+    let template = t
+        .path
+        .as_deref()
+        .map(RouteTemplate::parse)
+        .transpose()
+        .map_err(|e| anyhow!("{at}: key `path`: {e}"))?;
+    let routes = match (&kind, template) {
+        (Kind::Http, Some(Some(path))) => {
+            if function.is_some() {
+                bail!("{at}: key `function`: a path template ('{}') chooses the function by name; remove `function`", path.text);
+            }
+            let async_path = match t.async_path.as_deref() {
+                None => None,
+                Some(a) => Some(RouteTemplate::parse(a).map_err(|e| anyhow!("{at}: key `async_path`: {e}"))?.ok_or_else(|| {
+                    anyhow!("{at}: key `async_path`: '{a}' needs a {{function}} segment like `path`")
+                })?),
+            };
+            let functions = match t.functions.as_deref() {
+                None => Exposed::Only(Vec::new()),
+                Some(list) if list.iter().any(|f| f == "*") => Exposed::All,
+                Some(list) => {
+                    if let Some(bad) = list.iter().find(|f| !valid_function_id(f)) {
+                        bail!("{at}: key `functions`: '{bad}' is not a function name");
+                    }
+                    Exposed::Only(list.to_vec())
+                }
+            };
+            Some(NameRoutes {
+                path,
+                async_path,
+                functions,
+            })
+        }
+        (_, Some(Some(_))) => bail!("{at}: key `path`: a template with {{function}} is for http triggers"),
+        _ => {
+            if t.async_path.is_some() {
+                bail!("{at}: key `async_path`: only with a `path` template such as \"/function/{{function}}\"");
+            }
+            if t.functions.is_some() {
+                bail!("{at}: key `functions`: only with a `path` template such as \"/function/{{function}}\"");
+            }
+            None
+        }
+    };
+    match (&kind, &function, &routes) {
+        (Kind::Http, None, None) => bail!("{at}: key `function` is required (or a `path` template with {{function}})"),
+        (Kind::Cron(_), None, _) => bail!("{at}: key `function` is required for a cron trigger"),
+        (Kind::Event, Some(_), _) => bail!("{at}: key `function`: an event trigger delivers to the functions whose `events` match; remove `function`"),
+        _ => {}
+    }
+    let topic_match = match t.topic_match.as_deref() {
+        None => TopicMatch::Wildcard,
+        Some(m) => m.parse().map_err(|e| anyhow!("{at}: key `topic_match`: {e}"))?,
+    };
+    if let Some(ns) = &t.namespace
+        && !valid_name(ns)
+    {
+        bail!("{at}: key `namespace`: '{ns}' must match [a-z0-9-]{{1,64}}");
+    }
     let async_ = match t.async_ {
         None => None,
         Some(a) => {
@@ -550,11 +845,14 @@ fn validate_trigger(
                     .into_iter()
                     .map(|h| h.to_ascii_lowercase())
                     .collect(),
+                require_2xx: false,
             })
         }
     };
 
     let path = match t.path {
+        _ if !kind.is_routed() => String::new(),
+        _ if routes.is_some() => routes.as_ref().map(|r| r.path.prefix.clone()).unwrap_or_default(),
         None => format!("/{}", t.name),
         Some(p) => {
             if !p.starts_with('/') {
@@ -580,6 +878,7 @@ fn validate_trigger(
     });
 
     let methods = match t.methods {
+        None if matches!(kind, Kind::Event) => vec![http::Method::POST],
         None => ALL_METHODS
             .iter()
             .map(|m| http::Method::from_bytes(m.as_bytes()).expect("static method"))
@@ -726,11 +1025,23 @@ fn validate_trigger(
         ),
     };
 
+    let async_ = match async_ {
+        // A request on `async_path` is async without the header: the defaults apply.
+        None if routes.as_ref().is_some_and(|r| r.async_path.is_some()) => Some(AsyncConfig {
+            enabled: true,
+            ..AsyncConfig::default()
+        }),
+        a => a,
+    };
     Ok(TriggerConfig {
         name: t.name,
+        kind,
         function,
         qualifier: t.qualifier.unwrap_or_else(|| "LATEST".to_string()),
         path,
+        routes,
+        namespace: t.namespace,
+        topic_match,
         host,
         methods,
         auth,

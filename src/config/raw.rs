@@ -70,6 +70,13 @@ pub struct RawFunction {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub outbound_hosts: Vec<String>,
+    pub namespace: Option<String>,
+    /// Broker topics this function receives from triggers without `function`.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// Event types this function receives from the event API.
+    #[serde(default)]
+    pub events: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +101,29 @@ pub struct RawTrigger {
     pub basic: Option<RawBasic>,
     pub jwt: Option<RawJwt>,
     pub bearer: Option<RawBearer>,
+    // Routes by function name (kind = "http").
+    pub async_path: Option<String>,
+    pub functions: Option<Vec<String>>,
+    // Topic routing (mqtt, nats) and templates.
+    pub namespace: Option<String>,
+    pub topic_match: Option<String>,
+    // kind = "cron".
+    pub schedule: Option<String>,
+    pub timezone: Option<String>,
+    pub payload: Option<String>,
+    pub catch_up: Option<bool>,
+    // kind = "mqtt" | "nats".
+    pub broker: Option<String>,
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub username_env: Option<String>,
+    pub password: Option<String>,
+    pub password_env: Option<String>,
+    pub ca_file: Option<String>,
+    pub qos: Option<u8>,
+    pub topics: Option<Vec<String>>,
+    pub queue_group: Option<String>,
+    pub content_type: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

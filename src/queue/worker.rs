@@ -180,7 +180,7 @@ async fn execute(executor: &dyn Executor, queue: &Queue, client: &Delivery, task
         Attempt::Answered { status, .. } => (
             *status,
             *status == 429 || *status == 503,
-            *status >= 500 && *status != 503,
+            answer_failed(*status, Some(&policy)),
         ),
         Attempt::Refused {
             status, capacity, ..
@@ -254,6 +254,14 @@ async fn execute(executor: &dyn Executor, queue: &Queue, client: &Delivery, task
     .await;
 }
 
+/// Whether a function's answer is a failed attempt: a 5xx other than 503 (a capacity
+/// refusal), or any answer outside 2xx where the trigger's policy requires one.
+fn answer_failed(status: u16, policy: Option<&AsyncConfig>) -> bool {
+    let required = policy.is_some_and(|p| p.require_2xx);
+    (status >= 500 && status != 503)
+        || (required && !(200..300).contains(&status) && status != 429 && status != 503)
+}
+
 fn jittered(d: Duration) -> Duration {
     d.mul_f64(rand::random_range(0.8..1.2))
 }
@@ -285,7 +293,7 @@ async fn finish(
             status,
             headers,
             body,
-            error: (status >= 500 && status != 503)
+            error: answer_failed(status, policy)
                 .then(|| format!("the function answered {status}")),
         },
         Attempt::Refused {

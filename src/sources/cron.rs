@@ -1,0 +1,212 @@
+//! Cron triggers (SPEC section 8.1): every tick becomes a durable task with the id
+//! `cron-<trigger>-<unix seconds>`, so a tick is never run twice, across restarts and
+//! across nodes sharing a queue (the second submission of a tick is a 409, absorbed).
+//! Ticks missed while the node was down are skipped; with `catch_up` the last one missed
+//! (within the trigger's `max_event_age_s`) runs at start.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http::{HeaderValue, Request};
+use tokio::sync::watch;
+
+use super::Phase;
+use crate::Gateway;
+use crate::config::CronConfig;
+use crate::dispatch::EnqueueOptions;
+use crate::error::GatewayError;
+use crate::invocation::{Invocation, Source, Target};
+
+/// What the service depends on: a reload that changes none of it keeps the timer.
+pub fn fingerprint(c: &CronConfig) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&c.schedule, c.timezone.name(), &c.payload, c.catch_up).hash(&mut h);
+    h.finish()
+}
+
+/// The task id of the tick due at `at`.
+pub fn tick_id(trigger: &str, at: DateTime<Utc>) -> String {
+    format!("cron-{trigger}-{}", at.timestamp())
+}
+
+/// The first tick strictly after `after`, in the trigger's time zone.
+pub fn next_tick(c: &CronConfig, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    c.cron
+        .find_next_occurrence(&after.with_timezone(&c.timezone), false)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// The last tick at or before `now` that is at most `max_age_s` old (what `catch_up` runs).
+pub fn missed_tick(c: &CronConfig, now: DateTime<Utc>, max_age_s: u64) -> Option<DateTime<Utc>> {
+    let prev = c
+        .cron
+        .find_previous_occurrence(&now.with_timezone(&c.timezone), true)
+        .ok()?
+        .with_timezone(&Utc);
+    let age = (now - prev).num_seconds();
+    (age >= 0 && (age as u64) <= max_age_s).then_some(prev)
+}
+
+pub async fn run(
+    gateway: Arc<Gateway>,
+    trigger: String,
+    config: CronConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let states = gateway.sources.clone();
+    let mut after = Utc::now();
+    if config.catch_up {
+        let max_age = gateway
+            .app()
+            .dispatcher
+            .policy(&trigger)
+            .map_or(86_400, |p| p.max_event_age_s);
+        if let Some(missed) = missed_tick(&config, after, max_age) {
+            fire(&gateway, &trigger, &config, missed).await;
+        }
+    }
+    loop {
+        let Some(next) = next_tick(&config, after) else {
+            states.set(
+                &trigger,
+                "cron",
+                Phase::Failed,
+                format!("schedule '{}' has no next tick", config.schedule),
+            );
+            return;
+        };
+        states.set(
+            &trigger,
+            "cron",
+            Phase::Running,
+            format!("{}: next tick {}", config.schedule, next.to_rfc3339()),
+        );
+        let wait = (next - Utc::now()).to_std().unwrap_or_default();
+        if super::pause(&mut stop, wait).await {
+            return;
+        }
+        // The wall clock may lag the timer by a hair: the tick is named by its schedule,
+        // not by when the timer fired.
+        while Utc::now() < next {
+            if super::pause(&mut stop, std::time::Duration::from_millis(5)).await {
+                return;
+            }
+        }
+        fire(&gateway, &trigger, &config, next).await;
+        after = next;
+    }
+}
+
+/// Enqueues one tick; a tick already enqueued (by a restart or another node) is absorbed.
+async fn fire(gateway: &Gateway, trigger: &str, config: &CronConfig, at: DateTime<Utc>) {
+    let app = gateway.app();
+    let Some(t) = app.config.triggers.iter().find(|t| t.name == trigger) else {
+        return;
+    };
+    let Some(function) = t.function.clone() else {
+        return;
+    };
+    let body = Bytes::from(config.payload.clone().unwrap_or_default());
+    let content_type = match &config.payload {
+        Some(p) if serde_json::from_str::<serde_json::Value>(p).is_ok() => "application/json",
+        Some(_) => "text/plain; charset=utf-8",
+        None => "application/octet-stream",
+    };
+    let mut request = match Request::post("/").body(body) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(trigger, "cannot build the tick's request: {e}");
+            return;
+        }
+    };
+    request.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    let id = tick_id(trigger, at);
+    let inv = Invocation {
+        target: Target {
+            function,
+            qualifier: t.qualifier.clone(),
+        },
+        trigger: trigger.into(),
+        source: Source::Cron { scheduled: at },
+        request_id: crate::pipeline::new_request_id(),
+        request,
+    };
+    let options = EnqueueOptions {
+        task_id: Some(id.clone()),
+        ..EnqueueOptions::default()
+    };
+    match app.dispatcher.enqueue(inv, options).await {
+        Ok(_) => {
+            tracing::info!(trigger, task_id = %id, "cron tick enqueued");
+            gateway.sources.count(trigger, 1, 0);
+        }
+        Err(GatewayError::Queue(crate::queue::QueueError::Exists(_))) => {
+            tracing::debug!(trigger, task_id = %id, "cron tick already enqueued");
+        }
+        Err(e) => {
+            tracing::error!(trigger, task_id = %id, "cron tick could not be enqueued: {e}");
+            gateway.sources.count(trigger, 0, 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn config(expr: &str, tz: &str) -> CronConfig {
+        CronConfig {
+            schedule: expr.into(),
+            cron: crate::config::kinds::parse_schedule(expr).unwrap(),
+            timezone: tz.parse().unwrap(),
+            payload: None,
+            catch_up: false,
+        }
+    }
+
+    #[test]
+    fn ticks_follow_the_time_zone() {
+        let c = config("0 9 * * *", "Europe/Paris");
+        let now = Utc.with_ymd_and_hms(2026, 1, 15, 12, 0, 0).unwrap();
+        // 09:00 in Paris in winter is 08:00 UTC.
+        assert_eq!(
+            next_tick(&c, now).unwrap(),
+            Utc.with_ymd_and_hms(2026, 1, 16, 8, 0, 0).unwrap()
+        );
+        let c = config("*/10 * * * * *", "UTC");
+        let t = next_tick(&c, Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 5).unwrap()).unwrap();
+        assert_eq!(t.timestamp() % 10, 0);
+        assert_eq!(tick_id("every", t), format!("cron-every-{}", t.timestamp()));
+    }
+
+    #[test]
+    fn ticks_are_distinct_and_increasing() {
+        let c = config("* * * * * *", "UTC");
+        let mut at = Utc.with_ymd_and_hms(2026, 3, 29, 0, 59, 58).unwrap();
+        let mut ids = std::collections::HashSet::new();
+        for _ in 0..5 {
+            let next = next_tick(&c, at).unwrap();
+            assert!(next > at);
+            assert!(ids.insert(tick_id("t", next)));
+            at = next;
+        }
+    }
+
+    #[test]
+    fn catch_up_takes_the_last_missed_tick_within_the_age() {
+        let c = config("@hourly", "UTC");
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 10, 20, 0).unwrap();
+        assert_eq!(
+            missed_tick(&c, now, 3600).unwrap(),
+            Utc.with_ymd_and_hms(2026, 1, 1, 10, 0, 0).unwrap()
+        );
+        assert_eq!(missed_tick(&c, now, 600), None);
+    }
+}

@@ -1,0 +1,400 @@
+//! The event doors of SPEC section 8: cron ticks, MQTT and NATS messages, and the event
+//! API. Each turns its input into an [`Invocation`] with its own [`Source`] and hands it to
+//! the [`crate::dispatch::Dispatcher`], like the HTTP pipeline does; none of them reaches
+//! the runtime or the queue directly, and neither of those learns where an invocation came
+//! from.
+//!
+//! Cron, MQTT and NATS triggers each run as a supervised service ([`supervise`]) keyed by
+//! what their connection or schedule depends on: a reload that changes it restarts the
+//! service, one that removes the trigger stops it, and shutdown drains them all. Their
+//! state (connecting, running, failed and the broker's reason) is kept in [`States`], shown
+//! by `/readyz` and `GET /-/sources` on the admin listener.
+
+pub mod cron;
+pub mod event;
+pub mod mqtt;
+pub mod nats;
+pub mod topics;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request};
+
+use crate::Gateway;
+use crate::config::{Config, Kind, TriggerConfig};
+use crate::dispatch::EnqueueOptions;
+use crate::error::GatewayError;
+use crate::invocation::{Invocation, Source, Target};
+
+/// What a source is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Connecting,
+    Running,
+    Failed,
+}
+
+/// One source's state, as `/readyz` and the admin API show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct State {
+    pub kind: &'static str,
+    pub state: Phase,
+    /// The broker's reason for a failure, the next tick, or what it listens on.
+    pub detail: String,
+    /// Messages or ticks turned into tasks since the source started.
+    pub delivered: u64,
+    /// Messages that reached no function, or could not be stored.
+    pub dropped: u64,
+}
+
+/// The state of every source, by trigger name.
+#[derive(Debug, Clone, Default)]
+pub struct States(Arc<Mutex<BTreeMap<String, State>>>);
+
+impl States {
+    fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<String, State>) -> R) -> R {
+        let mut g = match self.0.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut g)
+    }
+
+    /// Records a change of phase; a change is logged, a repeat is not.
+    pub fn set(&self, trigger: &str, kind: &'static str, state: Phase, detail: String) {
+        self.with(|m| {
+            let entry = m.entry(trigger.to_string()).or_insert(State {
+                kind,
+                state,
+                detail: String::new(),
+                delivered: 0,
+                dropped: 0,
+            });
+            let changed = entry.state != state || entry.detail != detail;
+            entry.kind = kind;
+            entry.state = state;
+            entry.detail = detail;
+            if changed {
+                match state {
+                    Phase::Failed => tracing::error!(
+                        trigger,
+                        kind,
+                        state = "failed",
+                        "{}",
+                        entry.detail
+                    ),
+                    Phase::Connecting => tracing::warn!(
+                        trigger,
+                        kind,
+                        state = "connecting",
+                        "{}",
+                        entry.detail
+                    ),
+                    Phase::Running => tracing::info!(
+                        trigger,
+                        kind,
+                        state = "running",
+                        "{}",
+                        entry.detail
+                    ),
+                }
+            }
+        });
+    }
+
+    pub fn count(&self, trigger: &str, delivered: u64, dropped: u64) {
+        self.with(|m| {
+            if let Some(e) = m.get_mut(trigger) {
+                e.delivered += delivered;
+                e.dropped += dropped;
+            }
+        });
+    }
+
+    pub fn remove(&self, trigger: &str) {
+        self.with(|m| m.remove(trigger));
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, State> {
+        self.with(|m| m.clone())
+    }
+}
+
+/// The supervisor's name for a trigger's source.
+fn service_name(trigger: &str) -> String {
+    format!("source:{trigger}")
+}
+
+/// Starts a service for every cron, MQTT and NATS trigger of the current generation,
+/// restarts those whose schedule or connection changed, and stops those a reload removed.
+pub fn supervise(gateway: &Arc<Gateway>) {
+    let app = gateway.app();
+    let mut keep = Vec::new();
+    for t in &app.config.triggers {
+        let name = service_name(&t.name);
+        let trigger = t.name.clone();
+        match &t.kind {
+            Kind::Cron(c) => {
+                let key = cron::fingerprint(c);
+                let (g, c) = (gateway.clone(), c.clone());
+                gateway
+                    .supervisor
+                    .ensure(name.clone(), key, move |stop| cron::run(g, trigger, c, stop));
+            }
+            Kind::Mqtt(b) => {
+                let (g, b) = (gateway.clone(), b.clone());
+                gateway
+                    .supervisor
+                    .ensure(name.clone(), b.fingerprint(), move |stop| {
+                        mqtt::run(g, trigger, b, stop)
+                    });
+            }
+            Kind::Nats(b) => {
+                let (g, b) = (gateway.clone(), b.clone());
+                gateway
+                    .supervisor
+                    .ensure(name.clone(), b.fingerprint(), move |stop| {
+                        nats::run(g, trigger, b, stop)
+                    });
+            }
+            Kind::Http | Kind::Event => continue,
+        }
+        keep.push(name);
+    }
+    gateway.supervisor.retain("source:", &keep);
+    let configured: Vec<&str> = app
+        .config
+        .triggers
+        .iter()
+        .filter(|t| !t.kind.is_routed())
+        .map(|t| t.name.as_str())
+        .collect();
+    for name in gateway.sources.snapshot().keys() {
+        if !configured.contains(&name.as_str()) {
+            gateway.sources.remove(name);
+        }
+    }
+}
+
+/// The functions a broker message on `topic` reaches: the trigger's own, or every function
+/// whose `topics` match (topic routing, SPEC section 8.2).
+pub fn targets(config: &Config, trigger: &TriggerConfig, topic: &str) -> Vec<Target> {
+    if let Some(f) = &trigger.function {
+        return vec![Target {
+            function: f.clone(),
+            qualifier: trigger.qualifier.clone(),
+        }];
+    }
+    let nats = matches!(trigger.kind, Kind::Nats(_));
+    config
+        .functions
+        .iter()
+        .filter(|f| {
+            trigger
+                .namespace
+                .as_deref()
+                .is_none_or(|ns| ns == f.namespace)
+        })
+        .filter(|f| {
+            f.topics
+                .iter()
+                .any(|pattern| topics::matches(trigger.topic_match, nats, pattern, topic))
+        })
+        .map(|f| Target {
+            function: f.name.clone(),
+            qualifier: trigger.qualifier.clone(),
+        })
+        .collect()
+}
+
+/// Why a message could not be made durable.
+#[derive(Debug)]
+pub enum SubmitError {
+    /// No function matches its topic: nothing to do.
+    NoTarget,
+    /// The queue is full or stopping: try again later (the message is not acknowledged).
+    Busy(GatewayError),
+    /// Anything else: logged, and the message is dropped.
+    Failed(GatewayError),
+}
+
+/// A broker message as the doors hand it over: one task per function it reaches, committed
+/// before this returns. Gives the task ids.
+pub async fn submit_message(
+    gateway: &Gateway,
+    trigger_name: &str,
+    source: &Source,
+    topic: &str,
+    payload: Bytes,
+    content_type: &str,
+) -> Result<Vec<String>, SubmitError> {
+    let app = gateway.app();
+    let trigger = app
+        .config
+        .triggers
+        .iter()
+        .find(|t| t.name == trigger_name)
+        .ok_or_else(|| {
+            SubmitError::Failed(GatewayError::Internal(format!(
+                "trigger '{trigger_name}' is gone"
+            )))
+        })?;
+    let targets = targets(&app.config, trigger, topic);
+    if targets.is_empty() {
+        return Err(SubmitError::NoTarget);
+    }
+    if payload.len() as u64 > app.config.limits.max_async_body_bytes {
+        return Err(SubmitError::Failed(GatewayError::EntityTooLarge(format!(
+            "a message of {} bytes on '{topic}' is over max_async_body_bytes ({})",
+            payload.len(),
+            app.config.limits.max_async_body_bytes
+        ))));
+    }
+    let mut ids = Vec::with_capacity(targets.len());
+    for target in targets {
+        let request_id = crate::pipeline::new_request_id();
+        let mut request = Request::post("/").body(payload.clone()).map_err(|e| {
+            SubmitError::Failed(GatewayError::Internal(format!("building a request: {e}")))
+        })?;
+        if let Ok(v) = HeaderValue::from_str(content_type) {
+            request
+                .headers_mut()
+                .insert(http::header::CONTENT_TYPE, v);
+        }
+        let inv = Invocation {
+            target,
+            trigger: trigger_name.into(),
+            source: source.clone(),
+            request_id,
+            request,
+        };
+        match app.dispatcher.enqueue(inv, EnqueueOptions::default()).await {
+            Ok(id) => ids.push(id),
+            Err(e) if e.is_capacity() => return Err(SubmitError::Busy(e)),
+            Err(e) => return Err(SubmitError::Failed(e)),
+        }
+    }
+    Ok(ids)
+}
+
+/// Warnings for `check` and start-up: a source that can reach no function.
+pub fn reach_warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in &config.triggers {
+        match &t.kind {
+            Kind::Mqtt(_) | Kind::Nats(_) if t.function.is_none() => {
+                let any = config.functions.iter().any(|f| {
+                    !f.topics.is_empty()
+                        && t.namespace.as_deref().is_none_or(|ns| ns == f.namespace)
+                });
+                if !any {
+                    out.push(format!(
+                        "trigger '{}': no function declares `topics`{}, so its messages reach nothing",
+                        t.name,
+                        t.namespace
+                            .as_deref()
+                            .map(|ns| format!(" in namespace '{ns}'"))
+                            .unwrap_or_default()
+                    ));
+                }
+            }
+            Kind::Event if !config.functions.iter().any(|f| !f.events.is_empty()) => {
+                out.push(format!(
+                    "trigger '{}': no function declares `events`, so every event has no subscriber",
+                    t.name
+                ));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Every source with its schedule or topics and the functions it reaches (for `check`).
+pub fn source_table(config: &Config) -> String {
+    let mut out = String::new();
+    for t in config.triggers.iter().filter(|t| !t.kind.is_routed()) {
+        if out.is_empty() {
+            out.push_str(&format!(
+                "\n{:<20} {:<6} {:<40} {}\n",
+                "SOURCE", "KIND", "SCHEDULE / BROKER TOPICS", "FUNCTIONS"
+            ));
+        }
+        let what = match &t.kind {
+            Kind::Cron(c) => format!(
+                "{} ({}{})",
+                c.schedule,
+                c.timezone.name(),
+                if c.catch_up { ", catch-up" } else { "" }
+            ),
+            Kind::Mqtt(b) => format!("{} qos {} {}", b.url, b.qos, b.topics.join(" ")),
+            Kind::Nats(b) => format!("{} group {} {}", b.url, b.queue_group, b.topics.join(" ")),
+            Kind::Http | Kind::Event => continue,
+        };
+        let reached = match &t.function {
+            Some(f) => format!("{f}:{}", t.qualifier),
+            None => {
+                let names: Vec<String> = config
+                    .functions
+                    .iter()
+                    .filter(|f| {
+                        !f.topics.is_empty()
+                            && t.namespace.as_deref().is_none_or(|ns| ns == f.namespace)
+                    })
+                    .map(|f| format!("{} [{}]", f.name, f.topics.join(" ")))
+                    .collect();
+                if names.is_empty() {
+                    "(none: no function declares topics)".to_string()
+                } else {
+                    format!("by topic: {}", names.join(", "))
+                }
+            }
+        };
+        out.push_str(&format!(
+            "{:<20} {:<6} {:<40} {}\n",
+            t.name,
+            t.kind.name(),
+            what,
+            reached
+        ));
+    }
+    let subscribers: Vec<String> = config
+        .functions
+        .iter()
+        .filter(|f| !f.events.is_empty())
+        .map(|f| format!("{} [{}]", f.name, f.events.join(" ")))
+        .collect();
+    if config
+        .triggers
+        .iter()
+        .any(|t| matches!(t.kind, Kind::Event))
+        && !subscribers.is_empty()
+    {
+        out.push_str(&format!("\nEVENT SUBSCRIBERS {}\n", subscribers.join(", ")));
+    }
+    out
+}
+
+/// Waits `delay` unless the stop signal comes first; `true` when told to stop.
+pub(crate) async fn pause(
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    delay: std::time::Duration,
+) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => false,
+        _ = stop.wait_for(|s| *s) => true,
+    }
+}
+
+/// Reconnect backoff: doubling from 250 ms to 30 s, with jitter.
+pub(crate) fn backoff(attempt: u32) -> std::time::Duration {
+    let base = 250u64.saturating_mul(1 << attempt.min(7)).min(30_000);
+    let jitter = rand::random::<u64>() % (base / 4 + 1);
+    std::time::Duration::from_millis(base + jitter)
+}
