@@ -1,4 +1,5 @@
-//! The `wasmgate` command line: `serve`, `check`, `sign`, `deploy`, `versions`.
+//! The `wasmgate` command line: `serve`, `check`, `sign`, `invoke`, `event`, `deploy`,
+//! `versions`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,6 +58,60 @@ enum Command {
         /// The URL to sign (only its path and query are signed).
         url: String,
     },
+    /// Call a trigger and print its answer; exits non-zero on an error answer (>= 400),
+    /// with the error body printed.
+    Invoke {
+        /// The trigger's URL.
+        url: String,
+        /// The method (default GET, or POST with -d or --async).
+        #[arg(short = 'X', long = "request")]
+        method: Option<String>,
+        /// The request body: text, @FILE, or @- for stdin.
+        #[arg(short = 'd', long = "data")]
+        data: Option<String>,
+        /// Run asynchronously (X-Fc-Invocation-Type: Async): prints the task id.
+        #[arg(long = "async")]
+        asynchronous: bool,
+        /// The async task's id (X-Fc-Async-Task-Id).
+        #[arg(long)]
+        task_id: Option<String>,
+        /// Where the async result is POSTed (X-Callback-Url).
+        #[arg(long)]
+        callback: Option<String>,
+        /// Print the status line and headers before the body.
+        #[arg(short = 'i', long = "include")]
+        include: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Publish an event to an event API trigger (SPEC section 8.3) and print the answer.
+    Event {
+        /// The event trigger's URL.
+        url: String,
+        /// The event type.
+        #[arg(value_name = "TYPE")]
+        event_type: String,
+        /// The event's data: JSON text, @FILE or @-.
+        #[arg(long)]
+        data: Option<String>,
+        /// Run the subscribers now and print their answer.
+        #[arg(long)]
+        sync: bool,
+        /// Seconds to wait before delivery.
+        #[arg(long)]
+        delay: Option<f64>,
+        /// The event's time (RFC 3339); a delay counts from it.
+        #[arg(long)]
+        at: Option<String>,
+        /// The event id (idempotency: a second publish with it is refused, 409).
+        #[arg(long)]
+        id: Option<String>,
+        /// Print the status line and headers before the body.
+        #[arg(short = 'i', long = "include")]
+        include: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Upload a component as a new version of NAME through the admin API.
     Deploy {
         name: String,
@@ -73,6 +128,32 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+}
+
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// An extra header, 'Name: value' (repeatable).
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// Sign the request (ACS3-HMAC-SHA256) with this access key id.
+    #[arg(long, value_name = "KEY_ID", requires = "secret_env")]
+    sign: Option<String>,
+    /// The environment variable holding the signing key's secret.
+    #[arg(long)]
+    secret_env: Option<String>,
+    /// A PEM CA certificate to trust for HTTPS (besides the Web PKI roots).
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    fn connection(self) -> wasmgate::client::Connection {
+        wasmgate::client::Connection {
+            cacert: self.cacert,
+            sign: self.sign.zip(self.secret_env),
+            headers: self.headers,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -108,6 +189,47 @@ fn main() -> ExitCode {
             method,
             url,
         } => sign(&key_id, &secret_env, &method, &url),
+        Command::Invoke {
+            url,
+            method,
+            data,
+            asynchronous,
+            task_id,
+            callback,
+            include,
+            client,
+        } => {
+            let options = wasmgate::client::Invoke {
+                method,
+                data,
+                asynchronous,
+                task_id,
+                callback,
+            };
+            wasmgate::client::invoke_call(&url, &options)
+                .and_then(|call| answer(client, call, include))
+        }
+        Command::Event {
+            url,
+            event_type,
+            data,
+            sync,
+            delay,
+            at,
+            id,
+            include,
+            client,
+        } => {
+            let options = wasmgate::client::Publish {
+                data,
+                synchronous: sync,
+                delay,
+                at,
+                id,
+            };
+            wasmgate::client::event_call(&url, &event_type, &options)
+                .and_then(|call| answer(client, call, include))
+        }
         Command::Deploy {
             name,
             file,
@@ -181,6 +303,28 @@ fn sign(key_id: &str, secret_env: &str, method: &str, url: &str) -> Result<()> {
     );
     for (name, value) in headers {
         println!("{name}: {value}");
+    }
+    Ok(())
+}
+
+/// Sends a client call and prints the answer; an answer of 400 or above is an error.
+fn answer(client: ClientArgs, call: wasmgate::client::Call, include: bool) -> Result<()> {
+    let answer = wasmgate::client::send(&client.connection(), call)?;
+    let mut out = std::io::stdout().lock();
+    answer.print(include, &mut out)?;
+    if answer.status == 202
+        && !include
+        && let Some(id) = answer.header("x-fc-async-task-id")
+    {
+        use std::io::Write as _;
+        writeln!(out, "accepted: task {id}")?;
+    }
+    if answer.status >= 400 {
+        anyhow::bail!(
+            "the gateway answered {} (request id {})",
+            answer.status,
+            answer.header("x-fc-request-id").unwrap_or("-")
+        );
     }
     Ok(())
 }

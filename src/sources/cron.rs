@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use http::{HeaderValue, Request};
 use tokio::sync::watch;
 
 use super::Phase;
@@ -115,17 +114,13 @@ async fn fire(gateway: &Gateway, trigger: &str, config: &CronConfig, at: DateTim
         Some(_) => "text/plain; charset=utf-8",
         None => "application/octet-stream",
     };
-    let mut request = match Request::post("/").body(body) {
+    let request = match super::post_root(body, content_type) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(trigger, "cannot build the tick's request: {e}");
             return;
         }
     };
-    request.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static(content_type),
-    );
     let id = tick_id(trigger, at);
     let inv = Invocation {
         target: Target {

@@ -16,7 +16,7 @@
 
 use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Map, Value, json};
 
@@ -313,13 +313,7 @@ fn delivery(
     event: &Event,
     body: &Bytes,
 ) -> Result<Invocation<Bytes>, GatewayError> {
-    let mut request = Request::post("/")
-        .body(body.clone())
-        .map_err(|e| GatewayError::Internal(format!("building a delivery: {e}")))?;
-    request.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/cloudevents+json"),
-    );
+    let request = super::post_root(body.clone(), "application/cloudevents+json")?;
     Ok(Invocation {
         target,
         trigger: trigger.config.name.as_str().into(),

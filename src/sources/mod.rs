@@ -256,14 +256,7 @@ pub async fn submit_message(
     let mut ids = Vec::with_capacity(targets.len());
     for target in targets {
         let request_id = crate::pipeline::new_request_id();
-        let mut request = Request::post("/").body(payload.clone()).map_err(|e| {
-            SubmitError::Failed(GatewayError::Internal(format!("building a request: {e}")))
-        })?;
-        if let Ok(v) = HeaderValue::from_str(content_type) {
-            request
-                .headers_mut()
-                .insert(http::header::CONTENT_TYPE, v);
-        }
+        let request = post_root(payload.clone(), content_type).map_err(SubmitError::Failed)?;
         let inv = Invocation {
             target,
             trigger: trigger_name.into(),
@@ -278,6 +271,20 @@ pub async fn submit_message(
         }
     }
     Ok(ids)
+}
+
+/// The request every non-HTTP source hands a function: POST `/` (on `localhost`, as a
+/// wasi:http request needs an authority) with `body` and its `Content-Type`.
+pub(crate) fn post_root(body: Bytes, content_type: &str) -> Result<Request<Bytes>, GatewayError> {
+    let mut request = Request::post("http://localhost/")
+        .body(body)
+        .map_err(|e| GatewayError::Internal(format!("building a request: {e}")))?;
+    let value = HeaderValue::from_str(content_type)
+        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
+    request
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, value);
+    Ok(request)
 }
 
 /// Warnings for `check` and start-up: a source that can reach no function.

@@ -86,6 +86,7 @@ pub async fn run(
         stop.clone(),
     ));
     let mut failures = 0u32;
+    let mut session = "new";
     loop {
         let event = tokio::select! {
             e = eventloop.poll() => e,
@@ -99,22 +100,11 @@ pub async fn run(
                         tracing::warn!(trigger, topic, "cannot subscribe: {e}");
                     }
                 }
-                states.set(
-                    &trigger,
-                    "mqtt",
-                    Phase::Running,
-                    format!(
-                        "connected to {} as '{}' ({} session), subscribed to {}",
-                        broker.url,
-                        broker.client_id,
-                        if ack.session_present {
-                            "resumed"
-                        } else {
-                            "new"
-                        },
-                        broker.topics.join(" ")
-                    ),
-                );
+                session = if ack.session_present {
+                    "resumed"
+                } else {
+                    "new"
+                };
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 use rumqttc::SubscribeReasonCode;
@@ -129,6 +119,20 @@ pub async fn run(
                         Phase::Failed,
                         format!(
                             "the broker refused a subscription to {}",
+                            broker.topics.join(" ")
+                        ),
+                    );
+                } else {
+                    // Running once the broker has confirmed the subscriptions: from here on
+                    // every matching message reaches the trigger.
+                    states.set(
+                        &trigger,
+                        "mqtt",
+                        Phase::Running,
+                        format!(
+                            "connected to {} as '{}' ({session} session), subscribed to {}",
+                            broker.url,
+                            broker.client_id,
                             broker.topics.join(" ")
                         ),
                     );
