@@ -82,16 +82,16 @@ pub fn send(conn: &Connection, mut call: Call) -> Result<Answer> {
         let (k, v) = h
             .split_once(':')
             .ok_or_else(|| anyhow!("-H '{h}': expected 'Name: value'"))?;
-        call.headers.push((k.trim().to_string(), v.trim().to_string()));
+        call.headers
+            .push((k.trim().to_string(), v.trim().to_string()));
     }
     let url: reqwest::Url = call
         .url
         .parse()
         .map_err(|e| anyhow!("URL '{}' is not valid: {e}", call.url))?;
     if let Some((key_id, secret_env)) = &conn.sign {
-        let secret = std::env::var(secret_env).map_err(|_| {
-            anyhow!("--secret-env: environment variable '{secret_env}' is not set")
-        })?;
+        let secret = std::env::var(secret_env)
+            .map_err(|_| anyhow!("--secret-env: environment variable '{secret_env}' is not set"))?;
         call.headers.extend(crate::auth::signature::sign_acs3(
             key_id,
             &secret,

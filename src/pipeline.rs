@@ -205,8 +205,15 @@ impl App {
         } else {
             invocation_type
         };
-        let (principal, read, body_sha256) =
-            authenticate(self, trigger, &mut parts, unread, conn, &routed.function_path).await?;
+        let (principal, read, body_sha256) = authenticate(
+            self,
+            trigger,
+            &mut parts,
+            unread,
+            conn,
+            &routed.function_path,
+        )
+        .await?;
         record.principal = Some(principal.id());
         record.anonymous = matches!(principal, Principal::Anonymous(_));
         throttle(self, trigger, &principal, conn).inspect_err(|e| {
@@ -220,7 +227,11 @@ impl App {
                     .take()
                     .ok_or_else(|| GatewayError::Internal("the request body is gone".into()))?;
                 // An event is read whole, within the async body limit.
-                let read_as = if is_event { InvocationType::Async } else { invocation_type };
+                let read_as = if is_event {
+                    InvocationType::Async
+                } else {
+                    invocation_type
+                };
                 read_ahead(self, body, read_as).await?
             }
         };
@@ -374,7 +385,11 @@ pub fn route<'a>(
     };
     let (id, rest, on_async_path) = match routes.path.matches(&path.path) {
         Some((id, rest)) => (id, rest, false),
-        None => match routes.async_path.as_ref().and_then(|a| a.matches(&path.path)) {
+        None => match routes
+            .async_path
+            .as_ref()
+            .and_then(|a| a.matches(&path.path))
+        {
             Some((id, rest)) => (id, rest, true),
             None => {
                 return Err(GatewayError::TriggerNotFound(format!(

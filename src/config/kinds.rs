@@ -70,7 +70,12 @@ pub fn parse_schedule(expr: &str) -> Result<croner::Cron> {
     };
     if pattern.starts_with('@') {
         const DESCRIPTORS: [&str; 6] = [
-            "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@hourly",
+            "@yearly",
+            "@annually",
+            "@monthly",
+            "@weekly",
+            "@daily",
+            "@hourly",
         ];
         if !DESCRIPTORS.iter().any(|d| d.eq_ignore_ascii_case(pattern)) {
             bail!(
@@ -422,7 +427,13 @@ mod tests {
         ] {
             parse_schedule(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
-        for bad in ["* * *", "61 * * * *", "@sometimes", "0 0 0 1 1 * 2030", "x y z a b"] {
+        for bad in [
+            "* * *",
+            "61 * * * *",
+            "@sometimes",
+            "0 0 0 1 1 * 2030",
+            "x y z a b",
+        ] {
             let e = parse_schedule(bad).unwrap_err().to_string();
             assert!(e.contains(&format!("'{bad}'")), "{bad}: {e}");
         }
@@ -460,7 +471,9 @@ mod tests {
 
     #[test]
     fn templates_match_any_depth() {
-        let t = RouteTemplate::parse("/function/{function}").unwrap().unwrap();
+        let t = RouteTemplate::parse("/function/{function}")
+            .unwrap()
+            .unwrap();
         assert_eq!(t.prefix, "/function");
         assert_eq!(
             t.matches("/function/hello"),
@@ -484,7 +497,10 @@ mod tests {
             s.matches("/spaces/default/functions/mailer/invoke"),
             Some(("mailer".into(), "/".into()))
         );
-        assert_eq!(s.matches("/spaces/shop/functions/mailer/async-invoke"), None);
+        assert_eq!(
+            s.matches("/spaces/shop/functions/mailer/async-invoke"),
+            None
+        );
         assert!(RouteTemplate::parse("/x/{fn}").is_err());
         assert!(RouteTemplate::parse("/x/{namespace}").is_err());
         assert!(RouteTemplate::parse("/plain").unwrap().is_none());

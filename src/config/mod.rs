@@ -502,7 +502,10 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
             format!("{}.{namespace}", f.name)
         };
         if functions.iter().any(|g| g.name == id) {
-            bail!("[[function]] name '{}': defined twice in namespace '{namespace}'", f.name);
+            bail!(
+                "[[function]] name '{}': defined twice in namespace '{namespace}'",
+                f.name
+            );
         }
         functions.push(FunctionConfig {
             namespace,
@@ -643,11 +646,12 @@ fn validate_kind(
                 .schedule
                 .clone()
                 .ok_or_else(|| anyhow!("{at}: key `schedule` is required for a cron trigger"))?;
-            let cron = kinds::parse_schedule(&schedule).map_err(|e| anyhow!("{at}: key `schedule`: {e}"))?;
+            let cron = kinds::parse_schedule(&schedule)
+                .map_err(|e| anyhow!("{at}: key `schedule`: {e}"))?;
             let tz_name = t.timezone.clone().unwrap_or_else(|| "UTC".to_string());
-            let timezone: chrono_tz::Tz = tz_name
-                .parse()
-                .map_err(|_| anyhow!("{at}: key `timezone`: '{tz_name}' is not an IANA time zone name"))?;
+            let timezone: chrono_tz::Tz = tz_name.parse().map_err(|_| {
+                anyhow!("{at}: key `timezone`: '{tz_name}' is not an IANA time zone name")
+            })?;
             Ok(Kind::Cron(CronConfig {
                 schedule,
                 cron,
@@ -663,11 +667,18 @@ fn validate_kind(
                 .broker
                 .clone()
                 .ok_or_else(|| anyhow!("{at}: key `broker` is required for a {kind} trigger"))?;
-            let (transport, host, port) =
-                kinds::parse_broker_url(kind, &url).map_err(|e| anyhow!("{at}: key `broker`: {e}"))?;
+            let (transport, host, port) = kinds::parse_broker_url(kind, &url)
+                .map_err(|e| anyhow!("{at}: key `broker`: {e}"))?;
             let topics = t.topics.clone().unwrap_or_default();
             if topics.is_empty() {
-                bail!("{at}: key `topics`: at least one {} is required", if kind == "mqtt" { "topic filter" } else { "subject" });
+                bail!(
+                    "{at}: key `topics`: at least one {} is required",
+                    if kind == "mqtt" {
+                        "topic filter"
+                    } else {
+                        "subject"
+                    }
+                );
             }
             for topic in &topics {
                 let checked = if kind == "mqtt" {
@@ -692,16 +703,29 @@ fn validate_kind(
             }
             let username = match (&t.username, &t.username_env) {
                 (None, None) => None,
-                (u, v) => Some(secret(&format!("{at}: key `username`"), u.clone(), v.clone(), env)?),
+                (u, v) => Some(secret(
+                    &format!("{at}: key `username`"),
+                    u.clone(),
+                    v.clone(),
+                    env,
+                )?),
             };
             let password = match (&t.password, &t.password_env) {
                 (None, None) => None,
-                (p, v) => Some(secret(&format!("{at}: key `password`"), p.clone(), v.clone(), env)?),
+                (p, v) => Some(secret(
+                    &format!("{at}: key `password`"),
+                    p.clone(),
+                    v.clone(),
+                    env,
+                )?),
             };
             if password.is_some() && username.is_none() {
                 bail!("{at}: key `password` needs a `username`");
             }
-            let client_id = t.client_id.clone().unwrap_or_else(|| format!("wasmgate-{}", t.name));
+            let client_id = t
+                .client_id
+                .clone()
+                .unwrap_or_else(|| format!("wasmgate-{}", t.name));
             if client_id.is_empty() || client_id.len() > 128 {
                 bail!("{at}: key `client_id`: must be 1 to 128 characters");
             }
@@ -716,16 +740,26 @@ fn validate_kind(
                 password,
                 qos,
                 topics,
-                queue_group: t.queue_group.clone().unwrap_or_else(|| format!("wasmgate-{}", t.name)),
+                queue_group: t
+                    .queue_group
+                    .clone()
+                    .unwrap_or_else(|| format!("wasmgate-{}", t.name)),
                 content_type: t
                     .content_type
                     .clone()
                     .unwrap_or_else(|| "application/octet-stream".to_string()),
             };
             if http::HeaderValue::from_str(&broker.content_type).is_err() {
-                bail!("{at}: key `content_type`: '{}' is not a header value", broker.content_type);
+                bail!(
+                    "{at}: key `content_type`: '{}' is not a header value",
+                    broker.content_type
+                );
             }
-            Ok(if kind == "mqtt" { Kind::Mqtt(broker) } else { Kind::Nats(broker) })
+            Ok(if kind == "mqtt" {
+                Kind::Mqtt(broker)
+            } else {
+                Kind::Nats(broker)
+            })
         }
         other => bail!("{at}: key `kind`: '{other}' is not one of http, event, cron, mqtt, nats"),
     }
@@ -760,7 +794,10 @@ fn validate_trigger(
     let routes = match (&kind, template) {
         (Kind::Http, Some(Some(path))) => {
             if function.is_some() {
-                bail!("{at}: key `function`: a path template ('{}') chooses the function by name; remove `function`", path.text);
+                bail!(
+                    "{at}: key `function`: a path template ('{}') chooses the function by name; remove `function`",
+                    path.text
+                );
             }
             let async_path = match t.async_path.as_deref() {
                 None => None,
@@ -784,26 +821,38 @@ fn validate_trigger(
                 functions,
             })
         }
-        (_, Some(Some(_))) => bail!("{at}: key `path`: a template with {{function}} is for http triggers"),
+        (_, Some(Some(_))) => {
+            bail!("{at}: key `path`: a template with {{function}} is for http triggers")
+        }
         _ => {
             if t.async_path.is_some() {
-                bail!("{at}: key `async_path`: only with a `path` template such as \"/function/{{function}}\"");
+                bail!(
+                    "{at}: key `async_path`: only with a `path` template such as \"/function/{{function}}\""
+                );
             }
             if t.functions.is_some() {
-                bail!("{at}: key `functions`: only with a `path` template such as \"/function/{{function}}\"");
+                bail!(
+                    "{at}: key `functions`: only with a `path` template such as \"/function/{{function}}\""
+                );
             }
             None
         }
     };
     match (&kind, &function, &routes) {
-        (Kind::Http, None, None) => bail!("{at}: key `function` is required (or a `path` template with {{function}})"),
+        (Kind::Http, None, None) => {
+            bail!("{at}: key `function` is required (or a `path` template with {{function}})")
+        }
         (Kind::Cron(_), None, _) => bail!("{at}: key `function` is required for a cron trigger"),
-        (Kind::Event, Some(_), _) => bail!("{at}: key `function`: an event trigger delivers to the functions whose `events` match; remove `function`"),
+        (Kind::Event, Some(_), _) => bail!(
+            "{at}: key `function`: an event trigger delivers to the functions whose `events` match; remove `function`"
+        ),
         _ => {}
     }
     let topic_match = match t.topic_match.as_deref() {
         None => TopicMatch::Wildcard,
-        Some(m) => m.parse().map_err(|e| anyhow!("{at}: key `topic_match`: {e}"))?,
+        Some(m) => m
+            .parse()
+            .map_err(|e| anyhow!("{at}: key `topic_match`: {e}"))?,
     };
     if let Some(ns) = &t.namespace
         && !valid_name(ns)
@@ -852,7 +901,10 @@ fn validate_trigger(
 
     let path = match t.path {
         _ if !kind.is_routed() => String::new(),
-        _ if routes.is_some() => routes.as_ref().map(|r| r.path.prefix.clone()).unwrap_or_default(),
+        _ if routes.is_some() => routes
+            .as_ref()
+            .map(|r| r.path.prefix.clone())
+            .unwrap_or_default(),
         None => format!("/{}", t.name),
         Some(p) => {
             if !p.starts_with('/') {

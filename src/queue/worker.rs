@@ -293,8 +293,7 @@ async fn finish(
             status,
             headers,
             body,
-            error: answer_failed(status, policy)
-                .then(|| format!("the function answered {status}")),
+            error: answer_failed(status, policy).then(|| format!("the function answered {status}")),
         },
         Attempt::Refused {
             status,

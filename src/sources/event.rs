@@ -56,7 +56,10 @@ fn check_id(id: &str) -> Result<(), GatewayError> {
     if ok {
         Ok(())
     } else {
-        Err(invalid("id", format!("'{id}' must match [A-Za-z0-9_.-]{{1,64}}")))
+        Err(invalid(
+            "id",
+            format!("'{id}' must match [A-Za-z0-9_.-]{{1,64}}"),
+        ))
     }
 }
 
@@ -73,8 +76,8 @@ pub fn parse(
         .unwrap_or("")
         .to_ascii_lowercase();
     if content_type.starts_with("application/cloudevents+json") {
-        let v: Value = serde_json::from_slice(body)
-            .map_err(|e| invalid("body", format!("not JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_slice(body).map_err(|e| invalid("body", format!("not JSON: {e}")))?;
         let obj = v
             .as_object()
             .ok_or_else(|| invalid("body", "a CloudEvent is a JSON object"))?;
@@ -143,7 +146,11 @@ pub fn parse(
     let due = from + chrono::Duration::milliseconds((delay.unwrap_or(0.0) * 1000.0) as i64);
     if (due - now).num_seconds() > max_age_s as i64 {
         return Err(invalid(
-            if delay.is_some() { "delay" } else { "timestamp" },
+            if delay.is_some() {
+                "delay"
+            } else {
+                "timestamp"
+            },
             format!("the event would be due more than max_event_age_s ({max_age_s} s) from now"),
         ));
     }
@@ -487,7 +494,10 @@ mod tests {
             (r#"{"type":"x","timestamp":"now"}"#, "timestamp"),
             (r#"{"type":"x","isSynchronous":"yes"}"#, "isSynchronous"),
             (r#"{"type":"x","isSynchronous":true,"delay":1}"#, "delay"),
-            (r#"{"type":"x","isSynchronous":true,"timestamp":1}"#, "timestamp"),
+            (
+                r#"{"type":"x","isSynchronous":true,"timestamp":1}"#,
+                "timestamp",
+            ),
             (r#"{"type":"x","id":"a b"}"#, "id"),
             (r#"{"type":"x","id":7}"#, "id"),
         ] {

@@ -79,27 +79,15 @@ impl States {
             entry.detail = detail;
             if changed {
                 match state {
-                    Phase::Failed => tracing::error!(
-                        trigger,
-                        kind,
-                        state = "failed",
-                        "{}",
-                        entry.detail
-                    ),
-                    Phase::Connecting => tracing::warn!(
-                        trigger,
-                        kind,
-                        state = "connecting",
-                        "{}",
-                        entry.detail
-                    ),
-                    Phase::Running => tracing::info!(
-                        trigger,
-                        kind,
-                        state = "running",
-                        "{}",
-                        entry.detail
-                    ),
+                    Phase::Failed => {
+                        tracing::error!(trigger, kind, state = "failed", "{}", entry.detail)
+                    }
+                    Phase::Connecting => {
+                        tracing::warn!(trigger, kind, state = "connecting", "{}", entry.detail)
+                    }
+                    Phase::Running => {
+                        tracing::info!(trigger, kind, state = "running", "{}", entry.detail)
+                    }
                 }
             }
         });
@@ -140,9 +128,9 @@ pub fn supervise(gateway: &Arc<Gateway>) {
             Kind::Cron(c) => {
                 let key = cron::fingerprint(c);
                 let (g, c) = (gateway.clone(), c.clone());
-                gateway
-                    .supervisor
-                    .ensure(name.clone(), key, move |stop| cron::run(g, trigger, c, stop));
+                gateway.supervisor.ensure(name.clone(), key, move |stop| {
+                    cron::run(g, trigger, c, stop)
+                });
             }
             Kind::Mqtt(b) => {
                 let (g, b) = (gateway.clone(), b.clone());

@@ -246,7 +246,11 @@ async fn store(
                 return true;
             }
             Err(SubmitError::Failed(e)) => {
-                tracing::error!(trigger, topic, "a message could not be enqueued; dropped: {e}");
+                tracing::error!(
+                    trigger,
+                    topic,
+                    "a message could not be enqueued; dropped: {e}"
+                );
                 gateway.sources.count(trigger, 0, 1);
                 return true;
             }
@@ -275,7 +279,10 @@ fn describe(e: &ConnectionError) -> (Phase, String) {
                 ConnectReturnCode::RefusedProtocolVersion => "protocol version refused",
                 ConnectReturnCode::Success => "refused",
             };
-            (Phase::Failed, format!("the broker refused the connection: {why}"))
+            (
+                Phase::Failed,
+                format!("the broker refused the connection: {why}"),
+            )
         }
         ConnectionError::Tls(e) => (Phase::Failed, format!("TLS: {e}")),
         other => (Phase::Connecting, format!("reconnecting: {other}")),

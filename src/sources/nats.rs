@@ -109,25 +109,23 @@ async fn connect(
         let (s, t, url) = (s.clone(), t.clone(), url.clone());
         async move {
             match event {
-                async_nats::Event::Connected => s.set(
-                    &t,
-                    "nats",
-                    Phase::Running,
-                    format!("connected to {url}"),
-                ),
+                async_nats::Event::Connected => {
+                    s.set(&t, "nats", Phase::Running, format!("connected to {url}"))
+                }
                 async_nats::Event::Disconnected => s.set(
                     &t,
                     "nats",
                     Phase::Connecting,
                     format!("disconnected from {url}; reconnecting"),
                 ),
-                async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) => s
-                    .set(
+                async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) => {
+                    s.set(
                         &t,
                         "nats",
                         Phase::Failed,
                         "the server refused the connection: authorization violation".into(),
-                    ),
+                    )
+                }
                 other => tracing::warn!(trigger = %t, "nats: {other}"),
             }
         }

@@ -61,8 +61,14 @@ mod tests {
 
     #[test]
     fn mqtt_wildcards() {
-        assert!(mqtt_matches("sensors/+/temperature", "sensors/a/temperature"));
-        assert!(!mqtt_matches("sensors/+/temperature", "sensors/a/b/temperature"));
+        assert!(mqtt_matches(
+            "sensors/+/temperature",
+            "sensors/a/temperature"
+        ));
+        assert!(!mqtt_matches(
+            "sensors/+/temperature",
+            "sensors/a/b/temperature"
+        ));
         assert!(mqtt_matches("alerts/#", "alerts"));
         assert!(mqtt_matches("alerts/#", "alerts/x/y"));
         assert!(mqtt_matches("#", "anything/at/all"));

@@ -373,3 +373,157 @@ impl Receiver {
         self.rx.recv_timeout(limit).ok()
     }
 }
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A broker (mosquitto or nats-server) started for one test on a free loopback port;
+/// killed when dropped. A broker that is not installed fails the test (the brokers come
+/// from Debian: `apt-get install mosquitto mosquitto-clients nats-server`; `.ci/run`
+/// installs them).
+pub struct Broker {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Broker {
+    /// mosquitto on a free port; `extra` is appended to its configuration (it may name
+    /// files in `dir`, written by `files` first).
+    pub fn mosquitto(extra: &str, files: &[(&str, &str)]) -> Broker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).expect("write broker file");
+        }
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        let extra = extra.replace("{dir}", &dir.path().display().to_string());
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\npersistence false\n{extra}\n"),
+        )
+        .expect("write mosquitto.conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto is not installed (apt-get install mosquitto mosquitto-clients)");
+        Self::ready(child, port, dir)
+    }
+
+    /// nats-server on a free port.
+    pub fn nats() -> Broker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is not installed (apt-get install nats-server)");
+        Self::ready(child, port, dir)
+    }
+
+    /// Waits (bounded) until the broker accepts connections.
+    fn ready(child: Child, port: u16, dir: tempfile::TempDir) -> Broker {
+        let broker = Broker { child, port, dir };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return broker;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("the broker did not listen on port {port}");
+    }
+
+    /// Publishes one MQTT message with mosquitto_pub (QoS 1 unless `qos` says otherwise).
+    pub fn publish(&self, topic: &str, payload: &str, qos: u8) {
+        let status = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-q", &qos.to_string(), "-t", topic, "-m", payload])
+            .status()
+            .expect("mosquitto_pub is not installed (apt-get install mosquitto-clients)");
+        assert!(status.success(), "mosquitto_pub failed");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (bounded) until the admin API's `/readyz` shows source `trigger` in `state`;
+/// returns the source's record.
+pub async fn wait_source(server: &TestServer, trigger: &str, state: &str) -> serde_json::Value {
+    let http = client();
+    let mut last = serde_json::Value::Null;
+    for _ in 0..400 {
+        if let Ok(r) = http.get(server.admin_url("/readyz")).send().await
+            && let Ok(v) = r.json::<serde_json::Value>().await
+        {
+            last = v["sources"][trigger].clone();
+            if last["state"] == state {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("source '{trigger}' never reached '{state}'; last: {last}");
+}
+
+/// The tasks of a trigger, from the admin API.
+pub async fn tasks(server: &TestServer, trigger: &str) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = client()
+        .get(server.admin_url(&format!("/-/tasks?trigger={trigger}")))
+        .send()
+        .await
+        .expect("admin API")
+        .json()
+        .await
+        .expect("json");
+    v["tasks"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits (bounded) until `trigger` has at least `n` tasks in state `state`.
+pub async fn wait_tasks(
+    server: &TestServer,
+    trigger: &str,
+    state: &str,
+    n: usize,
+) -> Vec<serde_json::Value> {
+    let mut last = Vec::new();
+    for _ in 0..600 {
+        last = tasks(server, trigger).await;
+        if last.iter().filter(|t| t["state"] == state).count() >= n {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("trigger '{trigger}' never had {n} tasks {state}; last: {last:?}");
+}
+
+/// What the `echo` function saw, from a finished task's response preview.
+pub fn echoed(task: &serde_json::Value) -> serde_json::Value {
+    let preview = task["response_preview"]
+        .as_str()
+        .expect("a response preview");
+    serde_json::from_str(preview).unwrap_or_else(|e| panic!("{e}: {preview}"))
+}
+
+/// A header from the `echo` function's view of a request.
+pub fn echoed_header(echo: &serde_json::Value, name: &str) -> Option<String> {
+    echo["headers"]
+        .as_array()?
+        .iter()
+        .find(|h| h[0].as_str().is_some_and(|k| k.eq_ignore_ascii_case(name)))
+        .and_then(|h| h[1].as_str().map(str::to_string))
+}

@@ -137,7 +137,15 @@ impl Guest for Probe {
                 }
             }
             "/no-response" => drop(out),
-            _ => respond(out, 200, text, b"probe"),
+            // Any other path: 200, or the status in the PROBE_STATUS environment variable (a
+            // subscriber that always answers, say, 404).
+            _ => {
+                let status = std::env::var("PROBE_STATUS")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(200);
+                respond(out, status, text, b"probe")
+            }
         }
     }
 }

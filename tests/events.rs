@@ -1,0 +1,464 @@
+//! The event API (SPEC 8.3), routes by function name (8.4) and the client commands (8.5),
+//! against the real binary over TLS.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Receiver, TestServer, client, echoed_header, error_body, tasks};
+use serde_json::{Value, json};
+
+fn config(receiver: &Receiver, cb_status_path: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+data_dir = "data"
+tls = {{ cert = "{{certs}}/localhost.pem", key = "{{certs}}/localhost-key.pem" }}
+
+[[function]]
+name = "mailer"
+wasm = "{{echo}}"
+events = ["sent-email", "order.*"]
+
+[[function]]
+name = "audit"
+wasm = "{{echo}}"
+events = ["order.*"]
+
+[[function]]
+name = "failing"
+wasm = "{{probe}}"
+events = ["broken"]
+env = {{ PROBE_STATUS = "404" }}
+
+[[function]]
+name = "hello"
+wasm = "{{hello}}"
+
+[[function]]
+name = "echo"
+wasm = "{{echo}}"
+namespace = "shop"
+
+[[trigger]]
+name = "events"
+kind = "event"
+path = "/v1/api/shop/eventing/queue"
+async = {{ on_success = "{ok}", on_failure = "{fail}", callback_hosts = ["127.0.0.1"], max_retries = 1, max_event_age_s = 600 }}
+
+[[trigger]]
+name = "openfaas"
+path = "/function/{{function}}"
+async_path = "/async-function/{{function}}"
+functions = ["hello", "echo.shop"]
+
+[[trigger]]
+name = "spaces"
+path = "/spaces/{{namespace}}/functions/{{function}}/invoke"
+async_path = "/spaces/{{namespace}}/functions/{{function}}/async-invoke"
+functions = ["*"]
+async = {{ on_success = "{ok}", callback_hosts = ["127.0.0.1"] }}
+"#,
+        ok = receiver.url("/ok"),
+        fail = receiver.url(cb_status_path),
+    )
+}
+
+async fn publish(s: &TestServer, body: Value) -> reqwest::Response {
+    client()
+        .post(s.url("/v1/api/shop/eventing/queue"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The CloudEvent a subscriber received, from its success callback (the echo function
+/// answers with what it saw), and the function's name.
+fn delivered(receiver: &Receiver) -> (String, Value, Value) {
+    let got = receiver
+        .next(Duration::from_secs(30))
+        .expect("a delivery callback");
+    let echo: Value = serde_json::from_slice(&got.body).expect("echo JSON");
+    let ce: Value = serde_json::from_str(echo["body"].as_str().unwrap()).expect("a CloudEvent");
+    (
+        got.header("x-function-name").unwrap_or("").to_string(),
+        echo,
+        ce,
+    )
+}
+
+#[tokio::test]
+async fn async_events_reach_every_subscriber_as_cloudevents() {
+    let receiver = Receiver::start(200);
+    let s = TestServer::start(&config(&receiver, "/fail"));
+    let r = publish(
+        &s,
+        json!({"type": "order.created", "data": {"order": 7}, "id": "order-7"}),
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["id"], "order-7");
+    let mut ids: Vec<&str> = body["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["evt-order-7-audit", "evt-order-7-mailer"]);
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let (function, echo, ce) = delivered(&receiver);
+        assert_eq!(echo["method"], "POST");
+        assert_eq!(echo["path"], "/");
+        assert_eq!(
+            echoed_header(&echo, "content-type").as_deref(),
+            Some("application/cloudevents+json")
+        );
+        assert_eq!(
+            echoed_header(&echo, "x-fc-trigger-type").as_deref(),
+            Some("event")
+        );
+        assert_eq!(ce["specversion"], "1.0");
+        assert_eq!(ce["id"], "order-7");
+        assert_eq!(ce["type"], "order.created");
+        assert!(ce["source"].as_str().unwrap().starts_with("wasmgate://"));
+        chrono::DateTime::parse_from_rfc3339(ce["time"].as_str().unwrap()).expect("RFC 3339");
+        assert_eq!(ce["datacontenttype"], "application/json");
+        assert_eq!(ce["data"], json!({"order": 7}));
+        seen.push(function);
+    }
+    seen.sort();
+    assert_eq!(seen, ["audit", "mailer"]);
+    // The same id again is a conflict, and nothing new is queued.
+    let again = publish(&s, json!({"type": "order.created", "id": "order-7"})).await;
+    assert_eq!(again.status(), 409);
+    assert_eq!(error_body(again).await["Code"], "TaskAlreadyExists");
+    assert_eq!(tasks(&s, "events").await.len(), 2);
+}
+
+#[tokio::test]
+async fn structured_and_binary_cloudevents_are_accepted_as_input() {
+    let receiver = Receiver::start(200);
+    let s = TestServer::start(&config(&receiver, "/fail"));
+    let r = client()
+        .post(s.url("/v1/api/shop/eventing/queue"))
+        .header("content-type", "application/cloudevents+json")
+        .body(
+            json!({"specversion": "1.0", "type": "sent-email", "id": "ce-1",
+                   "source": "/crm", "data": {"to": "a@b"}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let (function, _, ce) = delivered(&receiver);
+    assert_eq!(function, "mailer");
+    assert_eq!(
+        (&ce["id"], &ce["data"]),
+        (&json!("ce-1"), &json!({"to": "a@b"}))
+    );
+    let r = client()
+        .post(s.url("/v1/api/shop/eventing/queue"))
+        .header("ce-type", "sent-email")
+        .header("ce-id", "ce-2")
+        .header("ce-source", "/crm")
+        .header("content-type", "application/json")
+        .body(r#"{"to":"c@d"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let (_, _, ce) = delivered(&receiver);
+    assert_eq!(
+        (&ce["id"], &ce["data"]),
+        (&json!("ce-2"), &json!({"to": "c@d"}))
+    );
+}
+
+#[tokio::test]
+async fn synchronous_events_answer_with_the_subscribers_responses() {
+    let receiver = Receiver::start(200);
+    let s = TestServer::start(&config(&receiver, "/fail"));
+    // One subscriber: its own response.
+    let r = publish(
+        &s,
+        json!({"type": "sent-email", "data": "hi", "isSynchronous": true}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let echo: Value = r.json().await.unwrap();
+    let ce: Value = serde_json::from_str(echo["body"].as_str().unwrap()).unwrap();
+    assert_eq!(ce["data"], "hi");
+    // Several: one entry each.
+    let r = publish(&s, json!({"type": "order.paid", "isSynchronous": true})).await;
+    assert_eq!(r.status(), 200);
+    let all: Value = r.json().await.unwrap();
+    let mut names: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["status"], 200);
+            e["function"].as_str().unwrap()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["audit", "mailer"]);
+    // Nobody listens.
+    let r = publish(&s, json!({"type": "nobody", "isSynchronous": true})).await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_body(r).await["Code"], "NoSubscriber");
+    // Nothing was queued.
+    assert!(tasks(&s, "events").await.is_empty());
+}
+
+#[tokio::test]
+async fn delayed_events_wait_and_failed_deliveries_are_retried() {
+    let receiver = Receiver::start(200);
+    let s = TestServer::start(&config(&receiver, "/fail"));
+    let r = publish(
+        &s,
+        json!({"type": "sent-email", "delay": 30, "id": "later"}),
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    let t = &tasks(&s, "events").await[0];
+    assert_eq!(t["state"], "Enqueued");
+    let wait = t["due_ms"].as_i64().unwrap() - t["created_ms"].as_i64().unwrap();
+    assert!(
+        (29_000..=31_000).contains(&wait),
+        "due {wait} ms after creation"
+    );
+    // A subscriber answering outside 2xx fails the attempt and is retried (max_retries 1).
+    let r = publish(&s, json!({"type": "broken", "data": null, "id": "b-1"})).await;
+    assert_eq!(r.status(), 202);
+    let failure = receiver
+        .next(Duration::from_secs(30))
+        .expect("the failure callback");
+    assert_eq!(failure.path, "/fail");
+    let t: Value = client()
+        .get(s.admin_url("/-/tasks/evt-b-1-failing?trigger=events"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(t["state"], "Failed", "{t}");
+    assert_eq!(t["attempts"], 2, "{t}");
+}
+
+#[tokio::test]
+async fn every_bad_event_field_is_a_400_that_names_it() {
+    let receiver = Receiver::start(200);
+    let s = TestServer::start(&config(&receiver, "/fail"));
+    for (body, field) in [
+        (json!({"data": 1}), "type"),
+        (json!({"type": 5}), "type"),
+        (json!({"type": "x", "delay": -1}), "delay"),
+        (json!({"type": "x", "delay": 601}), "delay"),
+        (json!({"type": "x", "timestamp": "yesterday"}), "timestamp"),
+        (
+            json!({"type": "x", "isSynchronous": true, "delay": 1}),
+            "delay",
+        ),
+        (json!({"type": "x", "isSynchronous": "no"}), "isSynchronous"),
+        (json!({"type": "x", "id": "has space"}), "id"),
+    ] {
+        let r = publish(&s, body.clone()).await;
+        assert_eq!(r.status(), 400, "{body}");
+        let e = error_body(r).await;
+        assert_eq!(e["Code"], "InvalidArgument");
+        assert!(
+            e["Message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("field `{field}`")),
+            "{body}: {e}"
+        );
+    }
+    let r = client()
+        .post(s.url("/v1/api/shop/eventing/queue"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(
+        error_body(r).await["Message"]
+            .as_str()
+            .unwrap()
+            .contains("field `body`")
+    );
+    // The event API is a POST route like any trigger's: other methods are refused.
+    let r = client()
+        .get(s.url("/v1/api/shop/eventing/queue"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(tasks(&s, "events").await.is_empty());
+}
+
+#[tokio::test]
+async fn routes_by_function_name_expose_only_listed_functions() {
+    let receiver = Receiver::start(200);
+    let s = TestServer::start(&config(&receiver, "/fail"));
+    let c = client();
+    let r = c.get(s.url("/function/hello")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // The rest of the path, at any depth, is the function's.
+    let r = c
+        .get(s.url("/spaces/shop/functions/echo/invoke/a/b/c?x=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let echo: Value = r.json().await.unwrap();
+    assert_eq!(echo["path"], "/a/b/c?x=1");
+    assert_eq!(
+        echoed_header(&echo, "x-fc-function-name").as_deref(),
+        Some("echo.shop")
+    );
+    assert_eq!(
+        echoed_header(&echo, "x-fc-original-path").as_deref(),
+        Some("/spaces/shop/functions/echo/invoke/a/b/c?x=1")
+    );
+    let r = c
+        .get(s.url("/function/echo.shop/deep/er"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["path"], "/deep/er");
+    // Not listed by the trigger: hidden, even though it exists.
+    let r = c.get(s.url("/function/mailer")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_body(r).await["Code"], "FunctionNotFound");
+    // Listed by `*` but not deployed anywhere.
+    let r = c
+        .get(s.url("/spaces/default/functions/ghost/invoke"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_body(r).await["Code"], "FunctionNotFound");
+    // The async path: async without the header, POST only.
+    let r = c
+        .post(s.url("/spaces/shop/functions/echo/async-invoke/job"))
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.headers()["x-fc-async-task-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let got = receiver.next(Duration::from_secs(30)).expect("callback");
+    assert_eq!(got.header("x-fc-async-task-id"), Some(id.as_str()));
+    let echo: Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(
+        (&echo["path"], &echo["body"]),
+        (&json!("/job"), &json!("payload"))
+    );
+    let r = c
+        .get(s.url("/spaces/shop/functions/echo/async-invoke"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c.post(s.url("/async-function/hello")).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    // A path under the template's prefix that fits neither template.
+    let r = c.get(s.url("/spaces/shop/other")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_body(r).await["Code"], "TriggerNotFound");
+}
+
+fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::bin())
+        .args(args)
+        .output()
+        .expect("run wasmgate")
+}
+
+#[tokio::test]
+async fn invoke_and_event_commands_talk_to_a_running_gateway() {
+    let receiver = Receiver::start(200);
+    let s = TestServer::start(&config(&receiver, "/fail"));
+    let ca = common::certs().join("ca.pem").display().to_string();
+    let out = cli(&[
+        "invoke",
+        &s.url("/function/echo.shop/x"),
+        "-d",
+        "body!",
+        "-H",
+        "X-Custom: 1",
+        "--cacert",
+        &ca,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let echo: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&echo["method"], &echo["body"]),
+        (&json!("POST"), &json!("body!"))
+    );
+    assert_eq!(echoed_header(&echo, "x-custom").as_deref(), Some("1"));
+    // -i shows the status line and headers.
+    let out = cli(&["invoke", "-i", &s.url("/function/hello"), "--cacert", &ca]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("HTTP/") && text.contains(" 200\n"),
+        "{text}"
+    );
+    assert!(text.contains("x-fc-request-id: "), "{text}");
+    // Async with a task id.
+    let out = cli(&[
+        "invoke",
+        &s.url("/spaces/shop/functions/echo/invoke"),
+        "--async",
+        "--task-id",
+        "cli_job_1",
+        "--cacert",
+        &ca,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("accepted: task cli_job_1"));
+    // A gateway error: non-zero exit, the error body printed.
+    let out = cli(&["invoke", &s.url("/function/mailer"), "--cacert", &ca]);
+    assert!(!out.status.success());
+    let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["Code"], "FunctionNotFound");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+    // `event`: async, then sync.
+    let url = s.url("/v1/api/shop/eventing/queue");
+    let out = cli(&[
+        "event",
+        &url,
+        "sent-email",
+        "--data",
+        r#"{"to":"x"}"#,
+        "--id",
+        "cli-1",
+        "--cacert",
+        &ca,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v, json!({"id": "cli-1", "tasks": ["evt-cli-1-mailer"]}));
+    let out = cli(&["event", &url, "sent-email", "--sync", "--cacert", &ca]);
+    assert!(out.status.success(), "{out:?}");
+    let echo: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(echo["method"], "POST");
+    let out = cli(&["event", &url, "nobody", "--sync", "--cacert", &ca]);
+    assert!(!out.status.success());
+    let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["Code"], "NoSubscriber");
+}

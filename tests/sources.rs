@@ -1,0 +1,426 @@
+//! Event sources against real brokers (mosquitto and nats-server from Debian, started here
+//! on free loopback ports) and the real binary: cron ticks, MQTT messages (topics, topic
+//! routing, persistent sessions, refused credentials), NATS subjects.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Broker, Receiver, TestServer, echoed_header, tasks, wait_source, wait_tasks};
+
+/// The echo function's view of a request, from a success callback.
+fn callback_echo(receiver: &Receiver) -> serde_json::Value {
+    let got = receiver
+        .next(Duration::from_secs(30))
+        .expect("a callback from the function");
+    serde_json::from_slice(&got.body).expect("the echo function's JSON")
+}
+
+const SERVER: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+data_dir = "data"
+"#;
+
+#[tokio::test]
+async fn cron_fires_every_tick_once_with_its_id_and_time() {
+    let s = TestServer::start(&format!(
+        r#"{SERVER}
+[[function]]
+name = "echo"
+wasm = "{{echo}}"
+
+[[trigger]]
+name = "tick"
+kind = "cron"
+function = "echo"
+schedule = "* * * * * *"
+payload = '{{"job":"report"}}'
+"#
+    ));
+    let done = wait_tasks(&s, "tick", "Succeeded", 3).await;
+    let mut ids: Vec<&str> = done.iter().map(|t| t["id"].as_str().unwrap()).collect();
+    ids.sort();
+    let before = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), before, "tick ids are distinct: {ids:?}");
+    for t in done.iter().filter(|t| t["state"] == "Succeeded") {
+        let id = t["id"].as_str().unwrap();
+        let secs: i64 = id
+            .strip_prefix("cron-tick-")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("id {id} is cron-<trigger>-<unix seconds>"));
+        assert_eq!(t["attempts"], 1, "each tick runs once: {t}");
+        let echo = common::echoed(t);
+        assert_eq!(echo["method"], "POST");
+        assert_eq!(echo["body"], r#"{"job":"report"}"#);
+        assert_eq!(
+            echoed_header(&echo, "x-fc-trigger-type").as_deref(),
+            Some("cron")
+        );
+        let scheduled = echoed_header(&echo, "x-fc-scheduled-time").expect("scheduled time");
+        let at = chrono::DateTime::parse_from_rfc3339(&scheduled).expect("RFC 3339");
+        assert_eq!(at.timestamp(), secs, "the id names the scheduled second");
+    }
+}
+
+#[test]
+fn cron_expressions_are_checked_and_bad_ones_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |schedule: &str| {
+        let config = dir.path().join("w.toml");
+        std::fs::write(
+            &config,
+            common::render(&format!(
+                r#"[server]
+listen = "127.0.0.1:0"
+[[function]]
+name = "echo"
+wasm = "{{echo}}"
+[[trigger]]
+name = "c"
+kind = "cron"
+function = "echo"
+schedule = "{schedule}"
+timezone = "Europe/Paris"
+"#
+            )),
+        )
+        .unwrap();
+        std::process::Command::new(common::bin())
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    for ok in [
+        "*/10 * * * *",
+        "*/5 * * * * *",
+        "@yearly",
+        "@annually",
+        "@monthly",
+        "@weekly",
+        "@daily",
+        "@midnight",
+        "@hourly",
+    ] {
+        let out = run(ok);
+        assert!(
+            out.status.success(),
+            "{ok}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(ok));
+    }
+    for bad in ["61 * * * *", "* * *", "@fortnightly"] {
+        let out = run(bad);
+        assert!(!out.status.success(), "{bad} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("'{bad}'")) && err.contains("trigger 'c'"),
+            "{bad}: {err}"
+        );
+    }
+}
+
+fn mqtt_config(broker: &Broker, receiver: &Receiver, trigger: &str) -> String {
+    format!(
+        r#"{SERVER}
+[[function]]
+name = "echo"
+wasm = "{{echo}}"
+
+[[trigger]]
+name = "sensors"
+kind = "mqtt"
+broker = "mqtt://127.0.0.1:{port}"
+client_id = "wasmgate-test-sensors"
+qos = 1
+topics = ["sensors/+/temperature"]
+content_type = "application/json"
+{trigger}
+async = {{ on_success = "{cb}", callback_hosts = ["127.0.0.1"] }}
+"#,
+        port = broker.port,
+        cb = receiver.url("/done"),
+    )
+}
+
+#[tokio::test]
+async fn an_mqtt_message_reaches_the_function_with_its_topic_and_payload() {
+    let broker = Broker::mosquitto("allow_anonymous true", &[]);
+    let receiver = Receiver::start(200);
+    let s = TestServer::start(&mqtt_config(&broker, &receiver, r#"function = "echo""#));
+    wait_source(&s, "sensors", "running").await;
+    // A topic outside the filters first: the broker never hands it over.
+    broker.publish("sensors/kitchen/humidity", "{\"h\":40}", 1);
+    broker.publish("sensors/kitchen/temperature", "{\"t\":21.5}", 1);
+    let echo = callback_echo(&receiver);
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["path"], "/");
+    assert_eq!(echo["body"], "{\"t\":21.5}");
+    assert_eq!(
+        echoed_header(&echo, "x-topic").as_deref(),
+        Some("sensors/kitchen/temperature")
+    );
+    assert_eq!(
+        echoed_header(&echo, "x-fc-trigger-type").as_deref(),
+        Some("mqtt")
+    );
+    assert_eq!(
+        echoed_header(&echo, "content-type").as_deref(),
+        Some("application/json")
+    );
+    let all = tasks(&s, "sensors").await;
+    assert_eq!(
+        all.len(),
+        1,
+        "only the matching topic became a task: {all:?}"
+    );
+    assert!(receiver.next(Duration::from_millis(300)).is_none());
+}
+
+#[tokio::test]
+async fn one_message_invokes_every_function_whose_topics_match() {
+    let broker = Broker::mosquitto("allow_anonymous true", &[]);
+    let s = TestServer::start(&format!(
+        r##"{SERVER}
+[[function]]
+name = "alerts-all"
+wasm = "{{echo}}"
+topics = ["alerts/#"]
+
+[[function]]
+name = "alerts-fire"
+wasm = "{{echo}}"
+topics = ["alerts/fire/+"]
+
+[[function]]
+name = "alerts-other-ns"
+wasm = "{{echo}}"
+namespace = "ops"
+topics = ["alerts/#"]
+
+[[function]]
+name = "payments"
+wasm = "{{echo}}"
+topics = ["payments"]
+
+[[trigger]]
+name = "bus"
+kind = "mqtt"
+broker = "mqtt://127.0.0.1:{port}"
+topics = ["#"]
+namespace = "default"
+"##,
+        port = broker.port
+    ));
+    wait_source(&s, "bus", "running").await;
+    broker.publish("alerts/fire/kitchen", "smoke", 1);
+    let done = wait_tasks(&s, "bus", "Succeeded", 2).await;
+    let mut functions: Vec<&str> = done
+        .iter()
+        .map(|t| t["function"].as_str().unwrap())
+        .collect();
+    functions.sort();
+    assert_eq!(functions, ["alerts-all", "alerts-fire"], "{done:?}");
+    // A topic nothing subscribes to reaches no function (and is counted as dropped).
+    broker.publish("weather", "sun", 1);
+    broker.publish("payments", "1 EUR", 1);
+    let done = wait_tasks(&s, "bus", "Succeeded", 3).await;
+    assert_eq!(done.len(), 3, "{done:?}");
+    let state = wait_source(&s, "bus", "running").await;
+    assert_eq!(state["dropped"], 1, "{state}");
+}
+
+#[tokio::test]
+async fn qos1_messages_sent_while_the_gateway_is_down_arrive_after_it_starts() {
+    let broker = Broker::mosquitto("allow_anonymous true", &[]);
+    let receiver = Receiver::start(200);
+    let dir = tempfile::tempdir().unwrap();
+    let config = mqtt_config(&broker, &receiver, r#"function = "echo""#);
+    let mut s = TestServer::start_in(dir.path(), &config, &[]);
+    wait_source(&s, "sensors", "running").await;
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(Duration::from_secs(30)), Some(0));
+    broker.publish("sensors/cellar/temperature", "12", 1);
+    broker.publish("sensors/attic/temperature", "30", 1);
+    let s = TestServer::start_in(dir.path(), &config, &[]);
+    let mut bodies = vec![
+        callback_echo(&receiver)["body"].clone(),
+        callback_echo(&receiver)["body"].clone(),
+    ];
+    bodies.sort_by_key(|b| b.to_string());
+    assert_eq!(bodies, ["12", "30"]);
+    let state = wait_source(&s, "sensors", "running").await;
+    assert!(
+        state["detail"].as_str().unwrap().contains("resumed"),
+        "{state}"
+    );
+}
+
+#[tokio::test]
+async fn a_broker_that_refuses_the_credentials_is_a_failed_trigger_not_a_crash() {
+    let passwords = dir_passwords();
+    let broker = Broker::mosquitto(
+        "allow_anonymous false\npassword_file {dir}/passwd",
+        &[("passwd", &passwords)],
+    );
+    let s = TestServer::start_with_env(
+        &format!(
+            r#"{SERVER}
+[[function]]
+name = "echo"
+wasm = "{{echo}}"
+
+[[trigger]]
+name = "hello"
+path = "/hello"
+function = "echo"
+
+[[trigger]]
+name = "locked"
+kind = "mqtt"
+broker = "mqtt://127.0.0.1:{port}"
+username = "edge"
+password_env = "MQTT_PASSWORD"
+topics = ["x/#"]
+function = "echo"
+"#,
+            port = broker.port
+        ),
+        &[("MQTT_PASSWORD", "wrong")],
+    );
+    let state = wait_source(&s, "locked", "failed").await;
+    let detail = state["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("refused")
+            && (detail.contains("not authorized") || detail.contains("password")),
+        "{detail}"
+    );
+    // The node keeps serving, and says which part is degraded.
+    let r = common::client().get(s.url("/hello")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ready: serde_json::Value = reqwest::get(s.admin_url("/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["degraded"], serde_json::json!(["locked"]));
+    let sources: serde_json::Value = reqwest::get(s.admin_url("/-/sources"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sources["sources"]["locked"]["state"], "failed");
+    assert!(s.stderr_text().contains("refused the connection"));
+}
+
+/// A mosquitto password file for user `edge` (password `right`), made with
+/// mosquitto_passwd.
+fn dir_passwords() -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwd");
+    let status = std::process::Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&file)
+        .args(["edge", "right"])
+        .status()
+        .expect("mosquitto_passwd (apt-get install mosquitto)");
+    assert!(status.success());
+    std::fs::read_to_string(file).unwrap()
+}
+
+#[tokio::test]
+async fn nats_subjects_with_wildcards_reach_the_function() {
+    let broker = Broker::nats();
+    let receiver = Receiver::start(200);
+    let s = TestServer::start(&format!(
+        r#"{SERVER}
+[[function]]
+name = "echo"
+wasm = "{{echo}}"
+
+[[trigger]]
+name = "orders"
+kind = "nats"
+broker = "nats://127.0.0.1:{port}"
+topics = ["orders.*.created", "audit.>"]
+function = "echo"
+async = {{ on_success = "{cb}", callback_hosts = ["127.0.0.1"] }}
+"#,
+        port = broker.port,
+        cb = receiver.url("/done"),
+    ));
+    wait_source(&s, "orders", "running").await;
+    let nats = async_nats::connect(format!("127.0.0.1:{}", broker.port))
+        .await
+        .expect("connect to nats-server");
+    // A request is answered once the tasks are committed.
+    let reply = nats
+        .request("orders.eu.created", "o-1".into())
+        .await
+        .expect("the gateway answers a request");
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(reply["tasks"].as_array().unwrap().len(), 1, "{reply}");
+    let echo = callback_echo(&receiver);
+    assert_eq!(echo["body"], "o-1");
+    assert_eq!(
+        echoed_header(&echo, "x-topic").as_deref(),
+        Some("orders.eu.created")
+    );
+    assert_eq!(
+        echoed_header(&echo, "x-fc-trigger-type").as_deref(),
+        Some("nats")
+    );
+    // `*` is one token: no subscriber, so no responder.
+    let miss = nats.request("orders.eu.west.created", "o-2".into()).await;
+    assert!(
+        miss.is_err(),
+        "a subject outside the wildcards was answered"
+    );
+    nats.request("audit.a.b.c", "deep".into())
+        .await
+        .expect("`>` matches the rest");
+    assert_eq!(callback_echo(&receiver)["body"], "deep");
+    assert_eq!(tasks(&s, "orders").await.len(), 2);
+}
+
+#[tokio::test]
+async fn nats_queue_groups_share_messages_between_nodes() {
+    let broker = Broker::nats();
+    let config = format!(
+        r#"{SERVER}
+[[function]]
+name = "echo"
+wasm = "{{echo}}"
+
+[[trigger]]
+name = "jobs"
+kind = "nats"
+broker = "nats://127.0.0.1:{port}"
+topics = ["jobs"]
+function = "echo"
+"#,
+        port = broker.port
+    );
+    let a = TestServer::start(&config);
+    let b = TestServer::start(&config);
+    wait_source(&a, "jobs", "running").await;
+    wait_source(&b, "jobs", "running").await;
+    let nats = async_nats::connect(format!("127.0.0.1:{}", broker.port))
+        .await
+        .unwrap();
+    for i in 0..20 {
+        nats.request("jobs", format!("{i}").into()).await.unwrap();
+    }
+    let (na, nb) = (tasks(&a, "jobs").await.len(), tasks(&b, "jobs").await.len());
+    assert_eq!(
+        na + nb,
+        20,
+        "each message runs on one node only ({na} + {nb})"
+    );
+}
