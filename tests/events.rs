@@ -49,6 +49,21 @@ path = "/v1/api/shop/eventing/queue"
 async = {{ on_success = "{ok}", on_failure = "{fail}", callback_hosts = ["127.0.0.1"], max_retries = 1, max_event_age_s = 600 }}
 
 [[trigger]]
+name = "guarded-events"
+kind = "event"
+path = "/guarded-events"
+auth = "bearer"
+bearer = {{ tokens = [{{ name = "ci", token = "0123456789abcdef0123456789abcdef" }}] }}
+rate_limit = {{ per_second = 1, burst = 2, key = "trigger" }}
+
+[[trigger]]
+name = "signed"
+path = "/signed"
+function = "hello"
+auth = "signature"
+signature = {{ keys = [{{ id = "AK1", secret = "s3cret" }}] }}
+
+[[trigger]]
 name = "openfaas"
 path = "/function/{{function}}"
 async_path = "/async-function/{{function}}"
@@ -382,6 +397,44 @@ async fn routes_by_function_name_expose_only_listed_functions() {
     assert_eq!(error_body(r).await["Code"], "TriggerNotFound");
 }
 
+#[tokio::test]
+async fn the_event_api_passes_the_same_pipeline_as_any_trigger() {
+    let receiver = Receiver::start(200);
+    let s = TestServer::start(&config(&receiver, "/fail"));
+    let url = s.url("/guarded-events");
+    let event = json!({"type": "sent-email"});
+    let r = client().post(&url).json(&event).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(tasks(&s, "guarded-events").await.is_empty());
+    let token = "Bearer 0123456789abcdef0123456789abcdef";
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let r = client()
+            .post(&url)
+            .header("authorization", token)
+            .json(&event)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    // The rate limit (burst 2) applies before anything is queued.
+    assert_eq!(&statuses[..2], [202, 202]);
+    assert!(statuses[2..].contains(&429), "{statuses:?}");
+    let accepted = statuses.iter().filter(|s| **s == 202).count();
+    assert_eq!(tasks(&s, "guarded-events").await.len(), accepted);
+    // Limits: an event over max_async_body_bytes is refused.
+    let big = json!({"type": "sent-email", "data": "x".repeat(200 * 1024)});
+    let r = client()
+        .post(s.url("/v1/api/shop/eventing/queue"))
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_body(r).await["Code"], "EntityTooLarge");
+}
+
 fn cli(args: &[&str]) -> std::process::Output {
     std::process::Command::new(common::bin())
         .args(args)
@@ -431,6 +484,23 @@ async fn invoke_and_event_commands_talk_to_a_running_gateway() {
     ]);
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("accepted: task cli_job_1"));
+    // Signed with --sign; unsigned is refused.
+    let signed = std::process::Command::new(common::bin())
+        .args([
+            "invoke",
+            &s.url("/signed"),
+            "--sign",
+            "AK1",
+            "--secret-env",
+            "AK1_SECRET",
+        ])
+        .args(["--cacert", &ca])
+        .env("AK1_SECRET", "s3cret")
+        .output()
+        .unwrap();
+    assert!(signed.status.success(), "{signed:?}");
+    let out = cli(&["invoke", &s.url("/signed"), "--cacert", &ca]);
+    assert!(!out.status.success());
     // A gateway error: non-zero exit, the error body printed.
     let out = cli(&["invoke", &s.url("/function/mailer"), "--cacert", &ca]);
     assert!(!out.status.success());

@@ -424,3 +424,107 @@ function = "echo"
         "each message runs on one node only ({na} + {nb})"
     );
 }
+
+#[tokio::test]
+async fn mqtts_verifies_the_broker_with_the_ca_file() {
+    let certs = common::certs();
+    let broker = Broker::mosquitto(
+        &format!(
+            "allow_anonymous true\ncafile {ca}\ncertfile {cert}\nkeyfile {key}",
+            ca = certs.join("ca.pem").display(),
+            cert = certs.join("localhost.pem").display(),
+            key = certs.join("localhost-key.pem").display(),
+        ),
+        &[],
+    );
+    let receiver = Receiver::start(200);
+    let s = TestServer::start(&format!(
+        r#"{SERVER}
+[[function]]
+name = "echo"
+wasm = "{{echo}}"
+
+[[trigger]]
+name = "secure"
+kind = "mqtt"
+broker = "mqtts://localhost:{port}"
+ca_file = "{{certs}}/ca.pem"
+topics = ["s/#"]
+function = "echo"
+async = {{ on_success = "{cb}", callback_hosts = ["127.0.0.1"] }}
+
+[[trigger]]
+name = "untrusted"
+kind = "mqtt"
+broker = "mqtts://localhost:{port}"
+ca_file = "{{certs}}/localhost.pem"
+topics = ["s/#"]
+function = "echo"
+"#,
+        port = broker.port,
+        cb = receiver.url("/done"),
+    ));
+    wait_source(&s, "secure", "running").await;
+    let status = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "localhost", "-p", &broker.port.to_string()])
+        .arg("--cafile")
+        .arg(certs.join("ca.pem"))
+        .args(["-q", "1", "-t", "s/1", "-m", "over tls"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(callback_echo(&receiver)["body"], "over tls");
+    // A broker whose certificate the trigger does not trust is a failed source.
+    let state = wait_source(&s, "untrusted", "failed").await;
+    assert!(state["detail"].as_str().unwrap().contains("TLS"), "{state}");
+}
+
+#[tokio::test]
+async fn a_reload_starts_changed_sources_and_stops_removed_ones() {
+    let broker = Broker::mosquitto("allow_anonymous true", &[]);
+    let receiver = Receiver::start(200);
+    let with = mqtt_config(&broker, &receiver, r#"function = "echo""#);
+    let s = TestServer::start(&with);
+    wait_source(&s, "sensors", "running").await;
+    // Remove the trigger: its source stops and leaves /readyz.
+    let without = with[..with.find("[[trigger]]").unwrap()].to_string();
+    std::fs::write(s.dir.join("wasmgate.toml"), common::render(&without)).unwrap();
+    let r = common::client()
+        .post(s.admin_url("/-/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut gone = false;
+    for _ in 0..400 {
+        let ready: serde_json::Value = reqwest::get(s.admin_url("/readyz"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ready["sources"].get("sensors").is_none()
+            && !ready["services"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n == "source:sensors")
+        {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(gone, "the removed trigger's source still runs");
+    broker.publish("sensors/x/temperature", "after", 1);
+    // Put it back: it starts again and resumes its session, with the message kept for it.
+    std::fs::write(s.dir.join("wasmgate.toml"), common::render(&with)).unwrap();
+    let r = common::client()
+        .post(s.admin_url("/-/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    wait_source(&s, "sensors", "running").await;
+    assert_eq!(callback_echo(&receiver)["body"], "after");
+}

@@ -1219,4 +1219,93 @@ mod tests {
         .unwrap();
         assert_eq!(c.triggers[0].host.as_deref(), Some("api.example.com"));
     }
+
+    #[test]
+    fn each_kind_takes_its_own_keys_only() {
+        for (body, want) in [
+            (
+                "kind = \"cron\"\nfunction = \"f\"\n",
+                "key `schedule` is required",
+            ),
+            (
+                "kind = \"cron\"\nfunction = \"f\"\nschedule = \"@daily\"\npath = \"/x\"\n",
+                "key `path` does not apply to a cron trigger",
+            ),
+            (
+                "kind = \"cron\"\nfunction = \"f\"\nschedule = \"@daily\"\ntimezone = \"Mars/Base\"\n",
+                "'Mars/Base' is not an IANA time zone",
+            ),
+            (
+                "kind = \"mqtt\"\ntopics = [\"a\"]\n",
+                "key `broker` is required",
+            ),
+            (
+                "kind = \"mqtt\"\nbroker = \"mqtt://h:1\"\ntopics = [\"a/#/b\"]\n",
+                "'#' must be the whole last level",
+            ),
+            (
+                "kind = \"mqtt\"\nbroker = \"mqtt://h:1\"\ntopics = [\"a\"]\nqos = 2\n",
+                "key `qos`: 2 is not 0 or 1",
+            ),
+            (
+                "kind = \"nats\"\nbroker = \"nats://h:1\"\ntopics = [\"a.>.b\"]\n",
+                "'>' must be the whole last token",
+            ),
+            (
+                "kind = \"nats\"\nbroker = \"mqtt://h:1\"\ntopics = [\"a\"]\n",
+                "the scheme must be nats",
+            ),
+            (
+                "kind = \"mqtt\"\nbroker = \"mqtt://h:1\"\ntopics = [\"a\"]\nschedule = \"@daily\"\n",
+                "key `schedule` does not apply to a mqtt trigger",
+            ),
+            (
+                "kind = \"event\"\nfunction = \"f\"\n",
+                "an event trigger delivers to the functions whose `events` match",
+            ),
+            (
+                "kind = \"http\"\nfunction = \"f\"\nschedule = \"@daily\"\n",
+                "key `schedule` does not apply to a http trigger",
+            ),
+            (
+                "kind = \"smtp\"\n",
+                "'smtp' is not one of http, event, cron, mqtt, nats",
+            ),
+            (
+                "path = \"/f/{function}\"\nfunction = \"f\"\n",
+                "chooses the function by name",
+            ),
+            ("path = \"/f/{fn}\"\n", "a variable must be a whole segment"),
+            (
+                "function = \"f\"\nasync_path = \"/a/{function}\"\n",
+                "only with a `path` template",
+            ),
+        ] {
+            let err = parse(&format!("{BASE}[[trigger]]\nname = \"t\"\n{body}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn templates_and_namespaces() {
+        let c = parse(&format!(
+            "{BASE}[[function]]\nname = \"mailer\"\nwasm = \"m.wasm\"\nnamespace = \"shop\"\nevents = [\"order.*\"]\n[[trigger]]\nname = \"t\"\npath = \"/spaces/{{namespace}}/functions/{{function}}/invoke\"\nasync_path = \"/spaces/{{namespace}}/functions/{{function}}/async-invoke\"\nfunctions = [\"*\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.functions[0].name, "mailer.shop");
+        let t = &c.triggers[0];
+        assert_eq!(t.path, "/spaces");
+        assert_eq!(t.prefixes(), ["/spaces"]);
+        // async_path without an async table enables async with the defaults.
+        assert!(t.async_.as_ref().is_some_and(|a| a.enabled));
+        // Two triggers may not share a template prefix.
+        let err = parse(&format!(
+            "{BASE}[[trigger]]\nname = \"a\"\npath = \"/function/{{function}}\"\nfunctions = [\"*\"]\n[[trigger]]\nname = \"b\"\nfunction = \"f\"\npath = \"/function\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("already routed to trigger 'a'"), "{err}");
+    }
 }

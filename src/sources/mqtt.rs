@@ -40,10 +40,10 @@ pub async fn run(
         .set_clean_session(false)
         .set_manual_acks(true)
         .set_keep_alive(Duration::from_secs(30));
+    // Messages over max_async_body_bytes are read, refused by the queue, logged and
+    // acknowledged (dropped); only packets over this bound break the connection.
     let max_body = gateway.app().config.limits.max_async_body_bytes as usize;
-    // A message's topic and header are at most a few KiB beyond its payload; larger ones
-    // are refused by the client before they are read whole.
-    options.set_max_packet_size(max_body + 70 * 1024, 256 * 1024);
+    options.set_max_packet_size((max_body + 64 * 1024).max(16 << 20), 256 * 1024);
     if let Some(user) = &broker.username {
         options.set_credentials(user, broker.password.clone().unwrap_or_default());
     }
