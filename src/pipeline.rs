@@ -68,20 +68,7 @@ pub enum InvocationType {
     Async,
 }
 
-/// A request id: 128 random bits as a UUID-shaped string, unique across nodes and restarts.
-pub fn new_request_id() -> Arc<str> {
-    let v: u128 = rand::random();
-    let h = format!("{v:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-    .into()
-}
+pub use crate::invocation::new_request_id;
 
 /// What the access log and the metrics record for one request.
 #[derive(Default)]

@@ -129,7 +129,7 @@ async fn fire(gateway: &Gateway, trigger: &str, config: &CronConfig, at: DateTim
         },
         trigger: trigger.into(),
         source: Source::Cron { scheduled: at },
-        request_id: crate::pipeline::new_request_id(),
+        request_id: crate::invocation::new_request_id(),
         request,
     };
     let options = EnqueueOptions {

@@ -166,7 +166,7 @@ pub fn parse(
 }
 
 fn new_id() -> String {
-    crate::pipeline::new_request_id().to_string()
+    crate::invocation::new_request_id().to_string()
 }
 
 fn from_cloudevent(obj: &Map<String, Value>, now: DateTime<Utc>) -> Result<Event, GatewayError> {
@@ -327,7 +327,7 @@ fn delivery(
         source: Source::Event {
             event_id: event.id.clone(),
         },
-        request_id: crate::pipeline::new_request_id(),
+        request_id: crate::invocation::new_request_id(),
         request,
     })
 }

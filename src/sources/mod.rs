@@ -243,7 +243,7 @@ pub async fn submit_message(
     }
     let mut ids = Vec::with_capacity(targets.len());
     for target in targets {
-        let request_id = crate::pipeline::new_request_id();
+        let request_id = crate::invocation::new_request_id();
         let request = post_root(payload.clone(), content_type).map_err(SubmitError::Failed)?;
         let inv = Invocation {
             target,
