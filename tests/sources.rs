@@ -528,3 +528,52 @@ async fn a_reload_starts_changed_sources_and_stops_removed_ones() {
     wait_source(&s, "sensors", "running").await;
     assert_eq!(callback_echo(&receiver)["body"], "after");
 }
+
+#[tokio::test]
+async fn a_burst_of_qos1_messages_is_all_committed() {
+    // Every message held by the broker must come through, however fast they arrive: the
+    // source's event loop may never wait on the worker whose acknowledgements it carries.
+    let broker = Broker::mosquitto("allow_anonymous true\nmax_queued_messages 0", &[]);
+    let s = TestServer::start(&format!(
+        r#"{SERVER}
+[[function]]
+name = "hello"
+wasm = "{{hello}}"
+
+[[trigger]]
+name = "burst"
+kind = "mqtt"
+broker = "mqtt://127.0.0.1:{port}"
+topics = ["burst/#"]
+function = "hello"
+"#,
+        port = broker.port
+    ));
+    wait_source(&s, "burst", "running").await;
+    const N: usize = 3000;
+    let lines: String = (0..N).map(|i| format!("{i}\n")).collect();
+    let mut child = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .args(["-q", "1", "-t", "burst/x", "-l"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let mut delivered = 0;
+    for _ in 0..2400 {
+        let state = wait_source(&s, "burst", "running").await;
+        delivered = state["delivered"].as_u64().unwrap() as usize;
+        if delivered == N {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(delivered, N, "messages were stuck in the broker");
+}

@@ -66,7 +66,7 @@ pub async fn run(
     } else {
         QoS::AtLeastOnce
     };
-    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let (client, mut eventloop) = AsyncClient::new(options, 1024);
     states.set(
         &trigger,
         "mqtt",
@@ -74,9 +74,12 @@ pub async fn run(
         format!("connecting to {}", broker.url),
     );
 
-    // Messages go to a worker that makes them durable and acknowledges them; the event loop
-    // keeps polling meanwhile (pings, acknowledgements), and a full channel pushes back.
-    let (tx, rx) = mpsc::channel::<Publish>(IN_FLIGHT);
+    // Messages go to a worker that makes them durable and acknowledges them. The event loop
+    // must never wait on the worker: the worker's acknowledgements travel through the event
+    // loop, so a loop blocked on a full channel while acknowledgements wait for the loop
+    // would deadlock. The channel is therefore unbounded; what bounds it is the broker, which
+    // sends no more than its in-flight window of unacknowledged QoS 1 messages.
+    let (tx, rx) = mpsc::unbounded_channel::<Publish>();
     let worker = tokio::spawn(deliver(
         gateway.clone(),
         trigger.clone(),
@@ -139,7 +142,7 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if tx.send(p).await.is_err() {
+                if tx.send(p).is_err() {
                     break;
                 }
             }
@@ -181,7 +184,7 @@ async fn deliver(
     trigger: String,
     content_type: String,
     client: AsyncClient,
-    mut rx: mpsc::Receiver<Publish>,
+    mut rx: mpsc::UnboundedReceiver<Publish>,
     stop: watch::Receiver<bool>,
 ) {
     let mut pending = FuturesOrdered::new();
