@@ -110,7 +110,7 @@ declare -A URL=(
 # One signature and one token for the whole run (both stay valid for its duration).
 export BENCH_SECRET=bench-signature-secret
 mapfile -t SIGNED < <(./target/release/wasmgate sign --key-id AK1 --secret-env BENCH_SECRET "${URL[wasmgate-signed]}")
-JWT=$(bash scripts/mint-jwt.sh bench)
+JWT=$(./target/release/wasmgate jwt --key tests/fixtures/jwt-rsa.pem --kid rsa-1 --sub bench --iss https://issuer.example --aud wasmgate)
 declare -A HDR1=([wasmgate-signed]="${SIGNED[0]}" [wasmgate-jwt]="Authorization: Bearer $JWT")
 declare -A HDR2=([wasmgate-signed]="${SIGNED[1]}" [wasmgate-jwt]="X-Bench: 1")
 hdr_args() { local n=$1; if [ -n "${HDR1[$n]:-}" ]; then printf '%s\0' -H "${HDR1[$n]}" -H "${HDR2[$n]}"; fi; }

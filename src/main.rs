@@ -13,16 +13,22 @@ use wasmgate::config::Config;
 #[derive(Parser)]
 #[command(
     name = "wasmgate",
-    version,
-    about = "Authenticated HTTP-trigger edge proxy for WebAssembly functions"
+    about = "Authenticated HTTP-trigger edge proxy for WebAssembly functions",
+    disable_version_flag = true,
+    subcommand_required = false,
+    arg_required_else_help = true
 )]
 struct Cli {
+    /// Print the version, the embedded wasmtime's version and the engine's compatibility key
+    /// (what compiled artifacts are keyed on).
+    #[arg(short = 'V', long = "version")]
+    version: bool,
     /// Log format: text or json. Default: json lines when stderr is not a terminal (a
     /// service, a container), readable text on a terminal.
     #[arg(long, global = true, env = "WASMGATE_LOG_FORMAT")]
     log_format: Option<LogFormat>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -112,6 +118,34 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Print a signed JWT (for a `jwt` trigger, tests and demos): `curl -H "Authorization:
+    /// Bearer $(wasmgate jwt --key tests/fixtures/jwt-rsa.pem --kid rsa-1 --sub alice ...)"`.
+    Jwt {
+        /// The private key, PEM (RSA, EC P-256/P-384 or Ed25519).
+        #[arg(long)]
+        key: PathBuf,
+        /// The algorithm: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA.
+        #[arg(long, default_value = "RS256")]
+        alg: String,
+        /// The key id (`kid` header) the verifier's JWKS knows the key by.
+        #[arg(long)]
+        kid: Option<String>,
+        /// The subject (`sub`).
+        #[arg(long, default_value = "demo-user")]
+        sub: String,
+        /// The issuer (`iss`).
+        #[arg(long)]
+        iss: Option<String>,
+        /// An audience (`aud`), repeatable.
+        #[arg(long)]
+        aud: Vec<String>,
+        /// Seconds until it expires (`exp`).
+        #[arg(long, default_value_t = 3600)]
+        ttl: i64,
+        /// An extra claim, NAME=VALUE (VALUE as JSON if it parses, else a string); repeatable.
+        #[arg(long)]
+        claim: Vec<String>,
+    },
     /// Upload a component as a new version of NAME through the admin API.
     Deploy {
         name: String,
@@ -179,8 +213,31 @@ fn main() -> ExitCode {
             LogFormat::Json
         }
     });
+    if cli.version {
+        return match version() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let Some(command) = cli.command else {
+        eprintln!("error: a command is required (see wasmgate --help)");
+        return ExitCode::FAILURE;
+    };
     let _guard = init_logging(format);
-    let result = match cli.command {
+    let result = match command {
+        Command::Jwt {
+            key,
+            alg,
+            kid,
+            sub,
+            iss,
+            aud,
+            ttl,
+            claim,
+        } => jwt(&key, &alg, kid, &sub, iss, aud, ttl, &claim),
         Command::Serve { config } => serve(config),
         Command::Check { config } => check(config),
         Command::Sign {
@@ -264,6 +321,87 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     guard
 }
 
+/// `--version`: this build, the wasmtime it embeds and the engine's compatibility key for
+/// the default settings (`check` prints the key for a given config).
+fn version() -> Result<()> {
+    let config = Config::parse(
+        "[server]\nlisten = \"127.0.0.1:0\"\n",
+        std::path::Path::new("wasmgate.toml"),
+        &|_| None,
+    )?;
+    let engine = wasmgate::runtime::engine::build_engine(&config)?;
+    println!("wasmgate {}", env!("CARGO_PKG_VERSION"));
+    println!("wasmtime {}", wasmgate::runtime::engine::WASMTIME_VERSION);
+    println!(
+        "engine {} ({})",
+        wasmgate::runtime::engine::engine_key(&engine),
+        std::env::consts::ARCH
+    );
+    Ok(())
+}
+
+/// `wasmgate jwt`: a signed token with `sub`, `iat`, `exp` and what the flags add.
+#[allow(clippy::too_many_arguments)]
+fn jwt(
+    key: &std::path::Path,
+    alg: &str,
+    kid: Option<String>,
+    sub: &str,
+    iss: Option<String>,
+    aud: Vec<String>,
+    ttl: i64,
+    claims: &[String],
+) -> Result<()> {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let pem = std::fs::read(key)
+        .map_err(|e| anyhow::anyhow!("--key {}: cannot read: {e}", key.display()))?;
+    let algorithm: Algorithm = alg
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--alg '{alg}' is not a JWT algorithm"))?;
+    let encoding = match algorithm {
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => EncodingKey::from_rsa_pem(&pem),
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem),
+        _ => anyhow::bail!("--alg {alg}: only public-key algorithms are signed here"),
+    }
+    .map_err(|e| anyhow::anyhow!("--key {}: not a {alg} private key: {e}", key.display()))?;
+    let now = chrono::Utc::now().timestamp();
+    let mut body = serde_json::Map::new();
+    body.insert("sub".into(), sub.into());
+    body.insert("iat".into(), now.into());
+    body.insert("exp".into(), (now + ttl).into());
+    if let Some(iss) = iss {
+        body.insert("iss".into(), iss.into());
+    }
+    match aud.len() {
+        0 => {}
+        1 => {
+            body.insert("aud".into(), aud[0].clone().into());
+        }
+        _ => {
+            body.insert("aud".into(), aud.into());
+        }
+    }
+    for c in claims {
+        let (name, value) = c
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--claim '{c}': expected NAME=VALUE"))?;
+        let value = serde_json::from_str(value).unwrap_or_else(|_| value.into());
+        body.insert(name.to_string(), value);
+    }
+    let mut header = Header::new(algorithm);
+    header.kid = kid;
+    let token = jsonwebtoken::encode(&header, &body, &encoding)
+        .map_err(|e| anyhow::anyhow!("signing failed: {e}"))?;
+    println!("{token}");
+    Ok(())
+}
+
 fn build(config: &std::path::Path) -> Result<App> {
     let config = Config::load(config)?;
     App::build(config)
@@ -276,6 +414,10 @@ fn check(config: PathBuf) -> Result<()> {
         eprintln!("warning: {w}");
     }
     print!("{}", app.route_table());
+    println!(
+        "engine {} (compiled artifacts are keyed on it)",
+        wasmgate::runtime::engine::engine_key(app.dispatcher.runtime().engine())
+    );
     println!(
         "{}: ok ({} functions, {} triggers)",
         config.display(),

@@ -16,7 +16,6 @@
 //! and the node starts anyway.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
 use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -176,16 +175,11 @@ impl Registry {
                 additional_version INTEGER, weight REAL, PRIMARY KEY (name, alias));",
             )?;
         }
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        runtime
-            .engine()
-            .precompile_compatibility_hash()
-            .hash(&mut hasher);
         let registry = Registry {
             dir,
             mac_key,
             writable,
-            engine_key: format!("{:016x}", hasher.finish()),
+            engine_key: crate::runtime::engine::engine_key(runtime.engine()),
             db: Mutex::new(db),
             state: RwLock::new(State::default()),
         };

@@ -459,3 +459,42 @@ fn base64_url(b: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
+
+#[tokio::test]
+async fn tokens_from_the_jwt_command_are_accepted() {
+    let s = start();
+    let c = client();
+    for (alg, key, kid) in [
+        ("RS256", "jwt-rsa.pem", "rsa-1"),
+        ("ES256", "jwt-ec.pem", "ec-1"),
+        ("EdDSA", "jwt-ed.pem", "ed-1"),
+    ] {
+        let key = common::root().join("tests/fixtures").join(key);
+        let out = std::process::Command::new(common::bin())
+            .args(["jwt", "--alg", alg, "--kid", kid, "--sub", "carol"])
+            .args(["--iss", "https://issuer.example", "--aud", "wasmgate"])
+            .args(["--claim", "role=admin", "--key"])
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{alg}: {out:?}");
+        let token = String::from_utf8(out.stdout).unwrap();
+        let resp = c
+            .get(s.url("/jwt/x"))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{alg}");
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(header(&v, "x-user-id").unwrap(), "carol");
+    }
+    // A key that does not match the algorithm is a clear error.
+    let out = std::process::Command::new(common::bin())
+        .args(["jwt", "--alg", "ES256", "--key"])
+        .arg(common::root().join("tests/fixtures/jwt-rsa.pem"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a ES256 private key"));
+}

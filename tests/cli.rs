@@ -103,3 +103,26 @@ fn a_bad_certificate_path_is_named_at_start() {
         "{err}"
     );
 }
+
+#[test]
+fn version_names_wasmtime_and_the_engine_key_that_check_uses() {
+    let out = Command::new(common::bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], format!("wasmgate {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(lines[1], "wasmtime 48.0.8");
+    let key = lines[2]
+        .strip_prefix("engine ")
+        .and_then(|l| l.split_whitespace().next())
+        .expect("engine <key>");
+    assert_eq!(key.len(), 16, "{text}");
+    let (code, out, err) = check(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[[function]]\nname = \"hello\"\nwasm = \"{hello}\"\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("engine {key}")), "{out}");
+}

@@ -79,3 +79,31 @@ pub fn start_epoch_ticker(engine: &wasmtime::Engine) -> Result<()> {
         .map_err(|e| anyhow!("cannot start the epoch ticker: {e}"))?;
     Ok(())
 }
+
+/// The wasmtime release this binary embeds (pinned exactly in Cargo.toml).
+pub const WASMTIME_VERSION: &str = "48.0.8";
+
+/// The engine's compatibility key: compiled artifacts are valid only for an engine with the
+/// same key (wasmtime version, target, compilation settings), so the compiled cache is keyed
+/// on it.
+pub fn engine_key(engine: &wasmtime::Engine) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+#[cfg(test)]
+mod version_tests {
+    #[test]
+    fn the_wasmtime_version_matches_the_cargo_pin() {
+        let manifest = include_str!("../../Cargo.toml");
+        assert!(
+            manifest.contains(&format!(
+                "wasmtime = {{ version = \"={}\"",
+                super::WASMTIME_VERSION
+            )),
+            "update WASMTIME_VERSION with the wasmtime pin in Cargo.toml"
+        );
+    }
+}
