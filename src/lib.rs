@@ -85,8 +85,11 @@ pub struct App {
     draining: AtomicBool,
     /// The admin listener's bound address (known once bound; shared by every generation).
     admin_bound: Arc<std::sync::OnceLock<SocketAddr>>,
-    /// Warnings found while building (shown by `check`).
+    /// Warnings found while building (shown by `check`, logged at start).
     pub warnings: Vec<String>,
+    /// Triggers whose function is not deployed yet: expected on a fresh node (the admin API
+    /// brings it), so `serve` logs them as information and `check` as warnings.
+    pub pending: Vec<String>,
 }
 
 /// The running gateway: the current [`App`] generation, swapped whole by a config reload,
@@ -170,6 +173,9 @@ impl Gateway {
         }
         for w in &new.warnings {
             tracing::warn!("{w}");
+        }
+        for p in &new.pending {
+            tracing::info!("{p}");
         }
         new.apply_limits();
         match self.current.write() {
@@ -397,11 +403,12 @@ impl App {
             None => Limits::new(config.limits.max_in_flight.get()),
         };
         let dispatcher = Dispatcher::new(&config, runtime, registry, limits, queue);
+        let mut pending = Vec::new();
         for t in &triggers {
             if let Some(target) = &t.target
                 && dispatcher.resolve(target).is_err()
             {
-                warnings.push(format!(
+                pending.push(format!(
                     "trigger '{}': function '{}' qualifier '{}' is not deployed; requests answer 404 FunctionNotFound until it is",
                     t.config.name, target.function, target.qualifier
                 ));
@@ -416,6 +423,7 @@ impl App {
             draining: AtomicBool::new(false),
             admin_bound: previous.map(|p| p.admin_bound.clone()).unwrap_or_default(),
             warnings,
+            pending,
         })
     }
 

@@ -193,13 +193,13 @@ impl ClientArgs {
 #[derive(clap::Args)]
 struct AdminArgs {
     /// The admin listener's URL.
-    #[arg(long, default_value = "http://127.0.0.1:9090", env = "WASMGATE_ADMIN")]
+    #[arg(long, default_value = "https://localhost:9090", env = "WASMGATE_ADMIN")]
     admin: String,
-    /// The environment variable holding the admin token.
+    /// The environment variable holding the admin token (sent as a bearer token when set).
     #[arg(long, default_value = "WASMGATE_ADMIN_TOKEN")]
     token_env: String,
     /// A PEM CA certificate to trust for an HTTPS admin listener (besides the Web PKI roots).
-    #[arg(long)]
+    #[arg(long, env = "WASMGATE_CACERT")]
     cacert: Option<PathBuf>,
 }
 
@@ -410,7 +410,7 @@ fn build(config: &std::path::Path) -> Result<App> {
 fn check(config: PathBuf) -> Result<()> {
     // Read-only: `check` may run beside a live node on the same data_dir.
     let app = App::check(Config::load(&config)?)?;
-    for w in &app.warnings {
+    for w in app.warnings.iter().chain(&app.pending) {
         eprintln!("warning: {w}");
     }
     print!("{}", app.route_table());
@@ -614,6 +614,9 @@ fn serve(config: PathBuf) -> Result<()> {
         let app = build(&config)?;
         for w in &app.warnings {
             tracing::warn!("{w}");
+        }
+        for p in &app.pending {
+            tracing::info!("{p}");
         }
         wasmgate::server::run(wasmgate::Gateway::new(app), shutdown_signal()).await
     })

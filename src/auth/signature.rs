@@ -9,7 +9,7 @@
 //! Checks run in this order: form and headers (400 `MissingRequiredHeader` /
 //! `InvalidArgument`), key id (403 `InvalidAccessKeyID`), clock window or expiry (403
 //! `AccessDenied`), signature (403 `SignatureNotMatch`). "Now" is a parameter, so the vectors
-//! in `shared/vectors/signature.json` are tested with the clock fixed to their date.
+//! in `tests/fixtures/signature.json` are tested with the clock fixed to their date.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;

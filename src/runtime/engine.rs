@@ -22,7 +22,7 @@ const SPARE_INSTANCES: usize = 8;
 /// `memory_mb`, instead of wasmtime's defaults that reserve terabytes of address space.
 /// Memory and tables are kept resident and reset in place (with `PAGEMAP_SCAN` where the
 /// kernel has it) because returning pages to the kernel on every request dominates the cost
-/// of a fresh instance per request (see PERF.md).
+/// of a fresh instance per request (measured in docs/operations.md, "Performance").
 pub fn build_engine(config: &Config) -> Result<wasmtime::Engine> {
     let slots = config.limits.max_in_flight.get() + SPARE_INSTANCES;
     let slots = u32::try_from(slots).map_err(|_| anyhow!("max_in_flight is too large"))?;
