@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit and integration tests (real binary, real TLS,
-# real guests, real brokers). Installs what it needs (the wasm32-wasip2 target; mosquitto and
-# nats-server from Debian, started by the broker tests). Ends with one summary
+# real guests, real brokers, a real browser). Installs what it needs (the wasm32-wasip2 target;
+# mosquitto, nats-server and chromium from Debian). Ends with one summary
 # line, "N passed, N failed", over every test binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build-functions.sh >/dev/null
-bash scripts/install-brokers.sh
+bash scripts/install-test-deps.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 log=$(mktemp)

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod body;
 pub mod client;
 pub mod config;
+pub mod cors;
 pub mod dispatch;
 pub mod error;
 pub mod invocation;

@@ -23,7 +23,7 @@ use http::{HeaderMap, Request, Response, StatusCode};
 
 use crate::auth::{AuthRequest, Principal};
 use crate::body::{HashChecked, LimitedBody, RequestBody, ResponseBody, collect_limited, full};
-use crate::config::Listener;
+use crate::config::{CorsConfig, Listener};
 use crate::dispatch::EnqueueOptions;
 use crate::error::{GatewayError, error_response};
 use crate::invocation::{Invocation, Source};
@@ -74,6 +74,10 @@ pub use crate::invocation::new_request_id;
 #[derive(Default)]
 struct Record {
     trigger: Option<String>,
+    /// The trigger's index, once routed (for its CORS table).
+    index: Option<usize>,
+    /// The request was a CORS preflight answered by the gateway.
+    preflight: bool,
     principal: Option<String>,
     anonymous: bool,
     /// Which limit refused the request, if one did.
@@ -97,6 +101,11 @@ impl App {
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         let mut record = Record::default();
+        let origin = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let (parts, body) = req.into_parts();
         // The body stays here until a stage reads it: a refusal before that is "early".
         let mut unread = Some(body);
@@ -109,6 +118,14 @@ impl App {
         };
         if let Some(body) = unread.take() {
             linger(body, &mut response, http1, expects_continue);
+        }
+        if !record.preflight
+            && let Some(cors) = record
+                .index
+                .and_then(|i| self.triggers.get(i))
+                .and_then(|t| t.config.cors.as_ref())
+        {
+            cors.decorate(origin.as_deref(), &mut response);
         }
         if http1 && self.is_draining() {
             // A draining node asks keep-alive clients to reconnect elsewhere.
@@ -179,7 +196,18 @@ impl App {
         let routed = route(self, &parts, &path)?;
         let trigger = routed.trigger;
         record.trigger = Some(trigger.config.name.clone());
+        record.index = Some(routed.index);
         listener_policy(trigger, conn)?;
+        if let Some(cors) = &trigger.config.cors
+            && CorsConfig::is_preflight(&parts.method, &parts.headers)
+        {
+            // Browsers send no credentials with a preflight: it is answered here, before the
+            // method filter and authentication, and never reaches the function.
+            record.preflight = true;
+            return cors
+                .preflight(&parts.headers)
+                .map_err(GatewayError::AccessDenied);
+        }
         method_filter(trigger, &parts)?;
         let invocation_type = if routed.on_async_path {
             if parts.method != http::Method::POST {
@@ -333,6 +361,8 @@ pub fn check_limits(
 /// the path), and the path the function sees.
 #[derive(Debug)]
 pub struct Routed<'a> {
+    /// The trigger's position in the generation's table.
+    pub index: usize,
     pub trigger: &'a Trigger,
     /// `None` for the event API, whose subscribers are found per event.
     pub target: Option<crate::invocation::Target>,
@@ -348,10 +378,10 @@ pub fn route<'a>(
     path: &router::NormalPath,
 ) -> Result<Routed<'a>, GatewayError> {
     let host = request_host(parts);
-    let trigger = app
+    let (index, trigger) = app
         .router
         .lookup(host, &path.path)
-        .map(|m| &app.triggers[*m.value])
+        .map(|m| (*m.value, &app.triggers[*m.value]))
         .ok_or_else(|| {
             GatewayError::TriggerNotFound(format!("no trigger matches path '{}'", path.path))
         })?;
@@ -364,6 +394,7 @@ pub fn route<'a>(
     }
     let Some(routes) = &trigger.config.routes else {
         return Ok(Routed {
+            index,
             trigger,
             target: trigger.target.clone(),
             function_path: router::strip_prefix(&trigger.config.path, &path.path, None),
@@ -393,6 +424,7 @@ pub fn route<'a>(
         )));
     }
     Ok(Routed {
+        index,
         trigger,
         target: Some(crate::invocation::Target {
             function: id,

@@ -407,6 +407,21 @@ pub struct NameRoutes {
     pub functions: Exposed,
 }
 
+/// A trigger's `cors` table, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsConfig {
+    /// Lowercase origins (`scheme://host[:port]`); empty with `any_origin`.
+    pub allow_origins: Vec<String>,
+    pub any_origin: bool,
+    pub allow_methods: Vec<http::Method>,
+    /// Lowercase header names; `any_header` allows every requested header.
+    pub allow_headers: Vec<String>,
+    pub any_header: bool,
+    pub expose_headers: Vec<String>,
+    pub allow_credentials: bool,
+    pub max_age_s: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-pub use kinds::{BrokerConfig, CronConfig, Exposed, Kind, NameRoutes, RouteTemplate, TopicMatch};
+pub use kinds::{
+    BrokerConfig, CorsConfig, CronConfig, Exposed, Kind, NameRoutes, RouteTemplate, TopicMatch,
+};
 use raw::RawConfig;
 
 /// Creates `path` (and missing parents) readable by this user only (0700): `data_dir`
@@ -204,6 +206,8 @@ pub struct TriggerConfig {
     pub pass_credentials: bool,
     pub rate_limit: Option<RateLimitConfig>,
     pub async_: Option<AsyncConfig>,
+    /// Browser cross-origin access (preflights answered by the gateway).
+    pub cors: Option<CorsConfig>,
 }
 
 impl TriggerConfig {
@@ -596,6 +600,7 @@ fn validate_kind(
         ("basic", t.basic.is_some()),
         ("jwt", t.jwt.is_some()),
         ("bearer", t.bearer.is_some()),
+        ("cors", t.cors.is_some()),
         ("async_path", t.async_path.is_some()),
         ("functions", t.functions.is_some()),
     ];
@@ -632,7 +637,7 @@ fn validate_kind(
             refuse(&broker_keys)?;
             refuse(&topic_keys[1..])?;
             if kind == "event" {
-                refuse(&routed_keys[11..])?;
+                refuse(&routed_keys[12..])?;
                 refuse(&topic_keys)?;
                 return Ok(Kind::Event);
             }
@@ -1077,6 +1082,10 @@ fn validate_trigger(
         ),
     };
 
+    let cors = match &t.cors {
+        None => None,
+        Some(c) => Some(validate_cors(c, &methods, &at)?),
+    };
     let async_ = match async_ {
         // A request on `async_path` is async without the header: the defaults apply.
         None if routes.as_ref().is_some_and(|r| r.async_path.is_some()) => Some(AsyncConfig {
@@ -1101,6 +1110,67 @@ fn validate_trigger(
         pass_credentials: t.pass_credentials,
         rate_limit,
         async_,
+        cors,
+    })
+}
+
+/// A trigger's `cors` table: origins are `scheme://host[:port]`; `*` never with credentials.
+fn validate_cors(c: &raw::RawCors, methods: &[http::Method], at: &str) -> Result<CorsConfig> {
+    let any_origin = c.allow_origins.iter().any(|o| o == "*");
+    if any_origin && c.allow_credentials.unwrap_or(false) {
+        bail!("{at}: key `cors.allow_origins`: \"*\" cannot be used with allow_credentials = true");
+    }
+    let mut origins = Vec::new();
+    for o in c.allow_origins.iter().filter(|o| *o != "*") {
+        let ok = o.split_once("://").is_some_and(|(scheme, host)| {
+            matches!(scheme, "http" | "https") && !host.is_empty() && !host.contains('/')
+        });
+        if !ok {
+            bail!(
+                "{at}: key `cors.allow_origins`: '{o}' is not an origin like https://app.example"
+            );
+        }
+        origins.push(o.to_ascii_lowercase());
+    }
+    if origins.is_empty() && !any_origin {
+        bail!("{at}: key `cors.allow_origins`: at least one origin (or \"*\") is required");
+    }
+    let allow_methods = match &c.allow_methods {
+        None => methods.to_vec(),
+        Some(list) => {
+            let mut out = Vec::new();
+            for m in list {
+                let up = m.to_ascii_uppercase();
+                if !ALL_METHODS.contains(&up.as_str()) {
+                    bail!(
+                        "{at}: key `cors.allow_methods`: '{m}' is not one of {}",
+                        ALL_METHODS.join(", ")
+                    );
+                }
+                out.push(http::Method::from_bytes(up.as_bytes()).expect("checked"));
+            }
+            out
+        }
+    };
+    let headers = c.allow_headers.clone().unwrap_or_default();
+    for h in headers.iter().chain(c.expose_headers.iter().flatten()) {
+        if h != "*" && http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            bail!("{at}: key `cors`: '{h}' is not a header name");
+        }
+    }
+    Ok(CorsConfig {
+        allow_origins: origins,
+        any_origin,
+        allow_methods,
+        any_header: headers.iter().any(|h| h == "*"),
+        allow_headers: headers
+            .iter()
+            .filter(|h| *h != "*")
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        expose_headers: c.expose_headers.clone().unwrap_or_default(),
+        allow_credentials: c.allow_credentials.unwrap_or(false),
+        max_age_s: c.max_age_s,
     })
 }
 
@@ -1279,6 +1349,18 @@ mod tests {
             (
                 "function = \"f\"\nasync_path = \"/a/{function}\"\n",
                 "only with a `path` template",
+            ),
+            (
+                "function = \"f\"\ncors = { allow_origins = [\"*\"], allow_credentials = true }\n",
+                "cannot be used with allow_credentials",
+            ),
+            (
+                "function = \"f\"\ncors = { allow_origins = [\"app.example\"] }\n",
+                "'app.example' is not an origin",
+            ),
+            (
+                "kind = \"cron\"\nfunction = \"f\"\nschedule = \"@daily\"\ncors = { allow_origins = [\"*\"] }\n",
+                "key `cors` does not apply to a cron trigger",
             ),
         ] {
             let err = parse(&format!("{BASE}[[trigger]]\nname = \"t\"\n{body}"))

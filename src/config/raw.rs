@@ -101,6 +101,7 @@ pub struct RawTrigger {
     pub basic: Option<RawBasic>,
     pub jwt: Option<RawJwt>,
     pub bearer: Option<RawBearer>,
+    pub cors: Option<RawCors>,
     // Routes by function name (kind = "http").
     pub async_path: Option<String>,
     pub functions: Option<Vec<String>>,
@@ -212,4 +213,15 @@ pub struct RawAsync {
     pub on_success: Option<String>,
     pub on_failure: Option<String>,
     pub callback_hosts: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    pub allow_origins: Vec<String>,
+    pub allow_methods: Option<Vec<String>>,
+    pub allow_headers: Option<Vec<String>>,
+    pub expose_headers: Option<Vec<String>>,
+    pub allow_credentials: Option<bool>,
+    pub max_age_s: Option<u64>,
 }

@@ -384,7 +384,7 @@ pub fn free_port() -> u16 {
 
 /// A broker (mosquitto or nats-server) started for one test on a free loopback port;
 /// killed when dropped. A broker that is not installed fails the test (the brokers come
-/// from Debian: `apt-get install mosquitto mosquitto-clients nats-server`; `.ci/run`
+/// from Debian: `apt-get install mosquitto mosquitto-clients nats-server`; `scripts/install-test-deps.sh`
 /// installs them).
 pub struct Broker {
     child: Child,
