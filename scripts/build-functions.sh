@@ -1,9 +1,30 @@
 #!/usr/bin/env bash
-# Builds the guest components in functions/ (wasm32-wasip2), installing the target if needed.
+# Builds the example and test functions in functions/ into
+# functions/target/wasm32-wasip2/release/:
+# - the Rust crates (wasm32-wasip2; the target is installed if needed);
+# - python-hello with componentize-py (PyPI) and js-hello with componentize-js (npm), whose
+#   toolchains are installed on demand into functions/.tools. They are rebuilt only when their
+#   source changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
 (cd functions && cargo build --release --target wasm32-wasip2 --quiet)
-ls functions/target/wasm32-wasip2/release/*.wasm
+out=$PWD/functions/target/wasm32-wasip2/release
+tools=$PWD/functions/.tools
+world=wasmgate:functions/proxy     # functions/wit: the wasi:http proxy world
+
+stale() { [ ! -f "$1" ] || [ -n "$(find "${@:2}" -newer "$1" 2>/dev/null | head -1)" ]; }
+
+if stale "$out/python-hello.wasm" functions/python-hello functions/wit; then
+  [ -x "$tools/py/bin/componentize-py" ] ||
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$tools/py" componentize-py==0.25.1
+  (cd functions/python-hello && PYTHONPATH="$tools/py" "$tools/py/bin/componentize-py" -d ../wit -w "$world" componentize app -o "$out/python-hello.wasm" >/dev/null)
+fi
+if stale "$out/js-hello.wasm" functions/js-hello functions/wit; then
+  [ -d "$tools/js/node_modules/@bytecodealliance/componentize-js" ] ||
+    npm install --silent --no-audit --no-fund --prefix "$tools/js" @bytecodealliance/componentize-js@0.23.0 >/dev/null
+  node functions/js-hello/build.mjs "$tools/js" functions/js-hello/app.js functions/wit "$world" "$out/js-hello.wasm"
+fi
+ls "$out"/*.wasm
