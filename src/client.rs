@@ -120,15 +120,10 @@ pub fn send(conn: &Connection, mut call: Call) -> Result<Answer> {
         for (k, v) in &call.headers {
             req = req.header(k.as_str(), v.as_str());
         }
-        let resp = req.send().await.map_err(|e| {
-            let mut msg = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                msg.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            anyhow!("cannot reach {url}: {msg}")
-        })?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot reach {url}: {}", error_chain(&e)))?;
         let status = resp.status().as_u16();
         let version = format!("{:?}", resp.version());
         let headers = resp
@@ -149,6 +144,17 @@ pub fn send(conn: &Connection, mut call: Call) -> Result<Answer> {
             body,
         })
     })
+}
+
+/// An error with its causes, `outer: inner: ...` (a TLS or connect failure says why).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    msg
 }
 
 /// `wasmgate invoke`'s options.

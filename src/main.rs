@@ -502,13 +502,11 @@ fn admin_call(
             req = req.bearer_auth(token);
         }
         let resp = req.send().await.map_err(|e| {
-            let mut msg = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                msg.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            anyhow::anyhow!("cannot reach the admin API at {}: {msg}", admin.admin)
+            anyhow::anyhow!(
+                "cannot reach the admin API at {}: {}",
+                admin.admin,
+                wasmgate::client::error_chain(&e)
+            )
         })?;
         let status = resp.status();
         let bytes = resp.bytes().await.unwrap_or_default();

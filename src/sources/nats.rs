@@ -7,6 +7,7 @@
 //! takes over from there.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -35,7 +36,8 @@ pub async fn run(
         Phase::Connecting,
         format!("connecting to {}", broker.url),
     );
-    let client = match connect(&broker, &trigger, &states).await {
+    let subscribed = Arc::new(AtomicBool::new(false));
+    let client = match connect(&broker, &trigger, &states, subscribed.clone()).await {
         Ok(c) => c,
         Err(e) => {
             states.set(&trigger, "nats", Phase::Failed, e);
@@ -64,6 +66,22 @@ pub async fn run(
             }
         }
     }
+    // Running once the server has the subscriptions: from here on every matching message
+    // reaches the trigger.
+    if client.flush().await.is_ok() {
+        subscribed.store(true, Ordering::SeqCst);
+        states.set(
+            &trigger,
+            "nats",
+            Phase::Running,
+            format!(
+                "connected to {}, subscribed to {} in queue group {}",
+                broker.url,
+                broker.topics.join(" "),
+                broker.queue_group
+            ),
+        );
+    }
     let mut messages = futures::stream::select_all(subscribers);
     let mut pending = FuturesUnordered::new();
     loop {
@@ -88,6 +106,7 @@ async fn connect(
     broker: &BrokerConfig,
     trigger: &str,
     states: &States,
+    subscribed: Arc<AtomicBool>,
 ) -> Result<async_nats::Client, String> {
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("wasmgate {trigger}"))
@@ -106,12 +125,15 @@ async fn connect(
     }
     let (s, t, url) = (states.clone(), trigger.to_string(), broker.url.clone());
     options = options.event_callback(move |event| {
-        let (s, t, url) = (s.clone(), t.clone(), url.clone());
+        let (s, t, url, subscribed) = (s.clone(), t.clone(), url.clone(), subscribed.clone());
         async move {
             match event {
-                async_nats::Event::Connected => {
-                    s.set(&t, "nats", Phase::Running, format!("connected to {url}"))
+                // A reconnection restores the subscriptions; the first connection is running
+                // only once they are made (see `run`).
+                async_nats::Event::Connected if subscribed.load(Ordering::SeqCst) => {
+                    s.set(&t, "nats", Phase::Running, format!("reconnected to {url}"))
                 }
+                async_nats::Event::Connected => {}
                 async_nats::Event::Disconnected => s.set(
                     &t,
                     "nats",
