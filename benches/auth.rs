@@ -130,23 +130,38 @@ fn benches(c: &mut Criterion) {
         &parts(uri, &[("authorization", format!("Bearer {TOKEN}"))]),
     );
 
-    let jwt = trigger(
+    // Signature verification on every request (cache off), then the same tokens from the
+    // verified-token cache (the default).
+    let uncached = trigger(
+        "auth = \"jwt\"\n[trigger.jwt]\njwks_file = \"jwks.json\"\nalgorithms = [\"RS256\", \"ES256\"]\ncache_ttl_s = 0",
+    );
+    let cached = trigger(
         "auth = \"jwt\"\n[trigger.jwt]\njwks_file = \"jwks.json\"\nalgorithms = [\"RS256\", \"ES256\"]",
     );
-    let rs = jwt_token(Algorithm::RS256, "rsa-1", "jwt-rsa.pem");
-    run(
-        c,
-        "auth/jwt-rs256",
-        &jwt,
-        &parts(uri, &[("authorization", format!("Bearer {rs}"))]),
+    let rs = parts(
+        uri,
+        &[(
+            "authorization",
+            format!(
+                "Bearer {}",
+                jwt_token(Algorithm::RS256, "rsa-1", "jwt-rsa.pem")
+            ),
+        )],
     );
-    let es = jwt_token(Algorithm::ES256, "ec-1", "jwt-ec.pem");
-    run(
-        c,
-        "auth/jwt-es256",
-        &jwt,
-        &parts(uri, &[("authorization", format!("Bearer {es}"))]),
+    let es = parts(
+        uri,
+        &[(
+            "authorization",
+            format!(
+                "Bearer {}",
+                jwt_token(Algorithm::ES256, "ec-1", "jwt-ec.pem")
+            ),
+        )],
     );
+    run(c, "auth/jwt-rs256", &uncached, &rs);
+    run(c, "auth/jwt-es256", &uncached, &es);
+    run(c, "auth/jwt-rs256-cached", &cached, &rs);
+    run(c, "auth/jwt-es256-cached", &cached, &es);
 }
 
 criterion_group!(auth, benches);

@@ -53,7 +53,57 @@ struct Key {
     validation: Validation,
 }
 
+/// Verified tokens, by the SHA-256 of the token, so a token's signature is checked once per
+/// token rather than once per request (like Envoy's jwt_authn cache). An entry lives until the
+/// earlier of the token's `exp` (plus leeway) and `cache_ttl_s` after it was verified; the
+/// claims' time checks still run on every request. The cache belongs to one authenticator,
+/// built with its JWKS: a reload that changes the keys starts from an empty cache.
+struct VerifiedCache {
+    ttl_s: i64,
+    entries: std::sync::Mutex<
+        std::collections::HashMap<[u8; 32], (std::sync::Arc<serde_json::Value>, i64)>,
+    >,
+}
+
+/// Tokens one trigger keeps verified at most; a full cache first drops what expired, then
+/// starts over.
+const CACHE_ENTRIES: usize = 10_000;
+
+impl VerifiedCache {
+    fn get(&self, digest: &[u8; 32], now: i64) -> Option<std::sync::Arc<serde_json::Value>> {
+        if self.ttl_s == 0 {
+            return None;
+        }
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(digest)
+            .filter(|(_, until)| now <= *until)
+            .map(|(claims, _)| claims.clone())
+    }
+
+    fn put(
+        &self,
+        digest: [u8; 32],
+        claims: std::sync::Arc<serde_json::Value>,
+        until: i64,
+        now: i64,
+    ) {
+        if self.ttl_s == 0 {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= CACHE_ENTRIES {
+            entries.retain(|_, (_, u)| now <= *u);
+            if entries.len() >= CACHE_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(digest, (claims, until.min(now.saturating_add(self.ttl_s))));
+    }
+}
+
 pub struct JwtAuth {
+    cache: VerifiedCache,
     keys: Vec<Key>,
     lookups: Vec<Lookup>,
     passes: Vec<ClaimPass>,
@@ -342,6 +392,10 @@ impl JwtAuth {
             PathRule::All
         };
         Ok(JwtAuth {
+            cache: VerifiedCache {
+                ttl_s: i64::try_from(config.cache_ttl_s).unwrap_or(i64::MAX),
+                entries: std::sync::Mutex::new(std::collections::HashMap::new()),
+            },
             keys,
             lookups: parse_lookups(&config.token_lookup)?,
             passes: parse_passes(&config.claim_pass_by)?,
@@ -400,39 +454,7 @@ impl JwtAuth {
         let (token, found_by) = self
             .find_token(parts, body)
             .ok_or_else(|| invalid("no token found"))?;
-        let header =
-            jsonwebtoken::decode_header(&token).map_err(|_| invalid("the JWT is malformed"))?;
-        let key = match &header.kid {
-            Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
-            None => self.keys.iter().find(|k| k.kid.is_none()),
-        }
-        .ok_or_else(|| invalid("the JWT is signed with an unknown key"))?;
-        let data = jsonwebtoken::decode::<serde_json::Value>(&token, &key.key, &key.validation)
-            .map_err(|e| invalid(&format!("{e}")))?;
-        let claims = data.claims;
-        // Configured issuer and audience are required claims of the right type, whatever the
-        // library makes of a missing or malformed one.
-        if let Some(iss) = &self.issuer
-            && claims.get("iss").and_then(|v| v.as_str()) != Some(iss.as_str())
-        {
-            return Err(invalid("issuer missing or not accepted"));
-        }
-        if !self.audience.is_empty() {
-            let accepted = |a: &serde_json::Value| {
-                a.as_str()
-                    .is_some_and(|a| self.audience.iter().any(|x| x == a))
-            };
-            let ok = match claims.get("aud") {
-                Some(serde_json::Value::String(_)) => claims.get("aud").is_some_and(accepted),
-                Some(serde_json::Value::Array(list)) => {
-                    list.iter().all(|a| a.is_string()) && list.iter().any(accepted)
-                }
-                _ => false,
-            };
-            if !ok {
-                return Err(invalid("audience missing or not accepted"));
-            }
-        }
+        let claims = self.verified_claims(&token, now)?;
         let exp = claims
             .get("exp")
             .and_then(|v| v.as_f64())
@@ -481,6 +503,59 @@ impl JwtAuth {
         }
         let subject = claims.get("sub").and_then(claim_string).unwrap_or_default();
         Ok(JwtOutcome::Valid { subject, form_body })
+    }
+
+    /// The claims of a token whose signature, key, issuer and audience check out: from the
+    /// cache, or verified now (and cached until its `exp` or the cache TTL).
+    fn verified_claims(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<std::sync::Arc<serde_json::Value>, AuthError> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if let Some(claims) = self.cache.get(&digest, now) {
+            return Ok(claims);
+        }
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| invalid("the JWT is malformed"))?;
+        let key = match &header.kid {
+            Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
+            None => self.keys.iter().find(|k| k.kid.is_none()),
+        }
+        .ok_or_else(|| invalid("the JWT is signed with an unknown key"))?;
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &key.validation)
+            .map_err(|e| invalid(&format!("{e}")))?;
+        let claims = data.claims;
+        // Configured issuer and audience are required claims of the right type, whatever the
+        // library makes of a missing or malformed one.
+        if let Some(iss) = &self.issuer
+            && claims.get("iss").and_then(|v| v.as_str()) != Some(iss.as_str())
+        {
+            return Err(invalid("issuer missing or not accepted"));
+        }
+        if !self.audience.is_empty() {
+            let accepted = |a: &serde_json::Value| {
+                a.as_str()
+                    .is_some_and(|a| self.audience.iter().any(|x| x == a))
+            };
+            let ok = match claims.get("aud") {
+                Some(serde_json::Value::String(_)) => claims.get("aud").is_some_and(accepted),
+                Some(serde_json::Value::Array(list)) => {
+                    list.iter().all(|a| a.is_string()) && list.iter().any(accepted)
+                }
+                _ => false,
+            };
+            if !ok {
+                return Err(invalid("audience missing or not accepted"));
+            }
+        }
+        let claims = std::sync::Arc::new(claims);
+        if let Some(exp) = claims.get("exp").and_then(|v| v.as_f64()) {
+            let until = (exp as i64).saturating_add(self.leeway);
+            self.cache.put(digest, claims.clone(), until, now);
+        }
+        Ok(claims)
     }
 
     fn find_token(
@@ -604,5 +679,78 @@ mod tests {
         h.insert("cookie", "a=1; token=secret; b=2".parse().unwrap());
         strip_cookie(&mut h, "token");
         assert_eq!(h["cookie"], "a=1; b=2");
+    }
+
+    #[test]
+    fn verified_tokens_are_cached_but_time_checks_run_every_request() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let config = JwtConfig {
+            jwks_file: dir.join("jwks.json"),
+            algorithms: vec!["RS256".into()],
+            issuer: Some("https://issuer.example".into()),
+            audience: vec!["wasmgate".into()],
+            leeway_s: 0,
+            token_lookup: "header:Authorization:Bearer ".into(),
+            claim_pass_by: String::new(),
+            whitelist: Vec::new(),
+            blacklist: Vec::new(),
+            cache_ttl_s: 60,
+        };
+        let jwks = std::fs::read_to_string(&config.jwks_file).unwrap();
+        let auth = JwtAuth::from_jwks(&jwks, &config).unwrap();
+        let now = 2_000_000_000i64;
+        let claims = serde_json::json!({"sub": "a", "iss": "https://issuer.example",
+            "aud": "wasmgate", "exp": now + 600});
+        let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
+        header.kid = Some("rsa-1".into());
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(
+            &std::fs::read(dir.join("jwt-rsa.pem")).unwrap(),
+        )
+        .unwrap();
+        let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        let request = || {
+            http::Request::builder()
+                .header("authorization", format!("Bearer {token}"))
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0
+        };
+        let len = |a: &JwtAuth| a.cache.entries.lock().unwrap().len();
+        assert!(auth.verify(&mut request(), None, "/", now, false).is_ok());
+        assert_eq!(len(&auth), 1);
+        assert!(
+            auth.verify(&mut request(), None, "/", now + 1, false)
+                .is_ok()
+        );
+        assert_eq!(
+            len(&auth),
+            1,
+            "the second request used the cached verification"
+        );
+        // Past exp the cached token is refused all the same.
+        assert!(
+            auth.verify(&mut request(), None, "/", now + 601, false)
+                .is_err()
+        );
+        // A tampered token is not the cached one: verified, and refused.
+        let mut bad = token.clone();
+        bad.pop();
+        let mut p = request();
+        p.headers
+            .insert("authorization", format!("Bearer {bad}").parse().unwrap());
+        assert!(auth.verify(&mut p, None, "/", now, false).is_err());
+        assert_eq!(len(&auth), 1);
+        // With the cache off nothing is kept.
+        let off = JwtAuth::from_jwks(
+            &jwks,
+            &JwtConfig {
+                cache_ttl_s: 0,
+                ..config
+            },
+        )
+        .unwrap();
+        assert!(off.verify(&mut request(), None, "/", now, false).is_ok());
+        assert_eq!(len(&off), 0);
     }
 }

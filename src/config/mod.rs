@@ -301,6 +301,8 @@ pub struct JwtConfig {
     pub claim_pass_by: String,
     pub whitelist: Vec<String>,
     pub blacklist: Vec<String>,
+    /// How long a verified token is remembered at most (0: verify every request).
+    pub cache_ttl_s: u64,
 }
 
 impl Config {
@@ -1058,6 +1060,7 @@ fn validate_trigger(
                 claim_pass_by: j.claim_pass_by.unwrap_or_default(),
                 whitelist: j.whitelist.unwrap_or_default(),
                 blacklist: j.blacklist.unwrap_or_default(),
+                cache_ttl_s: j.cache_ttl_s.unwrap_or(300),
             })
         }
         "bearer" => {

@@ -176,6 +176,7 @@ pub struct RawJwt {
     pub claim_pass_by: Option<String>,
     pub whitelist: Option<Vec<String>>,
     pub blacklist: Option<Vec<String>>,
+    pub cache_ttl_s: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
