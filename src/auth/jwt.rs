@@ -60,10 +60,11 @@ struct Key {
 /// built with its JWKS: a reload that changes the keys starts from an empty cache.
 struct VerifiedCache {
     ttl_s: i64,
-    entries: std::sync::Mutex<
-        std::collections::HashMap<[u8; 32], (std::sync::Arc<serde_json::Value>, i64)>,
-    >,
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], Verified>>,
 }
+
+/// A verified token's claims and the unix second its cache entry lapses.
+type Verified = (std::sync::Arc<serde_json::Value>, i64);
 
 /// Tokens one trigger keeps verified at most; a full cache first drops what expired, then
 /// starts over.
