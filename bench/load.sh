@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Load benchmark: wasmgate (plain HTTP and TLS; anonymous, ACS3-signed and RS256-JWT triggers)
-# vs `wasmtime serve` on the same hello component vs nginx `return 200` (the ceiling),
-# interleaved, in one run on this machine.
+# Load benchmark: wasmgate (plain HTTP anonymous; over TLS anonymous, ACS3-signed and
+# RS256-JWT), the bare engine host (examples/floor.rs: hyper + wasmtime, nothing else, with
+# the best pooling settings), `wasmtime serve` 48 on the same hello component and nginx
+# `return 200` (the ceiling), interleaved, in one run on this machine. Prints the figures and
+# the ratios the performance goals are stated in.
 #
 #   bash bench/load.sh            # 3 rounds of 6 s per server, 32 connections
 #   ROUNDS=5 DURATION=8s CONNS=64 bash bench/load.sh
@@ -33,7 +35,7 @@ ensure_wasmtime
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 bash scripts/build-functions.sh >/dev/null
-cargo build --release --quiet
+cargo build --release --quiet --bin wasmgate --example floor
 HELLO=$PWD/functions/target/wasm32-wasip2/release/hello.wasm
 
 
@@ -79,6 +81,11 @@ if [ -n "$BASELINE" ]; then
   pids+=($!)
 fi
 
+PORT_floor=$(free_port)
+KEEP_MEM=16777216 KEEP_TABLE=1048576 NOCOW=1 PAGEMAP=1 \
+  ./target/release/examples/floor "$HELLO" "127.0.0.1:$PORT_floor" 2>"$work/floor.log" &
+pids+=($!)
+
 PORT_wasmtime=$(free_port)
 "$WASMTIME" serve -Scli --addr "127.0.0.1:$PORT_wasmtime" "$HELLO" >/dev/null 2>"$work/wasmtime.log" &
 pids+=($!)
@@ -97,24 +104,25 @@ NGINX
 "$NGINX" -c "$work/nginx.conf" -p "$work" -g 'daemon off;' &
 pids+=($!)
 
-for p in "$PORT_plain" "$PORT_tls" "$PORT_wasmtime" "$PORT_nginx" ${PORT_baseline:-}; do wait_port "$p"; done
+for p in "$PORT_plain" "$PORT_tls" "$PORT_floor" "$PORT_wasmtime" "$PORT_nginx" ${PORT_baseline:-}; do wait_port "$p"; done
 
 declare -A URL=(
   [wasmgate-http]="http://127.0.0.1:$PORT_plain/"
   [wasmgate-https]="https://127.0.0.1:$PORT_tls/"
-  [wasmgate-signed]="http://127.0.0.1:$PORT_plain/signed"
-  [wasmgate-jwt]="http://127.0.0.1:$PORT_plain/jwt"
+  [wasmgate-https-signed]="https://127.0.0.1:$PORT_tls/signed"
+  [wasmgate-https-jwt]="https://127.0.0.1:$PORT_tls/jwt"
+  [floor]="http://127.0.0.1:$PORT_floor/"
   [wasmtime-serve]="http://127.0.0.1:$PORT_wasmtime/"
   [nginx]="http://127.0.0.1:$PORT_nginx/"
 )
 # One signature and one token for the whole run (both stay valid for its duration).
 export BENCH_SECRET=bench-signature-secret
-mapfile -t SIGNED < <(./target/release/wasmgate sign --key-id AK1 --secret-env BENCH_SECRET "${URL[wasmgate-signed]}")
+mapfile -t SIGNED < <(./target/release/wasmgate sign --key-id AK1 --secret-env BENCH_SECRET "${URL[wasmgate-https-signed]}")
 JWT=$(./target/release/wasmgate jwt --key tests/fixtures/jwt-rsa.pem --kid rsa-1 --sub bench --iss https://issuer.example --aud wasmgate)
-declare -A HDR1=([wasmgate-signed]="${SIGNED[0]}" [wasmgate-jwt]="Authorization: Bearer $JWT")
-declare -A HDR2=([wasmgate-signed]="${SIGNED[1]}" [wasmgate-jwt]="X-Bench: 1")
+declare -A HDR1=([wasmgate-https-signed]="${SIGNED[0]}" [wasmgate-https-jwt]="Authorization: Bearer $JWT")
+declare -A HDR2=([wasmgate-https-signed]="${SIGNED[1]}" [wasmgate-https-jwt]="X-Bench: 1")
 hdr_args() { local n=$1; if [ -n "${HDR1[$n]:-}" ]; then printf '%s\0' -H "${HDR1[$n]}" -H "${HDR2[$n]}"; fi; }
-order=(wasmgate-http wasmtime-serve nginx wasmgate-https wasmgate-signed wasmgate-jwt)
+order=(wasmgate-http floor wasmtime-serve nginx wasmgate-https wasmgate-https-signed wasmgate-https-jwt)
 if [ -n "$BASELINE" ]; then
   URL[wasmgate-baseline]="http://127.0.0.1:$PORT_baseline/"
   order=(wasmgate-http wasmgate-baseline "${order[@]:1}")
@@ -150,13 +158,26 @@ for line in open(raw):
     rows.setdefault(name, []).append((float(rps), ms(p99), int(bad)))
 med = {n: (statistics.median(r for r, _, _ in v), statistics.median(p for _, p, _ in v), sum(b for _, _, b in v)) for n, v in rows.items()}
 base = med["wasmtime-serve"][0]
+floor = med["floor"][0]
 ceiling = med["nginx"][0]
 print(f"wrk -t1 -c{conns} -d{dur} --latency, {rounds} interleaved rounds, median of rounds\n")
-print("| server | requests/s | p99 (ms) | non-2xx | vs wasmtime serve | vs nginx |")
-print("|---|---|---|---|---|---|")
-for n in ["wasmgate-http", "wasmgate-baseline", "wasmgate-https", "wasmgate-signed", "wasmgate-jwt", "wasmtime-serve", "nginx"]:
+print("| server | requests/s | p99 (ms) | non-2xx | vs floor | vs wasmtime serve | vs nginx |")
+print("|---|---|---|---|---|---|---|")
+for n in ["wasmgate-http", "wasmgate-baseline", "wasmgate-https", "wasmgate-https-signed", "wasmgate-https-jwt", "floor", "wasmtime-serve", "nginx"]:
     if n not in med:
         continue
     r, p, b = med[n]
-    print(f"| {n} | {r:,.0f} | {p:.2f} | {b} | {r/base:.2f}x | {r/ceiling:.2f}x |")
+    print(f"| {n} | {r:,.0f} | {p:.2f} | {b} | {r/floor:.2f}x | {r/base:.2f}x | {r/ceiling:.2f}x |")
+http, https = med["wasmgate-http"][0], med["wasmgate-https"][0]
+goals = [
+    ("plain HTTP anonymous / bare engine host", http / floor, 1.0),
+    ("plain HTTP anonymous / nginx", http / ceiling, 0.25),
+    ("TLS anonymous / plain HTTP", https / http, 0.95),
+    ("ACS3-signed over TLS / plain HTTP", med["wasmgate-https-signed"][0] / http, 0.95),
+    ("RS256 JWT over TLS / anonymous TLS", med["wasmgate-https-jwt"][0] / https, 0.95),
+]
+print("\n| ratio | measured | goal | |")
+print("|---|---|---|---|")
+for name, got, goal in goals:
+    print(f"| {name} | {got:.2f}x | >= {goal:.2f}x | {'met' if got >= goal else 'not met'} |")
 PY

@@ -21,17 +21,20 @@ use serde::{Deserialize, Serialize};
 
 /// A request id: 128 random bits as a UUID-shaped string, unique across nodes and restarts.
 pub fn new_request_id() -> Arc<str> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let v: u128 = rand::random();
-    let h = format!("{v:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-    .into()
+    let mut out = [0u8; 36];
+    let mut bits = 128;
+    for (i, slot) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            *slot = b'-';
+            continue;
+        }
+        bits -= 4;
+        *slot = HEX[((v >> bits) & 0xf) as usize];
+    }
+    // Only ASCII hex digits and dashes were written.
+    std::str::from_utf8(&out).unwrap_or_default().into()
 }
 
 /// Which function, and which of its versions.
@@ -133,36 +136,66 @@ impl<B> Invocation<B> {
     /// `X-Fc-Event-Id`; for a queued task `X-Fc-Async-Task-Id`. Values the gateway sets replace whatever was there.
     pub fn stamp(&mut self) {
         let headers = self.request.headers_mut();
-        set(headers, "x-fc-request-id", &self.request_id);
-        set(headers, "x-fc-function-name", &self.target.function);
-        set(headers, "x-fc-trigger-name", &self.trigger);
-        set(headers, "x-fc-trigger-type", self.source.kind().as_str());
-        set(headers, "x-fc-qualifier", &self.target.qualifier);
+        headers.reserve(8);
+        set(headers, &names::REQUEST_ID, &self.request_id);
+        set(headers, &names::FUNCTION_NAME, &self.target.function);
+        set(headers, &names::TRIGGER_NAME, &self.trigger);
+        headers.insert(
+            names::TRIGGER_TYPE.clone(),
+            HeaderValue::from_static(self.source.kind().as_str()),
+        );
+        set(headers, &names::QUALIFIER, &self.target.qualifier);
         match &self.source {
             Source::Http { peer, https } => {
-                set(headers, "x-forwarded-for", &peer.ip().to_string());
-                set(
-                    headers,
-                    "x-forwarded-proto",
-                    if *https { "https" } else { "http" },
+                let mut ip = [0u8; 64];
+                let ip = format_ip(peer.ip(), &mut ip);
+                set(headers, &names::FORWARDED_FOR, ip);
+                headers.insert(
+                    names::FORWARDED_PROTO.clone(),
+                    HeaderValue::from_static(if *https { "https" } else { "http" }),
                 );
             }
             Source::Cron { scheduled } => set(
                 headers,
-                "x-fc-scheduled-time",
+                &names::SCHEDULED_TIME,
                 &scheduled.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             ),
-            Source::Mqtt { topic } => set(headers, "x-topic", topic),
-            Source::Nats { subject } => set(headers, "x-topic", subject),
-            Source::Event { event_id } => set(headers, "x-fc-event-id", event_id),
-            Source::Queue { task_id, .. } => set(headers, "x-fc-async-task-id", task_id),
+            Source::Mqtt { topic } => set(headers, &names::TOPIC, topic),
+            Source::Nats { subject } => set(headers, &names::TOPIC, subject),
+            Source::Event { event_id } => set(headers, &names::EVENT_ID, event_id),
+            Source::Queue { task_id, .. } => set(headers, &names::ASYNC_TASK_ID, task_id),
         }
     }
 }
 
-fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+/// The names [`Invocation::stamp`] sets, parsed once.
+mod names {
+    use http::HeaderName;
+    pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-fc-request-id");
+    pub static FUNCTION_NAME: HeaderName = HeaderName::from_static("x-fc-function-name");
+    pub static TRIGGER_NAME: HeaderName = HeaderName::from_static("x-fc-trigger-name");
+    pub static TRIGGER_TYPE: HeaderName = HeaderName::from_static("x-fc-trigger-type");
+    pub static QUALIFIER: HeaderName = HeaderName::from_static("x-fc-qualifier");
+    pub static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    pub static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    pub static SCHEDULED_TIME: HeaderName = HeaderName::from_static("x-fc-scheduled-time");
+    pub static TOPIC: HeaderName = HeaderName::from_static("x-topic");
+    pub static EVENT_ID: HeaderName = HeaderName::from_static("x-fc-event-id");
+    pub static ASYNC_TASK_ID: HeaderName = HeaderName::from_static("x-fc-async-task-id");
+}
+
+/// An address as text, written into `buf` (no allocation).
+fn format_ip(ip: std::net::IpAddr, buf: &mut [u8; 64]) -> &str {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{ip}");
+    let n = cursor.position() as usize;
+    std::str::from_utf8(&buf[..n]).unwrap_or_default()
+}
+
+fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(name, v);
+        headers.insert(name.clone(), v);
     }
 }
 

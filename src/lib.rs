@@ -8,6 +8,7 @@
 // One audited exception: loading wasmtime's own compiled artifacts (registry.rs).
 #![deny(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod body;

@@ -61,6 +61,11 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+static X_FC_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-fc-original-path");
+static X_FC_REQUEST_ID: HeaderName = HeaderName::from_static("x-fc-request-id");
+static X_FC_LOG_TYPE: HeaderName = HeaderName::from_static("x-fc-log-type");
+static X_FC_INVOCATION_TYPE: HeaderName = HeaderName::from_static("x-fc-invocation-type");
+
 /// `X-Fc-Invocation-Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InvocationType {
@@ -134,7 +139,7 @@ impl App {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Ok(v) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert("x-fc-request-id", v);
+            response.headers_mut().insert(X_FC_REQUEST_ID.clone(), v);
         }
         let m = &crate::metrics::METRICS;
         let trigger = record.trigger.clone().unwrap_or_default();
@@ -162,19 +167,17 @@ impl App {
                 })
                 .inc();
         }
-        tracing::info!(
-            target: "wasmgate::access",
-            request_id = &*request_id,
-            peer = %conn.peer,
-            method = %method,
-            path = %path,
-            trigger = record.trigger.as_deref().unwrap_or("-"),
-            principal = record.principal.as_deref().unwrap_or("-"),
-            status = response.status().as_u16(),
-            duration_us = started.elapsed().as_micros() as u64,
-            bytes = http_body::Body::size_hint(response.body()).exact(),
-            "request"
-        );
+        crate::access_log::record(&crate::access_log::Entry {
+            request_id: &request_id,
+            peer: conn.peer,
+            method: &method,
+            path: &path,
+            trigger: record.trigger.as_deref(),
+            principal: record.principal.as_deref(),
+            status: response.status().as_u16(),
+            duration_us: started.elapsed().as_micros() as u64,
+            bytes: http_body::Body::size_hint(response.body()).exact(),
+        });
         response
     }
 
@@ -322,7 +325,7 @@ pub fn check_limits(
             limits.max_uri_bytes
         )));
     }
-    let invocation_type = match parts.headers.get("x-fc-invocation-type") {
+    let invocation_type = match parts.headers.get(&X_FC_INVOCATION_TYPE) {
         None => InvocationType::Sync,
         Some(v) => match v.to_str().map(str::trim) {
             Ok(s) if s.eq_ignore_ascii_case("sync") => InvocationType::Sync,
@@ -790,7 +793,7 @@ where
     let (parts, body) = request.into_parts();
     let tail = parts
         .headers
-        .get("x-fc-log-type")
+        .get(&X_FC_LOG_TYPE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"tail"));
     let (body, too_large) = LimitedBody::new(body, app.config.limits.max_body_bytes);
     let inv = Invocation {
@@ -940,21 +943,24 @@ fn invocation<B>(
 
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
-    let foreign: Vec<HeaderName> = headers
+    // The gateway is the edge: forwarding information from the client is unverified. It
+    // sets X-Forwarded-For and X-Forwarded-Proto itself (see `Invocation::stamp`). Client
+    // `x-fc-*` headers other than the few a client may send go too. One pass finds them;
+    // usually there are none.
+    let dropped: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with("x-fc-") && !CLIENT_FC_HEADERS.contains(&k.as_str()))
+        .filter(|k| {
+            let k = k.as_str();
+            (k.starts_with("x-fc-") && !CLIENT_FC_HEADERS.contains(&k))
+                || CLIENT_FORWARDING.contains(&k)
+        })
         .cloned()
         .collect();
-    for k in foreign {
+    for k in dropped {
         headers.remove(&k);
     }
-    // The gateway is the edge: forwarding information from the client is unverified. It
-    // sets X-Forwarded-For and X-Forwarded-Proto itself (see `Invocation::stamp`).
-    for name in CLIENT_FORWARDING {
-        headers.remove(name);
-    }
     if let Ok(v) = HeaderValue::from_str(&original) {
-        headers.insert("x-fc-original-path", v);
+        headers.insert(X_FC_ORIGINAL_PATH.clone(), v);
     }
     Invocation {
         target,
@@ -978,8 +984,13 @@ fn request_host(parts: &http::request::Parts) -> Option<&str> {
     })
 }
 
-/// Removes hop-by-hop headers, including those the `Connection` header names.
+/// Removes hop-by-hop headers, including those the `Connection` header names. One pass over
+/// the names finds them; most messages have none and nothing is allocated.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let found = headers.keys().any(|k| HOP_BY_HOP.contains(&k.as_str()));
+    if !found {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

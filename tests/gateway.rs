@@ -332,6 +332,37 @@ async fn every_request_gets_a_fresh_instance() {
     }
 }
 
+/// Isolation is not traded for speed: under concurrent load (more requests in flight than
+/// the machine has cores, on keep-alive connections, within `max_in_flight`), every request still sees a fresh
+/// instance whose counter starts at zero.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_request_gets_a_fresh_instance_under_load() {
+    let s = TestServer::start(CONFIG);
+    let c = client();
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            let (c, url) = (c.clone(), s.url("/probe/counter"));
+            tokio::spawn(async move {
+                let mut bodies = Vec::new();
+                for _ in 0..40 {
+                    let resp = c.get(&url).send().await.unwrap();
+                    assert_eq!(resp.status(), 200);
+                    bodies.push(resp.text().await.unwrap());
+                }
+                bodies
+            })
+        })
+        .collect();
+    let mut seen = 0;
+    for w in workers {
+        for body in w.await.unwrap() {
+            assert_eq!(body, "1", "an instance served more than one request");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 16 * 40);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_looping_guest_times_out_while_others_are_served() {
     let s = TestServer::start(CONFIG);
