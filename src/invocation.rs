@@ -147,9 +147,7 @@ impl<B> Invocation<B> {
         set(headers, &names::QUALIFIER, &self.target.qualifier);
         match &self.source {
             Source::Http { peer, https } => {
-                let mut ip = [0u8; 64];
-                let ip = format_ip(peer.ip(), &mut ip);
-                set(headers, &names::FORWARDED_FOR, ip);
+                set(headers, &names::FORWARDED_FOR, &peer.ip().to_string());
                 headers.insert(
                     names::FORWARDED_PROTO.clone(),
                     HeaderValue::from_static(if *https { "https" } else { "http" }),
@@ -169,7 +167,7 @@ impl<B> Invocation<B> {
 }
 
 /// The names [`Invocation::stamp`] sets, parsed once.
-mod names {
+pub(crate) mod names {
     use http::HeaderName;
     pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-fc-request-id");
     pub static FUNCTION_NAME: HeaderName = HeaderName::from_static("x-fc-function-name");
@@ -182,15 +180,6 @@ mod names {
     pub static TOPIC: HeaderName = HeaderName::from_static("x-topic");
     pub static EVENT_ID: HeaderName = HeaderName::from_static("x-fc-event-id");
     pub static ASYNC_TASK_ID: HeaderName = HeaderName::from_static("x-fc-async-task-id");
-}
-
-/// An address as text, written into `buf` (no allocation).
-fn format_ip(ip: std::net::IpAddr, buf: &mut [u8; 64]) -> &str {
-    use std::io::Write;
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cursor, "{ip}");
-    let n = cursor.position() as usize;
-    std::str::from_utf8(&buf[..n]).unwrap_or_default()
 }
 
 fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {

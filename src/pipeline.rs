@@ -62,7 +62,6 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 static X_FC_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-fc-original-path");
-static X_FC_REQUEST_ID: HeaderName = HeaderName::from_static("x-fc-request-id");
 static X_FC_LOG_TYPE: HeaderName = HeaderName::from_static("x-fc-log-type");
 static X_FC_INVOCATION_TYPE: HeaderName = HeaderName::from_static("x-fc-invocation-type");
 
@@ -139,7 +138,9 @@ impl App {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Ok(v) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert(X_FC_REQUEST_ID.clone(), v);
+            response
+                .headers_mut()
+                .insert(crate::invocation::names::REQUEST_ID.clone(), v);
         }
         let m = &crate::metrics::METRICS;
         let trigger = record.trigger.clone().unwrap_or_default();
