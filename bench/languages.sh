@@ -55,4 +55,4 @@ TOML
     "$(python3 -c "print($t1 - $t0)")" "$(python3 -c "print($first * 1000)")" "$rps" "$p99"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 done
-} | tee "$out/languages.md"
+} > >(tee "$out/languages.md")

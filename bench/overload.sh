@@ -52,4 +52,4 @@ url="http://127.0.0.1:$port/sleep?ms=100"
   ./target/release/examples/loadgen "$url" "$RATE" "$DURATION"
   echo
   echo "RSS after overload: $(rss); peak (VmHWM): $(awk '/^VmHWM/ {print $2 " kB"}' /proc/$pid/status)"
-} | tee "$out/overload.md"
+} > >(tee "$out/overload.md")

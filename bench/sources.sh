@@ -152,4 +152,4 @@ for c in 1 64; do
   echo "| $c | $rps | $p99 | ${bad:-0} | $(rate "$total" "$t0" "$t1") |"
   stop_gateway
 done
-} | tee "$out/sources.md"
+} > >(tee "$out/sources.md")

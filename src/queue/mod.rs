@@ -120,7 +120,8 @@ impl Queue {
         clock: Arc<dyn Clock>,
         qualifier_of: &dyn Fn(&str) -> String,
     ) -> Result<Queue> {
-        let (conn, book) = store::open(&data_dir.join("tasks.db"), clock.now_ms(), qualifier_of)?;
+        let path = data_dir.join("tasks.db");
+        let (conn, book) = store::open(&path, clock.now_ms(), qualifier_of)?;
         let book = Arc::new(book);
         let (tx, rx) = mpsc::channel();
         let group_commit = config.group_commit;
@@ -171,7 +172,8 @@ impl Queue {
     /// `max_queue_bytes`) or the trigger's quota is full.
     pub async fn submit(&self, task: NewTask) -> Result<(), QueueError> {
         let id = task.id.clone();
-        match self.call(|r| Cmd::Insert(task, r)).await {
+        let invocation = serde_json::to_string(&task.invocation);
+        match self.call(|r| Cmd::Insert(task, invocation, r)).await {
             Some(Ok(())) => {
                 self.wake.notify_one();
                 Ok(())

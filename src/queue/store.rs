@@ -239,7 +239,12 @@ pub enum StopError {
 }
 
 pub enum Cmd {
-    Insert(NewTask, oneshot::Sender<Result<(), InsertError>>),
+    /// A task and its invocation as stored (serialized by the caller, off the writer).
+    Insert(
+        NewTask,
+        serde_json::Result<String>,
+        oneshot::Sender<Result<(), InsertError>>,
+    ),
     Claim {
         now_ms: i64,
         limit: usize,
@@ -299,7 +304,9 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS tasks (
     callback_attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_due ON tasks(state, due_ms);
-CREATE INDEX IF NOT EXISTS tasks_function ON tasks(function, state);
+-- An index on (function, state) served no query (the task list filters with `?1 IS NULL
+-- OR function = ?1`, which no index serves) and cost every insert and state change a write.
+DROP INDEX IF EXISTS tasks_function;
 CREATE INDEX IF NOT EXISTS tasks_id ON tasks(id);";
 
 /// Opens (creating if needed) the database, migrates an older schema, and recovers tasks a
@@ -321,6 +328,13 @@ pub fn open(
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    // Pages the writer touches stay in memory (the default 2 MB made it re-read index pages
+    // from the OS under load); the memory is only used as the queue fills. The WAL is folded
+    // back every 8 MB instead of 4 MB: fewer checkpoints, each copying a page once however
+    // often it changed (measured: 202/s at 64 clients +25-50%, p99 within 10 ms of before).
+    conn.pragma_update(None, "cache_size", -16384)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 2048)?;
     migrate(&mut conn, qualifier_of)
         .with_context(|| format!("{}: cannot migrate", path.display()))?;
     conn.execute_batch(CREATE)
@@ -481,8 +495,25 @@ fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskView> {
     })
 }
 
+/// Runs `sql` through the connection's statement cache: the writer runs the same few
+/// statements thousands of times a second, and parsing them was a seventh of its time.
+fn exec(tx: &Connection, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    tx.prepare_cached(sql)?.execute(p)
+}
+
+/// [`Connection::query_row`] through the statement cache.
+fn query_row<T>(
+    tx: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    tx.prepare_cached(sql)?.query_row(p, f)
+}
+
 fn get_view(tx: &Connection, id: &str) -> rusqlite::Result<Option<TaskView>> {
-    tx.query_row(
+    query_row(
+        tx,
         &format!("SELECT {VIEW_COLUMNS} FROM tasks WHERE key = ?1"),
         params![id],
         view,
@@ -495,7 +526,7 @@ type Deferred = Box<dyn FnOnce(bool) + Send>;
 
 /// The writer thread: runs until every sender is gone.
 pub fn run(
-    mut conn: Connection,
+    conn: Connection,
     rx: mpsc::Receiver<Cmd>,
     group_commit: bool,
     book: Arc<Book>,
@@ -511,17 +542,20 @@ pub fn run(
             }
         }
         let mut deferred: Vec<Deferred> = Vec::with_capacity(batch.len());
-        let committed = match conn.transaction() {
-            Ok(tx) => {
+        // BEGIN and COMMIT go through the statement cache like everything else.
+        let committed = match exec(&conn, "BEGIN", []) {
+            Ok(_) => {
                 for cmd in batch {
-                    if let Some(d) = apply(&tx, cmd, &book, bounds) {
+                    if let Some(d) = apply(&conn, cmd, &book, bounds) {
                         deferred.push(d);
                     }
                 }
-                match tx.commit() {
-                    Ok(()) => true,
+                match exec(&conn, "COMMIT", []) {
+                    Ok(_) => true,
                     Err(e) => {
                         tracing::error!("task database commit failed: {e}");
+                        // Nothing of the batch stays (an error may have ended it already).
+                        let _ = exec(&conn, "ROLLBACK", []);
                         false
                     }
                 }
@@ -543,7 +577,7 @@ pub fn run(
 /// Answers a command that could not run at all.
 fn fail(cmd: Cmd) {
     match cmd {
-        Cmd::Insert(_, r) => {
+        Cmd::Insert(_, _, r) => {
             let _ = r.send(Err(InsertError::Storage(
                 "the task database is unavailable".into(),
             )));
@@ -560,14 +594,14 @@ fn fail(cmd: Cmd) {
 /// Takes a task out of the open book if the row `key` is still open (before the statement
 /// that makes it final).
 fn close(tx: &Connection, key: &str, book: &Book) -> rusqlite::Result<()> {
-    let row: Option<(String, i64)> = tx
-        .query_row(
-            "SELECT trigger_name, size FROM tasks WHERE key = ?1
+    let row: Option<(String, i64)> = query_row(
+        tx,
+        "SELECT trigger_name, size FROM tasks WHERE key = ?1
              AND state IN ('Enqueued', 'Retrying', 'Running')",
-            params![key],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
+        params![key],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()?;
     if let Some((trigger, size)) = row {
         book.remove(&trigger, size.max(0) as u64);
     }
@@ -601,15 +635,14 @@ fn over_bounds(t: &NewTask, size: u64, book: &Book, bounds: Bounds) -> Option<St
 
 fn apply(tx: &Connection, cmd: Cmd, book: &Book, bounds: Bounds) -> Option<Deferred> {
     match cmd {
-        Cmd::Insert(t, reply) => {
-            let invocation = serde_json::to_string(&t.invocation);
+        Cmd::Insert(t, invocation, reply) => {
             let size = t.body.len() as u64 + invocation.as_ref().map_or(0, |i| i.len() as u64);
             if let Some(why) = over_bounds(&t, size, book, bounds) {
                 let _ = reply.send(Err(InsertError::Full(why)));
                 return None;
             }
             let r = match invocation {
-                Ok(invocation) => tx.execute(
+                Ok(invocation) => exec(tx,
                     "INSERT INTO tasks (key, id, request_id, trigger_name, function, state, invocation, body, callback_url, created_ms, due_ms, size)
                      VALUES (?10, ?1, ?2, ?3, ?4, 'Enqueued', ?5, ?6, ?7, ?8, ?9, ?11)",
                     params![
@@ -702,25 +735,25 @@ fn apply(tx: &Connection, cmd: Cmd, book: &Book, bounds: Bounds) -> Option<Defer
             }))
         }
         Cmd::NextDue(reply) => {
-            let v: Option<i64> = tx
-                .query_row(
-                    "SELECT MIN(due_ms) FROM tasks WHERE state IN ('Enqueued', 'Retrying')",
-                    [],
-                    |r| r.get(0),
-                )
-                .unwrap_or(None);
+            let v: Option<i64> = query_row(
+                tx,
+                "SELECT MIN(due_ms) FROM tasks WHERE state IN ('Enqueued', 'Retrying')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(None);
             let _ = reply.send(v);
             None
         }
         Cmd::StopRequested(id, reply) => {
-            let v: bool = tx
-                .query_row(
-                    "SELECT stop_requested FROM tasks WHERE key = ?1",
-                    params![id],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map(|v| v != 0)
-                .unwrap_or(false);
+            let v: bool = query_row(
+                tx,
+                "SELECT stop_requested FROM tasks WHERE key = ?1",
+                params![id],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|v| v != 0)
+            .unwrap_or(false);
             let _ = reply.send(v);
             None
         }
@@ -730,7 +763,7 @@ fn apply(tx: &Connection, cmd: Cmd, book: &Book, bounds: Bounds) -> Option<Defer
             None
         }
         Cmd::Prune { before_ms } => {
-            match tx.execute(
+            match exec(tx,
                 "DELETE FROM tasks WHERE state IN ('Succeeded', 'Failed', 'Expired', 'Stopped')
                  AND finished_ms < ?1 AND (callback_status IS NULL OR callback_status != 'Pending')",
                 params![before_ms],
@@ -745,7 +778,7 @@ fn apply(tx: &Connection, cmd: Cmd, book: &Book, bounds: Bounds) -> Option<Defer
 }
 
 fn claim(tx: &Connection, now_ms: i64, limit: usize, book: &Book) -> rusqlite::Result<Vec<Task>> {
-    let mut stmt = tx.prepare(
+    let mut stmt = tx.prepare_cached(
         "SELECT id, invocation, body, callback_url, created_ms, due_ms, attempts, key
          FROM tasks WHERE state IN ('Enqueued', 'Retrying') AND due_ms <= ?1 ORDER BY due_ms LIMIT ?2",
     )?;
@@ -788,7 +821,8 @@ fn claim(tx: &Connection, now_ms: i64, limit: usize, book: &Book) -> rusqlite::R
     {
         match serde_json::from_str::<StoredInvocation>(&invocation) {
             Ok(invocation) => {
-                tx.execute(
+                exec(
+                    tx,
                     "UPDATE tasks SET state = 'Running', started_ms = ?2 WHERE key = ?1",
                     params![key, now_ms],
                 )?;
@@ -809,9 +843,14 @@ fn claim(tx: &Connection, now_ms: i64, limit: usize, book: &Book) -> rusqlite::R
                 // Never claimable again: record why instead of failing every claim.
                 tracing::error!(task = %id, "stored invocation is unreadable: {e}");
                 close(tx, &key, book)?;
-                tx.execute(
+                exec(
+                    tx,
                     "UPDATE tasks SET state = 'Failed', finished_ms = ?2, last_error = ?3 WHERE key = ?1",
-                    params![key, now_ms, format!("the stored invocation is unreadable: {e}")],
+                    params![
+                        key,
+                        now_ms,
+                        format!("the stored invocation is unreadable: {e}")
+                    ],
                 )?;
             }
         }
@@ -841,7 +880,8 @@ fn update(tx: &Connection, u: &Update, book: &Book) -> rusqlite::Result<()> {
                 ),
                 None => (None, None, None, None),
             };
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE tasks SET state = ?2, attempts = ?3, finished_ms = ?4, last_error = ?5,
                  response_status = ?6, response_preview = ?7, callback_target = ?8,
                  callback_headers = ?9, callback_body = ?10, callback_status = ?11,
@@ -871,24 +911,26 @@ fn update(tx: &Connection, u: &Update, book: &Book) -> rusqlite::Result<()> {
         } => {
             // A stop that landed while this attempt ran ends the task here, as a finish
             // would: final, timestamped, out of the open book, its request cleared.
-            let stopped: bool = tx
-                .query_row(
-                    "SELECT stop_requested FROM tasks WHERE key = ?1",
-                    params![key],
-                    |r| r.get::<_, i64>(0),
-                )
-                .optional()?
-                .is_some_and(|v| v != 0);
+            let stopped: bool = query_row(
+                tx,
+                "SELECT stop_requested FROM tasks WHERE key = ?1",
+                params![key],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .is_some_and(|v| v != 0);
             if stopped {
                 close(tx, key, book)?;
-                tx.execute(
+                exec(
+                    tx,
                     "UPDATE tasks SET state = 'Stopped', attempts = ?2, finished_ms = ?3,
                      last_error = ?4, response_status = ?5, body = X'', invocation = '{}'
                      WHERE key = ?1",
                     params![key, attempts, now_ms, last_error, status],
                 )?;
             } else {
-                tx.execute(
+                exec(
+                    tx,
                     "UPDATE tasks SET state = 'Retrying', attempts = ?2, due_ms = ?3,
                      last_error = ?4, response_status = ?5 WHERE key = ?1",
                     params![key, attempts, due_ms, last_error, status],
@@ -902,13 +944,15 @@ fn update(tx: &Connection, u: &Update, book: &Book) -> rusqlite::Result<()> {
             done,
         } => {
             if *done {
-                tx.execute(
+                exec(
+                    tx,
                     "UPDATE tasks SET callback_status = ?2, callback_attempts = ?3,
                      callback_headers = NULL, callback_body = NULL WHERE key = ?1",
                     params![key, status, attempts],
                 )?;
             } else {
-                tx.execute(
+                exec(
+                    tx,
                     "UPDATE tasks SET callback_attempts = ?2 WHERE key = ?1",
                     params![key, attempts],
                 )?;
@@ -925,7 +969,7 @@ fn list(
     state: Option<TaskState>,
     limit: usize,
 ) -> rusqlite::Result<Vec<TaskView>> {
-    let mut stmt = tx.prepare(&format!(
+    let mut stmt = tx.prepare_cached(&format!(
         "SELECT {VIEW_COLUMNS} FROM tasks WHERE (?1 IS NULL OR function = ?1)
          AND (?2 IS NULL OR state = ?2) AND (?4 IS NULL OR trigger_name = ?4)
          ORDER BY created_ms DESC LIMIT ?3"
@@ -943,7 +987,7 @@ fn list(
 }
 
 fn find(tx: &Connection, id: &str, trigger: Option<&str>) -> rusqlite::Result<Vec<TaskView>> {
-    let mut stmt = tx.prepare(&format!(
+    let mut stmt = tx.prepare_cached(&format!(
         "SELECT {VIEW_COLUMNS} FROM tasks WHERE id = ?1 AND (?2 IS NULL OR trigger_name = ?2)
          ORDER BY trigger_name"
     ))?;
@@ -952,29 +996,30 @@ fn find(tx: &Connection, id: &str, trigger: Option<&str>) -> rusqlite::Result<Ve
 
 fn stop(tx: &Connection, id: &str, now_ms: i64, book: &Book) -> Result<TaskView, StopError> {
     let storage = |e: rusqlite::Error| StopError::Storage(e.to_string());
-    let waiting = tx
-        .query_row(
-            "SELECT 1 FROM tasks WHERE key = ?1 AND state IN ('Enqueued', 'Retrying')",
-            params![id],
-            |_| Ok(()),
-        )
-        .optional()
-        .map_err(storage)?
-        .is_some();
+    let waiting = query_row(
+        tx,
+        "SELECT 1 FROM tasks WHERE key = ?1 AND state IN ('Enqueued', 'Retrying')",
+        params![id],
+        |_| Ok(()),
+    )
+    .optional()
+    .map_err(storage)?
+    .is_some();
     if waiting {
         close(tx, id, book).map_err(storage)?;
     }
-    let n = tx
-        .execute(
-            "UPDATE tasks SET state = 'Stopped', stop_requested = 1, finished_ms = ?2,
+    let n = exec(
+        tx,
+        "UPDATE tasks SET state = 'Stopped', stop_requested = 1, finished_ms = ?2,
              last_error = 'stopped', body = X'', invocation = '{}'
              WHERE key = ?1 AND state IN ('Enqueued', 'Retrying')",
-            params![id, now_ms],
-        )
-        .map_err(storage)?;
+        params![id, now_ms],
+    )
+    .map_err(storage)?;
     if n == 0 {
         // Running: the attempt in progress finishes, nothing more is retried.
-        tx.execute(
+        exec(
+            tx,
             "UPDATE tasks SET stop_requested = 1 WHERE key = ?1 AND state = 'Running'",
             params![id],
         )
@@ -986,7 +1031,7 @@ fn stop(tx: &Connection, id: &str, now_ms: i64, book: &Book) -> Result<TaskView,
 }
 
 fn pending_callbacks(tx: &Connection) -> rusqlite::Result<Vec<PendingCallback>> {
-    let mut stmt = tx.prepare(
+    let mut stmt = tx.prepare_cached(
         "SELECT id, callback_target, callback_headers, callback_body, callback_attempts, key,
          callback_url IS NOT NULL AND callback_url = callback_target
          FROM tasks WHERE callback_status = 'Pending' AND callback_target IS NOT NULL",
@@ -1101,7 +1146,8 @@ mod tests {
 
     fn insert(tx: &Connection, t: NewTask, book: &Book, bounds: Bounds) -> Result<(), InsertError> {
         let (reply, mut rx) = oneshot::channel();
-        if let Some(d) = apply(tx, Cmd::Insert(t, reply), book, bounds) {
+        let invocation = serde_json::to_string(&t.invocation);
+        if let Some(d) = apply(tx, Cmd::Insert(t, invocation, reply), book, bounds) {
             d(true);
         }
         rx.try_recv().unwrap()

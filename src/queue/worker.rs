@@ -217,7 +217,9 @@ async fn execute(executor: &dyn Executor, queue: &Queue, client: &Delivery, task
     }
     let attempts = task.attempts + 1;
     let task = Task { attempts, ..task };
-    let stopped = queue.stop_requested(&task.new.key()).await;
+    // Only a failure asks whether a stop landed meanwhile (it decides between a retry and
+    // Stopped); a success is recorded as such either way.
+    let stopped = failed && queue.stop_requested(&task.new.key()).await;
     if failed && attempts <= policy.max_retries && !stopped {
         let last_error = match &attempt {
             Attempt::Refused { error, .. } => error.clone(),
