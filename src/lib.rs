@@ -46,6 +46,7 @@ use crate::queue::{Clock, Queue, QueueError, SystemClock, Task};
 use crate::registry::Registry;
 use crate::router::Router;
 use crate::runtime::Runtime;
+use crate::runtime::artifacts::Artifacts;
 use crate::supervisor::Supervisor;
 use crate::throttle::{Limits, RateLimit};
 
@@ -337,8 +338,31 @@ impl App {
         mode: Mode,
         clock: Arc<dyn Clock>,
     ) -> Result<App> {
-        let runtime = Runtime::new(&config)?;
         let mut warnings = Vec::new();
+        let data_dir = &config.server.data_dir;
+        let wants_registry = match mode {
+            Mode::Serve => {
+                config.server.admin_listen.is_some() || data_dir.join("registry.db").exists()
+            }
+            Mode::Check => data_dir.join("registry.db").exists(),
+        };
+        // The compiled cache serves the config's functions and deployed versions alike;
+        // `check` reads it without creating or writing anything.
+        let artifacts = match Artifacts::open(
+            data_dir.join("functions"),
+            &config.server.artifact_key_file,
+            mode == Mode::Serve,
+        ) {
+            Ok(a) => Some(Arc::new(a)),
+            Err(e) if wants_registry && mode == Mode::Serve => return Err(e),
+            Err(e) => {
+                warnings.push(format!(
+                    "the compiled cache cannot be used, functions are compiled at every start: {e:#}"
+                ));
+                None
+            }
+        };
+        let runtime = Runtime::new(&config, artifacts.as_deref())?;
         let mut triggers = Vec::new();
         let mut router = Router::new();
         for (i, t) in config.triggers.iter().enumerate() {
@@ -357,21 +381,17 @@ impl App {
                 rate_limit: t.rate_limit.as_ref().map(|r| RateLimit::new(&t.name, r)),
             });
         }
-        let data_dir = &config.server.data_dir;
-        let registry = match mode {
-            Mode::Serve
-                if config.server.admin_listen.is_some()
-                    || data_dir.join("registry.db").exists() =>
-            {
-                Some(Registry::open(data_dir, &config, &runtime)?)
+        let registry = match (mode, artifacts) {
+            (Mode::Serve, Some(a)) if wants_registry => {
+                Some(Registry::open(data_dir, &config, &runtime, a)?)
             }
-            Mode::Serve => None,
-            Mode::Check => {
-                Registry::open_read_only(data_dir, &config, &runtime).unwrap_or_else(|e| {
+            (Mode::Check, Some(a)) if wants_registry => {
+                Registry::open_read_only(data_dir, &config, &runtime, a).unwrap_or_else(|e| {
                     warnings.push(format!("deployed versions could not be read: {e:#}"));
                     None
                 })
             }
+            _ => None,
         };
         // Every source but a sync HTTP request goes through the queue.
         let wants_queue = config.triggers.iter().any(|t| {

@@ -7,12 +7,9 @@
 //! deploy or an alias move takes effect for new requests at once, while in-flight requests
 //! keep the `Arc<Function>` they started with.
 //!
-//! A compiled artifact is native code that wasmtime loads without re-checking it, so it is
-//! only loaded when it is authentically this node's: owned by this user, not writable by
-//! others, and carrying an HMAC-SHA256 (`.cwasm.mac`) under a key kept outside `data_dir`
-//! (`artifact_key_file`, by default `<data_dir>.key`, created 0600). The bytes checked are
-//! the bytes loaded. Anything else is recompiled from the stored component, whose name is
-//! its own SHA-256; a version that cannot be recompiled either is logged and not served,
+//! Compiled forms are kept by [`Artifacts`] (authenticated, see there). A version whose
+//! artifact is missing or not authentic is recompiled from the stored component, whose name
+//! is its own SHA-256; a version that cannot be recompiled either is logged and not served,
 //! and the node starts anyway.
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,9 +20,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use anyhow::{Context, Result, anyhow};
 use rusqlite::{Connection, params};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::config::{Config, FunctionConfig};
+use crate::runtime::artifacts::{Artifacts, sha256_hex, write_atomic};
 use crate::runtime::{Function, Runtime};
 
 /// Why a deploy or an alias change was refused. `crate::error` maps these.
@@ -73,19 +70,17 @@ struct State {
 }
 
 pub struct Registry {
-    dir: PathBuf,
-    /// Authenticates compiled artifacts; `None` (read-only, no key yet): none are loaded.
-    mac_key: Option<Vec<u8>>,
-    /// False for `wasmgate check`: nothing is created, cached or migrated.
-    writable: bool,
-    engine_key: String,
+    /// Stored components and their compiled forms (`data_dir/functions`).
+    artifacts: Arc<Artifacts>,
     db: Mutex<Connection>,
     state: RwLock<State>,
 }
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("dir", &self.dir).finish()
+        f.debug_struct("Registry")
+            .field("dir", &self.artifacts.dir())
+            .finish()
     }
 }
 
@@ -127,23 +122,35 @@ fn rfc3339(ms: i64) -> String {
 impl Registry {
     /// Opens `data_dir/registry.db` and loads every deployed version, from the compiled cache
     /// when it is there (no recompile), else compiling and caching it.
-    pub fn open(data_dir: &Path, config: &Config, runtime: &Runtime) -> Result<Registry> {
-        let dir = data_dir.join("functions");
-        crate::config::create_private_dir(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        let key = artifact_key(&config.server.artifact_key_file, true)?;
+    pub fn open(
+        data_dir: &Path,
+        config: &Config,
+        runtime: &Runtime,
+        artifacts: Arc<Artifacts>,
+    ) -> Result<Registry> {
         let path = data_dir.join("registry.db");
         let db = Connection::open(&path)
             .with_context(|| format!("{}: cannot open the registry", path.display()))?;
-        Self::with_db(dir, db, key, true, config, runtime)
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS versions (
+                name TEXT NOT NULL, version INTEGER NOT NULL, sha256 TEXT NOT NULL,
+                size INTEGER NOT NULL, created_ms INTEGER NOT NULL, PRIMARY KEY (name, version));
+             CREATE TABLE IF NOT EXISTS aliases (
+                name TEXT NOT NULL, alias TEXT NOT NULL, version INTEGER NOT NULL,
+                additional_version INTEGER, weight REAL, PRIMARY KEY (name, alias));",
+        )?;
+        Self::with_db(db, artifacts, config, runtime)
     }
 
     /// Opens an existing registry without writing anything (for `wasmgate check`, which may
-    /// run beside a live node): `None` when there is none.
+    /// run beside a live node; `artifacts` is then read-only too): `None` when there is none.
     pub fn open_read_only(
         data_dir: &Path,
         config: &Config,
         runtime: &Runtime,
+        artifacts: Arc<Artifacts>,
     ) -> Result<Option<Registry>> {
         let path = data_dir.join("registry.db");
         if !path.exists() {
@@ -151,35 +158,17 @@ impl Registry {
         }
         let db = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .with_context(|| format!("{}: cannot open the registry", path.display()))?;
-        let key = artifact_key(&config.server.artifact_key_file, false)?;
-        Self::with_db(data_dir.join("functions"), db, key, false, config, runtime).map(Some)
+        Self::with_db(db, artifacts, config, runtime).map(Some)
     }
 
     fn with_db(
-        dir: PathBuf,
         db: Connection,
-        mac_key: Option<Vec<u8>>,
-        writable: bool,
+        artifacts: Arc<Artifacts>,
         config: &Config,
         runtime: &Runtime,
     ) -> Result<Registry> {
-        if writable {
-            db.pragma_update(None, "journal_mode", "WAL")?;
-            db.pragma_update(None, "synchronous", "FULL")?;
-            db.execute_batch(
-                "CREATE TABLE IF NOT EXISTS versions (
-                name TEXT NOT NULL, version INTEGER NOT NULL, sha256 TEXT NOT NULL,
-                size INTEGER NOT NULL, created_ms INTEGER NOT NULL, PRIMARY KEY (name, version));
-             CREATE TABLE IF NOT EXISTS aliases (
-                name TEXT NOT NULL, alias TEXT NOT NULL, version INTEGER NOT NULL,
-                additional_version INTEGER, weight REAL, PRIMARY KEY (name, alias));",
-            )?;
-        }
         let registry = Registry {
-            dir,
-            mac_key,
-            writable,
-            engine_key: crate::runtime::engine::engine_key(runtime.engine()),
+            artifacts,
             db: Mutex::new(db),
             state: RwLock::new(State::default()),
         };
@@ -271,11 +260,7 @@ impl Registry {
     }
 
     fn wasm_path(&self, sha: &str) -> PathBuf {
-        self.dir.join(format!("{sha}.wasm"))
-    }
-
-    fn cwasm_path(&self, sha: &str) -> PathBuf {
-        self.dir.join(format!("{sha}-{}.cwasm", self.engine_key))
+        self.artifacts.dir().join(format!("{sha}.wasm"))
     }
 
     /// The compiled component for `sha`: from the cache when possible, else compiled from the
@@ -285,87 +270,15 @@ impl Registry {
         runtime: &Runtime,
         sha: &str,
     ) -> Result<(wasmtime::component::Component, bool)> {
-        let cwasm = self.cwasm_path(sha);
-        if cwasm.exists() {
-            match self.load_verified(runtime.engine(), &cwasm) {
-                Ok(c) => return Ok((c, true)),
-                Err(e) => tracing::warn!(
-                    "{}: compiled artifact not used ({e:#}); recompiling",
-                    cwasm.display()
-                ),
+        self.artifacts.compiled(runtime.engine(), sha, || {
+            let wasm = self.wasm_path(sha);
+            let bytes =
+                std::fs::read(&wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
+            if sha256_hex(&bytes) != sha {
+                anyhow::bail!("{}: the stored component is corrupt", wasm.display());
             }
-        }
-        let wasm = self.wasm_path(sha);
-        let bytes =
-            std::fs::read(&wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
-        if hex::encode(Sha256::digest(&bytes)) != sha {
-            anyhow::bail!("{}: the stored component is corrupt", wasm.display());
-        }
-        let component = runtime.compile_component(&bytes)?;
-        self.write_cache(&component, sha);
-        Ok((component, false))
-    }
-
-    fn mac_path(cwasm: &Path) -> PathBuf {
-        let mut p = cwasm.as_os_str().to_owned();
-        p.push(".mac");
-        PathBuf::from(p)
-    }
-
-    /// Loads a compiled artifact only if it is authentically this node's (see the module
-    /// documentation); the bytes verified are the bytes deserialized.
-    fn load_verified(
-        &self,
-        engine: &wasmtime::Engine,
-        cwasm: &Path,
-    ) -> Result<wasmtime::component::Component> {
-        use std::os::unix::fs::MetadataExt;
-        let key = self
-            .mac_key
-            .as_ref()
-            .ok_or_else(|| anyhow!("no artifact key to check it with"))?;
-        let meta = std::fs::symlink_metadata(cwasm)?;
-        if !meta.is_file() {
-            anyhow::bail!("not a regular file");
-        }
-        if meta.uid() != rustix::process::geteuid().as_raw() {
-            anyhow::bail!("not owned by this user");
-        }
-        if meta.mode() & 0o022 != 0 {
-            anyhow::bail!("writable by others");
-        }
-        let bytes = std::fs::read(cwasm)?;
-        let mac = std::fs::read_to_string(Self::mac_path(cwasm)).unwrap_or_default();
-        let expected = hex::decode(mac.trim()).unwrap_or_default();
-        let mut m =
-            <hmac::Hmac<Sha256> as hmac::Mac>::new_from_slice(key).map_err(|e| anyhow!("{e}"))?;
-        hmac::Mac::update(&mut m, &bytes);
-        hmac::Mac::verify_slice(m, &expected).map_err(|_| anyhow!("fails its integrity check"))?;
-        load_precompiled(engine, &bytes)
-    }
-
-    fn write_cache(&self, component: &wasmtime::component::Component, sha: &str) {
-        if !self.writable {
-            return;
-        }
-        let Some(key) = &self.mac_key else { return };
-        match component.serialize() {
-            Ok(bytes) => {
-                let cwasm = self.cwasm_path(sha);
-                let mac = <hmac::Hmac<Sha256> as hmac::Mac>::new_from_slice(key).map(|mut m| {
-                    hmac::Mac::update(&mut m, &bytes);
-                    hex::encode(hmac::Mac::finalize(m).into_bytes())
-                });
-                let written = write_atomic(&cwasm, &bytes).and_then(|()| match mac {
-                    Ok(mac) => write_atomic(&Self::mac_path(&cwasm), mac.as_bytes()),
-                    Err(e) => Err(std::io::Error::other(e.to_string())),
-                });
-                if let Err(e) = written {
-                    tracing::warn!("cannot cache the compiled component {sha}: {e}");
-                }
-            }
-            Err(e) => tracing::warn!("cannot serialize the compiled component {sha}: {e}"),
-        }
+            Ok(bytes)
+        })
     }
 
     /// Validates, compiles and stores a new immutable version of `name`.
@@ -382,7 +295,7 @@ impl Registry {
                 "function name '{name}' must match [a-z0-9-]{{1,64}}"
             )));
         }
-        let sha = hex::encode(Sha256::digest(bytes));
+        let sha = sha256_hex(bytes);
         let component = runtime
             .compile_component(bytes)
             .map_err(|e| invalid(format!("{e}")))?;
@@ -394,7 +307,7 @@ impl Registry {
         let internal = RegistryError::Storage;
         write_atomic(&self.wasm_path(&sha), bytes)
             .map_err(|e| internal(format!("cannot store the component: {e}")))?;
-        self.write_cache(&component, &sha);
+        self.artifacts.store(runtime.engine(), &component, &sha);
         let now = chrono::Utc::now().timestamp_millis();
         let version = {
             let db = self
@@ -542,75 +455,4 @@ impl Registry {
             })
             .collect()
     }
-}
-
-/// Writes a file so that it is either absent or whole, and durable: a temporary name unique
-/// to this write, fsync, rename, fsync of the directory (so the rename survives a crash).
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let unique: u64 = rand::random();
-    let tmp = path.with_extension(format!("tmp-{}-{unique:016x}", std::process::id()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    let result = file
-        .write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-        return result;
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// The key that authenticates compiled artifacts: read from `path`, or (when `create`)
-/// made at first start, 32 random bytes as hex, mode 0600. `None` when it does not exist
-/// and may not be created (`check`).
-fn artifact_key(path: &Path, create: bool) -> Result<Option<Vec<u8>>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => hex::decode(text.trim())
-            .map(Some)
-            .map_err(|_| anyhow!("{}: not a hex artifact key", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let key: [u8; 32] = rand::random();
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("{}: cannot create the artifact key", path.display()))?;
-            file.write_all(hex::encode(key).as_bytes())?;
-            file.sync_all()?;
-            Ok(Some(key.to_vec()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(anyhow!(
-            "{}: cannot read the artifact key: {e}",
-            path.display()
-        )),
-    }
-}
-
-/// Loads a compiled component written by [`Registry::write_cache`].
-#[allow(unsafe_code)]
-fn load_precompiled(
-    engine: &wasmtime::Engine,
-    bytes: &[u8],
-) -> Result<wasmtime::component::Component> {
-    // SAFETY: `deserialize` trusts its input to be wasmtime's own output. These bytes were
-    // just verified against an HMAC-SHA256 that only `write_cache` produces (from
-    // `Component::serialize`, under a key kept outside `data_dir`), read from a file owned
-    // by this user and not writable by others; wasmtime also checks the header against
-    // this engine's configuration and refuses a mismatch.
-    unsafe { wasmtime::component::Component::deserialize(engine, bytes) }
-        .map_err(|e| anyhow!("{e}"))
 }

@@ -115,3 +115,90 @@ async fn artifacts_writable_by_others_are_recompiled_and_a_broken_version_is_ski
     assert!(log.contains("'other' version 1"), "{log}");
     assert_eq!(get(&s, "/other").await.0, 404);
 }
+
+const CONFIG_FUNCTIONS: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+data_dir = "data"
+
+[[function]]
+name = "greet"
+wasm = "{hello}"
+
+[[function]]
+name = "other"
+wasm = "{echo}"
+
+[[trigger]]
+name = "greet"
+function = "greet"
+
+[[trigger]]
+name = "other"
+function = "other"
+"#;
+
+fn cwasm_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("data/functions"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_functions_start_from_the_compiled_cache_and_a_swapped_artifact_is_recompiled() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start_in(dir.path(), CONFIG_FUNCTIONS, &[]);
+    assert!(
+        s.wait_for_log("2 configured functions ready (0 from the compiled cache)"),
+        "{}",
+        s.stderr_text()
+    );
+    assert_eq!(get(&s, "/greet").await.1, "hello from wasmgate\n");
+    s.signal("TERM");
+    s.wait_exit(std::time::Duration::from_secs(30));
+    let cached = cwasm_files(dir.path());
+    assert_eq!(cached.len(), 2, "{cached:?}");
+
+    // Unchanged files: nothing is compiled.
+    let mut s = TestServer::start_in(dir.path(), CONFIG_FUNCTIONS, &[]);
+    assert!(
+        s.wait_for_log("2 configured functions ready (2 from the compiled cache)"),
+        "{}",
+        s.stderr_text()
+    );
+    assert_eq!(get(&s, "/greet").await.1, "hello from wasmgate\n");
+    let (status, _) = get(&s, "/other").await;
+    assert_eq!(status, 200);
+    s.signal("TERM");
+    s.wait_exit(std::time::Duration::from_secs(30));
+
+    // One artifact replaced by the other's (genuine, authenticated, but not this code):
+    // greet is compiled again from its .wasm and still answers as itself.
+    let hello = artifact(dir.path(), &sha256_of(&common::wasm("hello")), ".cwasm");
+    let echo = artifact(dir.path(), &sha256_of(&common::wasm("echo")), ".cwasm");
+    std::fs::copy(&echo, &hello).unwrap();
+    let s = TestServer::start_in(dir.path(), CONFIG_FUNCTIONS, &[]);
+    assert!(
+        s.wait_for_log("2 configured functions ready (1 from the compiled cache)"),
+        "{}",
+        s.stderr_text()
+    );
+    assert!(
+        s.stderr_text().contains("recompiling"),
+        "{}",
+        s.stderr_text()
+    );
+    assert_eq!(
+        get(&s, "/greet").await,
+        (200, "hello from wasmgate\n".into())
+    );
+}
+
+fn sha256_of(path: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}

@@ -5,6 +5,7 @@
 //! came from: [`Function::invoke`] takes a request for one function, already admitted by
 //! the dispatcher, and returns the function's response or a [`RuntimeError`].
 
+pub mod artifacts;
 pub mod engine;
 pub mod instance;
 pub mod log;
@@ -17,6 +18,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::config::{Config, FunctionConfig};
+use artifacts::Artifacts;
 pub use instance::{Host, Outcome};
 
 /// How an invocation failed in the runtime. `crate::error` maps these to 502, 504 and 500.
@@ -63,9 +65,10 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Builds the engine, starts the epoch ticker and compiles every function.
-    /// Fails with a message naming the function and file at fault.
-    pub fn new(config: &Config) -> Result<Runtime> {
+    /// Builds the engine, starts the epoch ticker and compiles every function, through the
+    /// compiled cache when there is one (a function whose `.wasm` is unchanged is loaded,
+    /// not compiled). Fails with a message naming the function and file at fault.
+    pub fn new(config: &Config, artifacts: Option<&Artifacts>) -> Result<Runtime> {
         let engine = engine::build_engine(config)?;
         engine::start_epoch_ticker(&engine)?;
         let mut linker = Linker::<Host>::new(&engine);
@@ -78,22 +81,30 @@ impl Runtime {
             linker,
             functions: HashMap::new(),
         };
+        let mut cached = 0;
         for f in &config.functions {
             let bytes = std::fs::read(&f.wasm).with_context(|| {
                 format!("function '{}': cannot read {}", f.name, f.wasm.display())
             })?;
-            let function = rt
-                .compile(f, &bytes)
+            let component = match artifacts {
+                Some(a) => a.compiled(&rt.engine, &artifacts::sha256_hex(&bytes), || Ok(bytes)),
+                None => rt.compile_component(&bytes).map(|c| (c, false)),
+            };
+            let function = component
+                .and_then(|(c, from_cache)| {
+                    cached += usize::from(from_cache);
+                    rt.prepare(f, None, &c)
+                })
                 .with_context(|| format!("function '{}' ({})", f.name, f.wasm.display()))?;
             rt.functions.insert(f.name.clone(), Arc::new(function));
         }
+        if !config.functions.is_empty() {
+            tracing::info!(
+                "{} configured functions ready ({cached} from the compiled cache)",
+                config.functions.len()
+            );
+        }
         Ok(rt)
-    }
-
-    /// Compiles and pre-instantiates one component; checks it is a wasi:http/proxy component.
-    pub fn compile(&self, config: &FunctionConfig, bytes: &[u8]) -> Result<Function> {
-        let component = self.compile_component(bytes)?;
-        self.prepare(config, None, &component)
     }
 
     /// Compiles a component (no linking yet).
