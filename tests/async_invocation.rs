@@ -484,3 +484,66 @@ async fn an_undelivered_callback_is_retried_after_a_restart() {
     .await;
     assert_eq!(t["state"], "Succeeded");
 }
+
+/// Outcomes are recorded without holding a worker for the commit; a clean stop still
+/// commits every one of them, so after a restart nothing that finished runs again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clean_stop_records_every_finished_task_so_none_runs_twice() {
+    let hits = Receiver::start(200);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+admin_token = "{ADMIN_TOKEN}"
+data_dir = "data"
+
+[[function]]
+name = "probe"
+wasm = "{{probe}}"
+memory_mb = 16
+outbound_hosts = ["127.0.0.1"]
+
+[[trigger]]
+name = "hits"
+function = "probe"
+async = {{ max_retries = 0 }}
+"#
+    );
+    let mut s = TestServer::start_in(dir.path(), &cfg, &[]);
+    const N: usize = 30;
+    for i in 0..N {
+        let path = format!("/hits/fetch?url={}", hits.url(&format!("/hit/{i}")));
+        let id = format!("once_{i}");
+        let resp = submit(&s, &path, &[("x-fc-async-task-id", &id)], "").await;
+        assert_eq!(resp.status(), 202);
+    }
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < N {
+        let hit = hits.next(WAIT).expect("every task runs");
+        assert!(seen.insert(hit.path.clone()), "ran twice: {}", hit.path);
+    }
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr_text());
+
+    let s = TestServer::start_in(dir.path(), &cfg, &[]);
+    for i in 0..N {
+        let t = wait_task(&s, &format!("once_{i}"), |t| t["state"] == "Succeeded").await;
+        assert_eq!(t["attempts"], 1, "{t}");
+    }
+    let metrics = client()
+        .get(s.admin_url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !metrics.contains("wasmgate_async_attempts_total{"),
+        "a task ran again after the restart:\n{metrics}"
+    );
+    assert!(hits.next(Duration::from_millis(1)).is_none());
+}

@@ -15,7 +15,7 @@ pub mod worker;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use anyhow::Result;
@@ -96,6 +96,10 @@ pub struct Queue {
     pub(crate) wake: Arc<Notify>,
     /// Open tasks and their bytes, kept by the writer thread.
     book: Arc<store::Book>,
+    /// How many tasks due now the writer may hand straight to the workers.
+    handoff_budget: Arc<AtomicU64>,
+    /// Where those tasks arrive; taken by the running workers, put back when they stop.
+    ready: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Task>>>,
     pub config: QueueConfig,
 }
 
@@ -130,14 +134,24 @@ impl Queue {
             max_bytes: config.max_queue_bytes,
         };
         let writer_book = book.clone();
+        let handoff_budget = Arc::new(AtomicU64::new(0));
+        let (ready_tx, ready) = tokio::sync::mpsc::unbounded_channel();
+        let wake = Arc::new(Notify::new());
+        let handoff = store::Handoff {
+            budget: handoff_budget.clone(),
+            tx: ready_tx,
+            wake: wake.clone(),
+        };
         std::thread::Builder::new()
             .name("wasmgate-queue".into())
-            .spawn(move || store::run(conn, rx, group_commit, writer_book, bounds))?;
+            .spawn(move || store::run(conn, rx, group_commit, writer_book, bounds, handoff))?;
         Ok(Queue {
             tx,
             clock,
-            wake: Arc::new(Notify::new()),
+            wake,
             book,
+            handoff_budget,
+            ready: std::sync::Mutex::new(Some(ready)),
             config: config.clone(),
         })
     }
@@ -158,6 +172,25 @@ impl Queue {
         self.wake.notify_one();
     }
 
+    /// Lets the writer hand up to `n` tasks due now straight to the workers.
+    pub(crate) fn offer_workers(&self, n: usize) {
+        self.handoff_budget.store(n as u64, Ordering::Release);
+    }
+
+    /// The tasks handed to the workers; `None` while another worker loop holds them.
+    pub(crate) fn take_ready(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Task>> {
+        self.ready.lock().ok()?.take()
+    }
+
+    /// Gives the hand-over back when the workers stop (what is in it runs when they start
+    /// again, or after a restart: it is stored Running).
+    pub(crate) fn put_ready(&self, rx: tokio::sync::mpsc::UnboundedReceiver<Task>) {
+        self.offer_workers(0);
+        if let Ok(mut r) = self.ready.lock() {
+            *r = Some(rx);
+        }
+    }
+
     /// Unfinished tasks.
     pub fn depth(&self) -> u64 {
         self.book.open.load(Ordering::Relaxed)
@@ -174,10 +207,8 @@ impl Queue {
         let id = task.id.clone();
         let invocation = serde_json::to_string(&task.invocation);
         match self.call(|r| Cmd::Insert(task, invocation, r)).await {
-            Some(Ok(())) => {
-                self.wake.notify_one();
-                Ok(())
-            }
+            // The writer has woken the workers, or handed them the task.
+            Some(Ok(())) => Ok(()),
             Some(Err(InsertError::Exists)) => Err(QueueError::Exists(id)),
             Some(Err(InsertError::Full(why))) => Err(QueueError::Full(why)),
             Some(Err(InsertError::Storage(e))) => {
@@ -201,6 +232,17 @@ impl Queue {
     /// Records an attempt's outcome (waits for the commit).
     pub async fn update(&self, u: Update) {
         self.call(|r| Cmd::Update(u, Some(r))).await;
+    }
+
+    /// Records an attempt's outcome without waiting for the commit ([`Queue::flush`] waits
+    /// for everything sent before it).
+    pub fn record(&self, u: Update) {
+        let _ = self.tx.send(Cmd::Update(u, None));
+    }
+
+    /// Returns once everything sent before is committed.
+    pub async fn flush(&self) {
+        self.call(Cmd::Flush).await;
     }
 
     /// The task with store key `key` ([`task_key`]).

@@ -267,6 +267,8 @@ pub enum Cmd {
     },
     Stop(String, i64, oneshot::Sender<Result<TaskView, StopError>>),
     NextDue(oneshot::Sender<Option<i64>>),
+    /// Answered after the commit of its batch (so after every command sent before it).
+    Flush(oneshot::Sender<()>),
     StopRequested(String, oneshot::Sender<bool>),
     PendingCallbacks(oneshot::Sender<Vec<PendingCallback>>),
     Prune {
@@ -531,6 +533,7 @@ pub fn run(
     group_commit: bool,
     book: Arc<Book>,
     bounds: Bounds,
+    handoff: Handoff,
 ) {
     let batch_limit = if group_commit { MAX_BATCH } else { 1 };
     while let Ok(first) = rx.recv() {
@@ -546,7 +549,7 @@ pub fn run(
         let committed = match exec(&conn, "BEGIN", []) {
             Ok(_) => {
                 for cmd in batch {
-                    if let Some(d) = apply(&conn, cmd, &book, bounds) {
+                    if let Some(d) = apply(&conn, cmd, &book, bounds, Some(&handoff)) {
                         deferred.push(d);
                     }
                 }
@@ -570,6 +573,37 @@ pub fn run(
         };
         for d in deferred {
             d(committed);
+        }
+    }
+}
+
+/// The way from the writer straight to the workers for tasks due now (see `Cmd::Insert`).
+#[derive(Clone)]
+pub struct Handoff {
+    /// Tasks the workers will take now; set by the workers, spent by the writer.
+    pub budget: Arc<AtomicU64>,
+    pub tx: tokio::sync::mpsc::UnboundedSender<Task>,
+    /// Tells the workers the store holds new work (a task that was not handed over).
+    pub wake: Arc<tokio::sync::Notify>,
+}
+
+impl Handoff {
+    /// Spends one unit of the budget, if there is one.
+    fn take(&self) -> bool {
+        self.budget
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| b.checked_sub(1))
+            .is_ok()
+    }
+
+    fn give_back(&self) {
+        self.budget.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Hands a committed Running task over. With no workers left to take it (shutting
+    /// down) it stays Running in the store and runs after the next start.
+    fn hand(&self, task: Task) {
+        if self.tx.send(task).is_err() {
+            tracing::debug!("no worker took a task handed over; it runs after a restart");
         }
     }
 }
@@ -633,7 +667,13 @@ fn over_bounds(t: &NewTask, size: u64, book: &Book, bounds: Bounds) -> Option<St
     None
 }
 
-fn apply(tx: &Connection, cmd: Cmd, book: &Book, bounds: Bounds) -> Option<Deferred> {
+fn apply(
+    tx: &Connection,
+    cmd: Cmd,
+    book: &Book,
+    bounds: Bounds,
+    handoff: Option<&Handoff>,
+) -> Option<Deferred> {
     match cmd {
         Cmd::Insert(t, invocation, reply) => {
             let size = t.body.len() as u64 + invocation.as_ref().map_or(0, |i| i.len() as u64);
@@ -641,10 +681,19 @@ fn apply(tx: &Connection, cmd: Cmd, book: &Book, bounds: Bounds) -> Option<Defer
                 let _ = reply.send(Err(InsertError::Full(why)));
                 return None;
             }
+            // A task due now goes straight to a free worker when one has asked for work: it
+            // is stored Running (a crash before it finishes runs it again, as for any Running
+            // task) and handed over after the commit, with no claim to find it again.
+            let direct = t.due_ms <= t.created_ms && handoff.is_some_and(Handoff::take);
+            let (state, started_ms) = if direct {
+                ("Running", Some(t.created_ms))
+            } else {
+                ("Enqueued", None)
+            };
             let r = match invocation {
                 Ok(invocation) => exec(tx,
-                    "INSERT INTO tasks (key, id, request_id, trigger_name, function, state, invocation, body, callback_url, created_ms, due_ms, size)
-                     VALUES (?10, ?1, ?2, ?3, ?4, 'Enqueued', ?5, ?6, ?7, ?8, ?9, ?11)",
+                    "INSERT INTO tasks (key, id, request_id, trigger_name, function, state, invocation, body, callback_url, created_ms, due_ms, size, started_ms)
+                     VALUES (?10, ?1, ?2, ?3, ?4, ?12, ?5, ?6, ?7, ?8, ?9, ?11, ?13)",
                     params![
                         t.id,
                         t.invocation.request_id,
@@ -656,7 +705,9 @@ fn apply(tx: &Connection, cmd: Cmd, book: &Book, bounds: Bounds) -> Option<Defer
                         t.created_ms,
                         t.due_ms,
                         t.key(),
-                        size as i64
+                        size as i64,
+                        state,
+                        started_ms
                     ],
                 ),
                 Err(e) => Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))),
@@ -673,6 +724,8 @@ fn apply(tx: &Connection, cmd: Cmd, book: &Book, bounds: Bounds) -> Option<Defer
                 }
                 Err(e) => Err(InsertError::Storage(e.to_string())),
             };
+            let handed = direct.then(|| handoff.cloned()).flatten();
+            let wake = (!direct).then(|| handoff.cloned()).flatten();
             Some(Box::new(move |committed| {
                 let result = match (result, committed) {
                     (Ok(()), false) => Err(InsertError::Storage(
@@ -680,6 +733,19 @@ fn apply(tx: &Connection, cmd: Cmd, book: &Book, bounds: Bounds) -> Option<Defer
                     )),
                     (r, _) => r,
                 };
+                match (handed, result.is_ok()) {
+                    (Some(h), true) => h.hand(Task {
+                        new: t,
+                        attempts: 0,
+                    }),
+                    (Some(h), false) => h.give_back(),
+                    (None, true) => {
+                        if let Some(h) = &wake {
+                            h.wake.notify_one();
+                        }
+                    }
+                    (None, false) => {}
+                }
                 let _ = reply.send(result);
             }))
         }
@@ -734,6 +800,9 @@ fn apply(tx: &Connection, cmd: Cmd, book: &Book, bounds: Bounds) -> Option<Defer
                 let _ = reply.send(r);
             }))
         }
+        Cmd::Flush(reply) => Some(Box::new(move |_| {
+            let _ = reply.send(());
+        })),
         Cmd::NextDue(reply) => {
             let v: Option<i64> = query_row(
                 tx,
@@ -1147,7 +1216,7 @@ mod tests {
     fn insert(tx: &Connection, t: NewTask, book: &Book, bounds: Bounds) -> Result<(), InsertError> {
         let (reply, mut rx) = oneshot::channel();
         let invocation = serde_json::to_string(&t.invocation);
-        if let Some(d) = apply(tx, Cmd::Insert(t, invocation, reply), book, bounds) {
+        if let Some(d) = apply(tx, Cmd::Insert(t, invocation, reply), book, bounds, None) {
             d(true);
         }
         rx.try_recv().unwrap()

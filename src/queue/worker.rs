@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 
 use std::net::SocketAddr;
 
@@ -84,6 +84,16 @@ pub async fn run(
         tokio::spawn(deliver(queue.clone(), client.clone(), cb));
     }
     let mut last_prune = Instant::now() - Duration::from_secs(3600);
+    // Tasks the writer hands over directly (due now, stored Running): no claim needed.
+    let mut ready = queue.take_ready();
+    // A worker came free (its attempt ended).
+    let freed = Arc::new(Notify::new());
+    // Whether the store may hold due tasks: at start (recovered ones), when `wake` says new
+    // or rescheduled work was stored, when the next due time passes, and after a claim that
+    // filled every free worker. A worker coming free claims only then, so a task handed
+    // over directly costs the store no claim and no query.
+    let mut claim_due = true;
+    let mut next_due: Option<i64> = None;
     loop {
         if *stop.borrow_and_update() {
             break;
@@ -93,39 +103,64 @@ pub async fn run(
             last_prune = Instant::now();
         }
         let free = workers.available_permits();
-        if free > 0 {
-            for task in queue.claim(free).await {
+        if claim_due && free > 0 {
+            let tasks = queue.claim(free).await;
+            claim_due = tasks.len() == free;
+            for task in tasks {
                 let Ok(permit) = workers.clone().acquire_owned().await else {
                     return;
                 };
                 let (executor, queue, client) = (executor.clone(), queue.clone(), client.clone());
+                let freed = freed.clone();
                 tokio::spawn(async move {
                     execute(&*executor, &queue, &client, task).await;
                     drop(permit);
-                    // A worker is free: let the loop claim the next due task now.
-                    queue.wake();
+                    freed.notify_one();
+                });
+            }
+            if !claim_due {
+                next_due = queue.next_due().await;
+            }
+        }
+        // What is still free may be handed new tasks directly. Tasks handed over but not
+        // yet started wait for a permit, so the offer shrinks while any are waiting.
+        if ready.is_some() {
+            queue.offer_workers(workers.available_permits());
+        }
+        // Sleep until the next task is due (at most a second: a clock that moved), new
+        // work is stored, a worker frees up, or a task is handed over.
+        let wait = match next_due {
+            // Every worker busy: only a freed worker (or new work) can change anything.
+            _ if workers.available_permits() == 0 => Duration::from_secs(1),
+            Some(due) => Duration::from_millis((due - queue.now_ms()).clamp(0, 1000) as u64),
+            None => Duration::from_secs(1),
+        };
+        tokio::select! {
+            _ = queue.wake.notified() => claim_due = true,
+            _ = freed.notified() => {}
+            _ = tokio::time::sleep(wait) => claim_due = true,
+            _ = stop.changed() => {}
+            Some(task) = async { ready.as_mut()?.recv().await } => {
+                let (executor, q, client) = (executor.clone(), queue.clone(), client.clone());
+                let permit = workers.clone().acquire_owned();
+                let freed = freed.clone();
+                tokio::spawn(async move {
+                    let Ok(permit) = permit.await else { return };
+                    execute(&*executor, &q, &client, task).await;
+                    drop(permit);
+                    freed.notify_one();
                 });
             }
         }
-        // Sleep until the next task is due, new work arrives, or a worker frees up (each
-        // of which notifies `wake`).
-        let wait = if workers.available_permits() == 0 {
-            Duration::from_secs(1)
-        } else {
-            match queue.next_due().await {
-                Some(due) => Duration::from_millis((due - queue.now_ms()).clamp(0, 1000) as u64),
-                None => Duration::from_secs(1),
-            }
-        };
-        tokio::select! {
-            _ = queue.wake.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => {}
-        }
     }
-    // Let running attempts finish (their permits come back when they do).
+    if let Some(rx) = ready {
+        queue.put_ready(rx);
+    }
+    // Let running attempts finish (their permits come back when they do), and their
+    // outcomes reach the disk.
     let all = u32::try_from(queue.config.workers.get()).unwrap_or(u32::MAX);
     let _ = workers.acquire_many(all).await;
+    queue.flush().await;
 }
 
 /// How callbacks are delivered: through [`callback::resolve`], never to the admin listener.
@@ -235,6 +270,8 @@ async fn execute(executor: &dyn Executor, queue: &Queue, client: &Delivery, task
                 now_ms: queue.now_ms(),
             })
             .await;
+        // The store holds work again (due after the backoff).
+        queue.wake();
         return;
     }
     let state = if failed && stopped {
@@ -353,20 +390,26 @@ async fn finish(
         }
     });
     let preview = outcome.body[..outcome.body.len().min(PREVIEW_BYTES)].to_vec();
-    queue
-        .update(Update::Finish {
-            key: task.new.key(),
-            state,
-            attempts: task.attempts,
-            finished_ms: queue.now_ms(),
-            last_error: outcome.error,
-            status: Some(outcome.status),
-            preview: Some(preview),
-            callback: callback.clone(),
-        })
-        .await;
-    if let Some(cb) = callback {
-        deliver_with(queue, client, cb).await;
+    let record = Update::Finish {
+        key: task.new.key(),
+        state,
+        attempts: task.attempts,
+        finished_ms: queue.now_ms(),
+        last_error: outcome.error,
+        status: Some(outcome.status),
+        preview: Some(preview),
+        callback: callback.clone(),
+    };
+    match callback {
+        // A callback leaves only once the outcome it reports is committed.
+        Some(cb) => {
+            queue.update(record).await;
+            deliver_with(queue, client, cb).await;
+        }
+        // Otherwise the worker moves on while the writer commits (a crash before that
+        // commit runs the task again: at least once). Waiting here held a worker for a
+        // whole group commit per task.
+        None => queue.record(record),
     }
 }
 
