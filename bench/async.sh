@@ -6,6 +6,7 @@
 # the workers drain tasks through the hello guest.
 #
 #   bash bench/async.sh          DURATION=10s bash bench/async.sh
+#   BIN=/path/to/other/wasmgate bash bench/async.sh     # another build (for an A/B)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -18,7 +19,8 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 bash scripts/build-functions.sh >/dev/null
-cargo build --release --quiet
+BIN=${BIN:-}
+if [ -z "$BIN" ]; then cargo build --release --quiet; BIN=./target/release/wasmgate; fi
 HELLO=$PWD/functions/target/wasm32-wasip2/release/hello.wasm
 
 start() { # name group_commit -> sets PORT and ADMIN
@@ -41,7 +43,7 @@ function = "hello"
 path = "/"
 async = { max_retries = 0 }
 TOML
-  RUST_LOG=warn ./target/release/wasmgate serve --config "$work/$name/w.toml" >/dev/null 2>"$work/$name/log" &
+  RUST_LOG=warn "$BIN" serve --config "$work/$name/w.toml" >/dev/null 2>"$work/$name/log" &
   GW=$!
   pids+=($GW)
   wait_port "$PORT"
