@@ -48,12 +48,16 @@ fn hello_wasm() -> PathBuf {
     p
 }
 
-fn app() -> App {
+/// The app, and the temporary data directory it caches compiled functions in.
+fn app() -> (App, tempfile::TempDir) {
     let fixtures = root().join("tests/fixtures");
+    let data = tempfile::tempdir().unwrap();
     let text = format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
+data_dir = "{data}/data"
+artifact_key_file = "{data}/data.key"
 [[function]]
 name = "hello"
 wasm = "{wasm}"
@@ -76,9 +80,10 @@ jwt = {{ jwks_file = "{jwks}", algorithms = ["RS256"], issuer = "https://issuer.
 "#,
         wasm = hello_wasm().display(),
         jwks = fixtures.join("jwks.json").display(),
+        data = data.path().display(),
     );
     let config = Config::parse(&text, &fixtures.join("bench.toml"), &|_| None).unwrap();
-    App::build(config).unwrap()
+    (App::build(config).unwrap(), data)
 }
 
 fn jwt() -> String {
@@ -177,7 +182,7 @@ fn benches(c: &mut Criterion) {
         .build()
         .unwrap();
     let _enter = rt.enter();
-    let app = app();
+    let (app, _data) = app();
     let conn = ConnInfo {
         peer: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 40000),
         listener: Listener::Public,

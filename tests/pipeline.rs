@@ -10,9 +10,13 @@ use wasmgate::config::{Config, Listener};
 use wasmgate::{App, ConnInfo};
 
 fn app() -> App {
-    let text = common::render(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[limits]\nmax_in_flight = 4\n[[function]]\nname = \"hello\"\nwasm = \"{hello}\"\nmemory_mb = 16\n[[trigger]]\nname = \"hello\"\nfunction = \"hello\"\n",
-    );
+    // Compiled functions are cached under the build's scratch directory, not the checkout.
+    let data = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("pipeline");
+    let text = common::render(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nartifact_key_file = \"{}\"\n[limits]\nmax_in_flight = 4\n[[function]]\nname = \"hello\"\nwasm = \"{{hello}}\"\nmemory_mb = 16\n[[trigger]]\nname = \"hello\"\nfunction = \"hello\"\n",
+        data.join("data").display(),
+        data.join("data.key").display()
+    ));
     let config = Config::parse(&text, std::path::Path::new("inline.toml"), &|_| None).unwrap();
     App::build(config).unwrap()
 }

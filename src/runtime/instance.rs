@@ -67,6 +67,12 @@ type SendResult = wasmtime_wasi_http::Result<(
 )>;
 
 impl WasiHttpHooks for OutboundPolicy {
+    /// The default set, checked directly: the trait's default builds an `Arc`'d closure for
+    /// every header of every request to ask the same question.
+    fn is_forbidden_header(&mut self, name: &http::HeaderName) -> bool {
+        wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
