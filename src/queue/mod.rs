@@ -124,8 +124,7 @@ impl Queue {
         clock: Arc<dyn Clock>,
         qualifier_of: &dyn Fn(&str) -> String,
     ) -> Result<Queue> {
-        let path = data_dir.join("tasks.db");
-        let (conn, book) = store::open(&path, clock.now_ms(), qualifier_of)?;
+        let (conn, book) = store::open(&data_dir.join("tasks.db"), clock.now_ms(), qualifier_of)?;
         let book = Arc::new(book);
         let (tx, rx) = mpsc::channel();
         let group_commit = config.group_commit;

@@ -724,8 +724,7 @@ fn apply(
                 }
                 Err(e) => Err(InsertError::Storage(e.to_string())),
             };
-            let handed = direct.then(|| handoff.cloned()).flatten();
-            let wake = (!direct).then(|| handoff.cloned()).flatten();
+            let link = handoff.cloned();
             Some(Box::new(move |committed| {
                 let result = match (result, committed) {
                     (Ok(()), false) => Err(InsertError::Storage(
@@ -733,18 +732,16 @@ fn apply(
                     )),
                     (r, _) => r,
                 };
-                match (handed, result.is_ok()) {
-                    (Some(h), true) => h.hand(Task {
-                        new: t,
-                        attempts: 0,
-                    }),
-                    (Some(h), false) => h.give_back(),
-                    (None, true) => {
-                        if let Some(h) = &wake {
-                            h.wake.notify_one();
-                        }
+                if let Some(h) = link {
+                    match (direct, result.is_ok()) {
+                        (true, true) => h.hand(Task {
+                            new: t,
+                            attempts: 0,
+                        }),
+                        (true, false) => h.give_back(),
+                        (false, true) => h.wake.notify_one(),
+                        (false, false) => {}
                     }
-                    (None, false) => {}
                 }
                 let _ = reply.send(result);
             }))

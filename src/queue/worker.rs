@@ -94,6 +94,17 @@ pub async fn run(
     // over directly costs the store no claim and no query.
     let mut claim_due = true;
     let mut next_due: Option<i64> = None;
+    // Runs one attempt once it holds a worker permit; a freed worker is announced.
+    let start = |task: Task, permit: Permit| {
+        let (executor, queue, client) = (executor.clone(), queue.clone(), client.clone());
+        let freed = freed.clone();
+        tokio::spawn(async move {
+            let Ok(permit) = permit.await else { return };
+            execute(&*executor, &queue, &client, task).await;
+            drop(permit);
+            freed.notify_one();
+        });
+    };
     loop {
         if *stop.borrow_and_update() {
             break;
@@ -107,16 +118,11 @@ pub async fn run(
             let tasks = queue.claim(free).await;
             claim_due = tasks.len() == free;
             for task in tasks {
+                // Taken here, so the offer below counts it.
                 let Ok(permit) = workers.clone().acquire_owned().await else {
                     return;
                 };
-                let (executor, queue, client) = (executor.clone(), queue.clone(), client.clone());
-                let freed = freed.clone();
-                tokio::spawn(async move {
-                    execute(&*executor, &queue, &client, task).await;
-                    drop(permit);
-                    freed.notify_one();
-                });
+                start(task, Box::pin(std::future::ready(Ok(permit))));
             }
             if !claim_due {
                 next_due = queue.next_due().await;
@@ -141,15 +147,7 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => claim_due = true,
             _ = stop.changed() => {}
             Some(task) = async { ready.as_mut()?.recv().await } => {
-                let (executor, q, client) = (executor.clone(), queue.clone(), client.clone());
-                let permit = workers.clone().acquire_owned();
-                let freed = freed.clone();
-                tokio::spawn(async move {
-                    let Ok(permit) = permit.await else { return };
-                    execute(&*executor, &q, &client, task).await;
-                    drop(permit);
-                    freed.notify_one();
-                });
+                start(task, Box::pin(workers.clone().acquire_owned()));
             }
         }
     }
@@ -162,6 +160,15 @@ pub async fn run(
     let _ = workers.acquire_many(all).await;
     queue.flush().await;
 }
+
+/// A worker permit, held or still to be waited for.
+type Permit = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError>,
+            > + Send,
+    >,
+>;
 
 /// How callbacks are delivered: through [`callback::resolve`], never to the admin listener.
 #[derive(Debug, Clone)]

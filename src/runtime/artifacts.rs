@@ -82,8 +82,7 @@ impl Artifacts {
             }
         }
         let bytes = wasm()?;
-        let component = Component::new(engine, &bytes)
-            .map_err(|e| anyhow!("not a valid WebAssembly component: {e}"))?;
+        let component = super::compile_component(engine, &bytes)?;
         self.store(engine, &component, sha);
         Ok((component, false))
     }

@@ -38,6 +38,11 @@ pub enum RuntimeError {
     Host(String),
 }
 
+/// Compiles a component for `engine` (no linking yet).
+pub(crate) fn compile_component(engine: &wasmtime::Engine, bytes: &[u8]) -> Result<Component> {
+    Component::new(engine, bytes).map_err(|e| anyhow!("not a valid WebAssembly component: {e}"))
+}
+
 /// A compiled function, ready to instantiate.
 pub struct Function {
     pub name: Arc<str>,
@@ -109,8 +114,7 @@ impl Runtime {
 
     /// Compiles a component (no linking yet).
     pub fn compile_component(&self, bytes: &[u8]) -> Result<Component> {
-        Component::new(&self.engine, bytes)
-            .map_err(|e| anyhow!("not a valid WebAssembly component: {e}"))
+        compile_component(&self.engine, bytes)
     }
 
     /// Links a compiled component against the wasi:http/proxy host and pre-instantiates it.
