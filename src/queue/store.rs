@@ -608,6 +608,13 @@ impl Handoff {
     }
 }
 
+/// Sends `v` once the batch it was read in is committed.
+fn after_commit<T: Send + 'static>(reply: oneshot::Sender<T>, v: T) -> Option<Deferred> {
+    Some(Box::new(move |_| {
+        let _ = reply.send(v);
+    }))
+}
+
 /// Answers a command that could not run at all.
 fn fail(cmd: Cmd) {
     match cmd {
@@ -769,16 +776,12 @@ fn apply(
                 })
             })
         }
+        // What the admin API reads is answered after the commit: inside the batch it could
+        // see an outcome that is not durable yet (and would be gone after a crash).
         Cmd::Find { id, trigger, reply } => {
-            let v = find(tx, &id, trigger.as_deref()).unwrap_or_default();
-            let _ = reply.send(v);
-            None
+            after_commit(reply, find(tx, &id, trigger.as_deref()).unwrap_or_default())
         }
-        Cmd::Get(id, reply) => {
-            let v = get_view(tx, &id).ok().flatten();
-            let _ = reply.send(v);
-            None
-        }
+        Cmd::Get(id, reply) => after_commit(reply, get_view(tx, &id).ok().flatten()),
         Cmd::List {
             trigger,
             function,
@@ -788,8 +791,7 @@ fn apply(
         } => {
             let v =
                 list(tx, trigger.as_deref(), function.as_deref(), state, limit).unwrap_or_default();
-            let _ = reply.send(v);
-            None
+            after_commit(reply, v)
         }
         Cmd::Stop(id, now_ms, reply) => {
             let r = stop(tx, &id, now_ms, book);
