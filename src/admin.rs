@@ -109,6 +109,20 @@ where
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
+            let queue = app.dispatcher.queue();
+            // A cluster queue that cannot reach NATS: async requests get 503 meanwhile,
+            // sync ones are served, so it is named rather than failing readiness.
+            let queue_problem = queue.and_then(|q| q.degraded());
+            let mut degraded: Vec<String> = gateway
+                .sources
+                .snapshot()
+                .into_iter()
+                .filter(|(_, s)| s.state != crate::sources::Phase::Running)
+                .map(|(name, _)| name)
+                .collect();
+            if queue_problem.is_some() {
+                degraded.push("queue".into());
+            }
             return Ok(json(
                 status,
                 serde_json::json!({
@@ -116,18 +130,16 @@ where
                     "draining": app.is_draining(),
                     "functions": app.config.functions.len(),
                     "in_flight": app.dispatcher.limits().in_flight(),
-                    "queue_depth": app.dispatcher.queue().map(|q| q.depth()),
+                    "queue_depth": queue.map(|q| q.depth()),
+                    "queue": queue.map(|q| serde_json::json!({
+                        "backend": q.backend(),
+                        "problem": queue_problem,
+                    })),
                     "services": gateway.supervisor.running(),
                     // Event sources and their state; a failed one does not stop the node
                     // serving HTTP, so it is named here rather than failing readiness.
                     "sources": gateway.sources.snapshot(),
-                    "degraded": gateway
-                        .sources
-                        .snapshot()
-                        .into_iter()
-                        .filter(|(_, s)| s.state != crate::sources::Phase::Running)
-                        .map(|(name, _)| name)
-                        .collect::<Vec<_>>(),
+                    "degraded": degraded,
                 }),
             ));
         }

@@ -94,7 +94,7 @@ impl GatewayError {
             },
             G::Queue(e) => match e {
                 QueueError::Exists(_) | QueueError::Ambiguous { .. } => StatusCode::CONFLICT,
-                QueueError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
+                QueueError::Full(_) | QueueError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 QueueError::NotFound(_) | QueueError::TriggerGone(_) => StatusCode::NOT_FOUND,
                 QueueError::Expired(_) => StatusCode::GATEWAY_TIMEOUT,
                 QueueError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -142,7 +142,7 @@ impl GatewayError {
             G::Queue(e) => match e {
                 QueueError::Exists(_) => "TaskAlreadyExists",
                 QueueError::Ambiguous { .. } => "TaskAmbiguous",
-                QueueError::Full(_) => "ResourceThrottled",
+                QueueError::Full(_) | QueueError::Unavailable(_) => "ResourceThrottled",
                 QueueError::NotFound(_) => "TaskNotFound",
                 QueueError::TriggerGone(_) => "TriggerNotFound",
                 QueueError::Expired(_) => "TaskExpired",
@@ -174,7 +174,9 @@ impl GatewayError {
             GatewayError::Throttle(e) => {
                 Some((header::RETRY_AFTER, e.retry_after_s().max(1).to_string()))
             }
-            GatewayError::Queue(QueueError::Full(_)) => Some((header::RETRY_AFTER, "5".into())),
+            GatewayError::Queue(QueueError::Full(_) | QueueError::Unavailable(_)) => {
+                Some((header::RETRY_AFTER, "5".into()))
+            }
             _ => None,
         }
     }

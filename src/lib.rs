@@ -259,7 +259,14 @@ fn fixed_at_start(old: &Config, new: &Config) -> Result<(), ConfigError> {
         "artifact_key_file",
         o.artifact_key_file.display().to_string(),
         n.artifact_key_file.display().to_string(),
-    )
+    )?;
+    if old.cluster != new.cluster {
+        return Err(ConfigError(format!(
+            "{}: table `[cluster]` changed; it is fixed while the node runs, so nothing was reloaded (restart to apply it)",
+            new.path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Rate-limit state is swept while serving so that many distinct keys cannot grow it
@@ -409,6 +416,7 @@ impl App {
                 Some(Arc::new(Queue::open(
                     data_dir,
                     &config.queue,
+                    config.cluster.as_ref(),
                     clock,
                     &|t| {
                         qualifiers

@@ -45,8 +45,42 @@ pub struct Config {
     pub server: ServerConfig,
     pub limits: Limits,
     pub queue: QueueConfig,
+    /// `[cluster]`: the queue on NATS JetStream, shared by every node pointed at it.
+    pub cluster: Option<ClusterConfig>,
     pub functions: Vec<FunctionConfig>,
     pub triggers: Vec<TriggerConfig>,
+}
+
+/// `[cluster]` (SPEC section 10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `nats://host:port` or `tls://host:port` (several separated by commas).
+    pub nats: String,
+    pub credentials: Option<NatsCredentials>,
+    /// Trust for `tls://` servers.
+    pub tls_ca: Option<PathBuf>,
+    /// JetStream replicas of the task stream and the task bucket.
+    pub replicas: usize,
+    /// How long a task may go without a sign of life from its runner before another node
+    /// takes it (runners send one every third of it).
+    pub ack_wait_ms: u64,
+}
+
+/// How a node proves itself to NATS (`credentials_env`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum NatsCredentials {
+    /// A `.creds` file (JWT and NKey seed).
+    File(PathBuf),
+    UserPassword(String, String),
+}
+
+impl std::fmt::Debug for NatsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NatsCredentials::File(p) => write!(f, "File({})", p.display()),
+            NatsCredentials::UserPassword(u, _) => write!(f, "UserPassword({u}, <redacted>)"),
+        }
+    }
 }
 
 /// The durable async queue (`[queue]`).
@@ -479,6 +513,50 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
         max_queue_bytes: q.max_queue_bytes.unwrap_or(1 << 30),
     };
 
+    let cluster = raw
+        .cluster
+        .map(|c| -> Result<ClusterConfig> {
+            for url in c.nats.split(',') {
+                let url = url.trim();
+                let scheme = url.split("://").next().unwrap_or_default();
+                if !url.contains("://") || !["nats", "tls"].contains(&scheme) {
+                    bail!(
+                        "key `cluster.nats`: '{url}' is not a server URL like nats://127.0.0.1:4222 or tls://host:4222"
+                    );
+                }
+            }
+            let credentials = match c.credentials_env {
+                None => None,
+                Some(var) => {
+                    let v = env(&var).ok_or_else(|| {
+                        anyhow!("key `cluster.credentials_env`: environment variable '{var}' is not set")
+                    })?;
+                    Some(match v.split_once(':') {
+                        Some((u, p)) if !Path::new(&v).exists() => {
+                            NatsCredentials::UserPassword(u.to_string(), p.to_string())
+                        }
+                        _ => NatsCredentials::File(rel(&v)),
+                    })
+                }
+            };
+            let replicas = c.replicas.unwrap_or(1);
+            if !(1..=5).contains(&replicas) {
+                bail!("key `cluster.replicas`: {replicas} is outside 1..=5");
+            }
+            let ack_wait_ms = c.ack_wait_ms.unwrap_or(30_000);
+            if ack_wait_ms < 300 {
+                bail!("key `cluster.ack_wait_ms`: {ack_wait_ms} is below 300");
+            }
+            Ok(ClusterConfig {
+                nats: c.nats,
+                credentials,
+                tls_ca: c.tls_ca.as_deref().map(rel),
+                replicas: replicas as usize,
+                ack_wait_ms,
+            })
+        })
+        .transpose()?;
+
     let mut functions: Vec<FunctionConfig> = Vec::new();
     for f in raw.functions {
         let at = format!("function '{}'", f.name);
@@ -568,6 +646,7 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
         server,
         limits,
         queue,
+        cluster,
         functions,
         triggers,
     })

@@ -13,6 +13,7 @@ pub struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub queue: RawQueue,
+    pub cluster: Option<RawCluster>,
     #[serde(default, rename = "function")]
     pub functions: Vec<RawFunction>,
     #[serde(default, rename = "trigger")]
@@ -202,6 +203,16 @@ pub struct RawQueue {
     pub retention_s: Option<u64>,
     pub max_tasks: Option<u64>,
     pub max_queue_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub nats: String,
+    pub credentials_env: Option<String>,
+    pub tls_ca: Option<String>,
+    pub replicas: Option<u32>,
+    pub ack_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,6 +10,7 @@
 //! without waiting.
 
 pub mod callback;
+pub mod jetstream;
 pub mod store;
 pub mod worker;
 
@@ -21,7 +22,7 @@ use std::sync::mpsc;
 use anyhow::Result;
 use tokio::sync::{Notify, oneshot};
 
-use crate::config::QueueConfig;
+use crate::config::{ClusterConfig, QueueConfig};
 pub use crate::invocation::StoredInvocation;
 use store::{Cmd, InsertError, StopError};
 pub use store::{NewTask, PendingCallback, Task, TaskState, TaskView, Update, task_key};
@@ -86,21 +87,36 @@ pub enum QueueError {
     /// The database failed: logged, never shown to a client.
     #[error("the task store failed: {0}")]
     Storage(String),
+    /// The cluster's task store cannot be reached now => 503: nothing was stored.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
-/// The handle to the task store, shared by the pipeline, the workers and the admin API.
+/// The handle to the task store, shared by the pipeline, the workers and the admin API:
+/// one interface over two backends, SQLite on this node ([`store`]) or NATS JetStream
+/// shared by a cluster ([`jetstream`]).
 pub struct Queue {
-    tx: mpsc::Sender<Cmd>,
+    backend: Backend,
     clock: Arc<dyn Clock>,
     /// Wakes the dispatcher when new work arrives.
     pub(crate) wake: Arc<Notify>,
-    /// Open tasks and their bytes, kept by the writer thread.
-    book: Arc<store::Book>,
-    /// How many tasks due now the writer may hand straight to the workers.
+    /// How many tasks the workers can take now, handed straight to them (due tasks from
+    /// the SQLite writer; messages pulled from JetStream).
     handoff_budget: Arc<AtomicU64>,
+    /// Tells the JetStream backend the workers can take more.
+    offered: Arc<Notify>,
     /// Where those tasks arrive; taken by the running workers, put back when they stop.
     ready: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Task>>>,
     pub config: QueueConfig,
+}
+
+enum Backend {
+    Local {
+        tx: mpsc::Sender<Cmd>,
+        /// Open tasks and their bytes, kept by the writer thread.
+        book: Arc<store::Book>,
+    },
+    Cluster(Arc<jetstream::Cluster>),
 }
 
 impl std::fmt::Debug for Queue {
@@ -118,47 +134,96 @@ fn unavailable() -> QueueError {
 impl Queue {
     /// Opens `data_dir/tasks.db` and starts the writer thread. `qualifier_of` gives the
     /// qualifier of a trigger, for tasks stored before invocations carried their target.
+    ///
+    /// With `cluster`, the tasks live in NATS JetStream instead (connected in the
+    /// background; until then submissions get 503).
     pub fn open(
         data_dir: &Path,
         config: &QueueConfig,
+        cluster: Option<&ClusterConfig>,
         clock: Arc<dyn Clock>,
         qualifier_of: &dyn Fn(&str) -> String,
     ) -> Result<Queue> {
-        let (conn, book) = store::open(&data_dir.join("tasks.db"), clock.now_ms(), qualifier_of)?;
-        let book = Arc::new(book);
-        let (tx, rx) = mpsc::channel();
-        let group_commit = config.group_commit;
-        let bounds = store::Bounds {
-            max_tasks: config.max_tasks,
-            max_bytes: config.max_queue_bytes,
-        };
-        let writer_book = book.clone();
         let handoff_budget = Arc::new(AtomicU64::new(0));
         let (ready_tx, ready) = tokio::sync::mpsc::unbounded_channel();
         let wake = Arc::new(Notify::new());
+        let offered = Arc::new(Notify::new());
         let handoff = store::Handoff {
             budget: handoff_budget.clone(),
             tx: ready_tx,
             wake: wake.clone(),
         };
-        std::thread::Builder::new()
-            .name("wasmgate-queue".into())
-            .spawn(move || store::run(conn, rx, group_commit, writer_book, bounds, handoff))?;
+        let backend = match cluster {
+            Some(c) => Backend::Cluster(jetstream::Cluster::start(
+                c,
+                config,
+                clock.clone(),
+                handoff,
+                offered.clone(),
+            )),
+            None => {
+                let (conn, book) =
+                    store::open(&data_dir.join("tasks.db"), clock.now_ms(), qualifier_of)?;
+                let book = Arc::new(book);
+                let (tx, rx) = mpsc::channel();
+                let group_commit = config.group_commit;
+                let bounds = store::Bounds {
+                    max_tasks: config.max_tasks,
+                    max_bytes: config.max_queue_bytes,
+                };
+                let writer_book = book.clone();
+                std::thread::Builder::new()
+                    .name("wasmgate-queue".into())
+                    .spawn(move || {
+                        store::run(conn, rx, group_commit, writer_book, bounds, handoff)
+                    })?;
+                Backend::Local { tx, book }
+            }
+        };
         Ok(Queue {
-            tx,
+            backend,
             clock,
             wake,
-            book,
             handoff_budget,
+            offered,
             ready: std::sync::Mutex::new(Some(ready)),
             config: config.clone(),
         })
     }
 
+    /// Sends a command to the SQLite writer and waits for its answer (`None` on the
+    /// cluster backend, or when the writer is gone).
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Option<T> {
+        let Backend::Local { tx, .. } = &self.backend else {
+            return None;
+        };
         let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).ok()?;
+        tx.send(make(reply)).ok()?;
         rx.await.ok()
+    }
+
+    /// What is degraded, if anything: the cluster's NATS connection.
+    pub fn degraded(&self) -> Option<String> {
+        match &self.backend {
+            Backend::Local { .. } => None,
+            Backend::Cluster(c) => c.degraded(),
+        }
+    }
+
+    /// Waits (at most `max`) until the queue can take tasks; whether it can.
+    pub async fn wait_ready(&self, max: std::time::Duration) -> bool {
+        match &self.backend {
+            Backend::Local { .. } => true,
+            Backend::Cluster(c) => c.wait_ready(max).await,
+        }
+    }
+
+    /// Which backend holds the tasks: `sqlite` or `nats`.
+    pub fn backend(&self) -> &'static str {
+        match &self.backend {
+            Backend::Local { .. } => "sqlite",
+            Backend::Cluster(_) => "nats",
+        }
     }
 
     /// Milliseconds since the epoch, by the queue's clock.
@@ -174,6 +239,9 @@ impl Queue {
     /// Lets the writer hand up to `n` tasks due now straight to the workers.
     pub(crate) fn offer_workers(&self, n: usize) {
         self.handoff_budget.store(n as u64, Ordering::Release);
+        if n > 0 {
+            self.offered.notify_one();
+        }
     }
 
     /// The tasks handed to the workers; `None` while another worker loop holds them.
@@ -181,28 +249,45 @@ impl Queue {
         self.ready.lock().ok()?.take()
     }
 
-    /// Gives the hand-over back when the workers stop (what is in it runs when they start
-    /// again, or after a restart: it is stored Running).
-    pub(crate) fn put_ready(&self, rx: tokio::sync::mpsc::UnboundedReceiver<Task>) {
+    /// Gives the hand-over back when the workers stop. In SQLite what is in it runs when
+    /// they start again, or after a restart (it is stored Running); a cluster node hands
+    /// it back to JetStream at once, for another node to take.
+    pub(crate) async fn put_ready(&self, mut rx: tokio::sync::mpsc::UnboundedReceiver<Task>) {
         self.offer_workers(0);
+        if let Backend::Cluster(c) = &self.backend {
+            let mut waiting = Vec::new();
+            while let Ok(t) = rx.try_recv() {
+                waiting.push(t);
+            }
+            c.release(waiting).await;
+        }
         if let Ok(mut r) = self.ready.lock() {
             *r = Some(rx);
         }
     }
 
-    /// Unfinished tasks.
+    /// Unfinished tasks (in a cluster: messages in the stream, read every second).
     pub fn depth(&self) -> u64 {
-        self.book.open.load(Ordering::Relaxed)
+        match &self.backend {
+            Backend::Local { book, .. } => book.open.load(Ordering::Relaxed),
+            Backend::Cluster(c) => c.depth(),
+        }
     }
 
     /// Bytes the unfinished tasks hold (bodies and stored invocations).
     pub fn bytes(&self) -> u64 {
-        self.book.bytes.load(Ordering::Relaxed)
+        match &self.backend {
+            Backend::Local { book, .. } => book.bytes.load(Ordering::Relaxed),
+            Backend::Cluster(c) => c.bytes(),
+        }
     }
 
     /// Makes a task durable. 409 for a reused id; 503 when the queue (`max_tasks`,
     /// `max_queue_bytes`) or the trigger's quota is full.
     pub async fn submit(&self, task: NewTask) -> Result<(), QueueError> {
+        if let Backend::Cluster(c) = &self.backend {
+            return c.submit(task).await;
+        }
         let id = task.id.clone();
         let invocation = serde_json::to_string(&task.invocation);
         match self.call(|r| Cmd::Insert(task, invocation, r)).await {
@@ -217,7 +302,8 @@ impl Queue {
         }
     }
 
-    /// Marks up to `limit` due tasks `Running` and returns them.
+    /// Marks up to `limit` due tasks `Running` and returns them (a cluster node's tasks
+    /// all come through the hand-over instead).
     pub async fn claim(&self, limit: usize) -> Vec<Task> {
         self.call(|reply| Cmd::Claim {
             now_ms: self.now_ms(),
@@ -230,36 +316,57 @@ impl Queue {
 
     /// Records an attempt's outcome (waits for the commit).
     pub async fn update(&self, u: Update) {
-        self.call(|r| Cmd::Update(u, Some(r))).await;
+        match &self.backend {
+            Backend::Local { .. } => {
+                self.call(|r| Cmd::Update(u, Some(r))).await;
+            }
+            Backend::Cluster(c) => c.update(u).await,
+        }
     }
 
     /// Records an attempt's outcome without waiting for the commit ([`Queue::flush`] waits
     /// for everything sent before it).
     pub fn record(&self, u: Update) {
-        let _ = self.tx.send(Cmd::Update(u, None));
+        match &self.backend {
+            Backend::Local { tx, .. } => {
+                let _ = tx.send(Cmd::Update(u, None));
+            }
+            Backend::Cluster(c) => c.record(u),
+        }
     }
 
     /// Returns once everything sent before is committed.
     pub async fn flush(&self) {
-        self.call(Cmd::Flush).await;
+        match &self.backend {
+            Backend::Local { .. } => {
+                self.call(Cmd::Flush).await;
+            }
+            Backend::Cluster(c) => c.flush().await,
+        }
     }
 
     /// The task with store key `key` ([`task_key`]).
     pub async fn get(&self, key: &str) -> Option<TaskView> {
-        self.call(|r| Cmd::Get(key.to_string(), r)).await.flatten()
+        match &self.backend {
+            Backend::Local { .. } => self.call(|r| Cmd::Get(key.to_string(), r)).await.flatten(),
+            Backend::Cluster(c) => c.get(key).await,
+        }
     }
 
     /// Finds task `id`: on `trigger` when given, else on whichever trigger has it. Ids are
     /// per trigger, so without a trigger an id two triggers use is ambiguous (409).
     pub async fn find(&self, id: &str, trigger: Option<&str>) -> Result<TaskView, QueueError> {
-        let mut found = self
-            .call(|reply| Cmd::Find {
-                id: id.to_string(),
-                trigger: trigger.map(str::to_string),
-                reply,
-            })
-            .await
-            .unwrap_or_default();
+        let mut found = match &self.backend {
+            Backend::Local { .. } => self
+                .call(|reply| Cmd::Find {
+                    id: id.to_string(),
+                    trigger: trigger.map(str::to_string),
+                    reply,
+                })
+                .await
+                .unwrap_or_default(),
+            Backend::Cluster(c) => c.find(id, trigger).await,
+        };
         match found.len() {
             0 => Err(QueueError::NotFound(id.to_string())),
             1 => Ok(found.remove(0)),
@@ -277,6 +384,11 @@ impl Queue {
         state: Option<TaskState>,
         limit: usize,
     ) -> Vec<TaskView> {
+        if let Backend::Cluster(c) = &self.backend {
+            return c
+                .list(trigger.as_deref(), function.as_deref(), state, limit)
+                .await;
+        }
         self.call(|reply| Cmd::List {
             trigger,
             function,
@@ -291,6 +403,9 @@ impl Queue {
     /// Stops the task with store key `key`: a waiting task never runs; a running one is
     /// not retried.
     pub async fn stop(&self, key: &str) -> Result<TaskView, QueueError> {
+        if let Backend::Cluster(c) = &self.backend {
+            return c.stop(key, self.now_ms()).await;
+        }
         match self
             .call(|r| Cmd::Stop(key.to_string(), self.now_ms(), r))
             .await
@@ -303,6 +418,9 @@ impl Queue {
     }
 
     pub async fn stop_requested(&self, key: &str) -> bool {
+        if let Backend::Cluster(c) = &self.backend {
+            return c.stop_requested(key).await;
+        }
         self.call(|r| Cmd::StopRequested(key.to_string(), r))
             .await
             .unwrap_or(false)
@@ -316,9 +434,13 @@ impl Queue {
         self.call(Cmd::PendingCallbacks).await.unwrap_or_default()
     }
 
+    /// Deletes tasks finished longer than `retention_s` ago (a cluster's bucket does so by
+    /// itself: its records expire after `retention_s`).
     pub fn prune(&self) {
         let before_ms = self.now_ms() - (self.config.retention_s as i64).saturating_mul(1000);
-        let _ = self.tx.send(Cmd::Prune { before_ms });
+        if let Backend::Local { tx, .. } = &self.backend {
+            let _ = tx.send(Cmd::Prune { before_ms });
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, mpsc};
 
 use anyhow::{Context, Result};
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::invocation::{StoredInvocation, StoredValue, Target, TriggerKind};
@@ -22,7 +22,7 @@ use crate::invocation::{StoredInvocation, StoredValue, Target, TriggerKind};
 pub const MAX_BATCH: usize = 512;
 
 /// Task states (SPEC section 7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskState {
     Enqueued,
     Running,
@@ -101,7 +101,7 @@ pub struct Task {
 }
 
 /// A task as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskView {
     pub id: String,
     pub request_id: String,
@@ -589,7 +589,7 @@ pub struct Handoff {
 
 impl Handoff {
     /// Spends one unit of the budget, if there is one.
-    fn take(&self) -> bool {
+    pub(crate) fn take(&self) -> bool {
         self.budget
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| b.checked_sub(1))
             .is_ok()

@@ -152,7 +152,7 @@ pub async fn run(
         }
     }
     if let Some(rx) = ready {
-        queue.put_ready(rx);
+        queue.put_ready(rx).await;
     }
     // Let running attempts finish (their permits come back when they do), and their
     // outcomes reach the disk.

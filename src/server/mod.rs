@@ -68,6 +68,15 @@ pub async fn run(gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> R
     // The sweeper, the reloader (its SIGHUP handler is installed here, before anyone is
     // told where to connect) and the queue's workers.
     gateway.supervise();
+    // A cluster node announces itself once its queue is on NATS, when NATS answers soon;
+    // otherwise it serves anyway (async requests get 503 until it does).
+    if let Some(q) = app.dispatcher.queue()
+        && !q.wait_ready(std::time::Duration::from_secs(10)).await
+    {
+        tracing::warn!(
+            "the cluster's NATS is not reachable yet; serving, with async requests answered 503 until it is"
+        );
+    }
     for line in announce {
         println!("{line}");
     }

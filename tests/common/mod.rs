@@ -86,7 +86,11 @@ impl TestServer {
     /// owns: a second server started in the same directory sees the first one's data.
     pub fn start_in(dir: &Path, template: &str, env: &[(&str, &str)]) -> TestServer {
         let config = dir.join("wasmgate.toml");
-        std::fs::write(&config, render(template)).expect("write config");
+        let mut text = render(template);
+        if cluster_queue() && !text.contains("[cluster]") {
+            text.push_str(&cluster_section(&jetstream_for(dir)));
+        }
+        std::fs::write(&config, text).expect("write config");
         let mut cmd = Command::new(bin());
         cmd.args(["serve", "--config"])
             .arg(&config)
@@ -431,6 +435,54 @@ impl Broker {
         Self::ready(child, port, dir)
     }
 
+    /// nats-server with JetStream (file storage in `dir`) on a free port. It dies with the
+    /// thread that started it (a test's), whoever holds it.
+    pub fn jetstream() -> Broker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let child = Self::jetstream_command(port, dir.path())
+            .spawn()
+            .expect("nats-server is not installed (apt-get install nats-server)");
+        Self::ready(child, port, dir)
+    }
+
+    fn jetstream_command(port: u16, store: &Path) -> Command {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new("nats-server");
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Stops the server (its JetStream store stays in `dir`).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a stopped JetStream server again on the same port and store.
+    pub fn restart(&mut self) {
+        self.child = Self::jetstream_command(self.port, self.dir.path())
+            .spawn()
+            .expect("nats-server");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("nats-server did not come back on port {}", self.port);
+    }
+
     /// Waits (bounded) until the broker accepts connections.
     fn ready(child: Child, port: u16, dir: tempfile::TempDir) -> Broker {
         let broker = Broker { child, port, dir };
@@ -459,6 +511,35 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether this run puts the queue on NATS JetStream: `WASMGATE_TEST_QUEUE=nats` runs the
+/// queue's test suites again with every server given a `[cluster]` (one JetStream
+/// nats-server per data directory, so a restart finds its tasks).
+pub fn cluster_queue() -> bool {
+    std::env::var("WASMGATE_TEST_QUEUE").is_ok_and(|v| v == "nats")
+}
+
+/// The `[cluster]` table for a node of the JetStream server `broker`; a runner that dies
+/// is noticed after two seconds.
+pub fn cluster_section(broker: &Broker) -> String {
+    format!(
+        "\n[cluster]\nnats = \"nats://127.0.0.1:{}\"\nack_wait_ms = 2000\n",
+        broker.port
+    )
+}
+
+/// The JetStream server of the servers started in `dir` (started on first use; it lives
+/// until the test's thread ends).
+fn jetstream_for(dir: &Path) -> Arc<Broker> {
+    static BROKERS: Mutex<Vec<(PathBuf, Arc<Broker>)>> = Mutex::new(Vec::new());
+    let mut brokers = BROKERS.lock().unwrap();
+    if let Some((_, b)) = brokers.iter().find(|(d, _)| d == dir) {
+        return b.clone();
+    }
+    let b = Arc::new(Broker::jetstream());
+    brokers.push((dir.to_path_buf(), b.clone()));
+    b
 }
 
 /// Waits (bounded) until the admin API's `/readyz` shows source `trigger` in `state`;

@@ -1,0 +1,819 @@
+//! The task queue on NATS JetStream (`[cluster]`, SPEC section 10): several nodes share one
+//! queue, with no consensus of their own.
+//!
+//! - A task is a message on the `WASMGATE_TASKS` stream (work-queue retention, file storage):
+//!   the stored invocation as one line of JSON, a newline, then the body. A 202 is sent only
+//!   after JetStream acknowledged the publish.
+//! - Its record (what the task API shows) is a value in the `wasmgate_tasks` key-value
+//!   bucket under its store key `trigger/id`. The record is created first with KV *create*,
+//!   so an id is unique per trigger across the cluster (not only within a dedup window), and
+//!   a cron tick, whose id is its time, is enqueued once however many nodes tick.
+//! - All nodes pull from one durable consumer: a message goes to one node at a time. The
+//!   runner acknowledges it when the outcome is recorded, sends an in-progress ack every
+//!   third of `ack_wait_ms` while it runs (so it never runs on two nodes at once while its
+//!   runner lives), and NAKs it with a delay to retry later or to wait for its due time.
+//!   A node that dies leaves its messages unacknowledged: after `ack_wait_ms` another node
+//!   takes them (at least once), and the attempt that died counts in the record.
+//! - A callback is delivered before the message is acknowledged, so a node that dies while
+//!   delivering leaves the task to run again elsewhere (at least once, callback included).
+//!
+//! Tasks reach the workers through the same hand-over as the SQLite store's due tasks: the
+//! workers say how many they can take, and this module pulls no more than that.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, kv, message::Acker};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use super::store::Handoff;
+use super::{Clock, NewTask, QueueError, Task, TaskState, TaskView, Update, task_key};
+use crate::config::{ClusterConfig, NatsCredentials, QueueConfig};
+use crate::invocation::StoredInvocation;
+
+const STREAM: &str = "WASMGATE_TASKS";
+const SUBJECT_PREFIX: &str = "wasmgate.tasks";
+const CONSUMER: &str = "wasmgate-workers";
+const BUCKET: &str = "wasmgate_tasks";
+
+/// The task queue of a cluster node.
+pub struct Cluster {
+    conn: OnceLock<Conn>,
+    clock: Arc<dyn Clock>,
+    /// Messages this node holds (running or waiting for a worker), by store key.
+    inflight: Mutex<HashMap<String, InFlight>>,
+    ack_wait: Duration,
+    /// Messages in the stream and their bytes, refreshed every second.
+    depth: AtomicU64,
+    bytes: AtomicU64,
+    /// Records sent without waiting ([`Cluster::record`]) not yet written.
+    unwritten: AtomicUsize,
+    written: Notify,
+    /// Told when the connection is set up.
+    ready: Notify,
+}
+
+struct Conn {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    kv: kv::Store,
+    consumer: PullConsumer,
+}
+
+/// A message a worker holds: acknowledged when its outcome is recorded; an in-progress ack
+/// keeps it from being redelivered meanwhile.
+struct InFlight {
+    acker: Arc<Acker>,
+    heartbeat: tokio::task::AbortHandle,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}
+
+/// The task as published (the body follows the JSON line).
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    id: String,
+    invocation: StoredInvocation,
+    callback_url: Option<String>,
+    created_ms: i64,
+    due_ms: i64,
+}
+
+/// The task's record in the bucket.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    #[serde(flatten)]
+    view: TaskView,
+    #[serde(default)]
+    stop_requested: bool,
+}
+
+fn storage(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Storage(format!("NATS JetStream: {e}"))
+}
+
+impl Cluster {
+    /// Connects in the background (retrying until NATS answers) and starts pulling tasks
+    /// for the workers. Until connected, submissions get 503.
+    pub fn start(
+        config: &ClusterConfig,
+        queue: &QueueConfig,
+        clock: Arc<dyn Clock>,
+        handoff: Handoff,
+        offered: Arc<Notify>,
+    ) -> Arc<Cluster> {
+        let cluster = Arc::new(Cluster {
+            conn: OnceLock::new(),
+            clock,
+            inflight: Mutex::new(HashMap::new()),
+            ack_wait: Duration::from_millis(config.ack_wait_ms),
+            depth: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            unwritten: AtomicUsize::new(0),
+            written: Notify::new(),
+            ready: Notify::new(),
+        });
+        let (c, config, queue) = (cluster.clone(), config.clone(), queue.clone());
+        tokio::spawn(async move {
+            let mut attempt = 0u32;
+            let conn = loop {
+                match setup(&config, &queue).await {
+                    Ok(conn) => break conn,
+                    Err(e) => {
+                        attempt += 1;
+                        tracing::warn!(attempt, "the task queue on NATS is not ready: {e:#}");
+                        tokio::time::sleep(reconnect_delay(attempt as usize)).await;
+                    }
+                }
+            };
+            tracing::info!(servers = %config.nats, "task queue on NATS JetStream ready");
+            let _ = c.conn.set(conn);
+            c.ready.notify_waiters();
+            tokio::spawn(c.clone().watch_depth());
+            c.pump(handoff, offered).await;
+        });
+        cluster
+    }
+
+    /// The connection, when it is up; otherwise why not (503).
+    fn conn(&self) -> Result<&Conn, QueueError> {
+        match self.conn.get() {
+            Some(c) if c.client.connection_state() == async_nats::connection::State::Connected => {
+                Ok(c)
+            }
+            Some(_) => Err(QueueError::Unavailable(
+                "the cluster's NATS server is unreachable".into(),
+            )),
+            None => Err(QueueError::Unavailable(
+                "the cluster's NATS server has not been reached yet".into(),
+            )),
+        }
+    }
+
+    /// Waits (at most `max`) until the stream, consumer and bucket are set up.
+    pub async fn wait_ready(&self, max: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let ready = self.ready.notified();
+            if self.conn.get().is_some() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, ready).await.is_err() {
+                return self.conn.get().is_some();
+            }
+        }
+    }
+
+    /// What is degraded, if anything (for `/readyz`).
+    pub fn degraded(&self) -> Option<String> {
+        self.conn().err().map(|e| e.to_string())
+    }
+
+    pub fn depth(&self) -> u64 {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Creates the record (409 if the id is taken), then publishes the task; answers once
+    /// JetStream acknowledged it.
+    pub async fn submit(&self, task: NewTask) -> Result<(), QueueError> {
+        let conn = self.conn()?;
+        let key = task.key();
+        let record = Record {
+            view: TaskView {
+                id: task.id.clone(),
+                request_id: task.invocation.request_id.clone(),
+                trigger: task.invocation.trigger.clone(),
+                function: task.invocation.target.function.clone(),
+                state: TaskState::Enqueued,
+                attempts: 0,
+                created_ms: task.created_ms,
+                due_ms: task.due_ms,
+                started_ms: None,
+                finished_ms: None,
+                last_error: None,
+                response_status: None,
+                response_preview: None,
+                callback_url: task.callback_url.clone(),
+                callback_status: None,
+                callback_attempts: 0,
+            },
+            stop_requested: false,
+        };
+        let value = serde_json::to_vec(&record).map_err(storage)?;
+        match conn.kv.create(&key, value.into()).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                return Err(QueueError::Exists(task.id));
+            }
+            Err(e) => return Err(storage(format!("cannot reserve the task id: {e}"))),
+        }
+        // One line of JSON (serde_json writes no raw newline), then the body.
+        let wire = serde_json::to_string(&Wire {
+            id: task.id.clone(),
+            invocation: task.invocation.clone(),
+            callback_url: task.callback_url.clone(),
+            created_ms: task.created_ms,
+            due_ms: task.due_ms,
+        })
+        .map_err(storage)?;
+        let mut payload = Vec::with_capacity(wire.len() + 1 + task.body.len());
+        payload.extend_from_slice(wire.as_bytes());
+        payload.push(b'\n');
+        payload.extend_from_slice(&task.body);
+        let subject = format!("{SUBJECT_PREFIX}.{}", task.invocation.trigger);
+        let published = async {
+            conn.js
+                .publish(subject, payload.into())
+                .await
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        match published {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // Not stored, so not promised: free the id again (best effort).
+                let _ = conn.kv.purge(&key).await;
+                if e.contains("maximum messages") || e.contains("maximum bytes") {
+                    Err(QueueError::Full(format!(
+                        "the cluster's task stream is full ({e})"
+                    )))
+                } else {
+                    Err(QueueError::Unavailable(format!(
+                        "the task could not be stored in NATS JetStream: {e}"
+                    )))
+                }
+            }
+        }
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<(Record, u64)>, QueueError> {
+        let conn = self.conn()?;
+        let entry = conn.kv.entry(key).await.map_err(storage)?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            return Ok(None);
+        };
+        let record: Record = serde_json::from_slice(&entry.value).map_err(storage)?;
+        Ok(Some((record, entry.revision)))
+    }
+
+    /// Changes a record with `change` (retrying on a concurrent write), returning it.
+    async fn modify(
+        &self,
+        key: &str,
+        change: impl Fn(&mut Record),
+    ) -> Result<Option<Record>, QueueError> {
+        let conn = self.conn()?;
+        for _ in 0..16 {
+            let Some((mut record, revision)) = self.read(key).await? else {
+                return Ok(None);
+            };
+            change(&mut record);
+            let value = serde_json::to_vec(&record).map_err(storage)?;
+            match conn.kv.update(key, value.into(), revision).await {
+                Ok(_) => return Ok(Some(record)),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(storage(e)),
+            }
+        }
+        Err(storage("the task record changed too often to update"))
+    }
+
+    /// Records an attempt's outcome and acknowledges (or NAKs with a delay) its message.
+    pub async fn update(&self, u: Update) {
+        if let Err(e) = self.apply(u).await {
+            tracing::error!("recording a task update in NATS failed: {e}");
+        }
+    }
+
+    async fn apply(&self, u: Update) -> Result<(), QueueError> {
+        match u {
+            Update::Finish {
+                key,
+                state,
+                attempts,
+                finished_ms,
+                last_error,
+                status,
+                preview,
+                callback,
+            } => {
+                let pending = callback.is_some();
+                self.modify(&key, |r| {
+                    let v = &mut r.view;
+                    v.state = state;
+                    v.attempts = attempts;
+                    v.finished_ms = Some(finished_ms);
+                    v.last_error.clone_from(&last_error);
+                    v.response_status = status;
+                    v.response_preview = preview
+                        .as_ref()
+                        .map(|p| String::from_utf8_lossy(p).into_owned());
+                    if pending {
+                        v.callback_status = Some("Pending".into());
+                    }
+                })
+                .await?;
+                // With a callback the message stays held until it is delivered.
+                if !pending {
+                    self.settle(&key, AckKind::Ack).await;
+                }
+            }
+            Update::Reschedule {
+                key,
+                attempts,
+                due_ms,
+                last_error,
+                status,
+                now_ms,
+            } => {
+                let record = self
+                    .modify(&key, |r| {
+                        let v = &mut r.view;
+                        v.attempts = attempts;
+                        v.last_error.clone_from(&last_error);
+                        v.response_status = status;
+                        if r.stop_requested {
+                            v.state = TaskState::Stopped;
+                            v.finished_ms = Some(now_ms);
+                        } else {
+                            v.state = TaskState::Retrying;
+                            v.due_ms = due_ms;
+                        }
+                    })
+                    .await?;
+                let stopped = record.is_some_and(|r| r.view.state == TaskState::Stopped);
+                let kind = if stopped {
+                    AckKind::Ack
+                } else {
+                    AckKind::Nak(Some(delay(due_ms - now_ms)))
+                };
+                self.settle(&key, kind).await;
+            }
+            Update::Callback {
+                key,
+                status,
+                attempts,
+                done,
+            } => {
+                self.modify(&key, |r| {
+                    r.view.callback_status = Some(if done {
+                        status.clone()
+                    } else {
+                        "Pending".into()
+                    });
+                    r.view.callback_attempts = attempts;
+                })
+                .await?;
+                if done {
+                    self.settle(&key, AckKind::Ack).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Acknowledges or NAKs the message of `key` and lets go of it.
+    async fn settle(&self, key: &str, kind: AckKind) {
+        let held = self.inflight.lock().ok().and_then(|mut m| m.remove(key));
+        if let Some(held) = held {
+            // An ack that does not arrive leaves the message to be redelivered after
+            // ack_wait: at least once.
+            let r = match kind {
+                AckKind::Ack => held.acker.double_ack().await,
+                other => held.acker.ack_with(other).await,
+            };
+            if let Err(e) = r {
+                tracing::warn!(task = key, "acknowledging a task message failed: {e}");
+            }
+        }
+    }
+
+    /// Records without waiting; [`Cluster::flush`] waits for every such record.
+    pub fn record(self: &Arc<Self>, u: Update) {
+        self.unwritten.fetch_add(1, Ordering::AcqRel);
+        let c = self.clone();
+        tokio::spawn(async move {
+            c.update(u).await;
+            if c.unwritten.fetch_sub(1, Ordering::AcqRel) == 1 {
+                c.written.notify_waiters();
+            }
+        });
+    }
+
+    pub async fn flush(&self) {
+        loop {
+            let written = self.written.notified();
+            if self.unwritten.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            written.await;
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Option<TaskView> {
+        self.read(key).await.ok().flatten().map(|(r, _)| r.view)
+    }
+
+    /// The keys of every record, or of `trigger`'s.
+    async fn keys(&self, trigger: Option<&str>) -> Vec<String> {
+        let Ok(conn) = self.conn() else {
+            return Vec::new();
+        };
+        let Ok(keys) = conn.kv.keys().await else {
+            return Vec::new();
+        };
+        keys.filter_map(|k| async move { k.ok() })
+            .filter(|k| {
+                std::future::ready(
+                    trigger.is_none_or(|t| {
+                        k.strip_prefix(t).is_some_and(|rest| rest.starts_with('/'))
+                    }),
+                )
+            })
+            .collect()
+            .await
+    }
+
+    pub async fn find(&self, id: &str, trigger: Option<&str>) -> Vec<TaskView> {
+        let keys: Vec<String> = match trigger {
+            Some(t) => vec![task_key(t, id)],
+            None => self
+                .keys(None)
+                .await
+                .into_iter()
+                .filter(|k| k.rsplit('/').next() == Some(id))
+                .collect(),
+        };
+        let mut found = Vec::new();
+        for k in keys {
+            if let Some(v) = self.get(&k).await {
+                found.push(v);
+            }
+        }
+        found
+    }
+
+    /// Tasks, newest first: every record is read (the bucket has no index).
+    pub async fn list(
+        &self,
+        trigger: Option<&str>,
+        function: Option<&str>,
+        state: Option<TaskState>,
+        limit: usize,
+    ) -> Vec<TaskView> {
+        let mut all = Vec::new();
+        for k in self.keys(trigger).await {
+            if let Some(v) = self.get(&k).await
+                && function.is_none_or(|f| v.function == f)
+                && state.is_none_or(|s| v.state == s)
+            {
+                all.push(v);
+            }
+        }
+        all.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+        all.truncate(limit);
+        all
+    }
+
+    /// A waiting task is Stopped now (its message is dropped when delivered); a running
+    /// one is not retried.
+    pub async fn stop(&self, key: &str, now_ms: i64) -> Result<TaskView, QueueError> {
+        let record = self
+            .modify(key, |r| {
+                if r.view.state.is_final() {
+                    return;
+                }
+                r.stop_requested = true;
+                if r.view.state != TaskState::Running {
+                    r.view.state = TaskState::Stopped;
+                    r.view.finished_ms = Some(now_ms);
+                }
+            })
+            .await?;
+        record
+            .map(|r| r.view)
+            .ok_or_else(|| QueueError::NotFound(key.to_string()))
+    }
+
+    pub async fn stop_requested(&self, key: &str) -> bool {
+        matches!(self.read(key).await, Ok(Some((r, _))) if r.stop_requested)
+    }
+
+    /// Hands tasks back at a clean stop: the next node (or start) takes them at once.
+    pub async fn release(&self, tasks: Vec<Task>) {
+        for t in tasks {
+            let key = t.new.key();
+            let attempts = t.attempts;
+            let _ = self
+                .modify(&key, |r| {
+                    if r.view.state == TaskState::Running {
+                        r.view.state = TaskState::Enqueued;
+                        r.view.attempts = attempts;
+                    }
+                })
+                .await;
+            self.settle(&key, AckKind::Nak(None)).await;
+        }
+    }
+
+    /// Pulls as many tasks as the workers can take, for as long as the node runs.
+    async fn pump(self: Arc<Self>, handoff: Handoff, offered: Arc<Notify>) {
+        let Some(conn) = self.conn.get() else { return };
+        loop {
+            let wanted = handoff.budget.load(Ordering::Acquire);
+            if wanted == 0 {
+                tokio::select! {
+                    _ = offered.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+            let batch = conn
+                .consumer
+                .fetch()
+                .max_messages(wanted.min(256) as usize)
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!("pulling tasks from NATS failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            while let Some(message) = batch.next().await {
+                match message {
+                    Ok(m) => {
+                        handoff.take();
+                        self.accept(m, &handoff).await;
+                    }
+                    Err(e) => {
+                        tracing::debug!("pulling tasks from NATS failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes one delivered message: drops it when its record says it is done, waits for
+    /// its due time, or marks it Running and hands it to the workers.
+    async fn accept(self: &Arc<Self>, message: jetstream::Message, handoff: &Handoff) {
+        let (message, acker) = message.split();
+        let acker = Arc::new(acker);
+        let Some((wire, body)) = parse(&message.payload) else {
+            tracing::error!(subject = %message.subject, "a task message that is not a task; dropped");
+            let _ = acker.ack_with(AckKind::Term).await;
+            return;
+        };
+        let key = task_key(&wire.invocation.trigger, &wire.id);
+        let record = match self.read(&key).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(task = %key, "reading a task record failed: {e}");
+                let _ = acker
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+                return;
+            }
+        };
+        let Some((record, revision)) =
+            record.filter(|(r, _)| r.view.request_id == wire.invocation.request_id)
+        else {
+            tracing::warn!(task = %key, "a task message without its record (pruned or replaced); dropped");
+            let _ = acker.ack().await;
+            return;
+        };
+        let view = &record.view;
+        // A callback still pending means the node that ran it died before delivering it.
+        let callback_pending = view.callback_status.as_deref() == Some("Pending");
+        if view.state.is_final() && !callback_pending {
+            let _ = acker.double_ack().await;
+            return;
+        }
+        let now = self.clock.now_ms();
+        if record.stop_requested && !view.state.is_final() {
+            let stopped = self
+                .modify(&key, |r| {
+                    r.view.state = TaskState::Stopped;
+                    r.view.finished_ms = Some(now);
+                })
+                .await;
+            if stopped.is_ok() {
+                let _ = acker.double_ack().await;
+            }
+            return;
+        }
+        if view.due_ms > now {
+            let _ = acker
+                .ack_with(AckKind::Nak(Some(delay(view.due_ms - now))))
+                .await;
+            return;
+        }
+        // A record left Running means its runner died mid-attempt: that attempt counts.
+        let attempts = view.attempts + u32::from(view.state == TaskState::Running);
+        let mut running = record;
+        running.view.state = TaskState::Running;
+        running.view.attempts = attempts;
+        running.view.started_ms = Some(now);
+        let marked = match (self.conn(), serde_json::to_vec(&running)) {
+            (Ok(conn), Ok(value)) => conn
+                .kv
+                .update(&key, value.into(), revision)
+                .await
+                .map_err(|e| e.to_string()),
+            (Err(e), _) => Err(e.to_string()),
+            (_, Err(e)) => Err(e.to_string()),
+        };
+        if let Err(e) = marked {
+            tracing::debug!(task = %key, "marking a task Running failed ({e}); it comes again");
+            let _ = acker
+                .ack_with(AckKind::Nak(Some(Duration::from_millis(200))))
+                .await;
+            return;
+        }
+        let heartbeat = {
+            let (acker, every) = (acker.clone(), self.ack_wait / 3);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    if let Err(e) = acker.ack_with(AckKind::Progress).await {
+                        tracing::debug!("in-progress ack failed: {e}");
+                    }
+                }
+            })
+            .abort_handle()
+        };
+        if let Ok(mut m) = self.inflight.lock() {
+            m.insert(key.clone(), InFlight { acker, heartbeat });
+        }
+        let task = Task {
+            new: NewTask {
+                id: wire.id,
+                invocation: wire.invocation,
+                body: body.to_vec(),
+                callback_url: wire.callback_url,
+                created_ms: wire.created_ms,
+                due_ms: wire.due_ms,
+                trigger_quota: None,
+            },
+            attempts,
+        };
+        if handoff.tx.send(task).is_err() {
+            self.settle(&key, AckKind::Nak(None)).await;
+        }
+    }
+
+    /// Keeps the stream's message count and bytes for `/readyz` and the metrics.
+    async fn watch_depth(self: Arc<Self>) {
+        let Some(conn) = self.conn.get() else { return };
+        loop {
+            if let Ok(stream) = conn.js.get_stream_no_info(STREAM).await
+                && let Ok(info) = stream.get_info().await
+            {
+                self.depth.store(info.state.messages, Ordering::Relaxed);
+                self.bytes.store(info.state.bytes, Ordering::Relaxed);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Between attempts to reach NATS: 100 ms doubling to 2 s (a node should be back soon
+/// after its server is).
+fn reconnect_delay(attempt: usize) -> Duration {
+    Duration::from_millis(100u64 << attempt.min(4)).min(Duration::from_secs(2))
+}
+
+/// A NAK delay: at least a millisecond (no delay means at once).
+fn delay(ms: i64) -> Duration {
+    Duration::from_millis(ms.max(1) as u64)
+}
+
+fn parse(payload: &[u8]) -> Option<(Wire, &[u8])> {
+    let at = payload.iter().position(|b| *b == b'\n')?;
+    let wire = serde_json::from_slice(&payload[..at]).ok()?;
+    Some((wire, &payload[at + 1..]))
+}
+
+/// Connects and makes sure the stream, its consumer and the bucket exist.
+async fn setup(config: &ClusterConfig, queue: &QueueConfig) -> anyhow::Result<Conn> {
+    use anyhow::Context as _;
+    let client = connect(config).await?;
+    let js = jetstream::new(client.clone());
+    let stream_config = jetstream::stream::Config {
+        name: STREAM.into(),
+        subjects: vec![format!("{SUBJECT_PREFIX}.>")],
+        retention: jetstream::stream::RetentionPolicy::WorkQueue,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: config.replicas,
+        max_messages: i64::try_from(queue.max_tasks).unwrap_or(i64::MAX),
+        max_bytes: i64::try_from(queue.max_queue_bytes).unwrap_or(i64::MAX),
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    let stream = match js.get_stream(STREAM).await {
+        Ok(s) => s,
+        Err(_) => js
+            .get_or_create_stream(stream_config)
+            .await
+            .context("creating the task stream")?,
+    };
+    let consumer: PullConsumer = stream
+        .get_or_create_consumer(
+            CONSUMER,
+            jetstream::consumer::pull::Config {
+                durable_name: Some(CONSUMER.into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_millis(config.ack_wait_ms),
+                max_deliver: -1,
+                max_ack_pending: 100_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .context("creating the task consumer")?;
+    // The bucket's stream is made here as the KV convention lays it out: the client's own
+    // bucket creation first reads account fields that servers before 2.10 do not send.
+    if js.get_key_value(BUCKET).await.is_err() {
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: format!("KV_{BUCKET}"),
+            subjects: vec![format!("$KV.{BUCKET}.>")],
+            max_messages_per_subject: 1,
+            max_age: Duration::from_secs(queue.retention_s),
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: config.replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .context("creating the task bucket")?;
+    }
+    let kv = js
+        .get_key_value(BUCKET)
+        .await
+        .context("opening the task bucket")?;
+    Ok(Conn {
+        client,
+        js,
+        kv,
+        consumer,
+    })
+}
+
+async fn connect(config: &ClusterConfig) -> anyhow::Result<async_nats::Client> {
+    let mut options = match &config.credentials {
+        Some(NatsCredentials::File(path)) => {
+            async_nats::ConnectOptions::with_credentials_file(path.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        Some(NatsCredentials::UserPassword(u, p)) => {
+            async_nats::ConnectOptions::with_user_and_password(u.clone(), p.clone())
+        }
+        None => async_nats::ConnectOptions::new(),
+    }
+    .name("wasmgate")
+    .retry_on_initial_connect()
+    .max_reconnects(None)
+    .reconnect_delay_callback(reconnect_delay)
+    .event_callback(|event| async move {
+        match event {
+            async_nats::Event::Disconnected => {
+                tracing::warn!("the cluster's NATS connection dropped; reconnecting")
+            }
+            async_nats::Event::Connected => tracing::info!("connected to the cluster's NATS"),
+            other => tracing::warn!("cluster NATS: {other}"),
+        }
+    });
+    if let Some(ca) = &config.tls_ca {
+        options = options.add_root_certificates(ca.clone());
+    }
+    let addrs: Vec<async_nats::ServerAddr> = config
+        .nats
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("cluster.nats: {e}"))?;
+    Ok(options.connect(addrs).await?)
+}
