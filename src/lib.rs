@@ -13,6 +13,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod cors;
 pub mod dispatch;

@@ -381,7 +381,10 @@ async fn a_task_running_during_a_crash_runs_again() {
     assert_eq!(cb.header("x-fc-async-task-id"), Some("inflight"));
     assert_eq!(cb.body, b"slept");
     let t = wait_task(&s, "inflight", |t| t["state"] == "Succeeded").await;
-    assert_eq!(t["attempts"], 1);
+    // On JetStream the record knows the attempt was started on the node that died, and
+    // counts it; the SQLite store cannot tell it from a task handed over but not started.
+    let attempts = if common::cluster_queue() { 2 } else { 1 };
+    assert_eq!(t["attempts"], attempts);
 }
 
 fn small_config(ok: &Receiver, fail: &Receiver) -> String {

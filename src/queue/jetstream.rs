@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 
 use super::store::Handoff;
 use super::{Clock, NewTask, QueueError, Task, TaskState, TaskView, Update, task_key};
-use crate::config::{ClusterConfig, NatsCredentials, QueueConfig};
+use crate::config::{ClusterConfig, QueueConfig};
 use crate::invocation::StoredInvocation;
 
 const STREAM: &str = "WASMGATE_TASKS";
@@ -130,7 +130,7 @@ impl Cluster {
                     Err(e) => {
                         attempt += 1;
                         tracing::warn!(attempt, "the task queue on NATS is not ready: {e:#}");
-                        tokio::time::sleep(reconnect_delay(attempt as usize)).await;
+                        tokio::time::sleep(crate::cluster::reconnect_delay(attempt as usize)).await;
                     }
                 }
             };
@@ -217,7 +217,12 @@ impl Cluster {
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                 return Err(QueueError::Exists(task.id));
             }
-            Err(e) => return Err(storage(format!("cannot reserve the task id: {e}"))),
+            // NATS did not answer (or went away): nothing was stored, so 503.
+            Err(e) => {
+                return Err(QueueError::Unavailable(format!(
+                    "the task could not be stored in NATS JetStream: {e}"
+                )));
+            }
         }
         // One line of JSON (serde_json writes no raw newline), then the body.
         let wire = serde_json::to_string(&Wire {
@@ -484,7 +489,7 @@ impl Cluster {
                 all.push(v);
             }
         }
-        all.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+        all.sort_by_key(|v| std::cmp::Reverse(v.created_ms));
         all.truncate(limit);
         all
     }
@@ -696,12 +701,6 @@ impl Cluster {
     }
 }
 
-/// Between attempts to reach NATS: 100 ms doubling to 2 s (a node should be back soon
-/// after its server is).
-fn reconnect_delay(attempt: usize) -> Duration {
-    Duration::from_millis(100u64 << attempt.min(4)).min(Duration::from_secs(2))
-}
-
 /// A NAK delay: at least a millisecond (no delay means at once).
 fn delay(ms: i64) -> Duration {
     Duration::from_millis(ms.max(1) as u64)
@@ -716,7 +715,7 @@ fn parse(payload: &[u8]) -> Option<(Wire, &[u8])> {
 /// Connects and makes sure the stream, its consumer and the bucket exist.
 async fn setup(config: &ClusterConfig, queue: &QueueConfig) -> anyhow::Result<Conn> {
     use anyhow::Context as _;
-    let client = connect(config).await?;
+    let client = crate::cluster::connect(config).await?;
     let js = jetstream::new(client.clone());
     let stream_config = jetstream::stream::Config {
         name: STREAM.into(),
@@ -750,27 +749,7 @@ async fn setup(config: &ClusterConfig, queue: &QueueConfig) -> anyhow::Result<Co
         )
         .await
         .context("creating the task consumer")?;
-    // The bucket's stream is made here as the KV convention lays it out: the client's own
-    // bucket creation first reads account fields that servers before 2.10 do not send.
-    if js.get_key_value(BUCKET).await.is_err() {
-        js.get_or_create_stream(jetstream::stream::Config {
-            name: format!("KV_{BUCKET}"),
-            subjects: vec![format!("$KV.{BUCKET}.>")],
-            max_messages_per_subject: 1,
-            max_age: Duration::from_secs(queue.retention_s),
-            storage: jetstream::stream::StorageType::File,
-            num_replicas: config.replicas,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: jetstream::stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .context("creating the task bucket")?;
-    }
-    let kv = js
-        .get_key_value(BUCKET)
+    let kv = crate::cluster::key_value(&js, BUCKET, queue.retention_s, config.replicas)
         .await
         .context("opening the task bucket")?;
     Ok(Conn {
@@ -779,41 +758,4 @@ async fn setup(config: &ClusterConfig, queue: &QueueConfig) -> anyhow::Result<Co
         kv,
         consumer,
     })
-}
-
-async fn connect(config: &ClusterConfig) -> anyhow::Result<async_nats::Client> {
-    let mut options = match &config.credentials {
-        Some(NatsCredentials::File(path)) => {
-            async_nats::ConnectOptions::with_credentials_file(path.clone())
-                .await
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-        }
-        Some(NatsCredentials::UserPassword(u, p)) => {
-            async_nats::ConnectOptions::with_user_and_password(u.clone(), p.clone())
-        }
-        None => async_nats::ConnectOptions::new(),
-    }
-    .name("wasmgate")
-    .retry_on_initial_connect()
-    .max_reconnects(None)
-    .reconnect_delay_callback(reconnect_delay)
-    .event_callback(|event| async move {
-        match event {
-            async_nats::Event::Disconnected => {
-                tracing::warn!("the cluster's NATS connection dropped; reconnecting")
-            }
-            async_nats::Event::Connected => tracing::info!("connected to the cluster's NATS"),
-            other => tracing::warn!("cluster NATS: {other}"),
-        }
-    });
-    if let Some(ca) = &config.tls_ca {
-        options = options.add_root_certificates(ca.clone());
-    }
-    let addrs: Vec<async_nats::ServerAddr> = config
-        .nats
-        .split(',')
-        .map(|s| s.trim().parse())
-        .collect::<Result<_, _>>()
-        .map_err(|e| anyhow::anyhow!("cluster.nats: {e}"))?;
-    Ok(options.connect(addrs).await?)
 }

@@ -1,0 +1,247 @@
+//! Several nodes on one NATS JetStream server (SPEC section 10): three real `wasmgate`
+//! processes and one real nats-server (JetStream on, free loopback ports). Tasks submitted
+//! to every node all run, one node killed with -9 mid-load loses none, a cron tick runs once
+//! in the cluster, and NATS stopped and restarted under load loses no 202.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::{Broker, Receiver, TestServer};
+
+const TOKEN: &str = "cluster-admin-token";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn node(broker: &Broker, receiver: &Receiver, extra: &str) -> TestServer {
+    TestServer::start(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+admin_token = "{TOKEN}"
+data_dir = "data"
+
+[[function]]
+name = "probe"
+wasm = "{{probe}}"
+memory_mb = 16
+
+[[function]]
+name = "echo"
+wasm = "{{echo}}"
+memory_mb = 16
+
+[[trigger]]
+name = "work"
+function = "probe"
+async = {{ max_retries = 2, on_success = "{ok}", on_failure = "{ok}" }}
+
+[[trigger]]
+name = "sync"
+function = "echo"
+{extra}
+{cluster}"#,
+        ok = receiver.url("/done"),
+        cluster = common::cluster_section(broker),
+    ))
+}
+
+async fn submit(s: &TestServer, path: &str, id: &str) -> u16 {
+    match common::client()
+        .post(s.url(path))
+        .header("x-fc-invocation-type", "Async")
+        .header("x-fc-async-task-id", id)
+        .send()
+        .await
+    {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+async fn admin(s: &TestServer, path: &str) -> serde_json::Value {
+    let r = common::client()
+        .get(s.admin_url(path))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("admin API answers");
+    r.json().await.unwrap_or_default()
+}
+
+/// Callbacks by task id until every id in `ids` has called back (bounded).
+fn collect(receiver: &Receiver, ids: &HashSet<String>) -> HashMap<String, usize> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    while !ids.iter().all(|id| seen.contains_key(id)) {
+        let Some(cb) = receiver.next(WAIT) else {
+            let missing: Vec<_> = ids.iter().filter(|i| !seen.contains_key(*i)).collect();
+            panic!("no callback for {} tasks: {missing:?}", missing.len());
+        };
+        let id = cb.header("x-fc-async-task-id").unwrap_or_default();
+        *seen.entry(id.to_string()).or_default() += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_nodes_share_the_queue_and_a_node_killed_mid_load_loses_no_task() {
+    let broker = Broker::jetstream();
+    let done = Receiver::start(200);
+    let nodes: Vec<TestServer> = (0..3).map(|_| node(&broker, &done, "")).collect();
+    let mut accepted = HashSet::new();
+    for i in 0..60 {
+        let id = format!("t{i}");
+        let n = &nodes[i % 3];
+        assert_eq!(submit(n, "/work/sleep?ms=400", &id).await, 202, "{id}");
+        accepted.insert(id);
+    }
+    // Node 1 dies with tasks in hand.
+    let mut nodes = nodes;
+    assert!(
+        nodes[1].wait_for_log("sleep start"),
+        "{}",
+        nodes[1].stderr_text()
+    );
+    nodes[1].kill9();
+    let seen = collect(&done, &accepted);
+    assert_eq!(seen.len(), accepted.len());
+    // The task API answers from any node, for tasks submitted anywhere; the attempts that
+    // died with node 1 count.
+    let mut rerun = 0;
+    for id in &accepted {
+        let mut t = serde_json::Value::Null;
+        for _ in 0..100 {
+            t = admin(&nodes[2], &format!("/-/tasks/{id}?trigger=work")).await;
+            if t["state"] == "Succeeded" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(t["state"], "Succeeded", "{t}");
+        let attempts = t["attempts"].as_u64().unwrap_or(0);
+        assert!((1..=2).contains(&attempts), "{t}");
+        if attempts == 2 {
+            rerun += 1;
+            assert!(seen[id] >= 1);
+        }
+    }
+    assert!(
+        rerun >= 1,
+        "the tasks node 1 was running show a second attempt"
+    );
+    let list = admin(&nodes[0], "/-/tasks?trigger=work&limit=1000").await;
+    let listed = list["tasks"].as_array().map_or(0, Vec::len);
+    assert_eq!(listed, accepted.len(), "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cron_tick_runs_once_in_a_cluster_of_three() {
+    let broker = Broker::jetstream();
+    let done = Receiver::start(200);
+    let cron = format!(
+        r#"
+[[trigger]]
+name = "tick"
+kind = "cron"
+function = "echo"
+schedule = "* * * * * *"
+async = {{ on_success = "{}" }}"#,
+        done.url("/tick")
+    );
+    let nodes: Vec<TestServer> = (0..3).map(|_| node(&broker, &done, &cron)).collect();
+    let mut ticks: HashMap<String, usize> = HashMap::new();
+    while ticks.len() < 4 {
+        let cb = done.next(WAIT).expect("cron ticks call back");
+        let id = cb.header("x-fc-async-task-id").unwrap_or_default();
+        *ticks.entry(id.to_string()).or_default() += 1;
+    }
+    // Later callbacks (four more ticks' worth) would show any duplicate of those ticks.
+    for _ in 0..4 {
+        let cb = done.next(WAIT).expect("cron ticks call back");
+        let id = cb.header("x-fc-async-task-id").unwrap_or_default();
+        if let Some(n) = ticks.get_mut(id) {
+            *n += 1;
+        }
+    }
+    for (id, n) in &ticks {
+        assert_eq!(*n, 1, "tick {id} ran {n} times");
+        let t = admin(&nodes[1], &format!("/-/tasks/{id}?trigger=tick")).await;
+        assert_eq!(t["attempts"], 1, "{t}");
+    }
+    let enqueued = nodes
+        .iter()
+        .map(|n| n.stderr_text().matches("cron tick enqueued").count())
+        .sum::<usize>();
+    assert!(enqueued >= ticks.len(), "each tick enqueued by one node");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_stopped_and_restarted_under_load_loses_no_202() {
+    let mut broker = Broker::jetstream();
+    let done = Receiver::start(200);
+    let s = node(&broker, &done, "");
+    let mut accepted = HashSet::new();
+    let mut refused = 0;
+    let mut i = 0;
+    let mut submit_some = async |s: &TestServer, n: usize, accepted: &mut HashSet<String>| {
+        let mut refused = 0;
+        for _ in 0..n {
+            let id = format!("r{i}");
+            i += 1;
+            match submit(s, "/work/sleep?ms=1", &id).await {
+                202 => {
+                    accepted.insert(id);
+                }
+                503 => refused += 1,
+                other => panic!("{id}: {other}"),
+            }
+        }
+        refused
+    };
+    refused += submit_some(&s, 20, &mut accepted).await;
+    broker.stop();
+    // While NATS is away: async requests are refused (never a 202 that was not stored),
+    // sync ones are served, and /readyz names the queue.
+    let mut down = 0;
+    for _ in 0..100 {
+        down += submit_some(&s, 1, &mut accepted).await;
+        if down >= 3 {
+            break;
+        }
+    }
+    assert!(down >= 3, "async requests get 503 while NATS is down");
+    refused += down;
+    let sync = common::client()
+        .get(s.url("/sync"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(sync, 200);
+    let ready = admin(&s, "/readyz").await;
+    assert!(
+        ready["degraded"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|p| p == "queue")),
+        "{ready}"
+    );
+    broker.restart();
+    // Back by itself: submissions are accepted again.
+    let mut back = false;
+    for _ in 0..200 {
+        let before = accepted.len();
+        refused += submit_some(&s, 1, &mut accepted).await;
+        if accepted.len() > before {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "the node reconnects and takes tasks again");
+    refused += submit_some(&s, 20, &mut accepted).await;
+    collect(&done, &accepted);
+    let ready = admin(&s, "/readyz").await;
+    assert_eq!(ready["degraded"], serde_json::json!([]), "{ready}");
+    assert!(refused >= 3);
+}
