@@ -13,9 +13,9 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --all-targets 2>&1 | tee "$log" || status=$?
-# The queue's suites again on the other backend: every server gets a [cluster] on its own
-# JetStream nats-server (tests/common: WASMGATE_TEST_QUEUE).
-WASMGATE_TEST_QUEUE=nats cargo test --test async_invocation --test queue_isolation 2>&1 \
+# The queue and deploy suites again on the other backend: every server gets a [cluster] on its own
+# JetStream nats-server (tests/common: WASMGATE_TEST_BACKEND).
+WASMGATE_TEST_BACKEND=nats cargo test --test async_invocation --test queue_isolation --test deploy 2>&1 \
   | tee -a "$log" || status=$?
 awk '/^test result:/ {p += $4; f += $6} END {printf "tests: %d passed, %d failed\n", p, f}' "$log"
 exit "$status"

@@ -7,6 +7,13 @@
 //! deploy or an alias move takes effect for new requests at once, while in-flight requests
 //! keep the `Arc<Function>` they started with.
 //!
+//! With `[cluster]` (SPEC section 10) the versions and aliases live in the JetStream
+//! key-value bucket `wasmgate_registry` and the components in the object store
+//! `wasmgate_components`, so every node serves the same set: each node watches the bucket,
+//! fetches a new version's component once (checked against its SHA-256) and compiles it
+//! into its own cache. Version numbers are claimed with KV *create*, so two nodes deploying
+//! at once get different numbers.
+//!
 //! Compiled forms are kept by [`Artifacts`] (authenticated, see there). A version whose
 //! artifact is missing or not authentic is recompiled from the stored component, whose name
 //! is its own SHA-256; a version that cannot be recompiled either is logged and not served,
@@ -17,11 +24,17 @@ use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use anyhow::{Context, Result, anyhow};
-use rusqlite::{Connection, params};
-use serde::Serialize;
+use std::sync::OnceLock;
 
-use crate::config::{Config, FunctionConfig};
+use anyhow::{Context, Result, anyhow};
+use async_nats::jetstream;
+use futures::StreamExt;
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+use tokio::sync::Notify;
+
+use crate::config::{ClusterConfig, Config, FunctionConfig};
 use crate::runtime::artifacts::{Artifacts, sha256_hex, write_atomic};
 use crate::runtime::{Function, Runtime};
 
@@ -50,13 +63,13 @@ pub struct VersionInfo {
     pub created: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Additional {
     pub version: u32,
     pub weight: f64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Alias {
     pub version: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,11 +82,56 @@ struct State {
     aliases: HashMap<String, BTreeMap<String, Alias>>,
 }
 
+impl State {
+    fn has(&self, name: &str, version: u32) -> bool {
+        self.functions
+            .get(name)
+            .is_some_and(|v| v.contains_key(&version))
+    }
+}
+
 pub struct Registry {
     /// Stored components and their compiled forms (`data_dir/functions`).
     artifacts: Arc<Artifacts>,
-    db: Mutex<Connection>,
-    state: RwLock<State>,
+    store: Store,
+    state: Arc<RwLock<State>>,
+}
+
+/// Where versions and aliases are kept.
+enum Store {
+    /// `data_dir/registry.db`.
+    Local(Mutex<Connection>),
+    /// The cluster's buckets; the watcher applies every change to the state.
+    Cluster {
+        remote: Arc<OnceLock<Remote>>,
+        ready: Arc<Notify>,
+        watcher: tokio::task::AbortHandle,
+    },
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        if let Store::Cluster { watcher, .. } = &self.store {
+            watcher.abort();
+        }
+    }
+}
+
+/// The cluster's registry buckets.
+struct Remote {
+    kv: jetstream::kv::Store,
+    objects: jetstream::object_store::ObjectStore,
+}
+
+const REGISTRY_BUCKET: &str = "wasmgate_registry";
+const COMPONENT_BUCKET: &str = "wasmgate_components";
+
+/// A version as kept in the cluster's bucket.
+#[derive(Serialize, Deserialize)]
+struct StoredVersion {
+    sha256: String,
+    size: u64,
+    created_ms: i64,
 }
 
 impl std::fmt::Debug for Registry {
@@ -128,6 +186,9 @@ impl Registry {
         runtime: &Runtime,
         artifacts: Arc<Artifacts>,
     ) -> Result<Registry> {
+        if let Some(cluster) = &config.cluster {
+            return Self::open_cluster(cluster, config, runtime, artifacts);
+        }
         let path = data_dir.join("registry.db");
         let db = Connection::open(&path)
             .with_context(|| format!("{}: cannot open the registry", path.display()))?;
@@ -169,19 +230,82 @@ impl Registry {
     ) -> Result<Registry> {
         let registry = Registry {
             artifacts,
-            db: Mutex::new(db),
-            state: RwLock::new(State::default()),
+            store: Store::Local(Mutex::new(db)),
+            state: Arc::new(RwLock::new(State::default())),
         };
         registry.load(config, runtime)?;
         Ok(registry)
     }
 
+    /// The cluster's registry: connects and follows the bucket in the background (until
+    /// then nothing deployed is served; [`Registry::wait_ready`] waits for the first load).
+    fn open_cluster(
+        cluster: &ClusterConfig,
+        config: &Config,
+        runtime: &Runtime,
+        artifacts: Arc<Artifacts>,
+    ) -> Result<Registry> {
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| anyhow!("the cluster registry needs the async runtime"))?;
+        let state = Arc::new(RwLock::new(State::default()));
+        let remote = Arc::new(OnceLock::new());
+        let ready = Arc::new(Notify::new());
+        let follower = Follower {
+            state: state.clone(),
+            artifacts: artifacts.clone(),
+            runtime: runtime.for_deploys(),
+            config: config.clone(),
+        };
+        let watcher = handle
+            .spawn(follow(
+                cluster.clone(),
+                follower,
+                remote.clone(),
+                ready.clone(),
+            ))
+            .abort_handle();
+        Ok(Registry {
+            artifacts,
+            store: Store::Cluster {
+                remote,
+                ready,
+                watcher,
+            },
+            state,
+        })
+    }
+
+    /// Waits (at most `max`) until the cluster's versions are loaded; whether they are.
+    pub async fn wait_ready(&self, max: std::time::Duration) -> bool {
+        let Store::Cluster { remote, ready, .. } = &self.store else {
+            return true;
+        };
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let notified = ready.notified();
+            if remote.get().is_some() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return remote.get().is_some();
+            }
+        }
+    }
+
+    fn db(&self) -> Result<std::sync::MutexGuard<'_, Connection>, RegistryError> {
+        match &self.store {
+            Store::Local(db) => db
+                .lock()
+                .map_err(|_| RegistryError::Storage("registry lock poisoned".into())),
+            Store::Cluster { .. } => Err(RegistryError::Storage(
+                "the registry is on the cluster".into(),
+            )),
+        }
+    }
+
     fn load(&self, config: &Config, runtime: &Runtime) -> Result<()> {
         let rows: Vec<(String, u32, String, i64, i64)> = {
-            let db = self
-                .db
-                .lock()
-                .map_err(|_| anyhow!("registry lock poisoned"))?;
+            let db = self.db()?;
             let mut stmt = db.prepare(
                 "SELECT name, version, sha256, size, created_ms FROM versions ORDER BY name, version",
             )?;
@@ -194,13 +318,7 @@ impl Registry {
         let mut state = State::default();
         for (name, version, sha, size, created) in rows {
             // One damaged version is logged and not served; it never stops the node.
-            let loaded = self
-                .component(runtime, &sha)
-                .and_then(|(component, from_cache)| {
-                    let fc = function_config(config, &name, &self.wasm_path(&sha));
-                    let f = runtime.prepare(&fc, Some(version), &component)?;
-                    Ok((f, from_cache))
-                });
+            let loaded = prepare_version(&self.artifacts, runtime, config, &name, version, &sha);
             let (f, from_cache) = match loaded {
                 Ok(x) => x,
                 Err(e) => {
@@ -223,10 +341,7 @@ impl Registry {
                 .or_default()
                 .insert(version, (info, Arc::new(f)));
         }
-        let db = self
-            .db
-            .lock()
-            .map_err(|_| anyhow!("registry lock poisoned"))?;
+        let db = self.db()?;
         let mut stmt =
             db.prepare("SELECT name, alias, version, additional_version, weight FROM aliases")?;
         let aliases: Vec<(String, String, Alias)> = stmt
@@ -260,25 +375,7 @@ impl Registry {
     }
 
     fn wasm_path(&self, sha: &str) -> PathBuf {
-        self.artifacts.dir().join(format!("{sha}.wasm"))
-    }
-
-    /// The compiled component for `sha`: from the cache when possible, else compiled from the
-    /// stored `.wasm` (and cached). Returns whether it came from the cache.
-    fn component(
-        &self,
-        runtime: &Runtime,
-        sha: &str,
-    ) -> Result<(wasmtime::component::Component, bool)> {
-        self.artifacts.compiled(runtime.engine(), sha, || {
-            let wasm = self.wasm_path(sha);
-            let bytes =
-                std::fs::read(&wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
-            if sha256_hex(&bytes) != sha {
-                anyhow::bail!("{}: the stored component is corrupt", wasm.display());
-            }
-            Ok(bytes)
-        })
+        wasm_path(&self.artifacts, sha)
     }
 
     /// Validates, compiles and stores a new immutable version of `name`.
@@ -309,29 +406,44 @@ impl Registry {
             .map_err(|e| internal(format!("cannot store the component: {e}")))?;
         self.artifacts.store(runtime.engine(), &component, &sha);
         let now = chrono::Utc::now().timestamp_millis();
-        let version = {
-            let db = self
-                .db
-                .lock()
-                .map_err(|_| internal("registry lock poisoned".into()))?;
-            let tx = db
-                .unchecked_transaction()
-                .map_err(|e| internal(e.to_string()))?;
-            let last: Option<u32> = tx
-                .query_row(
-                    "SELECT MAX(version) FROM versions WHERE name = ?1",
-                    params![name],
-                    |r| r.get(0),
+        let version = match &self.store {
+            Store::Local(_) => {
+                let db = self.db()?;
+                let tx = db
+                    .unchecked_transaction()
+                    .map_err(|e| internal(e.to_string()))?;
+                let last: Option<u32> = tx
+                    .query_row(
+                        "SELECT MAX(version) FROM versions WHERE name = ?1",
+                        params![name],
+                        |r| r.get(0),
+                    )
+                    .map_err(|e| internal(e.to_string()))?;
+                let version = last.unwrap_or(0) + 1;
+                tx.execute(
+                    "INSERT INTO versions (name, version, sha256, size, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![name, version, sha, bytes.len() as i64, now],
                 )
                 .map_err(|e| internal(e.to_string()))?;
-            let version = last.unwrap_or(0) + 1;
-            tx.execute(
-                "INSERT INTO versions (name, version, sha256, size, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![name, version, sha, bytes.len() as i64, now],
-            )
-            .map_err(|e| internal(e.to_string()))?;
-            tx.commit().map_err(|e| internal(e.to_string()))?;
-            version
+                tx.commit().map_err(|e| internal(e.to_string()))?;
+                version
+            }
+            Store::Cluster { remote, .. } => {
+                let remote = remote.get().ok_or_else(|| {
+                    internal("the cluster's registry is not reachable yet".into())
+                })?;
+                let last = self
+                    .state
+                    .read()
+                    .ok()
+                    .and_then(|s| s.functions.get(name)?.keys().next_back().copied());
+                let stored = StoredVersion {
+                    sha256: sha.clone(),
+                    size: bytes.len() as u64,
+                    created_ms: now,
+                };
+                on_runtime(remote.publish(name, last.unwrap_or(0) + 1, &stored, bytes))?
+            }
         };
         let f = runtime
             .prepare(&fc, Some(version), &component)
@@ -381,23 +493,37 @@ impl Registry {
                 return Err(invalid("additional.weight must be between 0 and 1".into()));
             }
         }
-        let db = self
-            .db
-            .lock()
-            .map_err(|_| RegistryError::Storage("registry lock poisoned".into()))?;
-        db.execute(
-            "INSERT INTO aliases (name, alias, version, additional_version, weight) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (name, alias) DO UPDATE SET version = ?3, additional_version = ?4, weight = ?5",
-            params![
-                name,
-                alias,
-                a.version,
-                a.additional.as_ref().map(|x| x.version),
-                a.additional.as_ref().map(|x| x.weight)
-            ],
-        )
-        .map_err(|e| RegistryError::Storage(e.to_string()))?;
-        drop(db);
+        match &self.store {
+            Store::Local(_) => {
+                self.db()?
+                    .execute(
+                        "INSERT INTO aliases (name, alias, version, additional_version, weight) VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (name, alias) DO UPDATE SET version = ?3, additional_version = ?4, weight = ?5",
+                        params![
+                            name,
+                            alias,
+                            a.version,
+                            a.additional.as_ref().map(|x| x.version),
+                            a.additional.as_ref().map(|x| x.weight)
+                        ],
+                    )
+                    .map_err(|e| RegistryError::Storage(e.to_string()))?;
+            }
+            Store::Cluster { remote, .. } => {
+                let remote = remote.get().ok_or_else(|| {
+                    RegistryError::Storage("the cluster's registry is not reachable yet".into())
+                })?;
+                let value =
+                    serde_json::to_vec(&a).map_err(|e| RegistryError::Storage(e.to_string()))?;
+                on_runtime(async {
+                    remote
+                        .kv
+                        .put(alias_key(name, alias), value.into())
+                        .await
+                        .map_err(|e| RegistryError::Storage(format!("NATS: {e}")))
+                })?;
+            }
+        }
         if let Ok(mut state) = self.state.write() {
             state
                 .aliases
@@ -455,4 +581,286 @@ impl Registry {
             })
             .collect()
     }
+}
+
+fn wasm_path(artifacts: &Artifacts, sha: &str) -> PathBuf {
+    artifacts.dir().join(format!("{sha}.wasm"))
+}
+
+/// A stored version made ready to serve: its component from the compiled cache when
+/// possible, else compiled from the stored `.wasm` (and cached). Says whether it came from
+/// the cache.
+fn prepare_version(
+    artifacts: &Artifacts,
+    runtime: &Runtime,
+    config: &Config,
+    name: &str,
+    version: u32,
+    sha: &str,
+) -> Result<(Function, bool)> {
+    let wasm = wasm_path(artifacts, sha);
+    let (component, from_cache) = artifacts.compiled(runtime.engine(), sha, || {
+        let bytes =
+            std::fs::read(&wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
+        if sha256_hex(&bytes) != sha {
+            anyhow::bail!("{}: the stored component is corrupt", wasm.display());
+        }
+        Ok(bytes)
+    })?;
+    let fc = function_config(config, name, &wasm);
+    let f = runtime.prepare(&fc, Some(version), &component)?;
+    Ok((f, from_cache))
+}
+
+/// Runs `f` to completion from a blocking section of a runtime thread (the admin API calls
+/// deploys inside `block_in_place`).
+fn on_runtime<T>(
+    f: impl std::future::Future<Output = Result<T, RegistryError>>,
+) -> Result<T, RegistryError> {
+    let handle = tokio::runtime::Handle::try_current()
+        .map_err(|_| RegistryError::Storage("no async runtime".into()))?;
+    tokio::task::block_in_place(|| handle.block_on(f))
+}
+
+fn version_key(name: &str, version: u32) -> String {
+    format!("version.{name}.{version}")
+}
+
+fn alias_key(name: &str, alias: &str) -> String {
+    format!("alias.{name}.{alias}")
+}
+
+impl Remote {
+    /// Uploads the component (once per content) and claims the first free version number
+    /// from `first` on.
+    async fn publish(
+        &self,
+        name: &str,
+        first: u32,
+        stored: &StoredVersion,
+        bytes: &[u8],
+    ) -> Result<u32, RegistryError> {
+        let storage = |e: String| RegistryError::Storage(format!("NATS: {e}"));
+        if self.objects.info(&stored.sha256).await.is_err() {
+            let mut reader = bytes;
+            self.objects
+                .put(stored.sha256.as_str(), &mut reader)
+                .await
+                .map_err(|e| storage(e.to_string()))?;
+        }
+        let value: bytes::Bytes = serde_json::to_vec(stored)
+            .map_err(|e| storage(e.to_string()))?
+            .into();
+        for version in first..first.saturating_add(1000) {
+            match self
+                .kv
+                .create(version_key(name, version), value.clone())
+                .await
+            {
+                Ok(_) => return Ok(version),
+                Err(e) if e.kind() == jetstream::kv::CreateErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(storage(e.to_string())),
+            }
+        }
+        Err(storage(format!("no free version number for '{name}'")))
+    }
+}
+
+/// What the watcher needs to serve what other nodes deploy.
+struct Follower {
+    state: Arc<RwLock<State>>,
+    artifacts: Arc<Artifacts>,
+    runtime: Runtime,
+    config: Config,
+}
+
+/// Connects, then applies every version and alias in the bucket, then every change, for as
+/// long as the registry lives.
+async fn follow(
+    cluster: ClusterConfig,
+    follower: Follower,
+    remote_slot: Arc<OnceLock<Remote>>,
+    ready: Arc<Notify>,
+) {
+    let follower = Arc::new(follower);
+    let mut attempt = 0usize;
+    let remote = loop {
+        match connect_remote(&cluster).await {
+            Ok(r) => break r,
+            Err(e) => {
+                attempt += 1;
+                tracing::warn!(attempt, "the registry on NATS is not ready: {e:#}");
+                tokio::time::sleep(crate::cluster::reconnect_delay(attempt)).await;
+            }
+        }
+    };
+    // Everything there is now, then what changes (the watch replays the current values,
+    // which are applied once).
+    let (mut loaded, mut cached) = (0usize, 0usize);
+    if let Ok(mut keys) = remote.kv.keys().await {
+        while let Some(Ok(key)) = keys.next().await {
+            if let Ok(Some(value)) = remote.kv.get(&key).await
+                && let Some(from_cache) = apply(&follower, &remote, &key, &value).await
+            {
+                loaded += 1;
+                cached += usize::from(from_cache);
+            }
+        }
+    }
+    if loaded > 0 {
+        tracing::info!("loaded {loaded} deployed versions ({cached} from the compiled cache)");
+    }
+    let _ = remote_slot.set(remote);
+    ready.notify_waiters();
+    let Some(remote) = remote_slot.get() else {
+        return;
+    };
+    loop {
+        let mut watch = match remote.kv.watch_all().await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!("watching the registry bucket failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(entry) = watch.next().await {
+            match entry {
+                Ok(e) if e.operation == jetstream::kv::Operation::Put => {
+                    if apply(&follower, remote, &e.key, &e.value).await.is_some() {
+                        tracing::info!(key = %e.key, "a version deployed in the cluster is served here");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("watching the registry bucket failed: {e}");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+async fn connect_remote(cluster: &ClusterConfig) -> Result<Remote> {
+    let client = crate::cluster::connect(cluster).await?;
+    let js = jetstream::new(client);
+    let kv = crate::cluster::key_value(&js, REGISTRY_BUCKET, 0, cluster.replicas)
+        .await
+        .context("opening the registry bucket")?;
+    let objects = match js.get_object_store(COMPONENT_BUCKET).await {
+        Ok(o) => o,
+        Err(_) => match js
+            .create_object_store(jetstream::object_store::Config {
+                bucket: COMPONENT_BUCKET.into(),
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: cluster.replicas,
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(o) => o,
+            // Another node made it meanwhile.
+            Err(_) => js
+                .get_object_store(COMPONENT_BUCKET)
+                .await
+                .context("opening the component store")?,
+        },
+    };
+    Ok(Remote { kv, objects })
+}
+
+/// Applies one entry of the bucket; when it added a version, whether that came from the
+/// compiled cache.
+async fn apply(follower: &Arc<Follower>, remote: &Remote, key: &str, value: &[u8]) -> Option<bool> {
+    let mut parts = key.splitn(3, '.');
+    let (Some(kind), Some(name), Some(last)) = (parts.next(), parts.next(), parts.next()) else {
+        return None;
+    };
+    match kind {
+        "alias" => {
+            if let Ok(a) = serde_json::from_slice::<Alias>(value)
+                && let Ok(mut state) = follower.state.write()
+            {
+                state
+                    .aliases
+                    .entry(name.to_string())
+                    .or_default()
+                    .insert(last.to_string(), a);
+            }
+            None
+        }
+        "version" => {
+            let version = last.parse::<u32>().ok()?;
+            if follower.state.read().is_ok_and(|s| s.has(name, version)) {
+                return None;
+            }
+            let Ok(stored) = serde_json::from_slice::<StoredVersion>(value) else {
+                tracing::error!(function = name, version, "an unreadable version record");
+                return None;
+            };
+            match install(follower, remote, name, version, stored).await {
+                Ok(from_cache) => Some(from_cache),
+                Err(e) => {
+                    tracing::error!(
+                        "deployed function '{name}' version {version} is broken and is not served: {e:#}"
+                    );
+                    None
+                }
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Fetches a version's component when this node has not got it (checked against its
+/// SHA-256), compiles it into the local cache and serves it.
+async fn install(
+    follower: &Arc<Follower>,
+    remote: &Remote,
+    name: &str,
+    version: u32,
+    stored: StoredVersion,
+) -> Result<bool> {
+    let wasm = wasm_path(&follower.artifacts, &stored.sha256);
+    if !wasm.exists() {
+        let mut object = remote
+            .objects
+            .get(&stored.sha256)
+            .await
+            .with_context(|| format!("fetching component {}", stored.sha256))?;
+        let mut bytes = Vec::with_capacity(stored.size as usize);
+        object.read_to_end(&mut bytes).await?;
+        if sha256_hex(&bytes) != stored.sha256 {
+            anyhow::bail!("component {} arrived corrupt", stored.sha256);
+        }
+        write_atomic(&wasm, &bytes)?;
+    }
+    let f = follower.clone();
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || -> Result<bool> {
+        let (function, from_cache) = prepare_version(
+            &f.artifacts,
+            &f.runtime,
+            &f.config,
+            &name,
+            version,
+            &stored.sha256,
+        )?;
+        let info = VersionInfo {
+            version,
+            sha256: stored.sha256,
+            size: stored.size,
+            created: rfc3339(stored.created_ms),
+        };
+        if let Ok(mut state) = f.state.write() {
+            state
+                .functions
+                .entry(name.clone())
+                .or_default()
+                .insert(version, (info, Arc::new(function)));
+        }
+        Ok(from_cache)
+    })
+    .await?
 }

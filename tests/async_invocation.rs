@@ -383,7 +383,7 @@ async fn a_task_running_during_a_crash_runs_again() {
     let t = wait_task(&s, "inflight", |t| t["state"] == "Succeeded").await;
     // On JetStream the record knows the attempt was started on the node that died, and
     // counts it; the SQLite store cannot tell it from a task handed over but not started.
-    let attempts = if common::cluster_queue() { 2 } else { 1 };
+    let attempts = if common::cluster_backend() { 2 } else { 1 };
     assert_eq!(t["attempts"], attempts);
 }
 

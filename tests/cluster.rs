@@ -1,7 +1,8 @@
 //! Several nodes on one NATS JetStream server (SPEC section 10): three real `wasmgate`
 //! processes and one real nats-server (JetStream on, free loopback ports). Tasks submitted
 //! to every node all run, one node killed with -9 mid-load loses none, a cron tick runs once
-//! in the cluster, and NATS stopped and restarted under load loses no 202.
+//! in the cluster, NATS stopped and restarted under load loses no 202, and a deploy or an
+//! alias move on one node is served by the others.
 
 mod common;
 
@@ -40,6 +41,11 @@ async = {{ max_retries = 2, on_success = "{ok}", on_failure = "{ok}" }}
 [[trigger]]
 name = "sync"
 function = "echo"
+
+[[trigger]]
+name = "greet"
+function = "greet"
+qualifier = "live"
 {extra}
 {cluster}"#,
         ok = receiver.url("/done"),
@@ -244,4 +250,88 @@ async fn nats_stopped_and_restarted_under_load_loses_no_202() {
     let ready = admin(&s, "/readyz").await;
     assert_eq!(ready["degraded"], serde_json::json!([]), "{ready}");
     assert!(refused >= 3);
+}
+
+async fn put(s: &TestServer, path: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+    let r = common::client()
+        .put(s.admin_url(path))
+        .bearer_auth(TOKEN)
+        .body(body)
+        .send()
+        .await
+        .expect("admin API answers");
+    (r.status().as_u16(), r.json().await.unwrap_or_default())
+}
+
+/// Polls (bounded) `url` until its body satisfies `want`; the last body.
+async fn served(url: &str, want: impl Fn(u16, &str) -> bool) -> (u16, String) {
+    let mut last = (0, String::new());
+    for _ in 0..200 {
+        if let Ok(r) = common::client().get(url).send().await {
+            last = (r.status().as_u16(), r.text().await.unwrap_or_default());
+            if want(last.0, &last.1) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_and_an_alias_move_on_one_node_are_served_by_the_others() {
+    let broker = Broker::jetstream();
+    let done = Receiver::start(200);
+    let nodes: Vec<TestServer> = (0..3).map(|_| node(&broker, &done, "")).collect();
+    let (a, c) = (&nodes[0], &nodes[2]);
+    let hello = std::fs::read(common::wasm("hello")).unwrap();
+    let echo = std::fs::read(common::wasm("echo")).unwrap();
+    assert_eq!(put(a, "/-/functions/greet", hello).await.0, 200);
+    // Node B deploys the second version at about the same time: numbers never collide.
+    let (status, v2) = put(&nodes[1], "/-/functions/greet", echo).await;
+    assert_eq!(status, 200, "{v2}");
+    assert_eq!(v2["version"], 2, "{v2}");
+    let (status, _) = put(
+        a,
+        "/-/functions/greet/aliases/live",
+        br#"{"version": 1}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = served(&c.url("/greet"), |s, b| s == 200 && b.starts_with("hello")).await;
+    assert_eq!((status, body.as_str()), (200, "hello from wasmgate\n"));
+    // The alias moves on node C itself once it knows version 2; node A follows.
+    let mut moved = 0;
+    for _ in 0..200 {
+        moved = put(
+            c,
+            "/-/functions/greet/aliases/live",
+            br#"{"version": 2}"#.to_vec(),
+        )
+        .await
+        .0;
+        if moved == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(moved, 200);
+    let (status, body) = served(&a.url("/greet"), |s, b| s == 200 && b.starts_with('{')).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.starts_with('{'),
+        "node A serves version 2 (echo): {body}"
+    );
+    let listed = admin(&nodes[1], "/-/functions/greet").await;
+    assert_eq!(
+        listed["versions"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+    assert!(
+        c.stderr_text()
+            .contains("a version deployed in the cluster is served here"),
+        "{}",
+        c.stderr_text()
+    );
 }

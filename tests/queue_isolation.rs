@@ -155,7 +155,7 @@ async fn a_finished_task_keeps_no_request_behind() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if common::cluster_queue() {
+    if common::cluster_backend() {
         // On JetStream the request is the task's message, deleted once acknowledged: the
         // stream empties (the node reads its size every second).
         let mut depth = serde_json::Value::Null;

@@ -139,6 +139,16 @@ impl Runtime {
         })
     }
 
+    /// The same engine and host, without the config's functions: what a background task
+    /// needs to prepare deployed versions.
+    pub fn for_deploys(&self) -> Runtime {
+        Runtime {
+            engine: self.engine.clone(),
+            linker: self.linker.clone(),
+            functions: HashMap::new(),
+        }
+    }
+
     pub fn function(&self, name: &str) -> Option<&Arc<Function>> {
         self.functions.get(name)
     }

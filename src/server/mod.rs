@@ -70,11 +70,19 @@ pub async fn run(gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> R
     gateway.supervise();
     // A cluster node announces itself once its queue is on NATS, when NATS answers soon;
     // otherwise it serves anyway (async requests get 503 until it does).
+    let patience = std::time::Duration::from_secs(10);
     if let Some(q) = app.dispatcher.queue()
-        && !q.wait_ready(std::time::Duration::from_secs(10)).await
+        && !q.wait_ready(patience).await
     {
         tracing::warn!(
             "the cluster's NATS is not reachable yet; serving, with async requests answered 503 until it is"
+        );
+    }
+    if let Some(r) = app.dispatcher.registry()
+        && !r.wait_ready(patience).await
+    {
+        tracing::warn!(
+            "the cluster's registry is not reachable yet; serving the configured functions, deployed ones once it is"
         );
     }
     for line in announce {

@@ -87,7 +87,7 @@ impl TestServer {
     pub fn start_in(dir: &Path, template: &str, env: &[(&str, &str)]) -> TestServer {
         let config = dir.join("wasmgate.toml");
         let mut text = render(template);
-        if cluster_queue() && !text.contains("[cluster]") {
+        if cluster_backend() && !text.contains("[cluster]") {
             text.push_str(&cluster_section(&jetstream_for(dir)));
         }
         std::fs::write(&config, text).expect("write config");
@@ -513,11 +513,12 @@ impl Drop for Broker {
     }
 }
 
-/// Whether this run puts the queue on NATS JetStream: `WASMGATE_TEST_QUEUE=nats` runs the
-/// queue's test suites again with every server given a `[cluster]` (one JetStream
-/// nats-server per data directory, so a restart finds its tasks).
-pub fn cluster_queue() -> bool {
-    std::env::var("WASMGATE_TEST_QUEUE").is_ok_and(|v| v == "nats")
+/// Whether this run puts the queue and the registry on NATS JetStream:
+/// `WASMGATE_TEST_BACKEND=nats` runs the queue and deploy test suites again with every
+/// server given a `[cluster]` (one JetStream nats-server per data directory, so a restart
+/// finds its tasks and versions).
+pub fn cluster_backend() -> bool {
+    std::env::var("WASMGATE_TEST_BACKEND").is_ok_and(|v| v == "nats")
 }
 
 /// The `[cluster]` table for a node of the JetStream server `broker`; a runner that dies
