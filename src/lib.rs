@@ -391,7 +391,8 @@ impl App {
         }
         let registry = match (mode, artifacts) {
             (Mode::Serve, Some(a)) if wants_registry => {
-                Some(Registry::open(data_dir, &config, &runtime, a)?)
+                let previous = previous.and_then(|p| p.dispatcher.registry());
+                Some(Registry::open(data_dir, &config, &runtime, a, previous)?)
             }
             (Mode::Check, Some(a)) if wants_registry => {
                 Registry::open_read_only(data_dir, &config, &runtime, a).unwrap_or_else(|e| {

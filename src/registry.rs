@@ -180,14 +180,18 @@ fn rfc3339(ms: i64) -> String {
 impl Registry {
     /// Opens `data_dir/registry.db` and loads every deployed version, from the compiled cache
     /// when it is there (no recompile), else compiling and caching it.
+    ///
+    /// With `[cluster]` the versions come from the cluster's bucket instead; `previous` (the
+    /// registry of the generation being replaced by a reload) serves until they are loaded.
     pub fn open(
         data_dir: &Path,
         config: &Config,
         runtime: &Runtime,
         artifacts: Arc<Artifacts>,
+        previous: Option<&Registry>,
     ) -> Result<Registry> {
         if let Some(cluster) = &config.cluster {
-            return Self::open_cluster(cluster, config, runtime, artifacts);
+            return Self::open_cluster(cluster, config, runtime, artifacts, previous);
         }
         let path = data_dir.join("registry.db");
         let db = Connection::open(&path)
@@ -244,10 +248,18 @@ impl Registry {
         config: &Config,
         runtime: &Runtime,
         artifacts: Arc<Artifacts>,
+        previous: Option<&Registry>,
     ) -> Result<Registry> {
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| anyhow!("the cluster registry needs the async runtime"))?;
-        let state = Arc::new(RwLock::new(State::default()));
+        let seed = previous
+            .and_then(|p| p.state.read().ok())
+            .map(|s| State {
+                functions: s.functions.clone(),
+                aliases: s.aliases.clone(),
+            })
+            .unwrap_or_default();
+        let state = Arc::new(RwLock::new(seed));
         let remote = Arc::new(OnceLock::new());
         let ready = Arc::new(Notify::new());
         let follower = Follower {
@@ -696,16 +708,22 @@ async fn follow(
     };
     // Everything there is now, then what changes (the watch replays the current values,
     // which are applied once).
+    // Loaded beside what is served (a previous generation's versions, after a reload), then
+    // swapped in whole, so this config's settings apply to every version.
     let (mut loaded, mut cached) = (0usize, 0usize);
+    let fresh = Arc::new(RwLock::new(State::default()));
     if let Ok(mut keys) = remote.kv.keys().await {
         while let Some(Ok(key)) = keys.next().await {
             if let Ok(Some(value)) = remote.kv.get(&key).await
-                && let Some(from_cache) = apply(&follower, &remote, &key, &value).await
+                && let Some(from_cache) = apply(&follower, &fresh, &remote, &key, &value).await
             {
                 loaded += 1;
                 cached += usize::from(from_cache);
             }
         }
+    }
+    if let (Ok(mut served), Ok(mut fresh)) = (follower.state.write(), fresh.write()) {
+        *served = std::mem::take(&mut *fresh);
     }
     if loaded > 0 {
         tracing::info!("loaded {loaded} deployed versions ({cached} from the compiled cache)");
@@ -727,7 +745,10 @@ async fn follow(
         while let Some(entry) = watch.next().await {
             match entry {
                 Ok(e) if e.operation == jetstream::kv::Operation::Put => {
-                    if apply(&follower, remote, &e.key, &e.value).await.is_some() {
+                    if apply(&follower, &follower.state, remote, &e.key, &e.value)
+                        .await
+                        .is_some()
+                    {
                         tracing::info!(key = %e.key, "a version deployed in the cluster is served here");
                     }
                 }
@@ -772,7 +793,13 @@ async fn connect_remote(cluster: &ClusterConfig) -> Result<Remote> {
 
 /// Applies one entry of the bucket; when it added a version, whether that came from the
 /// compiled cache.
-async fn apply(follower: &Arc<Follower>, remote: &Remote, key: &str, value: &[u8]) -> Option<bool> {
+async fn apply(
+    follower: &Arc<Follower>,
+    state: &Arc<RwLock<State>>,
+    remote: &Remote,
+    key: &str,
+    value: &[u8],
+) -> Option<bool> {
     let mut parts = key.splitn(3, '.');
     let (Some(kind), Some(name), Some(last)) = (parts.next(), parts.next(), parts.next()) else {
         return None;
@@ -780,7 +807,7 @@ async fn apply(follower: &Arc<Follower>, remote: &Remote, key: &str, value: &[u8
     match kind {
         "alias" => {
             if let Ok(a) = serde_json::from_slice::<Alias>(value)
-                && let Ok(mut state) = follower.state.write()
+                && let Ok(mut state) = state.write()
             {
                 state
                     .aliases
@@ -792,14 +819,14 @@ async fn apply(follower: &Arc<Follower>, remote: &Remote, key: &str, value: &[u8
         }
         "version" => {
             let version = last.parse::<u32>().ok()?;
-            if follower.state.read().is_ok_and(|s| s.has(name, version)) {
+            if state.read().is_ok_and(|s| s.has(name, version)) {
                 return None;
             }
             let Ok(stored) = serde_json::from_slice::<StoredVersion>(value) else {
                 tracing::error!(function = name, version, "an unreadable version record");
                 return None;
             };
-            match install(follower, remote, name, version, stored).await {
+            match install(follower, state, remote, name, version, stored).await {
                 Ok(from_cache) => Some(from_cache),
                 Err(e) => {
                     tracing::error!(
@@ -817,6 +844,7 @@ async fn apply(follower: &Arc<Follower>, remote: &Remote, key: &str, value: &[u8
 /// SHA-256), compiles it into the local cache and serves it.
 async fn install(
     follower: &Arc<Follower>,
+    state: &Arc<RwLock<State>>,
     remote: &Remote,
     name: &str,
     version: u32,
@@ -836,7 +864,7 @@ async fn install(
         }
         write_atomic(&wasm, &bytes)?;
     }
-    let f = follower.clone();
+    let (f, state) = (follower.clone(), state.clone());
     let name = name.to_string();
     tokio::task::spawn_blocking(move || -> Result<bool> {
         let (function, from_cache) = prepare_version(
@@ -853,7 +881,7 @@ async fn install(
             size: stored.size,
             created: rfc3339(stored.created_ms),
         };
-        if let Ok(mut state) = f.state.write() {
+        if let Ok(mut state) = state.write() {
             state
                 .functions
                 .entry(name.clone())

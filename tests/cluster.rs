@@ -322,6 +322,17 @@ async fn a_deploy_and_an_alias_move_on_one_node_are_served_by_the_others() {
         body.starts_with('{'),
         "node A serves version 2 (echo): {body}"
     );
+    // A reload builds a new registry generation; the deployed versions stay served meanwhile.
+    let reloaded = common::client()
+        .post(a.admin_url("/-/reload"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(reloaded, 200);
+    let after = common::client().get(a.url("/greet")).send().await.unwrap();
+    assert_eq!(after.status(), 200, "served right after a reload");
     let listed = admin(&nodes[1], "/-/functions/greet").await;
     assert_eq!(
         listed["versions"].as_array().map(Vec::len),
