@@ -1262,7 +1262,13 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn parse(text: &str) -> Result<Config> {
-        let env: BTreeMap<&str, &str> = [("SECRET", "s3cret")].into_iter().collect();
+        let env: BTreeMap<&str, &str> = [
+            ("SECRET", "s3cret"),
+            ("NATS_USER", "gw:pa:ss"),
+            ("NATS_FILE", "nats.creds"),
+        ]
+        .into_iter()
+        .collect();
         Config::parse(text, Path::new("dir/w.toml"), &|k| {
             env.get(k).map(|v| v.to_string())
         })
@@ -1471,5 +1477,48 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("already routed to trigger 'a'"), "{err}");
+    }
+
+    #[test]
+    fn cluster_table() {
+        let c = parse(BASE).unwrap();
+        assert!(c.cluster.is_none(), "absent: one node on SQLite");
+        let c = parse(&format!(
+            "{BASE}[cluster]\nnats = \"nats://a:4222, tls://b:4222\"\ncredentials_env = \"NATS_USER\"\ntls_ca = \"ca.pem\"\nreplicas = 3\n"
+        ))
+        .unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.replicas, 3);
+        assert_eq!(cluster.ack_wait_ms, 30_000);
+        assert_eq!(cluster.tls_ca.as_deref(), Some(Path::new("dir/ca.pem")));
+        assert_eq!(
+            cluster.credentials,
+            Some(NatsCredentials::UserPassword("gw".into(), "pa:ss".into()))
+        );
+        assert!(!format!("{:?}", cluster.credentials).contains("pa:ss"));
+        let c = parse(&format!(
+            "{BASE}[cluster]\nnats = \"nats://a:4222\"\ncredentials_env = \"NATS_FILE\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.cluster.unwrap().credentials,
+            Some(NatsCredentials::File("dir/nats.creds".into()))
+        );
+        for (body, want) in [
+            ("nats = \"127.0.0.1:4222\"", "is not a server URL"),
+            ("nats = \"http://a:4222\"", "is not a server URL"),
+            ("nats = \"nats://a\"\nreplicas = 0", "outside 1..=5"),
+            ("nats = \"nats://a\"\nack_wait_ms = 10", "below 300"),
+            (
+                "nats = \"nats://a\"\ncredentials_env = \"NOPE\"",
+                "'NOPE' is not set",
+            ),
+            ("nats = \"nats://a\"\nbogus = 1", "unknown field `bogus`"),
+        ] {
+            let err = parse(&format!("{BASE}[cluster]\n{body}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{body}: {err}");
+        }
     }
 }
