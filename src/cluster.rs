@@ -2,15 +2,28 @@
 //! key-value buckets on JetStream. The queue ([`crate::queue::jetstream`]) and the
 //! registry ([`crate::registry`]) each hold their own connection.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
 
 use crate::config::{ClusterConfig, NatsCredentials};
 
+/// What went wrong with the connection last, cleared when it is up: shown in `/readyz`.
+pub type Problem = Arc<Mutex<Option<String>>>;
+
+fn note(problem: &Problem, what: Option<String>) {
+    if let Ok(mut p) = problem.lock() {
+        *p = what;
+    }
+}
+
 /// Connects to the cluster's servers (returns at once; the client connects, and
-/// reconnects, by itself).
-pub async fn connect(config: &ClusterConfig) -> anyhow::Result<async_nats::Client> {
+/// reconnects, by itself). Refusals by the server are noted in `problem`.
+pub async fn connect(
+    config: &ClusterConfig,
+    problem: Problem,
+) -> anyhow::Result<async_nats::Client> {
     let mut options = match &config.credentials {
         Some(NatsCredentials::File(path)) => {
             async_nats::ConnectOptions::with_credentials_file(path.clone())
@@ -26,13 +39,28 @@ pub async fn connect(config: &ClusterConfig) -> anyhow::Result<async_nats::Clien
     .retry_on_initial_connect()
     .max_reconnects(None)
     .reconnect_delay_callback(reconnect_delay)
-    .event_callback(|event| async move {
-        match event {
-            async_nats::Event::Disconnected => {
-                tracing::warn!("the cluster's NATS connection dropped; reconnecting")
+    .event_callback(move |event| {
+        let problem = problem.clone();
+        async move {
+            match event {
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("the cluster's NATS connection dropped; reconnecting")
+                }
+                async_nats::Event::Connected => {
+                    note(&problem, None);
+                    tracing::info!("connected to the cluster's NATS")
+                }
+                async_nats::Event::ServerError(e) => {
+                    tracing::warn!("the cluster's NATS refused: {e}");
+                    note(&problem, Some(format!("the server refused: {e}")));
+                }
+                // A refused handshake (credentials, TLS) shows as a client error.
+                async_nats::Event::ClientError(e) => {
+                    tracing::warn!("the cluster's NATS connection failed: {e}");
+                    note(&problem, Some(e.to_string()));
+                }
+                other => tracing::warn!("cluster NATS: {other}"),
             }
-            async_nats::Event::Connected => tracing::info!("connected to the cluster's NATS"),
-            other => tracing::warn!("cluster NATS: {other}"),
         }
     });
     if let Some(ca) = &config.tls_ca {

@@ -764,7 +764,7 @@ async fn follow(
 }
 
 async fn connect_remote(cluster: &ClusterConfig) -> Result<Remote> {
-    let client = crate::cluster::connect(cluster).await?;
+    let client = crate::cluster::connect(cluster, Default::default()).await?;
     let js = jetstream::new(client);
     let kv = crate::cluster::key_value(&js, REGISTRY_BUCKET, 0, cluster.replicas)
         .await

@@ -346,3 +346,66 @@ async fn a_deploy_and_an_alias_move_on_one_node_are_served_by_the_others() {
         c.stderr_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_reaches_nats_over_tls_with_credentials_and_names_a_refusal() {
+    let certs = common::root().join("certs");
+    let cert = certs.join("localhost.pem").display().to_string();
+    let key = certs.join("localhost-key.pem").display().to_string();
+    let broker = Broker::jetstream_with(&[
+        "--tls",
+        "--tlscert",
+        &cert,
+        "--tlskey",
+        &key,
+        "--user",
+        "gw",
+        "--pass",
+        "s3cret",
+    ]);
+    let done = Receiver::start(200);
+    let config = |creds: &str| {
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+admin_token = "{TOKEN}"
+data_dir = "data"
+
+[[function]]
+name = "echo"
+wasm = "{{echo}}"
+memory_mb = 16
+
+[[trigger]]
+name = "work"
+function = "echo"
+async = {{ on_success = "{ok}" }}
+
+[cluster]
+nats = "tls://localhost:{port}"
+tls_ca = "{{certs}}/ca.pem"
+credentials_env = "{creds}"
+"#,
+            ok = done.url("/done"),
+            port = broker.port,
+        )
+    };
+    let s = TestServer::start_with_env(&config("NATS_CREDS"), &[("NATS_CREDS", "gw:s3cret")]);
+    assert_eq!(submit(&s, "/work", "over-tls").await, 202);
+    let cb = done.next(WAIT).expect("the task runs");
+    assert_eq!(cb.header("x-fc-async-task-id"), Some("over-tls"));
+    // A wrong password: the node serves, refuses async requests, and says why.
+    let bad = TestServer::start_with_env(&config("NATS_CREDS"), &[("NATS_CREDS", "gw:wrong")]);
+    assert_eq!(submit(&bad, "/work", "refused").await, 503);
+    let ready = admin(&bad, "/readyz").await;
+    assert!(
+        ready["degraded"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|p| p == "queue")),
+        "{ready}"
+    );
+    let problem = ready["queue"]["problem"].as_str().unwrap_or_default();
+    assert!(problem.contains("uthorization"), "{ready}");
+}

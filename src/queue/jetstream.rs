@@ -55,6 +55,8 @@ pub struct Cluster {
     written: Notify,
     /// Told when the connection is set up.
     ready: Notify,
+    /// What went wrong last (set up, or the server's refusal), until it is up.
+    problem: crate::cluster::Problem,
 }
 
 struct Conn {
@@ -120,16 +122,22 @@ impl Cluster {
             unwritten: AtomicUsize::new(0),
             written: Notify::new(),
             ready: Notify::new(),
+            problem: Arc::new(Mutex::new(None)),
         });
         let (c, config, queue) = (cluster.clone(), config.clone(), queue.clone());
         tokio::spawn(async move {
             let mut attempt = 0u32;
             let conn = loop {
-                match setup(&config, &queue).await {
+                match setup(&config, &queue, c.problem.clone()).await {
                     Ok(conn) => break conn,
                     Err(e) => {
                         attempt += 1;
                         tracing::warn!(attempt, "the task queue on NATS is not ready: {e:#}");
+                        if let Ok(mut p) = c.problem.lock()
+                            && p.is_none()
+                        {
+                            *p = Some(format!("{e:#}"));
+                        }
                         tokio::time::sleep(crate::cluster::reconnect_delay(attempt as usize)).await;
                     }
                 }
@@ -145,16 +153,19 @@ impl Cluster {
 
     /// The connection, when it is up; otherwise why not (503).
     fn conn(&self) -> Result<&Conn, QueueError> {
+        let why = || self.problem.lock().ok().and_then(|p| p.clone());
         match self.conn.get() {
             Some(c) if c.client.connection_state() == async_nats::connection::State::Connected => {
                 Ok(c)
             }
-            Some(_) => Err(QueueError::Unavailable(
-                "the cluster's NATS server is unreachable".into(),
-            )),
-            None => Err(QueueError::Unavailable(
-                "the cluster's NATS server has not been reached yet".into(),
-            )),
+            Some(_) => Err(QueueError::Unavailable(match why() {
+                Some(why) => format!("the cluster's NATS server is unreachable: {why}"),
+                None => "the cluster's NATS server is unreachable".into(),
+            })),
+            None => Err(QueueError::Unavailable(match why() {
+                Some(why) => format!("the cluster's task queue is not set up: {why}"),
+                None => "the cluster's NATS server has not been reached yet".into(),
+            })),
         }
     }
 
@@ -713,9 +724,13 @@ fn parse(payload: &[u8]) -> Option<(Wire, &[u8])> {
 }
 
 /// Connects and makes sure the stream, its consumer and the bucket exist.
-async fn setup(config: &ClusterConfig, queue: &QueueConfig) -> anyhow::Result<Conn> {
+async fn setup(
+    config: &ClusterConfig,
+    queue: &QueueConfig,
+    problem: crate::cluster::Problem,
+) -> anyhow::Result<Conn> {
     use anyhow::Context as _;
-    let client = crate::cluster::connect(config).await?;
+    let client = crate::cluster::connect(config, problem).await?;
     let js = jetstream::new(client.clone());
     let stream_config = jetstream::stream::Config {
         name: STREAM.into(),

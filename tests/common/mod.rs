@@ -438,9 +438,15 @@ impl Broker {
     /// nats-server with JetStream (file storage in `dir`) on a free port. It dies with the
     /// thread that started it (a test's), whoever holds it.
     pub fn jetstream() -> Broker {
+        Self::jetstream_with(&[])
+    }
+
+    /// The same with more nats-server arguments (TLS, users).
+    pub fn jetstream_with(extra: &[&str]) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let child = Self::jetstream_command(port, dir.path())
+            .args(extra)
             .spawn()
             .expect("nats-server is not installed (apt-get install nats-server)");
         Self::ready(child, port, dir)
