@@ -154,6 +154,9 @@ impl Queue {
             wake: wake.clone(),
         };
         let backend = match cluster {
+            Some(_) if tokio::runtime::Handle::try_current().is_err() => {
+                anyhow::bail!("the cluster queue is opened from the async runtime")
+            }
             Some(c) => Backend::Cluster(jetstream::Cluster::start(
                 c,
                 config,
