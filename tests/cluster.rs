@@ -7,6 +7,8 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Broker, Receiver, TestServer};
@@ -187,37 +189,64 @@ async fn nats_stopped_and_restarted_under_load_loses_no_202() {
     let mut broker = Broker::jetstream();
     let done = Receiver::start(200);
     let s = node(&broker, &done, "");
-    let mut accepted = HashSet::new();
-    let mut refused = 0;
-    let mut i = 0;
-    let mut submit_some = async |s: &TestServer, n: usize, accepted: &mut HashSet<String>| {
-        let mut refused = 0;
-        for _ in 0..n {
-            let id = format!("r{i}");
-            i += 1;
-            match submit(s, "/work/sleep?ms=1", &id).await {
-                202 => {
-                    accepted.insert(id);
+    // Eight clients submit without pause for the whole test; every 202 is remembered.
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(Mutex::new(HashSet::new()));
+    let refused = Arc::new(Mutex::new(Vec::new()));
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let (url, stop) = (s.url("/work/sleep?ms=1"), stop.clone());
+        let (accepted, refused) = (accepted.clone(), refused.clone());
+        clients.push(tokio::spawn(async move {
+            let http = common::client();
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let id = format!("c{c}_{i}");
+                i += 1;
+                let status = http
+                    .post(&url)
+                    .header("x-fc-invocation-type", "Async")
+                    .header("x-fc-async-task-id", &id)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16());
+                match status {
+                    Ok(202) => {
+                        accepted.lock().unwrap().insert(id);
+                    }
+                    Ok(503) => {
+                        refused.lock().unwrap().push(id);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    other => panic!("{id}: {other:?}"),
                 }
-                503 => refused += 1,
-                other => panic!("{id}: {other}"),
             }
+        }));
+    }
+    let accepted_now = || accepted.lock().unwrap().len();
+    let grows = async |from: usize| {
+        for _ in 0..400 {
+            if accepted_now() > from + 20 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        refused
+        false
     };
-    refused += submit_some(&s, 20, &mut accepted).await;
+    assert!(grows(0).await, "tasks are accepted");
     broker.stop();
     // While NATS is away: async requests are refused (never a 202 that was not stored),
     // sync ones are served, and /readyz names the queue.
-    let mut down = 0;
-    for _ in 0..100 {
-        down += submit_some(&s, 1, &mut accepted).await;
-        if down >= 3 {
+    for _ in 0..400 {
+        if refused.lock().unwrap().len() >= 3 {
             break;
         }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert!(down >= 3, "async requests get 503 while NATS is down");
-    refused += down;
+    assert!(
+        refused.lock().unwrap().len() >= 3,
+        "async requests get 503 while NATS is down"
+    );
     let sync = common::client()
         .get(s.url("/sync"))
         .send()
@@ -234,22 +263,32 @@ async fn nats_stopped_and_restarted_under_load_loses_no_202() {
     );
     broker.restart();
     // Back by itself: submissions are accepted again.
-    let mut back = false;
-    for _ in 0..200 {
-        let before = accepted.len();
-        refused += submit_some(&s, 1, &mut accepted).await;
-        if accepted.len() > before {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        grows(accepted_now()).await,
+        "the node reconnects and takes tasks again"
+    );
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
     }
-    assert!(back, "the node reconnects and takes tasks again");
-    refused += submit_some(&s, 20, &mut accepted).await;
+    // A refused id is free again: the client's retry is accepted, not a 409.
+    let retried: Vec<String> = refused.lock().unwrap().iter().take(5).cloned().collect();
+    for id in &retried {
+        let mut status = 0;
+        for _ in 0..200 {
+            status = submit(&s, "/work/sleep?ms=1", id).await;
+            if status == 202 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(status, 202, "{id} retried after a 503");
+        accepted.lock().unwrap().insert(id.clone());
+    }
+    let accepted = accepted.lock().unwrap().clone();
     collect(&done, &accepted);
     let ready = admin(&s, "/readyz").await;
     assert_eq!(ready["degraded"], serde_json::json!([]), "{ready}");
-    assert!(refused >= 3);
 }
 
 async fn put(s: &TestServer, path: &str, body: Vec<u8>) -> (u16, serde_json::Value) {

@@ -55,6 +55,8 @@ pub struct Cluster {
     written: Notify,
     /// Told when the connection is set up.
     ready: Notify,
+    /// Task ids claimed for submissions that then failed, still to be freed.
+    unfreed: Mutex<Vec<(String, u64)>>,
     /// What went wrong last (set up, or the server's refusal), until it is up.
     problem: crate::cluster::Problem,
 }
@@ -123,6 +125,7 @@ impl Cluster {
             written: Notify::new(),
             ready: Notify::new(),
             problem: Arc::new(Mutex::new(None)),
+            unfreed: Mutex::new(Vec::new()),
         });
         let (c, config, queue) = (cluster.clone(), config.clone(), queue.clone());
         tokio::spawn(async move {
@@ -223,10 +226,17 @@ impl Cluster {
             stop_requested: false,
         };
         let value = serde_json::to_vec(&record).map_err(storage)?;
-        match conn.kv.create(&key, value.into()).await {
-            Ok(_) => {}
+        let revision = match conn.kv.create(&key, value.into()).await {
+            Ok(r) => r,
+            // The client's create reads the key back when its write is not acknowledged in
+            // time (a server restarting): a record with this request's id is our own.
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                return Err(QueueError::Exists(task.id));
+                match self.read(&key).await {
+                    Ok(Some((r, revision))) if r.view.request_id == record.view.request_id => {
+                        revision
+                    }
+                    _ => return Err(QueueError::Exists(task.id)),
+                }
             }
             // NATS did not answer (or went away): nothing was stored, so 503.
             Err(e) => {
@@ -234,7 +244,7 @@ impl Cluster {
                     "the task could not be stored in NATS JetStream: {e}"
                 )));
             }
-        }
+        };
         // One line of JSON (serde_json writes no raw newline), then the body.
         let wire = serde_json::to_string(&Wire {
             id: task.id.clone(),
@@ -261,8 +271,17 @@ impl Cluster {
         match published {
             Ok(_) => Ok(()),
             Err(e) => {
-                // Not stored, so not promised: free the id again (best effort).
-                let _ = conn.kv.purge(&key).await;
+                // Not stored, so not promised: the id is freed again, now or, while NATS
+                // is away, once it is back (so a client's retry is not a 409).
+                if conn
+                    .kv
+                    .purge_expect_revision(&key, Some(revision))
+                    .await
+                    .is_err()
+                    && let Ok(mut unfreed) = self.unfreed.lock()
+                {
+                    unfreed.push((key, revision));
+                }
                 if e.contains("maximum messages") || e.contains("maximum bytes") {
                     Err(QueueError::Full(format!(
                         "the cluster's task stream is full ({e})"
@@ -697,10 +716,30 @@ impl Cluster {
         }
     }
 
-    /// Keeps the stream's message count and bytes for `/readyz` and the metrics.
+    /// Keeps the stream's message count and bytes for `/readyz` and the metrics, and frees
+    /// the ids of failed submissions once NATS answers again.
     async fn watch_depth(self: Arc<Self>) {
         let Some(conn) = self.conn.get() else { return };
         loop {
+            let unfreed = self
+                .unfreed
+                .lock()
+                .map(|mut u| std::mem::take(&mut *u))
+                .unwrap_or_default();
+            for (key, revision) in unfreed {
+                // Only the record this node made: a newer one is someone's task.
+                match conn.kv.purge_expect_revision(&key, Some(revision)).await {
+                    Ok(()) => {
+                        tracing::info!(task = %key, "freed the id of a submission that failed")
+                    }
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                    Err(_) => {
+                        if let Ok(mut u) = self.unfreed.lock() {
+                            u.push((key, revision));
+                        }
+                    }
+                }
+            }
             if let Ok(stream) = conn.js.get_stream_no_info(STREAM).await
                 && let Ok(info) = stream.get_info().await
             {
