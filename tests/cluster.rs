@@ -448,3 +448,26 @@ credentials_env = "{creds}"
     let problem = ready["queue"]["problem"].as_str().unwrap_or_default();
     assert!(problem.contains("uthorization"), "{ready}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_longer_than_ack_wait_runs_on_one_node_only() {
+    // ack_wait is 2 s here; the task runs 5 s, kept by in-progress acks.
+    let broker = Broker::jetstream();
+    let done = Receiver::start(200);
+    let nodes: Vec<TestServer> = (0..3).map(|_| node(&broker, &done, "")).collect();
+    assert_eq!(submit(&nodes[0], "/work/sleep?ms=5000", "long").await, 202);
+    let cb = done.next(WAIT).expect("the long task calls back");
+    assert_eq!(cb.header("x-fc-async-task-id"), Some("long"));
+    let t = admin(&nodes[1], "/-/tasks/long?trigger=work").await;
+    assert_eq!(t["state"], "Succeeded", "{t}");
+    assert_eq!(t["attempts"], 1, "{t}");
+    let started: usize = nodes
+        .iter()
+        .map(|n| n.stderr_text().matches("sleep start 5000 ms").count())
+        .sum();
+    assert_eq!(started, 1, "one node ran it");
+    assert!(
+        done.next(Duration::from_secs(3)).is_none(),
+        "no second run calls back"
+    );
+}
