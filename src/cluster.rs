@@ -2,8 +2,10 @@
 //! key-value buckets on JetStream. The queue ([`crate::queue::jetstream`]) and the
 //! registry ([`crate::registry`]) each hold their own connection.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use async_nats::jetstream;
 
@@ -108,4 +110,19 @@ pub async fn key_value(
         .await?;
     }
     Ok(js.get_key_value(bucket).await?)
+}
+
+/// Waits (at most `max`) until `cell` is set (its setter calls `set.notify_waiters()`);
+/// whether it is.
+pub async fn wait_set<T>(cell: &OnceLock<T>, set: &Notify, max: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + max;
+    loop {
+        let notified = set.notified();
+        if cell.get().is_some() {
+            return true;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return cell.get().is_some();
+        }
+    }
 }

@@ -292,16 +292,7 @@ impl Registry {
         let Store::Cluster { remote, ready, .. } = &self.store else {
             return true;
         };
-        let deadline = tokio::time::Instant::now() + max;
-        loop {
-            let notified = ready.notified();
-            if remote.get().is_some() {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return remote.get().is_some();
-            }
-        }
+        crate::cluster::wait_set(remote, ready, max).await
     }
 
     fn db(&self) -> Result<std::sync::MutexGuard<'_, Connection>, RegistryError> {

@@ -146,6 +146,9 @@ impl Cluster {
                 }
             };
             tracing::info!(servers = %config.nats, "task queue on NATS JetStream ready");
+            if let Ok(mut p) = c.problem.lock() {
+                *p = None;
+            }
             let _ = c.conn.set(conn);
             c.ready.notify_waiters();
             tokio::spawn(c.clone().watch_depth());
@@ -174,16 +177,7 @@ impl Cluster {
 
     /// Waits (at most `max`) until the stream, consumer and bucket are set up.
     pub async fn wait_ready(&self, max: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + max;
-        loop {
-            let ready = self.ready.notified();
-            if self.conn.get().is_some() {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, ready).await.is_err() {
-                return self.conn.get().is_some();
-            }
-        }
+        crate::cluster::wait_set(&self.conn, &self.ready, max).await
     }
 
     /// What is degraded, if anything (for `/readyz`).
