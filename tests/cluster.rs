@@ -17,7 +17,14 @@ const TOKEN: &str = "cluster-admin-token";
 const WAIT: Duration = Duration::from_secs(60);
 
 fn node(broker: &Broker, receiver: &Receiver, extra: &str) -> TestServer {
-    TestServer::start(&format!(
+    TestServer::start(&config(receiver, &common::cluster_section(broker), extra))
+}
+
+/// A node's config: async trigger `work` (probe, calls back to `receiver`), sync trigger
+/// `sync` (echo), `greet` on alias `live` of a deployed function, then `extra` and the
+/// `[cluster]` table.
+fn config(receiver: &Receiver, cluster: &str, extra: &str) -> String {
+    format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
@@ -51,8 +58,7 @@ qualifier = "live"
 {extra}
 {cluster}"#,
         ok = receiver.url("/done"),
-        cluster = common::cluster_section(broker),
-    ))
+    )
 }
 
 async fn submit(s: &TestServer, path: &str, id: &str) -> u16 {
@@ -403,41 +409,21 @@ async fn a_node_reaches_nats_over_tls_with_credentials_and_names_a_refusal() {
         "s3cret",
     ]);
     let done = Receiver::start(200);
-    let config = |creds: &str| {
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-admin_token = "{TOKEN}"
-data_dir = "data"
-
-[[function]]
-name = "echo"
-wasm = "{{echo}}"
-memory_mb = 16
-
-[[trigger]]
-name = "work"
-function = "echo"
-async = {{ on_success = "{ok}" }}
-
-[cluster]
-nats = "tls://localhost:{port}"
-tls_ca = "{{certs}}/ca.pem"
-credentials_env = "{creds}"
-"#,
-            ok = done.url("/done"),
-            port = broker.port,
-        )
-    };
-    let s = TestServer::start_with_env(&config("NATS_CREDS"), &[("NATS_CREDS", "gw:s3cret")]);
-    assert_eq!(submit(&s, "/work", "over-tls").await, 202);
+    let config = config(
+        &done,
+        &format!(
+            "\n[cluster]\nnats = \"tls://localhost:{}\"\ntls_ca = \"{{certs}}/ca.pem\"\ncredentials_env = \"NATS_CREDS\"\n",
+            broker.port
+        ),
+        "",
+    );
+    let s = TestServer::start_with_env(&config, &[("NATS_CREDS", "gw:s3cret")]);
+    assert_eq!(submit(&s, "/work/sleep?ms=1", "over-tls").await, 202);
     let cb = done.next(WAIT).expect("the task runs");
     assert_eq!(cb.header("x-fc-async-task-id"), Some("over-tls"));
     // A wrong password: the node serves, refuses async requests, and says why.
-    let bad = TestServer::start_with_env(&config("NATS_CREDS"), &[("NATS_CREDS", "gw:wrong")]);
-    assert_eq!(submit(&bad, "/work", "refused").await, 503);
+    let bad = TestServer::start_with_env(&config, &[("NATS_CREDS", "gw:wrong")]);
+    assert_eq!(submit(&bad, "/work/sleep?ms=1", "refused").await, 503);
     let ready = admin(&bad, "/readyz").await;
     assert!(
         ready["degraded"]

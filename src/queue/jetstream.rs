@@ -240,19 +240,20 @@ impl Cluster {
             }
         };
         // One line of JSON (serde_json writes no raw newline), then the body.
+        let subject = format!("{SUBJECT_PREFIX}.{}", task.invocation.trigger);
+        let body = task.body;
         let wire = serde_json::to_string(&Wire {
-            id: task.id.clone(),
-            invocation: task.invocation.clone(),
-            callback_url: task.callback_url.clone(),
+            id: task.id,
+            invocation: task.invocation,
+            callback_url: task.callback_url,
             created_ms: task.created_ms,
             due_ms: task.due_ms,
         })
         .map_err(storage)?;
-        let mut payload = Vec::with_capacity(wire.len() + 1 + task.body.len());
+        let mut payload = Vec::with_capacity(wire.len() + 1 + body.len());
         payload.extend_from_slice(wire.as_bytes());
         payload.push(b'\n');
-        payload.extend_from_slice(&task.body);
-        let subject = format!("{SUBJECT_PREFIX}.{}", task.invocation.trigger);
+        payload.extend_from_slice(&body);
         let published = async {
             conn.js
                 .publish(subject, payload.into())
