@@ -552,6 +552,27 @@ async fn malformed_requests_get_400_and_the_server_lives() {
     assert_eq!(reqwest::get(s.url("/hello")).await.unwrap().status(), 200);
 }
 
+/// The signal handlers are in place before the listeners are announced: a SIGTERM sent the
+/// moment they are is a clean stop (exit 0), never the default action (killed by the signal).
+#[test]
+fn a_sigterm_right_after_the_listeners_are_announced_is_a_clean_stop() {
+    for _ in 0..20 {
+        let mut s = TestServer::start(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n",
+        );
+        // SAFETY: kill(2) with a pid this test owns.
+        unsafe {
+            libc::kill(s.pid() as i32, libc::SIGTERM);
+        }
+        assert_eq!(
+            s.wait_exit(Duration::from_secs(30)),
+            Some(0),
+            "{}",
+            s.stderr_text()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let mut s = TestServer::start(CONFIG);
