@@ -325,3 +325,71 @@ mod tests {
         assert!(matches!(r, Err(PrefetchError::Stalled)));
     }
 }
+
+/// A request body with a deadline for its last byte (`request_timeout_ms`): once the
+/// deadline passes while the client still owes bytes, the body fails and the flag is set, so
+/// the pipeline answers 408 `RequestTimeout` whatever stage was reading it. A body that
+/// arrives before the deadline never creates a timer.
+pub struct Deadline<B> {
+    inner: B,
+    at: tokio::time::Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    expired: Arc<AtomicBool>,
+}
+
+impl<B> Deadline<B> {
+    pub fn new(inner: B, at: tokio::time::Instant) -> (Self, Arc<AtomicBool>) {
+        let expired = Arc::new(AtomicBool::new(false));
+        (
+            Deadline {
+                inner,
+                at,
+                timer: None,
+                expired: expired.clone(),
+            },
+            expired,
+        )
+    }
+}
+
+impl<B> Body for Deadline<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.expired.load(Ordering::Relaxed) {
+            return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout)));
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Pending => {
+                let at = self.at;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.expired.store(true, Ordering::SeqCst);
+                    return Poll::Ready(Some(Err(
+                        wasmtime_wasi_http::Error::ConnectionReadTimeout,
+                    )));
+                }
+                Poll::Pending
+            }
+            other => other.map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -111,11 +111,24 @@ impl App {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let (parts, body) = req.into_parts();
+        // Whatever stage reads the body (authentication, read-ahead, the async store, the
+        // function itself), its last byte is due `request_timeout_ms` after the head came.
+        let due = tokio::time::Instant::now()
+            + std::time::Duration::from_millis(self.config.limits.request_timeout_ms.get());
+        let (body, expired) = crate::body::Deadline::new(body, due);
         // The body stays here until a stage reads it: a refusal before that is "early".
         let mut unread = Some(body);
         let result = self
             .run(parts, &mut unread, conn, &request_id, &mut record)
             .await;
+        let result = if expired.load(Ordering::SeqCst) {
+            Err(GatewayError::RequestTimeout(format!(
+                "the request was not received within {} ms",
+                self.config.limits.request_timeout_ms
+            )))
+        } else {
+            result
+        };
         let mut response = match result {
             Ok(r) => r,
             Err(e) => error_response(&e, &request_id),
@@ -195,9 +208,15 @@ impl App {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let invocation_type = check_limits(self, &parts)?;
+        // The authority is validated before anything reads it (SPEC section 2): a function,
+        // a host rule or a router never sees one the gateway did not check and normalise.
+        let authority = request_authority(&parts)?;
+        // Hop-by-hop headers are the client's, removed before authentication adds headers of
+        // the gateway's own: `Connection: x-user-id` cannot remove a verified claim header.
+        strip_hop_by_hop(&mut parts.headers);
         let path =
             router::normalize_path(parts.uri.path()).map_err(GatewayError::InvalidArgument)?;
-        let routed = route(self, &parts, &path)?;
+        let routed = route(self, &parts, authority.as_deref(), &path)?;
         let trigger = routed.trigger;
         record.trigger = Some(trigger.config.name.clone());
         record.index = Some(routed.index);
@@ -286,7 +305,8 @@ impl App {
             conn,
             request_id,
             &routed.function_path,
-        );
+            authority.as_deref(),
+        )?;
         if invocation_type == InvocationType::Async {
             return enqueue(self, trigger, inv).await;
         }
@@ -379,9 +399,9 @@ pub struct Routed<'a> {
 pub fn route<'a>(
     app: &'a App,
     parts: &http::request::Parts,
+    host: Option<&str>,
     path: &router::NormalPath,
 ) -> Result<Routed<'a>, GatewayError> {
-    let host = request_host(parts);
     let (index, trigger) = app
         .router
         .lookup(host, &path.path)
@@ -909,8 +929,11 @@ async fn with_log_tail(
 
 /// The HTTP door's invocation: the request as the function sees it (the trigger prefix
 /// removed, `X-Fc-Original-Path` set, client `x-fc-*` headers filtered, hop-by-hop headers
-/// removed), aimed at the trigger's target. The gateway headers common to every door are
-/// set by [`Invocation::stamp`] when it is dispatched.
+/// removed before authentication), aimed at the trigger's target. Its URI is built only from
+/// validated parts: the scheme of the listener, the checked authority and the normalised
+/// path. The gateway headers common to every door are set by [`Invocation::stamp`] when it
+/// is dispatched.
+#[allow(clippy::too_many_arguments)]
 fn invocation<B>(
     trigger: &Trigger,
     target: crate::invocation::Target,
@@ -919,7 +942,8 @@ fn invocation<B>(
     conn: &ConnInfo,
     request_id: &Arc<str>,
     function_path: &str,
-) -> Invocation<B> {
+    authority: Option<&str>,
+) -> Result<Invocation<B>, GatewayError> {
     let original = parts
         .uri
         .path_and_query()
@@ -929,21 +953,23 @@ fn invocation<B>(
         Some(q) => format!("{function_path}?{q}"),
         None => function_path.to_string(),
     };
-    let authority = request_host(&parts)
-        .map(str::to_string)
-        .unwrap_or_else(|| "localhost".into());
+    let authority = authority.unwrap_or("localhost");
     let scheme = if conn.https { "https" } else { "http" };
-    if let Ok(uri) = http::Uri::builder()
+    // Never the original target: a URI that cannot be rebuilt from checked parts is refused.
+    parts.uri = http::Uri::builder()
         .scheme(scheme)
-        .authority(authority.as_str())
+        .authority(authority)
         .path_and_query(stripped.as_str())
         .build()
-    {
-        parts.uri = uri;
-    }
-
+        .map_err(|e| GatewayError::InvalidArgument(format!("invalid request target: {e}")))?;
     let headers = &mut parts.headers;
-    strip_hop_by_hop(headers);
+    // In absolute form the URI's authority wins over `Host` (RFC 9112 section 3.2.2): the
+    // function sees the one the router saw.
+    if headers.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(authority)
+    {
+        headers.insert(header::HOST, v);
+    }
     // The gateway is the edge: forwarding information from the client is unverified. It
     // sets X-Forwarded-For and X-Forwarded-Proto itself (see `Invocation::stamp`). Client
     // `x-fc-*` headers other than the few a client may send go too. One pass finds them;
@@ -963,7 +989,7 @@ fn invocation<B>(
     if let Ok(v) = HeaderValue::from_str(&original) {
         headers.insert(X_FC_ORIGINAL_PATH.clone(), v);
     }
-    Invocation {
+    Ok(Invocation {
         target,
         trigger: trigger.config.name.as_str().into(),
         source: Source::Http {
@@ -972,17 +998,80 @@ fn invocation<B>(
         },
         request_id: request_id.clone(),
         request: Request::from_parts(parts, body),
-    }
+    })
 }
 
-/// The request's host: the URI authority (HTTP/2) or the `Host` header (HTTP/1.1).
-fn request_host(parts: &http::request::Parts) -> Option<&str> {
-    parts.uri.authority().map(|a| a.as_str()).or_else(|| {
-        parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
+/// The request's authority (SPEC section 2), checked and normalised (lowercase, an empty
+/// port dropped): the URI's (HTTP/2 `:authority`, or HTTP/1.1 absolute form, where `Host` is
+/// then ignored), else the `Host` header. An HTTP/1.1 request with no `Host` or more than
+/// one, or an authority that is not a valid `host[:port]`, is 400 `InvalidArgument`.
+/// `None`: an HTTP/1.0 or HTTP/2 request that names none.
+fn request_authority(parts: &http::request::Parts) -> Result<Option<String>, GatewayError> {
+    let invalid = |what: &str| GatewayError::InvalidArgument(format!("invalid authority: {what}"));
+    let hosts = parts.headers.get_all(header::HOST);
+    let mut iter = hosts.iter();
+    let first = iter.next();
+    if iter.next().is_some() {
+        return Err(invalid("more than one Host header"));
+    }
+    let raw: &[u8] = match parts.uri.authority() {
+        Some(a) => a.as_str().as_bytes(),
+        None => match first {
+            Some(h) => h.as_bytes(),
+            None if parts.version == http::Version::HTTP_11 => {
+                return Err(invalid("an HTTP/1.1 request needs a Host header"));
+            }
+            None => return Ok(None),
+        },
+    };
+    normalize_authority(raw)
+        .map(Some)
+        .ok_or_else(|| invalid("it must be host[:port]"))
+}
+
+/// `host[:port]` lowercased, where host is a DNS-style name (letters, digits, `-`, `.`, `_`,
+/// `~`) or a bracketed IPv6 address and port is at most 65535. `None` for anything else:
+/// userinfo, a path, percent-escapes, spaces, control bytes.
+pub fn normalize_authority(raw: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(raw).ok()?;
+    if s.is_empty() || s.len() > 261 {
+        return None;
+    }
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        v6.parse::<std::net::Ipv6Addr>().ok()?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?),
+        };
+        (&s[..v6.len() + 2], port)
+    } else {
+        let (host, port) = match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        };
+        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~');
+        if host.is_empty() || host.len() > 253 || !host.chars().all(ok) {
+            return None;
+        }
+        (host, port)
+    };
+    let mut out = host.to_ascii_lowercase();
+    match port {
+        None | Some("") => {}
+        Some(p) => {
+            if p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let n: u32 = p.parse().ok()?;
+            if n > 65535 {
+                return None;
+            }
+            out.push(':');
+            out.push_str(p);
+        }
+    }
+    Some(out)
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names. One pass over
@@ -1018,6 +1107,30 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 36);
         assert_eq!(a.matches('-').count(), 4);
+    }
+
+    #[test]
+    fn authorities_are_host_and_port_only() {
+        for (raw, want) in [
+            ("Example.COM", Some("example.com")),
+            ("a.b-c_d~e:8080", Some("a.b-c_d~e:8080")),
+            ("x:", Some("x")),
+            ("[::1]:443", Some("[::1]:443")),
+            ("[FE80::1]", Some("[fe80::1]")),
+            ("127.0.0.1:65535", Some("127.0.0.1:65535")),
+        ] {
+            assert_eq!(
+                normalize_authority(raw.as_bytes()).as_deref(),
+                want,
+                "{raw}"
+            );
+        }
+        for raw in [
+            "", "a b", "%", "a%41", "a/b", "u@h", "h:65536", "h:1a", "h:123456", ":80", "[::1",
+            "[zz]", "[::1]x", "a\tb", "h:80:80", "a?b", "a#b",
+        ] {
+            assert_eq!(normalize_authority(raw.as_bytes()), None, "{raw:?}");
+        }
     }
 
     #[test]

@@ -321,6 +321,28 @@ async fn bearer_scheme() {
     );
 }
 
+/// SPEC 3: hop-by-hop headers are the client's and go before authentication, so a
+/// `Connection` header naming a claim header cannot remove the verified value (before, the
+/// claim header was set, then removed as hop-by-hop).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_header_cannot_remove_a_verified_claim_header() {
+    let s = start();
+    let c = common::client_http1();
+    let t = mint(Algorithm::RS256, "rsa-1", good_claims());
+    let resp = c
+        .get(s.url("/jwt/x"))
+        .bearer_auth(&t)
+        .header("connection", "x-user-id, x-fc-request-id")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(header(&v, "x-user-id").as_deref(), Some("user-42"), "{v}");
+    assert!(header(&v, "x-fc-request-id").is_some(), "{v}");
+    assert!(header(&v, "connection").is_none(), "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn jwt_scheme_accepts_valid_tokens_from_every_source() {
     let s = start();

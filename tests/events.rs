@@ -124,7 +124,7 @@ async fn async_events_reach_every_subscriber_as_cloudevents() {
         .map(|t| t.as_str().unwrap())
         .collect();
     ids.sort();
-    assert_eq!(ids, ["evt-order-7-audit", "evt-order-7-mailer"]);
+    assert_eq!(ids, ["evt-order-7=audit", "evt-order-7=mailer"]);
     let mut seen = Vec::new();
     for _ in 0..2 {
         let (function, echo, ce) = delivered(&receiver);
@@ -258,7 +258,7 @@ async fn delayed_events_wait_and_failed_deliveries_are_retried() {
         .expect("the failure callback");
     assert_eq!(failure.path, "/fail");
     let t: Value = client()
-        .get(s.admin_url("/-/tasks/evt-b-1-failing?trigger=events"))
+        .get(s.admin_url("/-/tasks/evt-b-1=failing?trigger=events"))
         .send()
         .await
         .unwrap()
@@ -522,7 +522,7 @@ async fn invoke_and_event_commands_talk_to_a_running_gateway() {
     ]);
     assert!(out.status.success(), "{out:?}");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v, json!({"id": "cli-1", "tasks": ["evt-cli-1-mailer"]}));
+    assert_eq!(v, json!({"id": "cli-1", "tasks": ["evt-cli-1=mailer"]}));
     let out = cli(&["event", &url, "sent-email", "--sync", "--cacert", &ca]);
     assert!(out.status.success(), "{out:?}");
     let echo: Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -20,12 +20,26 @@ use raw::RawConfig;
 
 /// Creates `path` (and missing parents) readable by this user only (0700): `data_dir`
 /// holds queued requests and deployed code.
+/// An existing directory that group or others may write is refused: whoever can write there
+/// can swap the queue, the registry or a compiled artifact.
 pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(path)
+        .create(path)?;
+    let mode = std::fs::metadata(path)?.mode();
+    if mode & 0o022 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is writable by group or others (mode {:o}); make it private, e.g. chmod 700",
+                path.display(),
+                mode & 0o777
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A configuration that cannot be applied (a reload that is refused). Start-up and `check`
@@ -172,6 +186,11 @@ pub struct Limits {
     pub max_connections_per_ip: NonZeroUsize,
     /// A connection with no request in progress for this long is closed.
     pub idle_timeout_ms: NonZeroU64,
+    /// From a request's head to the last byte of its body => 408.
+    pub request_timeout_ms: NonZeroU64,
+    /// Longest time a response may wait for the client to take bytes (TCP window, HTTP/2
+    /// flow control) before its connection is closed.
+    pub send_timeout_ms: NonZeroU64,
 }
 
 impl Default for Limits {
@@ -188,6 +207,8 @@ impl Default for Limits {
             body_buffer_bytes: 1 << 20,
             max_connections_per_ip: NonZeroUsize::new(256).expect("non-zero"),
             idle_timeout_ms: NonZeroU64::new(60_000).expect("non-zero"),
+            request_timeout_ms: NonZeroU64::new(60_000).expect("non-zero"),
+            send_timeout_ms: NonZeroU64::new(30_000).expect("non-zero"),
         }
     }
 }
@@ -491,6 +512,14 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
         idle_timeout_ms: non_zero(
             "limits.idle_timeout_ms",
             l.idle_timeout_ms.unwrap_or(d.idle_timeout_ms.get()),
+        )?,
+        request_timeout_ms: non_zero(
+            "limits.request_timeout_ms",
+            l.request_timeout_ms.unwrap_or(d.request_timeout_ms.get()),
+        )?,
+        send_timeout_ms: non_zero(
+            "limits.send_timeout_ms",
+            l.send_timeout_ms.unwrap_or(d.send_timeout_ms.get()),
         )?,
     };
     if limits.max_header_bytes < 256 {

@@ -57,6 +57,8 @@ pub struct RawLimits {
     pub body_buffer_bytes: Option<u64>,
     pub max_connections_per_ip: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
+    pub send_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

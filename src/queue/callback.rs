@@ -54,6 +54,21 @@ impl Target {
     }
 }
 
+/// A callback URL as logs may show it: no userinfo, query or fragment (webhook URLs carry
+/// their secrets there).
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<not a URL>".into();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let path_end = rest[end..].find(['?', '#']).map_or(rest.len(), |i| end + i);
+    let path = &rest[end..path_end];
+    let hidden = if path_end < rest.len() { "?..." } else { "" };
+    format!("{scheme}://{host}{path}{hidden}")
+}
+
 /// Whether `ip` is an address of the inside: loopback, private, link-local, unique-local,
 /// carrier-grade NAT or unspecified.
 pub fn is_internal(ip: IpAddr) -> bool {
@@ -65,16 +80,33 @@ pub fn is_internal(ip: IpAddr) -> bool {
                 || v4.is_link_local()
                 || v4.is_unspecified()
                 || v4.is_broadcast()
+                || v4.is_multicast()
+                || o[0] == 0
                 || (o[0] == 100 && (o[1] & 0xc0) == 64)
         }
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => is_internal(IpAddr::V4(v4)),
             None => {
                 let s = v6.segments();
+                let embedded = |hi: u16, lo: u16| {
+                    let [a, b] = hi.to_be_bytes();
+                    let [c, d] = lo.to_be_bytes();
+                    is_internal(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)))
+                };
                 v6.is_loopback()
                     || v6.is_unspecified()
+                    || v6.is_multicast()
+                    // unique-local, link-local, the deprecated site-local
                     || (s[0] & 0xfe00) == 0xfc00
                     || (s[0] & 0xffc0) == 0xfe80
+                    || (s[0] & 0xffc0) == 0xfec0
+                    // IPv4-compatible ::a.b.c.d (deprecated, still routed by some stacks)
+                    || (s[..6] == [0; 6] && embedded(s[6], s[7]))
+                    // NAT64 well-known prefix 64:ff9b::/96 and local-use 64:ff9b:1::/48
+                    || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && embedded(s[6], s[7]))
+                    || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
+                    // 6to4 2002:a.b.c.d::/48
+                    || (s[0] == 0x2002 && embedded(s[1], s[2]))
             }
         },
     }
@@ -238,5 +270,38 @@ mod tests {
         assert!(is_internal("fd00::1".parse().unwrap()));
         assert!(is_internal("::ffff:192.168.1.1".parse().unwrap()));
         assert!(!is_internal("93.184.216.34".parse().unwrap()));
+    }
+
+    #[test]
+    fn logged_urls_keep_no_secret() {
+        assert_eq!(
+            redacted("https://user:pw@hooks.example:8443/t/abc?token=s3cret#f"),
+            "https://hooks.example:8443/t/abc?..."
+        );
+        assert_eq!(redacted("http://h/p"), "http://h/p");
+        assert_eq!(redacted("http://h?k=v"), "http://h?...");
+        assert_eq!(redacted("nonsense"), "<not a URL>");
+    }
+
+    #[test]
+    fn v4_inside_v6_is_inside() {
+        for inside in [
+            "64:ff9b::7f00:1",  // NAT64 of 127.0.0.1
+            "64:ff9b::a00:1",   // NAT64 of 10.0.0.1
+            "64:ff9b:1::1",     // local-use NAT64
+            "2002:7f00:1::1",   // 6to4 of 127.0.0.1
+            "2002:c0a8:101::1", // 6to4 of 192.168.1.1
+            "::127.0.0.1",      // IPv4-compatible
+            "::10.0.0.1",
+            "fec0::1", // site-local
+            "ff02::1", // multicast
+            "0.1.2.3",
+            "224.0.0.1",
+        ] {
+            assert!(is_internal(inside.parse().unwrap()), "{inside}");
+        }
+        for outside in ["64:ff9b::5db8:d822", "2002:5db8:d822::1", "2606:4700::1111"] {
+            assert!(!is_internal(outside.parse().unwrap()), "{outside}");
+        }
     }
 }

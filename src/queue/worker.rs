@@ -182,7 +182,9 @@ impl Delivery {
         let (target, addr) = callback::resolve(&cb.url, cb.client_supplied, self.admin).await?;
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none());
+            .redirect(reqwest::redirect::Policy::none())
+            // A proxy would resolve the name itself, past the address checked here.
+            .no_proxy();
         if target.host.parse::<std::net::IpAddr>().is_err() {
             builder = builder.resolve(&target.host, addr);
         }
@@ -451,7 +453,7 @@ async fn deliver_with(queue: &Queue, client: &Delivery, cb: PendingCallback) {
         };
         let done = ok || attempts >= cb.max_attempts.max(1);
         if !ok {
-            tracing::warn!(task = %cb.task_id, url = %cb.url, attempts, "callback failed: {status}");
+            tracing::warn!(task = %cb.task_id, url = %callback::redacted(&cb.url), attempts, "callback failed: {status}");
         }
         queue
             .update(Update::Callback {

@@ -41,8 +41,11 @@ impl Artifacts {
     /// Opens `dir` (creating it and the key when `writable`).
     pub fn open(dir: PathBuf, key_file: &Path, writable: bool) -> Result<Artifacts> {
         if writable {
-            crate::config::create_private_dir(&dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
+            // `data_dir` itself and its `functions/`: both must be this user's alone.
+            for d in dir.parent().into_iter().chain([dir.as_path()]) {
+                crate::config::create_private_dir(d)
+                    .with_context(|| format!("cannot use {}", d.display()))?;
+            }
         }
         let mac_key = artifact_key(key_file, writable)?;
         Ok(Artifacts {
@@ -114,9 +117,7 @@ impl Artifacts {
         let bytes = std::fs::read(cwasm)?;
         let mac = std::fs::read_to_string(Self::mac_path(cwasm)).unwrap_or_default();
         let expected = hex::decode(mac.trim()).unwrap_or_default();
-        let mut m =
-            <hmac::Hmac<Sha256> as hmac::Mac>::new_from_slice(key).map_err(|e| anyhow!("{e}"))?;
-        hmac::Mac::update(&mut m, &bytes);
+        let m = artifact_mac(key, cwasm, &bytes).map_err(|e| anyhow!("{e}"))?;
         hmac::Mac::verify_slice(m, &expected).map_err(|_| anyhow!("fails its integrity check"))?;
         load_precompiled(engine, &bytes)
     }
@@ -131,10 +132,8 @@ impl Artifacts {
         match component.serialize() {
             Ok(bytes) => {
                 let cwasm = self.cwasm_path(engine, sha);
-                let mac = <hmac::Hmac<Sha256> as hmac::Mac>::new_from_slice(key).map(|mut m| {
-                    hmac::Mac::update(&mut m, &bytes);
-                    hex::encode(hmac::Mac::finalize(m).into_bytes())
-                });
+                let mac = artifact_mac(key, &cwasm, &bytes)
+                    .map(|m| hex::encode(hmac::Mac::finalize(m).into_bytes()));
                 let written = write_atomic(&cwasm, &bytes).and_then(|()| match mac {
                     Ok(mac) => write_atomic(&Self::mac_path(&cwasm), mac.as_bytes()),
                     Err(e) => Err(std::io::Error::other(e.to_string())),
@@ -146,6 +145,25 @@ impl Artifacts {
             Err(e) => tracing::warn!("cannot serialize the compiled component {sha}: {e}"),
         }
     }
+}
+
+/// The HMAC of an artifact: over its file name (the component's digest and the engine's key)
+/// and then its bytes, so an authentic pair renamed to another digest or engine does not
+/// load as that one.
+fn artifact_mac(
+    key: &[u8],
+    cwasm: &Path,
+    bytes: &[u8],
+) -> Result<hmac::Hmac<Sha256>, hmac::digest::InvalidLength> {
+    let name = cwasm
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut m = <hmac::Hmac<Sha256> as hmac::Mac>::new_from_slice(key)?;
+    hmac::Mac::update(&mut m, &(name.len() as u64).to_be_bytes());
+    hmac::Mac::update(&mut m, name.as_bytes());
+    hmac::Mac::update(&mut m, bytes);
+    Ok(m)
 }
 
 /// Writes a file so that it is either absent or whole, and durable: a temporary name unique

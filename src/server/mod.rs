@@ -10,6 +10,8 @@ use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -112,6 +114,8 @@ pub async fn run(gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> R
             max_per_ip: limits.max_connections_per_ip.get(),
             first_request: Duration::from_millis(limits.header_read_timeout_ms.get()),
             idle: Duration::from_millis(limits.idle_timeout_ms.get()),
+            send: Duration::from_millis(limits.send_timeout_ms.get()),
+            drain: Duration::from_millis(app.config.server.drain_timeout_ms),
         });
         pools.push(state.connections.clone());
         accept_tasks.push(tokio::spawn(accept_loop(
@@ -186,6 +190,11 @@ struct ListenerState {
     first_request: Duration,
     /// A connection with no request in progress for this long is closed.
     idle: Duration,
+    /// A response waiting this long for the client to take bytes closes its connection; also
+    /// the deadline of an idle connection's graceful close.
+    send: Duration,
+    /// The deadline of a connection's graceful close when the node stops.
+    drain: Duration,
 }
 
 /// One connection's place in its client's count, given back when the connection ends.
@@ -231,15 +240,135 @@ struct Builders {
     http2: auto::Builder<TokioExecutor>,
 }
 
-/// Whether a connection is busy, for the idle timeout.
+/// Whether a connection is busy, for the idle and send timeouts.
 #[derive(Default)]
 struct Activity {
-    /// Requests in progress.
-    active: std::sync::atomic::AtomicUsize,
+    /// Requests in progress: from the head's arrival to the end of the response body. Only
+    /// [`InProgress`] changes it, so a request whose future or body is dropped (an HTTP/2
+    /// RST_STREAM, a reset connection) is never counted for ever.
+    active: AtomicUsize,
     /// Requests seen so far.
-    seen: std::sync::atomic::AtomicUsize,
+    seen: AtomicUsize,
     /// When the last request ended (ms since the connection started).
-    last_ms: std::sync::atomic::AtomicU64,
+    last_ms: AtomicU64,
+    /// Per request in progress: since when (ms since the connection started) its response
+    /// has been waiting for the client to take bytes, [`FREE`] or [`NOT_WAITING`].
+    waiting: std::sync::Mutex<Vec<u64>>,
+}
+
+const FREE: u64 = u64::MAX;
+const NOT_WAITING: u64 = u64::MAX - 1;
+
+impl Activity {
+    fn set_waiting(&self, slot: usize, value: u64) {
+        if let Ok(mut w) = self.waiting.lock()
+            && let Some(v) = w.get_mut(slot)
+        {
+            *v = value;
+        }
+    }
+
+    /// Since when the longest-waiting response has waited for the client, if one does.
+    fn oldest_waiting(&self) -> Option<u64> {
+        let w = self.waiting.lock().ok()?;
+        w.iter().copied().filter(|v| *v < NOT_WAITING).min()
+    }
+}
+
+/// One request in progress on a connection, from its head to the end (or drop) of its
+/// response body: a drop guard, so a cancelled request is never counted as in progress.
+struct InProgress {
+    activity: Arc<Activity>,
+    started: tokio::time::Instant,
+    slot: usize,
+    /// This response is counted as waiting for the client.
+    waiting: bool,
+}
+
+impl InProgress {
+    fn begin(activity: Arc<Activity>, started: tokio::time::Instant) -> InProgress {
+        activity.active.fetch_add(1, SeqCst);
+        activity.seen.fetch_add(1, SeqCst);
+        let slot = match activity.waiting.lock() {
+            Ok(mut w) => match w.iter().position(|v| *v == FREE) {
+                Some(i) => {
+                    w[i] = NOT_WAITING;
+                    i
+                }
+                None => {
+                    w.push(NOT_WAITING);
+                    w.len() - 1
+                }
+            },
+            Err(_) => usize::MAX,
+        };
+        InProgress {
+            activity,
+            started,
+            slot,
+            waiting: false,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn wait_for_client(&mut self, yes: bool) {
+        if self.waiting != yes {
+            self.waiting = yes;
+            let value = if yes { self.now_ms() } else { NOT_WAITING };
+            self.activity.set_waiting(self.slot, value);
+        }
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        let a = &self.activity;
+        a.set_waiting(self.slot, FREE);
+        a.last_ms.store(self.now_ms(), SeqCst);
+        a.active.fetch_sub(1, SeqCst);
+    }
+}
+
+/// A response body that keeps its request counted as in progress until it ends, and records
+/// when it waits for the client: from the moment it has bytes ready (its head, then each
+/// frame) until the connection asks for more. HTTP/1.1 and HTTP/2 alike only poll a body when
+/// the client has room (TCP window, flow-control window), so a body not polled while it has
+/// data to give is a client that takes no bytes.
+pub struct Watched {
+    inner: crate::body::ResponseBody,
+    guard: InProgress,
+}
+
+impl http_body::Body for Watched {
+    type Data = bytes::Bytes;
+    type Error = <crate::body::ResponseBody as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        this.guard.wait_for_client(false);
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        // Bytes handed on with more to come: the next poll comes when the client took them.
+        if let std::task::Poll::Ready(Some(Ok(_))) = &polled
+            && !this.inner.is_end_stream()
+        {
+            this.guard.wait_for_client(true);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 async fn accept_loop(
@@ -303,18 +432,14 @@ async fn connection(
         hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let (gateway, activity) = (gateway.clone(), activity.clone());
             async move {
-                use std::sync::atomic::Ordering::SeqCst;
-                activity.active.fetch_add(1, SeqCst);
-                activity.seen.fetch_add(1, SeqCst);
+                let mut guard = InProgress::begin(activity, started);
                 let response = match conn.listener {
                     Listener::Admin => crate::admin::handle(&gateway, req).await,
                     _ => gateway.app().handle(req, &conn).await,
                 };
-                activity
-                    .last_ms
-                    .store(started.elapsed().as_millis() as u64, SeqCst);
-                activity.active.fetch_sub(1, SeqCst);
-                Ok::<_, Infallible>(response)
+                // From here the head waits for the client to take it.
+                guard.wait_for_client(true);
+                Ok::<_, Infallible>(response.map(|inner| Watched { inner, guard }))
             }
         })
     };
@@ -323,6 +448,8 @@ async fn connection(
         started,
         deadline,
         idle: state.idle,
+        send: state.send,
+        drain: state.drain,
     };
     match &state.tls {
         None => {
@@ -358,40 +485,62 @@ struct Watch {
     /// The first request's head must have arrived by then.
     deadline: tokio::time::Instant,
     idle: Duration,
+    send: Duration,
+    drain: Duration,
+}
+
+/// Why a connection is ended by its watch.
+#[derive(Debug, PartialEq, Eq)]
+enum Expiry {
+    /// No first request by the deadline: closed at once.
+    FirstMissed,
+    /// No request in progress for `idle`: closed gracefully (HTTP/2: GOAWAY).
+    Idle,
+    /// A response waited `send` for the client to take bytes: closed at once.
+    Stalled,
 }
 
 impl Watch {
-    /// Resolves when the connection should go: no first request by the deadline (closed at
-    /// once), or idle for `idle` with no request in progress (closed gracefully).
-    async fn expired(&self) -> bool {
-        use std::sync::atomic::Ordering::SeqCst;
+    /// Resolves when the connection should go.
+    async fn expired(&self) -> Expiry {
         let a = &self.activity;
+        // Checks at least this often while requests are in progress, so a response that
+        // starts to wait is noticed within half a send timeout of its deadline.
+        let step = (self.send / 2).max(Duration::from_millis(50));
         loop {
             let now = tokio::time::Instant::now();
             if a.seen.load(SeqCst) == 0 {
                 if now >= self.deadline {
-                    return true;
+                    return Expiry::FirstMissed;
                 }
                 tokio::time::sleep_until(self.deadline.min(now + Duration::from_millis(250))).await;
                 continue;
             }
-            let last = self.started + Duration::from_millis(a.last_ms.load(SeqCst));
-            if a.active.load(SeqCst) == 0 && now >= last + self.idle {
-                return false;
+            let mut next = now + step;
+            if let Some(since) = a.oldest_waiting() {
+                let due = self.started + Duration::from_millis(since) + self.send;
+                if now >= due {
+                    return Expiry::Stalled;
+                }
+                next = next.min(due);
             }
-            let next = if a.active.load(SeqCst) == 0 {
-                last + self.idle
-            } else {
-                now + self.idle
-            };
-            tokio::time::sleep_until(next.max(now + Duration::from_millis(50))).await;
+            if a.active.load(SeqCst) == 0 {
+                let due = self.started + Duration::from_millis(a.last_ms.load(SeqCst)) + self.idle;
+                if now >= due {
+                    return Expiry::Idle;
+                }
+                next = next.min(due);
+            }
+            tokio::time::sleep_until(next.max(now + Duration::from_millis(10))).await;
         }
     }
 }
 
-/// Serves one connection; when the stop signal comes, finishes in-flight requests, then
-/// closes. A connection that sends no request by its deadline is dropped; one that stays
-/// idle is shut down gracefully (HTTP/2: GOAWAY).
+/// Serves one connection; when the stop signal comes, finishes in-flight requests (within
+/// `drain_timeout_ms`), then closes. A connection that sends no request by its deadline is
+/// dropped; one that stays idle is shut down gracefully (HTTP/2: GOAWAY), within the send
+/// timeout; one whose client stops taking a response's bytes for the send timeout is
+/// dropped. Every graceful close has a deadline: a client that never reads cannot hold it.
 async fn serve<I, S>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
@@ -403,7 +552,7 @@ async fn serve<I, S>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::Service<
             hyper::Request<Incoming>,
-            Response = hyper::Response<crate::body::ResponseBody>,
+            Response = hyper::Response<Watched>,
             Error = Infallible,
         > + Send
         + 'static,
@@ -411,25 +560,41 @@ async fn serve<I, S>(
 {
     let conn = builder.serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
-    let result = if *stop.borrow_and_update() {
+    let (result, deadline) = if *stop.borrow_and_update() {
         conn.as_mut().graceful_shutdown();
-        conn.await
+        (None, watch.drain)
     } else {
         tokio::select! {
-            r = conn.as_mut() => r,
+            r = conn.as_mut() => (Some(r), Duration::ZERO),
             _ = stop.changed() => {
                 conn.as_mut().graceful_shutdown();
-                conn.await
+                (None, watch.drain)
             }
-            first_missed = watch.expired() => {
-                if first_missed {
+            why = watch.expired() => match why {
+                Expiry::FirstMissed => {
                     tracing::debug!(%peer, "no request within the deadline; closed");
                     return;
                 }
-                conn.as_mut().graceful_shutdown();
-                conn.await
+                Expiry::Stalled => {
+                    tracing::debug!(%peer, "a response made no progress within send_timeout_ms; closed");
+                    return;
+                }
+                Expiry::Idle => {
+                    conn.as_mut().graceful_shutdown();
+                    (None, watch.send)
+                }
             }
         }
+    };
+    let result = match result {
+        Some(r) => r,
+        None => match tokio::time::timeout(deadline, conn.as_mut()).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::debug!(%peer, "graceful close passed its deadline; closed");
+                return;
+            }
+        },
     };
     if let Err(e) = result {
         log_conn_error(peer, &*e);

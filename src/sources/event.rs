@@ -8,7 +8,7 @@
 //! field is a 400 `InvalidArgument` that names it.
 //!
 //! Asynchronous (the default): one durable task per subscriber, with the id
-//! `evt-<event id>-<function>`, answered 202 `{"id", "tasks"}`; an id published before is
+//! `evt-<event id>=<function>`, answered 202 `{"id", "tasks"}`; an id published before is
 //! 409. Synchronous: the subscribers run now; one subscriber's response is the answer,
 //! several give `[{"function", "status", "body"}]`. Either way each function receives
 //! POST `/` with a CloudEvents 1.0 structured body, and (async) an answer outside 2xx is a
@@ -47,6 +47,13 @@ fn invalid(field: &str, why: impl std::fmt::Display) -> GatewayError {
 }
 
 /// Event ids: `[A-Za-z0-9_.-]{1,64}` (they become part of task ids).
+/// The task id of one event's delivery to one function: `evt-<event id>=<function>`. `=`
+/// appears in neither an event id nor a function name, so two pairs never share an id
+/// (with `-`, `a-b` + `c` and `a` + `b-c` did).
+pub fn event_task_id(event: &str, function: &str) -> String {
+    format!("evt-{event}={function}")
+}
+
 fn check_id(id: &str) -> Result<(), GatewayError> {
     let ok = !id.is_empty()
         && id.len() <= 64
@@ -120,6 +127,13 @@ pub fn parse(
             if s < 0.0 || !s.is_finite() {
                 return Err(invalid("delay", format!("{s} is negative")));
             }
+            // Checked before any arithmetic: a client number never overflows a date.
+            if s > max_age_s as f64 {
+                return Err(invalid(
+                    "delay",
+                    format!("{s} s is more than max_event_age_s ({max_age_s} s)"),
+                ));
+            }
             Some(s)
         }
     };
@@ -143,7 +157,9 @@ pub fn parse(
         return Err(invalid("timestamp", "not allowed with isSynchronous"));
     }
     let from = timestamp.unwrap_or(now);
-    let due = from + chrono::Duration::milliseconds((delay.unwrap_or(0.0) * 1000.0) as i64);
+    let due = chrono::Duration::try_milliseconds((delay.unwrap_or(0.0) * 1000.0) as i64)
+        .and_then(|d| from.checked_add_signed(d))
+        .ok_or_else(|| invalid("timestamp", "out of range"))?;
     if (due - now).num_seconds() > max_age_s as i64 {
         return Err(invalid(
             if delay.is_some() {
@@ -355,7 +371,7 @@ pub async fn publish(
     let mut tasks = Vec::with_capacity(targets.len());
     let mut existed = 0;
     for target in targets.iter().cloned() {
-        let task_id = format!("evt-{}-{}", event.id, target.function);
+        let task_id = event_task_id(&event.id, &target.function);
         let inv = delivery(trigger, target, &event, &ce)?;
         let options = EnqueueOptions {
             task_id: Some(task_id.clone()),
@@ -491,6 +507,13 @@ mod tests {
             (r#"{"type":"x","delay":-1}"#, "delay"),
             (r#"{"type":"x","delay":"soon"}"#, "delay"),
             (r#"{"type":"x","delay":100000}"#, "delay"),
+            // Numbers that overflow a date are refused, never a panic.
+            (r#"{"type":"x","delay":1e13}"#, "delay"),
+            (r#"{"type":"x","delay":1.7e308}"#, "delay"),
+            (
+                r#"{"type":"x","timestamp":8210298412799999,"delay":1}"#,
+                "timestamp",
+            ),
             (r#"{"type":"x","timestamp":"now"}"#, "timestamp"),
             (r#"{"type":"x","isSynchronous":"yes"}"#, "isSynchronous"),
             (r#"{"type":"x","isSynchronous":true,"delay":1}"#, "delay"),
