@@ -281,50 +281,6 @@ where
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn over_the_limit_fails_and_is_recorded() {
-        let (body, flag) = LimitedBody::new(Full::new(Bytes::from(vec![0u8; 100])), 10);
-        assert!(body.collect().await.is_err());
-        assert!(flag.load(Ordering::SeqCst));
-    }
-
-    #[tokio::test]
-    async fn at_the_limit_passes() {
-        let (body, flag) = LimitedBody::new(Full::new(Bytes::from(vec![0u8; 10])), 10);
-        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 10);
-        assert!(!flag.load(Ordering::SeqCst));
-    }
-
-    #[tokio::test]
-    async fn prefetch_buffers_small_bodies_and_prefixes_large_ones() {
-        let idle = std::time::Duration::from_secs(5);
-        let small = Full::new(Bytes::from_static(b"hello"));
-        match prefetch(small, 1024, 1 << 20, idle).await.unwrap() {
-            RequestBody::Buffered(Some(b)) => assert_eq!(&b[..], b"hello"),
-            _ => panic!("a small body is read whole"),
-        }
-        let chunks: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = (0..4)
-            .map(|i| Ok(Frame::data(Bytes::from(vec![i as u8; 400]))))
-            .collect();
-        let large = http_body_util::StreamBody::new(futures::stream::iter(chunks));
-        let body = prefetch(large, 500, 1 << 20, idle).await.unwrap();
-        assert!(matches!(body, RequestBody::Prefixed(Some(ref p), _) if p.len() == 800));
-        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 1600);
-    }
-
-    #[tokio::test]
-    async fn a_stalled_body_is_reported() {
-        let (_tx, rx) =
-            futures::channel::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
-        let body = http_body_util::StreamBody::new(rx);
-        let r = prefetch(body, 1024, 1 << 20, std::time::Duration::from_millis(20)).await;
-        assert!(matches!(r, Err(PrefetchError::Stalled)));
-    }
-}
 
 /// A request body with a deadline for its last byte (`request_timeout_ms`): once the
 /// deadline passes while the client still owes bytes, the body fails and the flag is set, so
@@ -391,5 +347,50 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn over_the_limit_fails_and_is_recorded() {
+        let (body, flag) = LimitedBody::new(Full::new(Bytes::from(vec![0u8; 100])), 10);
+        assert!(body.collect().await.is_err());
+        assert!(flag.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn at_the_limit_passes() {
+        let (body, flag) = LimitedBody::new(Full::new(Bytes::from(vec![0u8; 10])), 10);
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 10);
+        assert!(!flag.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn prefetch_buffers_small_bodies_and_prefixes_large_ones() {
+        let idle = std::time::Duration::from_secs(5);
+        let small = Full::new(Bytes::from_static(b"hello"));
+        match prefetch(small, 1024, 1 << 20, idle).await.unwrap() {
+            RequestBody::Buffered(Some(b)) => assert_eq!(&b[..], b"hello"),
+            _ => panic!("a small body is read whole"),
+        }
+        let chunks: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = (0..4)
+            .map(|i| Ok(Frame::data(Bytes::from(vec![i as u8; 400]))))
+            .collect();
+        let large = http_body_util::StreamBody::new(futures::stream::iter(chunks));
+        let body = prefetch(large, 500, 1 << 20, idle).await.unwrap();
+        assert!(matches!(body, RequestBody::Prefixed(Some(ref p), _) if p.len() == 800));
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 1600);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_is_reported() {
+        let (_tx, rx) =
+            futures::channel::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
+        let body = http_body_util::StreamBody::new(rx);
+        let r = prefetch(body, 1024, 1 << 20, std::time::Duration::from_millis(20)).await;
+        assert!(matches!(r, Err(PrefetchError::Stalled)));
     }
 }

@@ -30,6 +30,16 @@ memory_mb = 16
 name = "echo"
 function = "echo"
 async = {{ enabled = true }}
+
+[[function]]
+name = "probe"
+wasm = "{{probe}}"
+memory_mb = 16
+timeout_ms = 30000
+
+[[trigger]]
+name = "probe"
+function = "probe"
 "#
     )
 }
@@ -92,9 +102,9 @@ async fn an_h2_client_with_a_zero_window_is_cut_off_after_the_send_timeout() {
     );
 }
 
-/// Finding 1b: a request cancelled with RST_STREAM while the gateway waits for its body
-/// leaves nothing counted as in progress, so the idle timeout still closes the connection
-/// (before: the in-progress count stayed at 1 and the connection was held for ever).
+/// Finding 1b: a request cancelled with RST_STREAM while its function runs leaves nothing
+/// counted as in progress, so the idle timeout still closes the connection (before: the
+/// service future was dropped before it decremented the count, which stayed at 1 for ever).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancelled_h2_request_does_not_keep_its_connection_busy() {
     let s = TestServer::start(&config("idle_timeout_ms = 1000"));
@@ -102,14 +112,13 @@ async fn a_cancelled_h2_request_does_not_keep_its_connection_busy() {
     let (mut send, conn) = h2_connect(&addr, 65_535).await;
     let watcher = tokio::spawn(closed_within(conn, Duration::from_secs(20)));
     for _ in 0..3 {
-        let (_response, mut body) = send
-            .send_request(request(&addr, "POST", "/echo"), false)
+        let (response, mut body) = send
+            .send_request(request(&addr, "GET", "/probe/sleep?ms=3000"), true)
             .unwrap();
-        body.send_data(bytes::Bytes::from_static(b"x"), false)
-            .unwrap();
-        // The gateway is reading ahead of admission; the client gives up.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The function is running; the client gives up on it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         body.send_reset(h2::Reason::CANCEL);
+        drop(response);
     }
     assert!(
         watcher.await.unwrap(),

@@ -353,10 +353,10 @@ impl http_body::Body for Watched {
         let this = &mut *self;
         this.guard.wait_for_client(false);
         let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
-        // Bytes handed on with more to come: the next poll comes when the client took them.
-        if let std::task::Poll::Ready(Some(Ok(_))) = &polled
-            && !this.inner.is_end_stream()
-        {
+        // Bytes handed on: until the next poll (or, after the last frame, until the connection
+        // drops the body) they wait for room. HTTP/2 polls a frame before it has the window to
+        // send it, so even the last frame waits on the client.
+        if let std::task::Poll::Ready(Some(Ok(_))) = &polled {
             this.guard.wait_for_client(true);
         }
         polled
