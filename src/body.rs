@@ -281,7 +281,6 @@ where
     }
 }
 
-
 /// A request body with a deadline for its last byte (`request_timeout_ms`): once the
 /// deadline passes while the client still owes bytes, the body fails and the flag is set, so
 /// the pipeline answers 408 `RequestTimeout` whatever stage was reading it. A body that

@@ -147,6 +147,10 @@ impl Dispatcher {
                 created_ms: now,
                 due_ms: now + options.delay_ms.max(0),
                 trigger_quota: self.policies.get(&*inv_trigger).and_then(|p| p.max_tasks),
+                trigger_bytes_quota: self
+                    .policies
+                    .get(&*inv_trigger)
+                    .and_then(|p| p.max_queue_bytes),
             })
             .await?;
         Ok(id)

@@ -300,3 +300,251 @@ fn a_data_dir_others_can_write_is_refused() {
     );
     assert!(stderr.contains("writable by group or others"), "{stderr}");
 }
+
+/// A callback host that accepts connections and never answers; counts what it accepted.
+struct SilentHost {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SilentHost {
+    fn start() -> SilentHost {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        SilentHost { addr, accepted }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+const ADMIN_TOKEN: &str = "abuse-admin-token";
+
+/// Two execution slots, a trigger whose callbacks go to a host that never answers, and one
+/// without callbacks.
+fn callback_config(silent: &SilentHost, queue: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+admin_token = "{ADMIN_TOKEN}"
+data_dir = "data"
+
+[queue]
+workers = 2
+{queue}
+
+[[function]]
+name = "echo"
+wasm = "{{echo}}"
+memory_mb = 16
+
+[[trigger]]
+name = "silent"
+function = "echo"
+async = {{ on_success = "http://{silent}/cb", callback_hosts = ["127.0.0.1"] }}
+
+[[trigger]]
+name = "plain"
+function = "echo"
+async = {{ enabled = true }}
+"#,
+        silent = silent.addr
+    )
+}
+
+async fn submit_async(s: &TestServer, path: &str, id: &str) {
+    let resp = reqwest::Client::new()
+        .post(s.url(path))
+        .header("x-fc-invocation-type", "Async")
+        .header("x-fc-async-task-id", id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202, "{id}");
+}
+
+async fn task_state(s: &TestServer, id: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(s.admin_url(&format!("/-/tasks/{id}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Polls (bounded: `tries` x 50 ms) until `done` holds for the task; the last record seen.
+async fn poll_task(
+    s: &TestServer,
+    id: &str,
+    tries: usize,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> (bool, serde_json::Value) {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..tries {
+        last = task_state(s, id).await;
+        if done(&last) {
+            return (true, last);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (false, last)
+}
+
+/// Finding 4: deliveries to a callback host that never answers do not hold execution slots.
+/// Before, each delivery ran inline in the worker through every retry (10 s per attempt), so
+/// with both workers delivering, a task of another trigger waited for tens of seconds; the
+/// bound here (5 s) is half of one delivery attempt.
+#[tokio::test(flavor = "multi_thread")]
+async fn callbacks_to_a_silent_host_hold_no_execution_slot() {
+    let silent = SilentHost::start();
+    let s = TestServer::start(&callback_config(&silent, ""));
+    for i in 0..4 {
+        submit_async(&s, "/silent", &format!("stuck{i}")).await;
+    }
+    // Every silent task ran and its delivery is under way.
+    for i in 0..4 {
+        let (ok, t) = poll_task(&s, &format!("stuck{i}"), 400, |t| t["state"] == "Succeeded").await;
+        assert!(ok, "stuck{i}: {t}");
+    }
+    for _ in 0..400 {
+        if silent.accepted() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        silent.accepted() >= 4,
+        "deliveries started: {}",
+        silent.accepted()
+    );
+    submit_async(&s, "/plain", "free").await;
+    let (ok, t) = poll_task(&s, "free", 100, |t| t["state"] == "Succeeded").await;
+    assert!(
+        ok,
+        "a task waited behind callback deliveries (two workers, four silent callbacks): {t}"
+    );
+}
+
+/// `callback_concurrency` bounds the POSTs in flight: with 1, the silent host sees one
+/// connection while three deliveries wait (each attempt waits 10 s for an answer).
+#[tokio::test(flavor = "multi_thread")]
+async fn callback_concurrency_bounds_deliveries_in_flight() {
+    let silent = SilentHost::start();
+    let s = TestServer::start(&callback_config(&silent, "callback_concurrency = 1"));
+    for i in 0..3 {
+        submit_async(&s, "/silent", &format!("held{i}")).await;
+    }
+    for i in 0..3 {
+        let (ok, t) = poll_task(&s, &format!("held{i}"), 400, |t| t["state"] == "Succeeded").await;
+        assert!(ok, "held{i}: {t}");
+    }
+    // Bounded look, well inside the first attempt's 10 s wait: never more than one.
+    for _ in 0..40 {
+        assert!(
+            silent.accepted() <= 1,
+            "{} deliveries at once",
+            silent.accepted()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(silent.accepted(), 1);
+}
+
+/// Finding 8: one trigger that stores delayed tasks with large bodies fills at most its
+/// share (a quarter of `max_queue_bytes` by default, or its `async.max_queue_bytes`); other
+/// triggers keep theirs (before: the first trigger took every byte, and every other got 503).
+#[tokio::test(flavor = "multi_thread")]
+async fn one_trigger_cannot_fill_the_queue_for_the_others() {
+    let s = TestServer::start(&queue_config(""));
+    let hog = fill_trigger(&s, "/hog").await;
+    // A quarter of 400 000 bytes holds four 20 000-byte tasks, not five.
+    assert_eq!(hog.0, 4, "{:?}", hog.1);
+    let (status, text) = hog.1.expect("the hog was refused");
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("'hog'"), "{text}");
+    let other = fill_trigger(&s, "/other").await;
+    assert!(other.0 >= 1, "another trigger found no room: {:?}", other.1);
+    drop(s);
+    // A trigger's own quota replaces the share.
+    let s = TestServer::start(&queue_config("async = { max_queue_bytes = 200000 }"));
+    let big = fill_trigger(&s, "/hog").await;
+    assert_eq!(big.0, 9, "async.max_queue_bytes = 200000: {:?}", big.1);
+}
+
+fn queue_config(hog_async: &str) -> String {
+    let hog_async = if hog_async.is_empty() {
+        "async = { enabled = true }"
+    } else {
+        hog_async
+    };
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+data_dir = "data"
+
+[queue]
+max_queue_bytes = 400000
+
+[[function]]
+name = "echo"
+wasm = "{{echo}}"
+memory_mb = 16
+
+[[trigger]]
+name = "hog"
+function = "echo"
+{hog_async}
+
+[[trigger]]
+name = "other"
+function = "echo"
+async = {{ enabled = true }}
+"#
+    )
+}
+
+/// Submits 20 000-byte tasks delayed by an hour to `path` until one is refused (at most 40):
+/// how many were accepted, and the refusal.
+async fn fill_trigger(s: &TestServer, path: &str) -> (usize, Option<(u16, String)>) {
+    let client = reqwest::Client::new();
+    let body = vec![b'x'; 20_000];
+    let url = s.url(path);
+    {
+        {
+            let mut accepted = 0;
+            let mut last = None;
+            for _ in 0..40 {
+                let r = client
+                    .post(&url)
+                    .header("x-fc-invocation-type", "Async")
+                    .header("x-fc-async-delay", "3600")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                if r.status() != 202 {
+                    last = Some((r.status().as_u16(), r.text().await.unwrap()));
+                    break;
+                }
+                accepted += 1;
+            }
+            (accepted, last)
+        }
+    }
+}

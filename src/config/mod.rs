@@ -110,6 +110,8 @@ pub struct QueueConfig {
     pub max_tasks: u64,
     /// Bytes the open tasks may hold (bodies and stored requests); over => 503.
     pub max_queue_bytes: u64,
+    /// Callback POSTs in flight at once on a node (they never hold an execution slot).
+    pub callback_concurrency: NonZeroUsize,
 }
 
 /// A trigger's `async` table.
@@ -120,6 +122,9 @@ pub struct AsyncConfig {
     pub max_event_age_s: u64,
     /// Open tasks this trigger may hold at most (a quota within `[queue] max_tasks`).
     pub max_tasks: Option<u64>,
+    /// Bytes this trigger's open tasks may hold at most (default: a quarter of
+    /// `[queue] max_queue_bytes`).
+    pub max_queue_bytes: Option<u64>,
     pub on_success: Option<String>,
     pub on_failure: Option<String>,
     /// Lowercase `host` or `host:port` entries an `X-Callback-Url` may name.
@@ -137,6 +142,7 @@ impl Default for AsyncConfig {
             max_retries: 3,
             max_event_age_s: 86_400,
             max_tasks: None,
+            max_queue_bytes: None,
             on_success: None,
             on_failure: None,
             callback_hosts: Vec::new(),
@@ -540,6 +546,8 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
         retention_s: q.retention_s.unwrap_or(7 * 86400),
         max_tasks: q.max_tasks.unwrap_or(1_000_000),
         max_queue_bytes: q.max_queue_bytes.unwrap_or(1 << 30),
+        callback_concurrency: NonZeroUsize::new(q.callback_concurrency.unwrap_or(64) as usize)
+            .ok_or_else(|| anyhow!("key `queue.callback_concurrency`: must be greater than 0"))?,
     };
 
     let cluster = raw
@@ -1001,6 +1009,7 @@ fn validate_trigger(
                 max_retries: a.max_retries.unwrap_or(3),
                 max_event_age_s,
                 max_tasks: a.max_tasks,
+                max_queue_bytes: a.max_queue_bytes,
                 on_success: a.on_success,
                 on_failure: a.on_failure,
                 callback_hosts: a

@@ -205,6 +205,7 @@ pub struct RawQueue {
     pub retention_s: Option<u64>,
     pub max_tasks: Option<u64>,
     pub max_queue_bytes: Option<u64>,
+    pub callback_concurrency: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -224,6 +225,7 @@ pub struct RawAsync {
     pub max_retries: Option<u32>,
     pub max_event_age_s: Option<u64>,
     pub max_tasks: Option<u64>,
+    pub max_queue_bytes: Option<u64>,
     pub on_success: Option<String>,
     pub on_failure: Option<String>,
     pub callback_hosts: Option<Vec<String>>,

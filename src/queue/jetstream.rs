@@ -703,6 +703,7 @@ impl Cluster {
                 created_ms: wire.created_ms,
                 due_ms: wire.due_ms,
                 trigger_quota: None,
+                trigger_bytes_quota: None,
             },
             attempts,
         };

@@ -79,6 +79,9 @@ pub struct NewTask {
     pub due_ms: i64,
     /// Open tasks its trigger may have at most (`async.max_tasks`), if bounded.
     pub trigger_quota: Option<u64>,
+    /// Bytes its trigger's open tasks may hold at most (`async.max_queue_bytes`); when not
+    /// set, a fair share: a quarter of `[queue] max_queue_bytes`.
+    pub trigger_bytes_quota: Option<u64>,
 }
 
 impl NewTask {
@@ -185,7 +188,8 @@ pub enum InsertError {
 pub struct Book {
     pub open: AtomicU64,
     pub bytes: AtomicU64,
-    per_trigger: std::sync::Mutex<HashMap<String, u64>>,
+    /// Per trigger: open tasks and their bytes.
+    per_trigger: std::sync::Mutex<HashMap<String, (u64, u64)>>,
 }
 
 impl Book {
@@ -193,7 +197,9 @@ impl Book {
         self.open.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(size, Ordering::Relaxed);
         if let Ok(mut m) = self.per_trigger.lock() {
-            *m.entry(trigger.to_string()).or_default() += 1;
+            let e = m.entry(trigger.to_string()).or_default();
+            e.0 += 1;
+            e.1 += size;
         }
     }
 
@@ -209,19 +215,25 @@ impl Book {
                 Some(v.saturating_sub(size))
             });
         if let Ok(mut m) = self.per_trigger.lock()
-            && let Some(n) = m.get_mut(trigger)
+            && let Some((n, bytes)) = m.get_mut(trigger)
         {
             *n = n.saturating_sub(1);
+            *bytes = bytes.saturating_sub(size);
         }
     }
 
     /// Open tasks of `trigger`.
     pub fn of_trigger(&self, trigger: &str) -> u64 {
+        self.trigger_totals(trigger).0
+    }
+
+    /// Open tasks of `trigger` and the bytes they hold.
+    fn trigger_totals(&self, trigger: &str) -> (u64, u64) {
         self.per_trigger
             .lock()
             .ok()
             .and_then(|m| m.get(trigger).copied())
-            .unwrap_or(0)
+            .unwrap_or((0, 0))
     }
 }
 
@@ -663,11 +675,20 @@ fn over_bounds(t: &NewTask, size: u64, book: &Book, bounds: Bounds) -> Option<St
             bounds.max_bytes
         ));
     }
+    let (open, bytes) = book.trigger_totals(&t.invocation.trigger);
     if let Some(quota) = t.trigger_quota
-        && book.of_trigger(&t.invocation.trigger) >= quota
+        && open >= quota
     {
         return Some(format!(
             "trigger '{}' holds its maximum of {quota} open tasks",
+            t.invocation.trigger
+        ));
+    }
+    // One trigger (delays x fan-out x large bodies) cannot take every other trigger's room.
+    let byte_quota = t.trigger_bytes_quota.unwrap_or(bounds.max_bytes / 4);
+    if bytes.saturating_add(size) > byte_quota {
+        return Some(format!(
+            "trigger '{}' holds its maximum of {byte_quota} bytes (async.max_queue_bytes)",
             t.invocation.trigger
         ));
     }
@@ -903,6 +924,7 @@ fn claim(tx: &Connection, now_ms: i64, limit: usize, book: &Book) -> rusqlite::R
                         created_ms,
                         due_ms,
                         trigger_quota: None,
+                        trigger_bytes_quota: None,
                     },
                     attempts,
                 });
@@ -1209,7 +1231,42 @@ mod tests {
             created_ms: 0,
             due_ms: 0,
             trigger_quota: quota,
+            // As big as the node's bound: the fair share has its own test.
+            trigger_bytes_quota: Some(u64::MAX),
         }
+    }
+
+    #[test]
+    fn one_trigger_holds_at_most_its_share_of_the_queue_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, book) = open(&dir.path().join("t.db"), 0, &|_| "LATEST".into()).unwrap();
+        let bounds = Bounds {
+            max_tasks: 100,
+            max_bytes: 10_000,
+        };
+        let shared = |trigger: &str, id: &str| NewTask {
+            trigger_bytes_quota: None,
+            ..new_task(trigger, id, 1000, None)
+        };
+        // Two tasks fit in a quarter (2500 bytes, stored size a little over the body).
+        insert(&conn, shared("a", "1"), &book, bounds).unwrap();
+        insert(&conn, shared("a", "2"), &book, bounds).unwrap();
+        let over = insert(&conn, shared("a", "3"), &book, bounds);
+        assert!(
+            matches!(over, Err(InsertError::Full(ref m)) if m.contains("'a'") && m.contains("2500")),
+            "{over:?}"
+        );
+        // Another trigger still has room.
+        insert(&conn, shared("b", "1"), &book, bounds).unwrap();
+        // A trigger with its own quota uses it.
+        let own = |id: &str| NewTask {
+            trigger_bytes_quota: Some(5000),
+            ..new_task("c", id, 1000, None)
+        };
+        for id in ["1", "2", "3", "4"] {
+            insert(&conn, own(id), &book, bounds).unwrap();
+        }
+        assert!(insert(&conn, own("5"), &book, bounds).is_err());
     }
 
     fn insert(tx: &Connection, t: NewTask, book: &Book, bounds: Bounds) -> Result<(), InsertError> {

@@ -75,13 +75,17 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let workers = Arc::new(Semaphore::new(queue.config.workers.get()));
-    let client = Delivery { admin };
+    let client = Delivery {
+        admin,
+        executor: executor.clone(),
+        slots: Arc::new(Semaphore::new(queue.config.callback_concurrency.get())),
+    };
     for mut cb in queue.pending_callbacks().await {
         let trigger = cb.key.split('/').next().unwrap_or_default();
         cb.max_attempts = executor
             .policy(trigger)
             .map_or(cb.max_attempts, |p| p.max_retries + 1);
-        tokio::spawn(deliver(queue.clone(), client.clone(), cb));
+        client.spawn(queue.clone(), cb);
     }
     let mut last_prune = Instant::now() - Duration::from_secs(3600);
     // Tasks the writer hands over directly (due now, stored Running): no claim needed.
@@ -170,13 +174,39 @@ type Permit = std::pin::Pin<
     >,
 >;
 
-/// How callbacks are delivered: through [`callback::resolve`], never to the admin listener.
-#[derive(Debug, Clone)]
+/// How callbacks are delivered: off the execution slots, at most `callback_concurrency` POSTs
+/// at once (a delivery waiting out its backoff holds none), through [`callback::resolve`],
+/// never to the admin listener. A delivery's state is in its task's record, so one cut off by
+/// a stop resumes at the next start.
+#[derive(Clone)]
 struct Delivery {
     admin: Option<SocketAddr>,
+    executor: Arc<dyn Executor>,
+    slots: Arc<Semaphore>,
 }
 
 impl Delivery {
+    fn spawn(&self, queue: Arc<Queue>, cb: PendingCallback) {
+        let client = self.clone();
+        tokio::spawn(async move { deliver(&queue, &client, cb).await });
+    }
+
+    /// A client-supplied URL read back from the queue is checked against the trigger's
+    /// `callback_hosts` as they are now, like at submission: the record may not be the one
+    /// this node wrote, and the list may have shrunk since.
+    fn still_allowed(&self, cb: &PendingCallback) -> Result<(), String> {
+        if !cb.client_supplied {
+            return Ok(());
+        }
+        let trigger = cb.key.split('/').next().unwrap_or_default();
+        let hosts = self
+            .executor
+            .policy(trigger)
+            .map(|p| p.callback_hosts)
+            .unwrap_or_default();
+        callback::check_client_url(&cb.url, &hosts, self.admin)
+    }
+
     /// A client pinned to the address that was checked (no second DNS lookup).
     async fn client(&self, cb: &PendingCallback) -> Result<reqwest::Client, String> {
         let (target, addr) = callback::resolve(&cb.url, cb.client_supplied, self.admin).await?;
@@ -192,7 +222,7 @@ impl Delivery {
     }
 }
 
-async fn execute(executor: &dyn Executor, queue: &Queue, client: &Delivery, task: Task) {
+async fn execute(executor: &dyn Executor, queue: &Arc<Queue>, client: &Delivery, task: Task) {
     let key = task.new.key();
     let request_id = task.new.invocation.request_id.clone();
     let Some(policy) = executor.policy(&task.new.invocation.trigger) else {
@@ -324,7 +354,7 @@ struct Outcome {
 
 /// Records the final state and hands the callback (if any) to delivery.
 async fn finish(
-    queue: &Queue,
+    queue: &Arc<Queue>,
     client: &Delivery,
     task: &Task,
     policy: Option<&AsyncConfig>,
@@ -413,7 +443,7 @@ async fn finish(
         // A callback leaves only once the outcome it reports is committed.
         Some(cb) => {
             queue.update(record).await;
-            deliver_with(queue, client, cb).await;
+            client.spawn(queue.clone(), cb);
         }
         // Otherwise the worker moves on while the writer commits (a crash before that
         // commit runs the task again: at least once). Waiting here held a worker for a
@@ -422,24 +452,29 @@ async fn finish(
     }
 }
 
-async fn deliver(queue: Arc<Queue>, client: Delivery, cb: PendingCallback) {
-    deliver_with(&queue, &client, cb).await;
-}
-
 /// POSTs a callback, retrying with backoff; records every attempt and the final outcome.
-async fn deliver_with(queue: &Queue, client: &Delivery, cb: PendingCallback) {
+async fn deliver(queue: &Queue, client: &Delivery, cb: PendingCallback) {
     let mut attempts = cb.attempts;
     loop {
         attempts += 1;
-        let result = match client.client(&cb).await {
-            Ok(http) => {
-                let mut req = http.post(&cb.url).body(cb.body.clone());
-                for (k, v) in &cb.headers {
-                    req = req.header(k.as_str(), v.as_slice());
-                }
-                req.send().await.map_err(|e| e.to_string())
-            }
+        let result = match client.still_allowed(&cb) {
             Err(refused) => Err(format!("not delivered: {refused}")),
+            Ok(()) => {
+                // Held for the POST only, not the backoff.
+                let Ok(_slot) = client.slots.acquire().await else {
+                    return;
+                };
+                match client.client(&cb).await {
+                    Ok(http) => {
+                        let mut req = http.post(&cb.url).body(cb.body.clone());
+                        for (k, v) in &cb.headers {
+                            req = req.header(k.as_str(), v.as_slice());
+                        }
+                        req.send().await.map_err(|e| e.to_string())
+                    }
+                    Err(refused) => Err(format!("not delivered: {refused}")),
+                }
+            }
         };
         let (ok, status) = match result {
             Ok(r) if r.status().is_success() => {
