@@ -45,6 +45,11 @@ pub struct Dispatcher {
     queue: Option<Arc<Queue>>,
     /// Each trigger's async settings (the defaults where it has no `async` table).
     policies: HashMap<String, AsyncConfig>,
+    /// What a task read back from the queue is bounded by.
+    read_back: crate::config::Limits,
+    /// The largest body a submission can store: `max_async_body_bytes` with room for an
+    /// event's envelope, or a cron trigger's payload.
+    max_stored_body: u64,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -80,6 +85,15 @@ impl Dispatcher {
             limits,
             queue,
             policies,
+            read_back: config.limits.clone(),
+            max_stored_body: config
+                .triggers
+                .iter()
+                .filter_map(|t| match &t.kind {
+                    crate::config::Kind::Cron(c) => c.payload.as_ref().map(|p| p.len() as u64),
+                    _ => None,
+                })
+                .fold(config.limits.max_async_body_bytes + 64 * 1024, u64::max),
         }
     }
 
@@ -160,6 +174,13 @@ impl Dispatcher {
     /// invocation, the response read (bounded) for the record and the callback.
     pub async fn attempt(&self, task: &Task) -> Attempt {
         let stored = &task.new.invocation;
+        if let Err(why) = self.check_stored(task) {
+            tracing::error!(task = %task.new.key(), "a stored task set aside: {why}");
+            return refused(
+                GatewayError::Internal(format!("the stored task is not valid: {why}")),
+                &stored.request_id,
+            );
+        }
         let inv = match stored.to_invocation(
             Bytes::from(task.new.body.clone()),
             &task.new.id,
@@ -191,6 +212,34 @@ impl Dispatcher {
                 &stored.request_id,
             ),
         }
+    }
+
+    /// A task read back from the queue (a SQLite file, a NATS stream: either may hold what
+    /// this node never wrote) is bounded like a request before anything is built from it:
+    /// its body, its target URI and its headers within the limits a submission had to meet.
+    fn check_stored(&self, task: &Task) -> Result<(), String> {
+        let l = &self.read_back;
+        let stored = &task.new.invocation;
+        let body_limit = self.max_stored_body;
+        if task.new.body.len() as u64 > body_limit {
+            return Err(format!(
+                "its body of {} bytes is over {body_limit}",
+                task.new.body.len()
+            ));
+        }
+        // The URI carries the checked authority besides the client's target.
+        if stored.uri.len() > l.max_uri_bytes + 1024 {
+            return Err(format!("its URI of {} bytes is too long", stored.uri.len()));
+        }
+        // The gateway adds its own headers to what the client sent, hence the room.
+        let header_limit = l.max_header_bytes.saturating_mul(2) + 16 * 1024;
+        let header_bytes: usize = stored.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if header_bytes > header_limit || stored.headers.len() > 1024 {
+            return Err(format!(
+                "its headers ({header_bytes} bytes) are over {header_limit}"
+            ));
+        }
+        Ok(())
     }
 
     /// A trigger's async settings; `None` when the trigger does not exist.

@@ -196,6 +196,20 @@ pub enum StoredValue {
     Binary { b64: String },
 }
 
+impl StoredValue {
+    /// Its stored size in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            StoredValue::Text(s) => s.len(),
+            StoredValue::Binary { b64 } => b64.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The durable form of an invocation (its body is stored beside it, as bytes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredInvocation {

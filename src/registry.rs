@@ -134,6 +134,28 @@ struct StoredVersion {
     created_ms: i64,
 }
 
+impl StoredVersion {
+    /// A record read back from the bucket is checked like a deploy before anything uses
+    /// it: the digest names a file, and the size sizes a buffer.
+    fn check(&self) -> Result<(), String> {
+        let hex = self.sha256.len() == 64
+            && self
+                .sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !hex {
+            return Err("its sha256 is not 64 lowercase hex digits".into());
+        }
+        if self.size == 0 || self.size > MAX_COMPONENT_BYTES as u64 {
+            return Err(format!(
+                "its size {} is outside 1..={MAX_COMPONENT_BYTES}",
+                self.size
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
@@ -321,6 +343,22 @@ impl Registry {
         let mut state = State::default();
         for (name, version, sha, size, created) in rows {
             // One damaged version is logged and not served; it never stops the node.
+            let record = StoredVersion {
+                sha256: sha,
+                size: u64::try_from(size).unwrap_or(0),
+                created_ms: created,
+            };
+            if let Err(why) = record.check().and_then(|()| {
+                if crate::config::valid_name(&name) {
+                    Ok(())
+                } else {
+                    Err("its function name is not valid".into())
+                }
+            }) {
+                tracing::error!(function = %name.escape_debug(), version, "a version record set aside: {why}");
+                continue;
+            }
+            let sha = record.sha256;
             let loaded = prepare_version(&self.artifacts, runtime, config, &name, version, &sha);
             let (f, from_cache) = match loaded {
                 Ok(x) => x,
@@ -817,6 +855,21 @@ async fn apply(
                 tracing::error!(function = name, version, "an unreadable version record");
                 return None;
             };
+            if !crate::config::valid_name(name) {
+                tracing::error!(
+                    key,
+                    "a version record with an invalid function name; set aside"
+                );
+                return None;
+            }
+            if let Err(why) = stored.check() {
+                tracing::error!(
+                    function = name,
+                    version,
+                    "a version record set aside: {why}"
+                );
+                return None;
+            }
             match install(follower, state, remote, name, version, stored).await {
                 Ok(from_cache) => Some(from_cache),
                 Err(e) => {
@@ -848,9 +901,13 @@ async fn install(
             .get(&stored.sha256)
             .await
             .with_context(|| format!("fetching component {}", stored.sha256))?;
+        // The size was checked against the deploy limit; the object is read no further.
         let mut bytes = Vec::with_capacity(stored.size as usize);
-        object.read_to_end(&mut bytes).await?;
-        if sha256_hex(&bytes) != stored.sha256 {
+        (&mut object)
+            .take(stored.size + 1)
+            .read_to_end(&mut bytes)
+            .await?;
+        if bytes.len() as u64 != stored.size || sha256_hex(&bytes) != stored.sha256 {
             anyhow::bail!("component {} arrived corrupt", stored.sha256);
         }
         write_atomic(&wasm, &bytes)?;

@@ -548,3 +548,166 @@ async fn fill_trigger(s: &TestServer, path: &str) -> (usize, Option<(u16, String
         }
     }
 }
+
+/// Finding 5: what the queue hands back is checked like client input. Two tasks are
+/// altered in the SQLite file while the node is down: one's body grows past every limit, the
+/// other's client-supplied callback URL is moved to a host `callback_hosts` does not list.
+/// The first is set aside (Failed, named in the log), the second's callback is not delivered
+/// (before: the first ran with its 10 MB body, the second's callback reached the other host).
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_read_back_from_the_queue_are_checked_like_requests() {
+    let (listed, unlisted) = (common::Receiver::start(200), common::Receiver::start(200));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+admin_token = "{ADMIN_TOKEN}"
+data_dir = "data"
+
+[[function]]
+name = "echo"
+wasm = "{{echo}}"
+memory_mb = 16
+
+[[trigger]]
+name = "t"
+function = "echo"
+async = {{ max_retries = 0, callback_hosts = ["{listed}"] }}
+"#,
+        listed = listed.addr
+    );
+    let mut s = TestServer::start_in(dir.path(), &cfg, &[]);
+    let client = reqwest::Client::new();
+    for (id, callback) in [("big", None), ("moved", Some(listed.url("/cb")))] {
+        let mut req = client
+            .post(s.url("/t"))
+            .header("x-fc-invocation-type", "Async")
+            .header("x-fc-async-task-id", id)
+            .header("x-fc-async-delay", "3600")
+            .body("small");
+        if let Some(url) = callback {
+            req = req.header("x-callback-url", url);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 202, "{id}");
+    }
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(Duration::from_secs(30)), Some(0));
+    {
+        let db = rusqlite::Connection::open(dir.path().join("data/tasks.db")).unwrap();
+        let n = db
+            .execute(
+                "UPDATE tasks SET body = zeroblob(10000000), due_ms = 0 WHERE id = 'big'",
+                [],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+        let n = db
+            .execute(
+                "UPDATE tasks SET callback_url = ?1, due_ms = 0 WHERE id = 'moved'",
+                [unlisted.url("/stolen")],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+    let s = TestServer::start_in(dir.path(), &cfg, &[]);
+    let (ok, t) = poll_task(&s, "big", 400, |t| t["state"] == "Failed").await;
+    assert!(ok, "an oversized stored body was run: {t}");
+    assert!(
+        t["last_error"].as_str().unwrap_or("").contains("not valid")
+            || s.stderr_text().contains("a stored task set aside"),
+        "{t}"
+    );
+    let (ok, t) = poll_task(&s, "moved", 400, |t| {
+        t["callback_status"]
+            .as_str()
+            .is_some_and(|c| c != "Pending")
+    })
+    .await;
+    assert!(ok, "{t}");
+    assert!(
+        t["callback_status"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not delivered"),
+        "{t}"
+    );
+    assert!(
+        unlisted.next(Duration::from_millis(200)).is_none(),
+        "a callback reached a host callback_hosts does not list"
+    );
+    assert!(listed.next(Duration::from_millis(10)).is_none());
+}
+
+/// Finding 5, the cluster registry: a version record whose size would size a petabyte
+/// buffer, and one whose digest is not a digest (it names a file), are set aside with a log
+/// line; the node keeps serving (before: the first aborted every node that read it).
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_registry_records_on_nats_are_set_aside() {
+    let broker = common::Broker::jetstream();
+    let s = TestServer::start(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+admin_token = "{ADMIN_TOKEN}"
+data_dir = "data"
+{cluster}
+[[function]]
+name = "echo"
+wasm = "{{echo}}"
+memory_mb = 16
+
+[[trigger]]
+name = "echo"
+function = "echo"
+"#,
+        cluster = common::cluster_section(&broker)
+    ));
+    let nats = async_nats::connect(format!("127.0.0.1:{}", broker.port))
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(nats);
+    // The node made both stores; wait for them (bounded).
+    let mut stores = None;
+    for _ in 0..200 {
+        if let (Ok(kv), Ok(objects)) = (
+            js.get_key_value("wasmgate_registry").await,
+            js.get_object_store("wasmgate_components").await,
+        ) {
+            stores = Some((kv, objects));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (kv, objects) = stores.expect("the registry's bucket and object store");
+    let sha = "ab".repeat(32);
+    objects
+        .put(sha.as_str(), &mut &b"\0asm\x0d\0\x01\0"[..])
+        .await
+        .unwrap();
+    kv.put(
+        "version.huge.1",
+        format!(r#"{{"sha256":"{sha}","size":1125899906842624,"created_ms":0}}"#).into(),
+    )
+    .await
+    .unwrap();
+    kv.put(
+        "version.escape.1",
+        r#"{"sha256":"../../../escape","size":8,"created_ms":0}"#.into(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        s.wait_for_count("a version record set aside", 2),
+        "{}",
+        s.stderr_text()
+    );
+    let resp = reqwest::Client::new()
+        .get(s.url("/echo/after"))
+        .send()
+        .await
+        .expect("the node still serves");
+    assert_eq!(resp.status(), 200);
+}
