@@ -78,28 +78,102 @@ where
     }
 }
 
-/// A body checked against the SHA-256 its (verified) signature claims, as it streams: the
-/// last frame is only handed on when the digest matches; otherwise the body fails and the
-/// flag is set, so the pipeline answers 403 `SignatureNotMatch`.
+/// The digest a verified signature claims for a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Digest {
+    Sha256([u8; 32]),
+    Md5([u8; 16]),
+}
+
+/// A running hash of one of the [`Digest`] kinds.
+enum Hasher {
+    Sha256(sha2::Sha256),
+    Md5(md5::Md5),
+}
+
+impl Hasher {
+    fn new(kind: &Digest) -> Hasher {
+        use sha2::Digest as _;
+        match kind {
+            Digest::Sha256(_) => Hasher::Sha256(sha2::Sha256::new()),
+            Digest::Md5(_) => Hasher::Md5(md5::Md5::new()),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        use sha2::Digest as _;
+        match self {
+            Hasher::Sha256(h) => h.update(data),
+            Hasher::Md5(h) => h.update(data),
+        }
+    }
+
+    /// Whether what was hashed matches `expected` (constant time).
+    fn matches(self, expected: &Digest) -> bool {
+        use sha2::Digest as _;
+        use subtle::ConstantTimeEq;
+        match (self, expected) {
+            (Hasher::Sha256(h), Digest::Sha256(want)) => h.finalize()[..].ct_eq(&want[..]).into(),
+            (Hasher::Md5(h), Digest::Md5(want)) => h.finalize()[..].ct_eq(&want[..]).into(),
+            _ => false,
+        }
+    }
+}
+
+impl Digest {
+    /// Whether `data` (a whole body) matches.
+    pub fn matches(&self, data: &[u8]) -> bool {
+        let mut h = Hasher::new(self);
+        h.update(data);
+        h.matches(self)
+    }
+}
+
+/// A body checked, as it streams, against the digest its (verified) signature claims. The
+/// function never gets the end of an unverified body: each data frame is held back until the
+/// next one arrives, and the last one (with the end of the body) is handed on only once the
+/// digest matches; otherwise the body fails and the flag is set, so the pipeline answers 403
+/// `SignatureNotMatch`. A function can read all but the last frame of a forged body before
+/// the mismatch is known, but never its end, so it cannot complete on it.
 pub struct HashChecked<B> {
     inner: B,
-    /// The expected digest and the running hash; `None` passes the body through.
-    check: Option<([u8; 32], sha2::Sha256)>,
+    /// The expected digest and the running hash; `None` once checked (or with no digest).
+    check: Option<(Digest, Hasher)>,
+    /// The data frame held back until the next one (or the verdict) arrives.
+    held: Option<Bytes>,
+    /// Trailers that ended the body, handed on after the held frame.
+    trailers: Option<Frame<Bytes>>,
+    /// The inner body has ended (it is not polled again).
+    ended: bool,
     mismatch: Arc<AtomicBool>,
 }
 
 impl<B> HashChecked<B> {
-    pub fn new(inner: B, expected: Option<[u8; 32]>) -> (Self, Arc<AtomicBool>) {
-        use sha2::Digest;
+    pub fn new(inner: B, expected: Option<Digest>) -> (Self, Arc<AtomicBool>) {
         let mismatch = Arc::new(AtomicBool::new(false));
         (
             HashChecked {
                 inner,
-                check: expected.map(|e| (e, sha2::Sha256::new())),
+                check: expected.map(|e| {
+                    let h = Hasher::new(&e);
+                    (e, h)
+                }),
+                held: None,
+                trailers: None,
+                ended: false,
                 mismatch: mismatch.clone(),
             },
             mismatch,
         )
+    }
+
+    /// The body has ended: checks the digest; true when it matches.
+    fn verdict(&mut self) -> bool {
+        self.ended = true;
+        match self.check.take() {
+            Some((expected, hasher)) => hasher.matches(&expected),
+            None => true,
+        }
     }
 }
 
@@ -115,35 +189,59 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        use sha2::Digest;
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        let Some((expected, hasher)) = self.check.as_mut() else {
-            return polled.map_err(Into::into);
-        };
-        match polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    hasher.update(d);
-                }
-                Poll::Ready(Some(Ok(frame)))
+        let this = &mut *self;
+        if this.check.is_none() {
+            // Checked (or nothing to check): what was held back, then the rest.
+            if let Some(d) = this.held.take() {
+                return Poll::Ready(Some(Ok(Frame::data(d))));
             }
-            Poll::Ready(None) => {
-                let expected = *expected;
-                let digest: [u8; 32] = std::mem::take(hasher).finalize().into();
-                self.check = None;
-                if subtle::ConstantTimeEq::ct_eq(&digest[..], &expected[..]).into() {
-                    Poll::Ready(None)
-                } else {
-                    self.mismatch.store(true, Ordering::SeqCst);
-                    Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestDenied)))
-                }
+            if let Some(t) = this.trailers.take() {
+                return Poll::Ready(Some(Ok(t)));
             }
-            other => other.map_err(Into::into),
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            return Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into);
+        }
+        loop {
+            let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(Some(Ok(frame))) => Some(frame),
+                Poll::Ready(None) => None,
+            };
+            let frame = match frame.map(Frame::into_data) {
+                Some(Ok(data)) => {
+                    if let Some((_, hasher)) = this.check.as_mut() {
+                        hasher.update(&data);
+                    }
+                    match this.held.replace(data) {
+                        Some(previous) => return Poll::Ready(Some(Ok(Frame::data(previous)))),
+                        None => continue,
+                    }
+                }
+                Some(Err(trailers)) => Some(trailers),
+                None => None,
+            };
+            // The end of the body (or its trailers): the verdict decides what follows.
+            if !this.verdict() {
+                this.held = None;
+                this.mismatch.store(true, Ordering::SeqCst);
+                return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestDenied)));
+            }
+            this.trailers = frame;
+            if let Some(d) = this.held.take() {
+                return Poll::Ready(Some(Ok(Frame::data(d))));
+            }
+            return Poll::Ready(this.trailers.take().map(Ok));
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.check.is_none() && self.inner.is_end_stream()
+        self.check.is_none()
+            && self.held.is_none()
+            && self.trailers.is_none()
+            && (self.ended || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -243,7 +243,7 @@ impl App {
         } else {
             invocation_type
         };
-        let (principal, read, body_sha256) = authenticate(
+        let (principal, read, body_digest) = authenticate(
             self,
             trigger,
             &mut parts,
@@ -273,7 +273,7 @@ impl App {
                 read_ahead(self, body, read_as).await?
             }
         };
-        let (body, hash_mismatch) = check_body_hash(body, body_sha256.as_deref())?;
+        let (body, hash_mismatch) = check_body_hash(body, body_digest.as_ref())?;
         if is_event {
             let limit = self.config.limits.max_async_body_bytes;
             let body = collect_limited(body, limit)
@@ -493,7 +493,14 @@ pub async fn authenticate<B>(
     unread: &mut Option<B>,
     conn: &ConnInfo,
     path: &str,
-) -> Result<(Principal, Option<RequestBody<B>>, Option<String>), GatewayError>
+) -> Result<
+    (
+        Principal,
+        Option<RequestBody<B>>,
+        Option<crate::auth::signature::BodyDigest>,
+    ),
+    GatewayError,
+>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
@@ -528,7 +535,7 @@ where
     if let Some(replaced) = authenticated.body {
         read = Some(RequestBody::Buffered(Some(Bytes::from(replaced))));
     }
-    Ok((authenticated.principal, read, authenticated.body_sha256))
+    Ok((authenticated.principal, read, authenticated.body_digest))
 }
 
 /// Between stages 6 and 7: the body, or its first `body_buffer_bytes`, is read before a
@@ -591,7 +598,7 @@ fn prefetch_error(app: &App, e: crate::body::PrefetchError, limit: u64) -> Gatew
 /// of the function's response.
 fn check_body_hash<B>(
     body: RequestBody<B>,
-    expected: Option<&str>,
+    expected: Option<&crate::auth::signature::BodyDigest>,
 ) -> Result<
     (
         HashChecked<RequestBody<B>>,
@@ -599,25 +606,34 @@ fn check_body_hash<B>(
     ),
     GatewayError,
 > {
-    let mismatch = || {
-        GatewayError::from(crate::auth::AuthError::SignatureNotMatch(
-            "the request body does not match x-acs-content-sha256".into(),
-        ))
+    use crate::auth::signature::BodyDigest;
+    use crate::body::Digest;
+    let mismatch = |header: &str| {
+        GatewayError::from(crate::auth::AuthError::SignatureNotMatch(format!(
+            "the request body does not match {header}"
+        )))
     };
-    let expected: Option<[u8; 32]> = match expected {
+    let expected: Option<Digest> = match expected {
         None => None,
-        Some(hex) => Some(
+        Some(BodyDigest::Sha256(hex)) => Some(Digest::Sha256(
             hex::decode(hex)
                 .ok()
                 .and_then(|v| <[u8; 32]>::try_from(v).ok())
-                .ok_or_else(mismatch)?,
-        ),
+                .ok_or_else(|| mismatch("x-acs-content-sha256"))?,
+        )),
+        Some(BodyDigest::Md5(b64)) => Some(Digest::Md5(
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)
+                .ok()
+                .and_then(|v| <[u8; 16]>::try_from(v).ok())
+                .ok_or_else(|| mismatch("Content-MD5"))?,
+        )),
     };
     if let (Some(want), RequestBody::Buffered(data)) = (expected, &body) {
-        use sha2::Digest;
-        let got: [u8; 32] = sha2::Sha256::digest(data.as_deref().unwrap_or_default()).into();
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(&got[..], &want[..])) {
-            return Err(mismatch());
+        if !want.matches(data.as_deref().unwrap_or_default()) {
+            return Err(mismatch(match want {
+                Digest::Sha256(_) => "x-acs-content-sha256",
+                Digest::Md5(_) => "Content-MD5",
+            }));
         }
         return Ok(HashChecked::new(body, None));
     }

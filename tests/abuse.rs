@@ -711,3 +711,135 @@ function = "echo"
         .expect("the node still serves");
     assert_eq!(resp.status(), 200);
 }
+
+const SIGNING_SECRET: &str = "abuse-signing-secret";
+
+fn signed_config() -> String {
+    r#"
+[server]
+listen = "127.0.0.1:0"
+
+[limits]
+body_buffer_bytes = 65536
+
+[[function]]
+name = "probe"
+wasm = "{probe}"
+memory_mb = 64
+
+[[trigger]]
+name = "signed"
+function = "probe"
+auth = "signature"
+signature = { keys = [ { id = "AK1", secret_env = "AK1_SECRET" } ] }
+"#
+    .to_string()
+}
+
+/// The largest `consumed N` the probe logged: how much of the body the function read.
+fn consumed(log: &str) -> usize {
+    log.split("consumed ")
+        .skip(1)
+        .filter_map(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Finding 9: a signed `x-acs-content-sha256` that the body does not match, on a body past
+/// `body_buffer_bytes` (so it streams to the function): 403, and the function never gets the
+/// end of the body (before: it was handed every byte, and the mismatch was found after).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_body_that_misses_its_signed_hash_never_reaches_its_end() {
+    let s = TestServer::start_with_env(&signed_config(), &[("AK1_SECRET", SIGNING_SECRET)]);
+    let path = "/signed/consume";
+    // Sends `body` signed with the hash of `claimed`.
+    let send = |claimed: &[u8], body: Vec<u8>| {
+        let hash = wasmgate::auth::signature::sha256_hex(claimed);
+        let date = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let mut h = http::HeaderMap::new();
+        h.insert("x-acs-date", date.parse().unwrap());
+        h.insert("x-acs-content-sha256", hash.parse().unwrap());
+        let names = vec!["x-acs-content-sha256".to_string(), "x-acs-date".to_string()];
+        let canonical =
+            wasmgate::auth::signature::acs3_canonical_request("POST", path, "", &h, &names, &hash);
+        let sig = wasmgate::auth::signature::hmac_hex(
+            SIGNING_SECRET.as_bytes(),
+            wasmgate::auth::signature::acs3_string_to_sign(&canonical).as_bytes(),
+        );
+        reqwest::Client::new()
+            .post(s.url(path))
+            .header("x-acs-date", date)
+            .header("x-acs-content-sha256", hash)
+            .header(
+                "authorization",
+                format!(
+                    "ACS3-HMAC-SHA256 Credential=AK1,SignedHeaders=x-acs-content-sha256;x-acs-date,Signature={sig}"
+                ),
+            )
+            .body(body)
+            .send()
+    };
+    // A matching body streams through whole (2 MB: shorter than the forged one below).
+    let matching = vec![b'a'; 2_000_000];
+    let resp = send(&matching, matching.clone()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), matching.len().to_string());
+    let len = 3_000_000;
+    let claimed = vec![b'a'; len];
+    let mut sent = claimed.clone();
+    sent[len - 1] = b'b';
+    let resp = send(&claimed, sent).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(resp.text().await.unwrap().contains("SignatureNotMatch"));
+    // Bounded: let the log catch up with the function's last lines.
+    let _ = s.wait_for_log("consumed 2999");
+    let read = consumed(&s.stderr_text());
+    assert!(
+        read < len,
+        "the function read all {read} bytes of a body that did not match its signed hash"
+    );
+    assert!(
+        read > 2_000_000,
+        "the forged body was not streamed at all: {read}"
+    );
+}
+
+/// Finding 9: the FC form signs `Content-MD5`; a body that does not match it is 403 (before:
+/// the header was signed but the body never checked against it).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fc_form_checks_the_signed_content_md5() {
+    use base64::Engine;
+    use hmac::Mac;
+    let s = TestServer::start_with_env(&signed_config(), &[("AK1_SECRET", SIGNING_SECRET)]);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let send = |body: &'static str, md5_of: &'static str| {
+        let md5 = b64.encode(<md5::Md5 as md5::Digest>::digest(md5_of.as_bytes()));
+        let date = chrono::Utc::now()
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string();
+        let path = "/signed/consume";
+        let to_sign = format!("POST\n{md5}\n\n{date}\n{path}\n");
+        let mut mac =
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(SIGNING_SECRET.as_bytes()).unwrap();
+        mac.update(to_sign.as_bytes());
+        let sig = b64.encode(mac.finalize().into_bytes());
+        reqwest::Client::new()
+            .post(s.url(path))
+            .header("date", date)
+            .header("content-md5", md5)
+            .header("authorization", format!("FC AK1:{sig}"))
+            .body(body)
+            .send()
+    };
+    let resp = send("the body", "the body").await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let resp = send("another body", "the body").await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("SignatureNotMatch"), "{text}");
+    assert!(text.contains("Content-MD5"), "{text}");
+}

@@ -105,10 +105,10 @@ pub struct Authenticated {
     /// The body the function gets instead of the one read, when a credential was removed
     /// from it (a JWT form field).
     pub body: Option<Vec<u8>>,
-    /// The SHA-256 (lowercase hex) the signed `x-acs-content-sha256` claims for the body:
-    /// the signature is verified over the claim, and the body must be checked against it
-    /// as it is read (never before the signature is known to be good).
-    pub body_sha256: Option<String>,
+    /// The digest a verified signature claims for the body (`x-acs-content-sha256`, or the
+    /// FC forms' `Content-MD5`): the signature is verified over the claim, and the body must
+    /// be checked against it as it is read (never before the signature is known to be good).
+    pub body_digest: Option<signature::BodyDigest>,
 }
 
 /// A trigger's authenticator.
@@ -165,14 +165,14 @@ impl TriggerAuth {
         let principal = |principal| Authenticated {
             principal,
             body: None,
-            body_sha256: None,
+            body_digest: None,
         };
         let authorization = req
             .parts
             .headers
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes());
-        let mut body_sha256 = None;
+        let mut body_digest = None;
         let p = match &self.authenticator {
             Authenticator::Anonymous => return Ok(principal(Principal::Anonymous(req.client_ip))),
             Authenticator::Basic(b) => Principal::User(b.verify(authorization)?),
@@ -187,7 +187,7 @@ impl TriggerAuth {
                     },
                     req.now,
                 )?;
-                body_sha256 = verified.body_sha256.clone();
+                body_digest = verified.body_digest.clone();
                 if verified.signed_url && !self.pass_credentials {
                     const URL_CREDENTIALS: [&str; 3] =
                         ["x-fc-access-key-id", "x-fc-expires", "x-fc-signature"];
@@ -209,7 +209,7 @@ impl TriggerAuth {
                     jwt::JwtOutcome::Valid { subject, form_body } => Ok(Authenticated {
                         principal: Principal::Subject(subject),
                         body: form_body,
-                        body_sha256: None,
+                        body_digest: None,
                     }),
                 };
             }
@@ -220,7 +220,7 @@ impl TriggerAuth {
         Ok(Authenticated {
             principal: p,
             body: None,
-            body_sha256,
+            body_digest,
         })
     }
 }

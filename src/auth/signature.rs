@@ -45,12 +45,30 @@ impl std::fmt::Debug for SignatureAuth {
     }
 }
 
+/// A digest of the body that a verified signature covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyDigest {
+    /// ACS3 `x-acs-content-sha256`, lowercase hex.
+    Sha256(String),
+    /// The FC forms' `Content-MD5` (in their string to sign), base64 as sent.
+    Md5(String),
+}
+
+/// The FC forms sign the `Content-MD5` header's value; when one is sent, the body must
+/// match it.
+fn signed_md5(req: &SignedRequest<'_>) -> Option<BodyDigest> {
+    header_str(req.headers, "content-md5")
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| BodyDigest::Md5(v.to_string()))
+}
+
 /// What a successful check found.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Verified {
     pub key_id: String,
-    /// ACS3 `x-acs-content-sha256`: the body must hash to this (lowercase hex).
-    pub body_sha256: Option<String>,
+    /// What the signature says the body hashes to: the body must match it.
+    pub body_digest: Option<BodyDigest>,
     /// The credentials came in the query (a signed URL).
     pub signed_url: bool,
 }
@@ -255,12 +273,12 @@ impl SignatureAuth {
             let string_to_sign = acs3_string_to_sign(&canonical);
             let computed = hmac_raw(secret, string_to_sign.as_bytes());
             if bool::from(computed.ct_eq(&expected)) {
-                let body_sha256 = payload
+                let body_digest = payload
                     .filter(|p| !p.eq_ignore_ascii_case("UNSIGNED-PAYLOAD"))
-                    .map(str::to_ascii_lowercase);
+                    .map(|p| BodyDigest::Sha256(p.to_ascii_lowercase()));
                 return Ok(Verified {
                     key_id: key_id.to_string(),
-                    body_sha256,
+                    body_digest,
                     signed_url: false,
                 });
             }
@@ -292,7 +310,7 @@ impl SignatureAuth {
         if bool::from(computed.ct_eq(&expected)) {
             Ok(Verified {
                 key_id: key_id.to_string(),
-                body_sha256: None,
+                body_digest: signed_md5(req),
                 signed_url: false,
             })
         } else {
@@ -321,7 +339,7 @@ impl SignatureAuth {
             .trim()
             .parse()
             .map_err(|_| AuthError::InvalidArgument(format!("invalid x-fc-expires '{expires}'")))?;
-        if expires_at - now.timestamp() > self.window_s {
+        if expires_at.saturating_sub(now.timestamp()) > self.window_s {
             let at = DateTime::from_timestamp(expires_at, 0).unwrap_or_default();
             return Err(AuthError::AccessDenied(format!(
                 "the signed URL expires at '{}', more than {} s after the current time '{}'",
@@ -349,7 +367,7 @@ impl SignatureAuth {
         if bool::from(computed.ct_eq(&expected)) {
             Ok(Verified {
                 key_id,
-                body_sha256: None,
+                body_digest: signed_md5(req),
                 signed_url: true,
             })
         } else {
@@ -616,7 +634,7 @@ mod tests {
                 .verify(&req, now)
                 .unwrap();
             assert_eq!(ok.key_id, "testAccessKeyId", "{name}");
-            assert_eq!(ok.body_sha256, None);
+            assert_eq!(ok.body_digest, None);
         }
     }
 
@@ -825,7 +843,10 @@ mod tests {
             "2026-01-01T00:00:00Z",
             &[("x-acs-content-sha256", &hash)],
         );
-        assert_eq!(verify(&h, now).unwrap().body_sha256, Some(hash));
+        assert_eq!(
+            verify(&h, now).unwrap().body_digest,
+            Some(BodyDigest::Sha256(hash))
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! | `/log?n=N` | writes N lines to stdout and stderr, then answers 200 |
 //! | `/fetch?url=U` | makes an outbound wasi:http GET to U; answers `200 <status>` or `502 <error>` |
 //! | `/no-response` | returns without ever setting a response |
+//! | `/consume` | reads the request body, logging `consumed N` (bytes so far) after each chunk; answers the total |
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -137,6 +138,18 @@ impl Guest for Probe {
                 }
             }
             "/no-response" => drop(out),
+            "/consume" => {
+                let mut total = 0usize;
+                if let Ok(body) = request.consume()
+                    && let Ok(stream) = body.stream()
+                {
+                    while let Ok(chunk) = stream.blocking_read(64 * 1024) {
+                        total += chunk.len();
+                        let _ = writeln!(std::io::stderr(), "consumed {total}");
+                    }
+                }
+                respond(out, 200, text, total.to_string().as_bytes());
+            }
             // Any other path: 200, or the status in the PROBE_STATUS environment variable (a
             // subscriber that always answers, say, 404).
             _ => {
