@@ -20,6 +20,7 @@ pub mod dispatch;
 pub mod error;
 pub mod invocation;
 pub mod metrics;
+pub mod netguard;
 pub mod pipeline;
 pub mod queue;
 pub mod registry;

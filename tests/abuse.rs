@@ -843,3 +843,62 @@ async fn the_fc_form_checks_the_signed_content_md5() {
     assert!(text.contains("SignatureNotMatch"), "{text}");
     assert!(text.contains("Content-MD5"), "{text}");
 }
+
+/// Finding 11: a guest whose `outbound_hosts` lists a loopback name cannot reach the admin
+/// listener, nor anything internal through the name; a listed address reaches what it names
+/// but never the admin listener (before: `localhost` reached the admin API).
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_outbound_never_reaches_the_admin_listener_or_the_inside_by_name() {
+    let inside = common::Receiver::start(200);
+    let s = TestServer::start(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+admin_token = "{ADMIN_TOKEN}"
+
+[[function]]
+name = "probe"
+wasm = "{{probe}}"
+memory_mb = 16
+outbound_hosts = ["localhost", "127.0.0.1"]
+
+[[trigger]]
+name = "probe"
+function = "probe"
+"#
+    ));
+    let admin = s.admin_url("/-/tasks");
+    let admin_port = admin
+        .trim_start_matches("http://127.0.0.1:")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let fetch = |url: String| {
+        let target = s.url(&format!("/probe/fetch?url={url}"));
+        async move {
+            let r = reqwest::get(target).await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    for url in [
+        format!("http://localhost:{admin_port}/-/tasks"),
+        format!("http://127.0.0.1:{admin_port}/-/tasks"),
+        format!(
+            "http://localhost:{}/x",
+            inside.addr.split(':').nth(1).unwrap()
+        ),
+    ] {
+        let (status, text) = fetch(url.clone()).await;
+        assert_eq!(status, 502, "{url} was reached: {text}");
+    }
+    assert!(inside.next(Duration::from_millis(100)).is_none());
+    // The listed address itself still reaches what it names.
+    let (status, text) = fetch(inside.url("/listed")).await;
+    assert_eq!((status, text.as_str()), (200, "200"));
+    assert_eq!(
+        inside.next(Duration::from_secs(10)).unwrap().path,
+        "/listed"
+    );
+}

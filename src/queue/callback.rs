@@ -69,48 +69,7 @@ pub fn redacted(url: &str) -> String {
     format!("{scheme}://{host}{path}{hidden}")
 }
 
-/// Whether `ip` is an address of the inside: loopback, private, link-local, unique-local,
-/// carrier-grade NAT or unspecified.
-pub fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xc0) == 64)
-        }
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_internal(IpAddr::V4(v4)),
-            None => {
-                let s = v6.segments();
-                let embedded = |hi: u16, lo: u16| {
-                    let [a, b] = hi.to_be_bytes();
-                    let [c, d] = lo.to_be_bytes();
-                    is_internal(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)))
-                };
-                v6.is_loopback()
-                    || v6.is_unspecified()
-                    || v6.is_multicast()
-                    // unique-local, link-local, the deprecated site-local
-                    || (s[0] & 0xfe00) == 0xfc00
-                    || (s[0] & 0xffc0) == 0xfe80
-                    || (s[0] & 0xffc0) == 0xfec0
-                    // IPv4-compatible ::a.b.c.d (deprecated, still routed by some stacks)
-                    || (s[..6] == [0; 6] && embedded(s[6], s[7]))
-                    // NAT64 well-known prefix 64:ff9b::/96 and local-use 64:ff9b:1::/48
-                    || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && embedded(s[6], s[7]))
-                    || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
-                    // 6to4 2002:a.b.c.d::/48
-                    || (s[0] == 0x2002 && embedded(s[1], s[2]))
-            }
-        },
-    }
-}
+pub use crate::netguard::is_internal;
 
 /// Whether `addr` reaches the admin listener at `admin`.
 fn is_admin(addr: SocketAddr, admin: Option<SocketAddr>) -> bool {

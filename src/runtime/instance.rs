@@ -82,7 +82,22 @@ impl WasiHttpHooks for OutboundPolicy {
         if !self.allows(request.uri().host()) {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
+        let host = request.uri().host().unwrap_or_default().to_string();
+        let port = request.uri().port_u16().unwrap_or(
+            if request.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+                443
+            } else {
+                80
+            },
+        );
         Box::new(async move {
+            // Names are resolved and checked here, then again by the connector: a listed
+            // name whose DNS moves between the two could still reach the inside, which is
+            // why only names the operator lists get this far.
+            if let Err(why) = crate::netguard::check_outbound(&host, port).await {
+                tracing::warn!(host = %host, port, "outbound request refused: {why}");
+                return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
+            }
             let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((
                 res.map(BodyExt::boxed_unsync),

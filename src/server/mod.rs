@@ -65,6 +65,9 @@ pub async fn run(gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> R
         if role == Listener::Admin {
             app.set_admin_addr(local);
         }
+        if role != Listener::Public {
+            crate::netguard::note_private_listener(local);
+        }
         listeners.push(Bound { listener, role });
     }
     // The sweeper, the reloader (its SIGHUP handler is installed here, before anyone is
