@@ -123,6 +123,19 @@ where
             if queue_problem.is_some() {
                 degraded.push("queue".into());
             }
+            // Without the token: states only. The reasons (a broker's error text, where a
+            // source listens) are for the operator; a prober gets the public message.
+            let full = authorized(app, req.headers());
+            let queue_problem = match queue_problem {
+                Some(_) if !full => Some("not available (details with the admin token)".into()),
+                p => p,
+            };
+            let mut sources = gateway.sources.snapshot();
+            if !full {
+                for s in sources.values_mut() {
+                    s.detail.clear();
+                }
+            }
             return Ok(json(
                 status,
                 serde_json::json!({
@@ -138,7 +151,7 @@ where
                     "services": gateway.supervisor.running(),
                     // Event sources and their state; a failed one does not stop the node
                     // serving HTTP, so it is named here rather than failing readiness.
-                    "sources": gateway.sources.snapshot(),
+                    "sources": sources,
                     "degraded": degraded,
                 }),
             ));

@@ -902,3 +902,68 @@ function = "probe"
         "/listed"
     );
 }
+
+/// Finding 15: `/readyz` without the admin token names a failing source and its state, not
+/// the broker's error text (which names hosts and accounts); with the token, the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_without_the_token_withholds_error_text() {
+    let port = common::free_port();
+    let s = TestServer::start(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+admin_token = "{ADMIN_TOKEN}"
+data_dir = "data"
+
+[[function]]
+name = "echo"
+wasm = "{{echo}}"
+memory_mb = 16
+
+[[trigger]]
+name = "sensors"
+kind = "mqtt"
+function = "echo"
+broker = "mqtt://127.0.0.1:{port}"
+topics = ["x/#"]
+"#
+    ));
+    let client = reqwest::Client::new();
+    let ready = |token: bool| {
+        let mut req = client.get(s.admin_url("/readyz"));
+        if token {
+            req = req.bearer_auth(ADMIN_TOKEN);
+        }
+        async move {
+            req.send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    // Bounded: until the source has failed to connect at least once.
+    let mut full = serde_json::Value::Null;
+    for _ in 0..200 {
+        full = ready(true).await;
+        if full["sources"]["sensors"]["detail"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(full["degraded"].to_string().contains("sensors"), "{full}");
+    let detail = full["sources"]["sensors"]["detail"].as_str().unwrap_or("");
+    assert!(!detail.is_empty(), "{full}");
+    let public = ready(false).await;
+    assert!(
+        public["degraded"].to_string().contains("sensors"),
+        "{public}"
+    );
+    assert_eq!(public["sources"]["sensors"]["detail"], "", "{public}");
+    assert!(!public.to_string().contains(&port.to_string()), "{public}");
+}
