@@ -151,7 +151,10 @@ impl Default for AsyncConfig {
     }
 }
 
-#[derive(Debug, Clone)]
+/// What `{:?}` shows in place of a secret.
+const REDACTED: &str = "<redacted>";
+
+#[derive(Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub tls: Option<TlsConfig>,
@@ -166,6 +169,23 @@ pub struct ServerConfig {
     /// After SIGTERM, how long the listeners keep answering (503, `/readyz` 503) before
     /// they close, so a load balancer sees the node leave.
     pub drain_grace_ms: u64,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    /// Everything but the admin token's value.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field("tls", &self.tls)
+            .field("internal_listen", &self.internal_listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| REDACTED))
+            .field("data_dir", &self.data_dir)
+            .field("artifact_key_file", &self.artifact_key_file)
+            .field("drain_timeout_ms", &self.drain_timeout_ms)
+            .field("drain_grace_ms", &self.drain_grace_ms)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -219,7 +239,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FunctionConfig {
     /// The function's id: its name in namespace `default`, else `name.namespace`.
     pub name: String,
@@ -234,6 +254,29 @@ pub struct FunctionConfig {
     pub max_concurrency: NonZeroUsize,
     pub env: Vec<(String, String)>,
     pub outbound_hosts: Vec<String>,
+}
+
+impl std::fmt::Debug for FunctionConfig {
+    /// Everything but the env values (often API keys): their names only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, _)| (k.as_str(), REDACTED))
+            .collect();
+        f.debug_struct("FunctionConfig")
+            .field("name", &self.name)
+            .field("namespace", &self.namespace)
+            .field("topics", &self.topics)
+            .field("events", &self.events)
+            .field("wasm", &self.wasm)
+            .field("memory_mb", &self.memory_mb)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("env", &env)
+            .field("outbound_hosts", &self.outbound_hosts)
+            .finish()
+    }
 }
 
 /// Which listener a trigger is served on.
@@ -737,6 +780,7 @@ fn validate_kind(
         ("qos", t.qos.is_some()),
         ("topics", t.topics.is_some()),
         ("queue_group", t.queue_group.is_some()),
+        ("reply_prefix", t.reply_prefix.is_some()),
         ("content_type", t.content_type.is_some()),
     ];
     let topic_keys = [
@@ -824,6 +868,15 @@ fn validate_kind(
             if kind == "mqtt" && t.queue_group.is_some() {
                 bail!("{at}: key `queue_group` does not apply to a mqtt trigger");
             }
+            if kind == "mqtt" && t.reply_prefix.is_some() {
+                bail!("{at}: key `reply_prefix` does not apply to a mqtt trigger");
+            }
+            let reply_prefix = t
+                .reply_prefix
+                .clone()
+                .unwrap_or_else(|| "_INBOX.".to_string());
+            kinds::check_reply_prefix(&reply_prefix)
+                .map_err(|e| anyhow!("{at}: key `reply_prefix`: {e}"))?;
             let username = match (&t.username, &t.username_env) {
                 (None, None) => None,
                 (u, v) => Some(secret(
@@ -867,6 +920,7 @@ fn validate_kind(
                     .queue_group
                     .clone()
                     .unwrap_or_else(|| format!("wasmgate-{}", t.name)),
+                reply_prefix,
                 content_type: t
                     .content_type
                     .clone()
@@ -1313,6 +1367,32 @@ mod tests {
     }
 
     const BASE: &str = "[server]\nlisten = \"127.0.0.1:0\"\n";
+
+    /// A config printed with `{:?}` (in a log line, a panic, a debug dump) shows no secret:
+    /// not the admin token, not a function's env values, not a broker's password, not the
+    /// credentials of the auth schemes.
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let c = parse(&format!(
+            "{BASE}admin_listen = \"127.0.0.1:0\"\nadmin_token = \"admin-token-in-clear-0123456789\"\n\
+             [[function]]\nname = \"hello\"\nwasm = \"h.wasm\"\nenv = {{ API_KEY = \"env-value-in-clear\" }}\n\
+             [[trigger]]\nname = \"t\"\nfunction = \"hello\"\nauth = \"bearer\"\n\
+             bearer = {{ tokens = [ {{ name = \"ci\", token = \"bearer-token-in-clear-0123456789\" }} ] }}\n\
+             [[trigger]]\nname = \"m\"\nkind = \"mqtt\"\nfunction = \"hello\"\nbroker = \"mqtt://127.0.0.1:1883\"\n\
+             topics = [\"x\"]\nusername = \"u\"\npassword_env = \"SECRET\"\n"
+        ))
+        .unwrap();
+        let printed = format!("{c:?}");
+        for secret in [
+            "admin-token-in-clear",
+            "env-value-in-clear",
+            "bearer-token-in-clear",
+            "s3cret",
+        ] {
+            assert!(!printed.contains(secret), "{secret} is printed: {printed}");
+        }
+        assert!(printed.contains("API_KEY"), "env names stay visible");
+    }
 
     #[test]
     fn defaults_apply() {
