@@ -260,6 +260,57 @@ pub enum PrefetchError {
     Read(String),
 }
 
+/// The bytes one connection's requests may hold read ahead of their functions, together
+/// (`limits.connection_buffer_bytes`): without it, an HTTP/2 connection's 256 streams could
+/// each hold a whole `body_buffer_bytes`.
+#[derive(Debug, Clone)]
+pub struct ReadBudget {
+    left: Arc<std::sync::atomic::AtomicUsize>,
+    max: usize,
+}
+
+impl ReadBudget {
+    pub fn new(max: usize) -> ReadBudget {
+        ReadBudget {
+            left: Arc::new(std::sync::atomic::AtomicUsize::new(max)),
+            max,
+        }
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Takes up to `want` bytes (what is left, if less); they come back when the grant is
+    /// dropped.
+    pub fn take(&self, want: usize) -> Grant {
+        let mut granted = 0;
+        let _ = self
+            .left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                granted = want.min(left);
+                Some(left - granted)
+            });
+        Grant {
+            left: self.left.clone(),
+            bytes: granted,
+        }
+    }
+}
+
+/// Bytes of a [`ReadBudget`] held by one request.
+#[derive(Debug)]
+pub struct Grant {
+    left: Arc<std::sync::atomic::AtomicUsize>,
+    pub bytes: usize,
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        self.left.fetch_add(self.bytes, Ordering::SeqCst);
+    }
+}
+
 /// Reads what a slow sender would otherwise make a function wait for: up to `buffer`
 /// bytes, with at most `idle` between two chunks. The body comes back whole when it ended
 /// within `buffer` (at most `limit` bytes), else as what was read followed by the rest.

@@ -83,9 +83,9 @@ impl GatewayError {
                 ThrottleError::RateLimited { .. } | ThrottleError::FunctionBusy { .. } => {
                     StatusCode::TOO_MANY_REQUESTS
                 }
-                ThrottleError::NodeBusy { .. } | ThrottleError::Draining => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                ThrottleError::NodeBusy { .. }
+                | ThrottleError::Draining
+                | ThrottleError::ConnectionBuffered { .. } => StatusCode::SERVICE_UNAVAILABLE,
             },
             G::Runtime(e) => match e {
                 RuntimeError::Failed(_) | RuntimeError::BadResponse(_) => StatusCode::BAD_GATEWAY,
@@ -131,7 +131,9 @@ impl GatewayError {
                 ThrottleError::RateLimited { .. } | ThrottleError::FunctionBusy { .. } => {
                     "ResourceExhausted"
                 }
-                ThrottleError::NodeBusy { .. } | ThrottleError::Draining => "ResourceThrottled",
+                ThrottleError::NodeBusy { .. }
+                | ThrottleError::Draining
+                | ThrottleError::ConnectionBuffered { .. } => "ResourceThrottled",
             },
             G::Runtime(e) => match e {
                 RuntimeError::Failed(_) => "FunctionError",

@@ -257,6 +257,7 @@ impl App {
         throttle(self, trigger, &principal, conn).inspect_err(|e| {
             record.throttled = Some(e.reason());
         })?;
+        let mut _read_grant = None;
         let is_event = matches!(trigger.config.kind, crate::config::Kind::Event);
         let body = match read {
             Some(body) => body,
@@ -270,7 +271,12 @@ impl App {
                 } else {
                     invocation_type
                 };
-                read_ahead(self, body, read_as).await?
+                let budget = parts.extensions.get::<crate::body::ReadBudget>().cloned();
+                let (body, grant) = read_ahead(self, body, read_as, budget.as_ref()).await?;
+                // Held until the response head is out: the bytes stay counted while the
+                // request waits for admission and the function starts on them.
+                _read_grant = grant;
+                body
             }
         };
         let (body, hash_mismatch) = check_body_hash(body, body_digest.as_ref())?;
@@ -510,12 +516,21 @@ where
     // token is checked; a longer form is not searched (the other lookups still apply) and
     // streams on unchanged.
     let mut read: Option<RequestBody<B>> = None;
+    let mut _form_grant = None;
     if trigger.auth.needs_body(parts)
         && let Some(body) = unread.take()
     {
         let idle = std::time::Duration::from_millis(app.config.limits.body_read_timeout_ms.get());
+        // Before authentication too, the connection's read-ahead budget applies: with none
+        // left, the form is not searched.
+        let grant = parts
+            .extensions
+            .get::<crate::body::ReadBudget>()
+            .map(|b| b.take(FORM_TOKEN_BYTES));
+        let buffer = grant.as_ref().map_or(FORM_TOKEN_BYTES, |g| g.bytes);
+        _form_grant = grant;
         read = Some(
-            crate::body::prefetch(ErrorText(body), FORM_TOKEN_BYTES, u64::MAX, idle)
+            crate::body::prefetch(ErrorText(body), buffer, u64::MAX, idle)
                 .await
                 .map(unwrap_error_text)
                 .map_err(|e| prefetch_error(app, e, u64::MAX))?,
@@ -545,7 +560,8 @@ async fn read_ahead<B>(
     app: &App,
     body: B,
     invocation_type: InvocationType,
-) -> Result<RequestBody<B>, GatewayError>
+    budget: Option<&crate::body::ReadBudget>,
+) -> Result<(RequestBody<B>, Option<crate::body::Grant>), GatewayError>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
@@ -559,10 +575,28 @@ where
         ),
         InvocationType::Sync => (limits.body_buffer_bytes, limits.max_body_bytes),
     };
+    // The connection's budget: a body that says how long it is needs no more than that; a
+    // sync body gets what is left (streaming the rest), an async one (stored whole) must
+    // get all it needs, else 503.
+    let (buffer, grant) = match budget {
+        None => (buffer, None),
+        Some(b) => {
+            let need = http_body::Body::size_hint(&body)
+                .upper()
+                .map_or(buffer, |u| {
+                    usize::try_from(u).unwrap_or(usize::MAX).min(buffer)
+                });
+            let grant = b.take(need);
+            if invocation_type == InvocationType::Async && grant.bytes < need {
+                return Err(ThrottleError::ConnectionBuffered { max: b.max() }.into());
+            }
+            (grant.bytes, Some(grant))
+        }
+    };
     let idle = std::time::Duration::from_millis(limits.body_read_timeout_ms.get());
     crate::body::prefetch(ErrorText(body), buffer, limit, idle)
         .await
-        .map(unwrap_error_text)
+        .map(|b| (unwrap_error_text(b), grant))
         .map_err(|e| prefetch_error(app, e, limit))
 }
 

@@ -124,6 +124,9 @@ pub enum ThrottleError {
     /// The node is shutting down.
     #[error("this node is shutting down")]
     Draining,
+    /// The connection's requests already hold `limits.connection_buffer_bytes` read ahead.
+    #[error("this connection holds its limit of {max} bytes of request bodies read ahead")]
+    ConnectionBuffered { max: usize },
 }
 
 impl ThrottleError {
@@ -142,6 +145,7 @@ impl ThrottleError {
             ThrottleError::FunctionBusy { .. } => "function_concurrency",
             ThrottleError::NodeBusy { .. } => "node_in_flight",
             ThrottleError::Draining => "draining",
+            ThrottleError::ConnectionBuffered { .. } => "connection_buffer",
         }
     }
 }

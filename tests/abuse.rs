@@ -967,3 +967,57 @@ topics = ["x/#"]
     assert_eq!(public["sources"]["sensors"]["detail"], "", "{public}");
     assert!(!public.to_string().contains(&port.to_string()), "{public}");
 }
+
+/// Finding 2, the bytes one connection holds: HTTP/2 streams share
+/// `limits.connection_buffer_bytes` (default 4 MiB) of read-ahead. Thirty-two async uploads
+/// of 128 KiB in progress hold it; the next is refused with 503 at once rather than buffered
+/// (before: every stream could hold its own buffer, 256 of them per connection); a cancelled
+/// upload gives its share back.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_connection_holds_at_most_its_read_ahead_budget() {
+    let s = TestServer::start(&config("body_read_timeout_ms = 30000"));
+    let addr = s.addr();
+    let (send, conn) = h2_connect(&addr, 65_535).await;
+    tokio::spawn(conn);
+    let upload = |mut send: h2::client::SendRequest<bytes::Bytes>| {
+        let addr = addr.clone();
+        async move {
+            send = send.ready().await.unwrap();
+            let req = http::Request::builder()
+                .method("POST")
+                .uri(format!("http://{addr}/echo"))
+                .header("x-fc-invocation-type", "Async")
+                .header("content-length", "131072")
+                .body(())
+                .unwrap();
+            let (response, mut body) = send.send_request(req, false).unwrap();
+            body.send_data(bytes::Bytes::from_static(b"x"), false)
+                .unwrap();
+            (response, body)
+        }
+    };
+    let mut held = Vec::new();
+    for _ in 0..32 {
+        held.push(upload(send.clone()).await);
+    }
+    // Let the gateway start reading them all.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (over, _body) = upload(send.clone()).await;
+    let over = tokio::time::timeout(Duration::from_secs(10), over)
+        .await
+        .expect("the upload past the budget is answered at once, not buffered")
+        .unwrap();
+    assert_eq!(over.status(), 503);
+    // One gives up: its share comes back, and a new upload is read whole.
+    let (_response, mut first) = held.remove(0);
+    first.send_reset(h2::Reason::CANCEL);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (again, mut body) = upload(send.clone()).await;
+    body.send_data(bytes::Bytes::from(vec![b'y'; 131_071]), true)
+        .unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(10), again)
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert_eq!(again.status(), 202);
+}

@@ -217,6 +217,9 @@ pub struct Limits {
     /// Longest time a response may wait for the client to take bytes (TCP window, HTTP/2
     /// flow control) before its connection is closed.
     pub send_timeout_ms: NonZeroU64,
+    /// Bytes of request bodies one connection's requests may hold read ahead of their
+    /// functions, together (HTTP/2 streams share it).
+    pub connection_buffer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -235,6 +238,7 @@ impl Default for Limits {
             idle_timeout_ms: NonZeroU64::new(60_000).expect("non-zero"),
             request_timeout_ms: NonZeroU64::new(60_000).expect("non-zero"),
             send_timeout_ms: NonZeroU64::new(30_000).expect("non-zero"),
+            connection_buffer_bytes: 4 << 20,
         }
     }
 }
@@ -570,7 +574,18 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
             "limits.send_timeout_ms",
             l.send_timeout_ms.unwrap_or(d.send_timeout_ms.get()),
         )?,
+        connection_buffer_bytes: l
+            .connection_buffer_bytes
+            .map_or(d.connection_buffer_bytes, |v| {
+                usize::try_from(v).unwrap_or(usize::MAX)
+            }),
     };
+    if (limits.connection_buffer_bytes as u64) <= limits.max_async_body_bytes {
+        bail!(
+            "key `limits.connection_buffer_bytes`: must be more than `max_async_body_bytes` ({}), or no async request could be read",
+            limits.max_async_body_bytes
+        );
+    }
     if limits.max_header_bytes < 256 {
         bail!("key `limits.max_header_bytes`: must be at least 256");
     }

@@ -59,6 +59,7 @@ pub struct RawLimits {
     pub idle_timeout_ms: Option<u64>,
     pub request_timeout_ms: Option<u64>,
     pub send_timeout_ms: Option<u64>,
+    pub connection_buffer_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +128,7 @@ pub struct RawTrigger {
     pub qos: Option<u8>,
     pub topics: Option<Vec<String>>,
     pub queue_group: Option<String>,
+    pub reply_prefix: Option<String>,
     pub content_type: Option<String>,
 }
 

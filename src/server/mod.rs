@@ -430,10 +430,13 @@ async fn connection(
         https: state.tls.is_some(),
     };
     let activity = Arc::new(Activity::default());
+    let budget =
+        crate::body::ReadBudget::new(state.gateway.app().config.limits.connection_buffer_bytes);
     let service = {
         let (gateway, activity) = (state.gateway.clone(), activity.clone());
-        hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             let (gateway, activity) = (gateway.clone(), activity.clone());
+            req.extensions_mut().insert(budget.clone());
             async move {
                 let mut guard = InProgress::begin(activity, started);
                 let response = match conn.listener {
