@@ -223,15 +223,19 @@ where
                 .and_then(|l| l.parse().ok())
                 .unwrap_or(100usize)
                 .min(1000);
-            let tasks = queue
+            let (tasks, next) = queue
                 .list(
                     query_param(req.uri().query(), "trigger"),
                     query_param(req.uri().query(), "function"),
                     state,
                     limit,
+                    query_param(req.uri().query(), "after"),
                 )
                 .await;
-            Ok(json(StatusCode::OK, serde_json::json!({ "tasks": tasks })))
+            Ok(json(
+                StatusCode::OK,
+                serde_json::json!({ "tasks": tasks, "next": next }),
+            ))
         }
         (&Method::GET, [id]) => {
             let trigger = query_param(req.uri().query(), "trigger");

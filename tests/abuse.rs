@@ -1021,3 +1021,81 @@ async fn one_connection_holds_at_most_its_read_ahead_budget() {
         .unwrap();
     assert_eq!(again.status(), 202);
 }
+
+/// Finding 13: with `[cluster]`, the task list reads a bounded page of records and says
+/// where the next one starts (before: every record of the bucket was read for each call).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_task_list_comes_in_pages() {
+    let broker = common::Broker::jetstream();
+    let s = TestServer::start(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+admin_token = "{ADMIN_TOKEN}"
+data_dir = "data"
+{cluster}
+[[function]]
+name = "echo"
+wasm = "{{echo}}"
+memory_mb = 16
+
+[[trigger]]
+name = "echo"
+function = "echo"
+async = {{ enabled = true }}
+"#,
+        cluster = common::cluster_section(&broker)
+    ));
+    let client = reqwest::Client::new();
+    for i in 0..5 {
+        // Bounded: the node may still be connecting to NATS (503 meanwhile).
+        let mut status = 0;
+        for _ in 0..200 {
+            status = client
+                .post(s.url("/echo"))
+                .header("x-fc-invocation-type", "Async")
+                .header("x-fc-async-task-id", format!("page{i}"))
+                .header("x-fc-async-delay", "3600")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16();
+            if status != 503 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(status, 202, "page{i}");
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..10 {
+        let mut url = "/-/tasks?trigger=echo&limit=2".to_string();
+        if let Some(a) = &after {
+            url.push_str(&format!("&after={a}"));
+        }
+        let page: serde_json::Value = client
+            .get(s.admin_url(&url))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let tasks = page["tasks"].as_array().expect("tasks").clone();
+        assert!(tasks.len() <= 2, "{page}");
+        seen.extend(tasks.iter().map(|t| t["id"].as_str().unwrap().to_string()));
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => {
+                assert!(page.get("next").is_some(), "no next field: {page}");
+                break;
+            }
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["page0", "page1", "page2", "page3", "page4"]);
+}

@@ -39,6 +39,8 @@ const STREAM: &str = "WASMGATE_TASKS";
 const SUBJECT_PREFIX: &str = "wasmgate.tasks";
 const CONSUMER: &str = "wasmgate-workers";
 const BUCKET: &str = "wasmgate_tasks";
+/// Records one task-list call reads at most.
+const MAX_LIST_READS: usize = 5000;
 
 /// The task queue of a cluster node.
 pub struct Cluster {
@@ -497,26 +499,37 @@ impl Cluster {
         found
     }
 
-    /// Tasks, newest first: every record is read (the bucket has no index).
+    /// One page of tasks in key order (`trigger/id`) after the key `after`, newest first
+    /// within the page: at most `limit` matches and at most [`MAX_LIST_READS`] records read
+    /// (the bucket has no index, so a filter that matches little would otherwise read every
+    /// record), and the key to continue after when there is more.
     pub async fn list(
         &self,
         trigger: Option<&str>,
         function: Option<&str>,
         state: Option<TaskState>,
         limit: usize,
-    ) -> Vec<TaskView> {
-        let mut all = Vec::new();
-        for k in self.keys(trigger).await {
-            if let Some(v) = self.get(&k).await
+        after: Option<&str>,
+    ) -> (Vec<TaskView>, Option<String>) {
+        let mut keys = self.keys(trigger).await;
+        keys.sort_unstable();
+        let start = after.map_or(0, |a| keys.partition_point(|k| k.as_str() <= a));
+        let mut page = Vec::new();
+        let mut next = None;
+        for (read, k) in keys[start..].iter().enumerate() {
+            if page.len() >= limit.max(1) || read >= MAX_LIST_READS {
+                next = read.checked_sub(1).map(|i| keys[start + i].clone());
+                break;
+            }
+            if let Some(v) = self.get(k).await
                 && function.is_none_or(|f| v.function == f)
                 && state.is_none_or(|s| v.state == s)
             {
-                all.push(v);
+                page.push(v);
             }
         }
-        all.sort_by_key(|v| std::cmp::Reverse(v.created_ms));
-        all.truncate(limit);
-        all
+        page.sort_by_key(|v| std::cmp::Reverse(v.created_ms));
+        (page, next)
     }
 
     /// A waiting task is Stopped now (its message is dropped when delivered); a running

@@ -380,27 +380,39 @@ impl Queue {
         }
     }
 
+    /// Tasks matching the filters, at most `limit`, and where the next page starts (`after`)
+    /// when the backend pages: the cluster's bucket has no index, so one call reads at most
+    /// a bounded number of records, in key order; SQLite answers newest first in one page.
     pub async fn list(
         &self,
         trigger: Option<String>,
         function: Option<String>,
         state: Option<TaskState>,
         limit: usize,
-    ) -> Vec<TaskView> {
+        after: Option<String>,
+    ) -> (Vec<TaskView>, Option<String>) {
         if let Backend::Cluster(c) = &self.backend {
             return c
-                .list(trigger.as_deref(), function.as_deref(), state, limit)
+                .list(
+                    trigger.as_deref(),
+                    function.as_deref(),
+                    state,
+                    limit,
+                    after.as_deref(),
+                )
                 .await;
         }
-        self.call(|reply| Cmd::List {
-            trigger,
-            function,
-            state,
-            limit,
-            reply,
-        })
-        .await
-        .unwrap_or_default()
+        let tasks = self
+            .call(|reply| Cmd::List {
+                trigger,
+                function,
+                state,
+                limit,
+                reply,
+            })
+            .await
+            .unwrap_or_default();
+        (tasks, None)
     }
 
     /// Stops the task with store key `key`: a waiting task never runs; a running one is
