@@ -125,6 +125,8 @@ pub struct BrokerConfig {
     pub topics: Vec<String>,
     /// NATS: the queue group that shares messages between nodes.
     pub queue_group: String,
+    /// NATS: replies go only to subjects starting with this (ends with `.`).
+    pub reply_prefix: String,
     /// The `Content-Type` of the request a message becomes.
     pub content_type: String,
 }
@@ -157,6 +159,7 @@ impl BrokerConfig {
             self.qos,
             &self.topics,
             &self.queue_group,
+            &self.reply_prefix,
             &self.content_type,
         )
             .hash(&mut h);
@@ -240,6 +243,40 @@ pub fn check_nats_subject(subject: &str) -> Result<()> {
         if t.contains('*') && *t != "*" {
             bail!("subject '{subject}': '*' must be a whole token");
         }
+    }
+    Ok(())
+}
+
+/// Whether a NATS subject is one the gateway keeps for itself: anything starting with `$`
+/// (the JetStream API, KV buckets such as `$KV.wasmgate_tasks`, object stores, the system
+/// account) and the `wasmgate` namespace of the cluster's task stream. Nothing a message
+/// asks for is ever published there.
+pub fn reserved_subject(subject: &str) -> bool {
+    subject.starts_with('$') || subject.split('.').next() == Some("wasmgate")
+}
+
+/// A NATS trigger's `reply_prefix`: whole tokens ending in `.`, no wildcards or spaces,
+/// and outside the subjects [`reserved_subject`] keeps for the gateway.
+pub fn check_reply_prefix(prefix: &str) -> Result<()> {
+    let Some(tokens) = prefix.strip_suffix('.') else {
+        bail!("'{prefix}' must end with `.` (a prefix of whole tokens, like _INBOX.)");
+    };
+    if prefix.contains(char::is_whitespace) {
+        bail!("'{prefix}' has a space");
+    }
+    if tokens.split('.').any(|t| t.is_empty()) {
+        bail!("'{prefix}': empty token");
+    }
+    if tokens
+        .split('.')
+        .any(|t| t.contains('*') || t.contains('>'))
+    {
+        bail!("'{prefix}': a wildcard is not a prefix");
+    }
+    if reserved_subject(prefix) {
+        bail!(
+            "'{prefix}' names the gateway's own subjects (those starting with `$`, and wasmgate.)"
+        );
     }
     Ok(())
 }

@@ -365,7 +365,7 @@ pub async fn publish(
     let targets = subscribers(app, trigger, &event.event_type);
     let ce = Bytes::from(cloudevent(&event).to_string());
     if event.synchronous {
-        return run_now(app, trigger, &event, targets, &ce).await;
+        return run_now(app, trigger, &event, targets, &ce, request_id).await;
     }
     let delay_ms = (event.due - now).num_milliseconds().max(0);
     let mut tasks = Vec::with_capacity(targets.len());
@@ -419,6 +419,7 @@ async fn run_now(
     event: &Event,
     targets: Vec<Target>,
     ce: &Bytes,
+    request_id: &str,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     if targets.is_empty() {
         return Err(GatewayError::NoSubscriber(format!(
@@ -459,7 +460,13 @@ async fn run_now(
         .into_iter()
         .map(|r| match r {
             Ok(v) => v,
-            Err(e) => json!({ "status": e.status().as_u16(), "error": e.to_string() }),
+            // The public message only; a host fault's detail goes to the log.
+            Err(e) => {
+                if e.status() == StatusCode::INTERNAL_SERVER_ERROR {
+                    tracing::error!(request_id, "a subscriber of a synchronous event: {e}");
+                }
+                json!({ "status": e.status().as_u16(), "error": e.public_message(request_id) })
+            }
         })
         .collect();
     let mut response = Response::new(full(Bytes::from(Value::Array(answers).to_string())));

@@ -3,8 +3,12 @@
 //! running every one. Each message becomes POST `/` with the payload as body and the
 //! subject in `X-Topic`, one durable task per function it reaches. A message sent as a
 //! request (with a reply subject) is answered once its tasks are committed:
-//! `{"tasks": [...]}`, or `{"error": ...}`. Core NATS delivers at most once; the queue
-//! takes over from there.
+//! `{"tasks": [...]}`, or `{"error": ...}` with the public message only. The answer goes
+//! out on the gateway's own connection, so only an inbox gets one: a reply subject under
+//! the trigger's `reply_prefix` (`_INBOX.`), never a `$` subject (JetStream, KV buckets,
+//! object store) or the cluster's `wasmgate.` ones, nor the trigger's own subjects; any
+//! other reply subject is logged (cut short) and the message is handled without a reply.
+//! Core NATS delivers at most once; the queue takes over from there.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +21,9 @@ use tokio::sync::watch;
 use super::{Phase, States, SubmitError};
 use crate::Gateway;
 use crate::config::BrokerConfig;
+use crate::config::kinds;
 use crate::config::kinds::Transport as Tls;
+use crate::error::GatewayError;
 use crate::invocation::Source;
 
 /// Messages being made durable at once.
@@ -87,7 +93,7 @@ pub async fn run(
     loop {
         tokio::select! {
             m = messages.next(), if pending.len() < IN_FLIGHT => match m {
-                Some(m) => pending.push(handle(&gateway, &trigger, &broker.content_type, &client, m)),
+                Some(m) => pending.push(handle(&gateway, &trigger, &broker, &client, m)),
                 None => break,
             },
             Some(()) = pending.next(), if !pending.is_empty() => {}
@@ -175,11 +181,26 @@ async fn connect(
 async fn handle(
     gateway: &Gateway,
     trigger: &str,
-    content_type: &str,
+    broker: &BrokerConfig,
     client: &async_nats::Client,
     m: async_nats::Message,
 ) {
     let subject = m.subject.to_string();
+    // Logs show the sender's text cut short, never at length.
+    let shown = shorten(&subject);
+    let reply_to = match m.reply.as_ref().map(|r| (r, refuse_reply(r, broker))) {
+        Some((r, None)) => Some(r.clone()),
+        Some((r, Some(why))) => {
+            tracing::warn!(
+                trigger,
+                subject = %shown,
+                reply = %shorten(r),
+                "reply subject refused ({why}); the message is handled without a reply"
+            );
+            None
+        }
+        None => None,
+    };
     let source = Source::Nats {
         subject: subject.clone(),
     };
@@ -191,7 +212,7 @@ async fn handle(
             &source,
             &subject,
             m.payload.clone(),
-            content_type,
+            &broker.content_type,
         )
         .await
         {
@@ -200,28 +221,162 @@ async fn handle(
                 break serde_json::json!({ "tasks": ids });
             }
             Err(SubmitError::NoTarget) => {
-                tracing::warn!(trigger, subject, "a message reached no function; dropped");
+                tracing::warn!(trigger, subject = %shown, "a message reached no function; dropped");
                 gateway.sources.count(trigger, 0, 1);
                 break serde_json::json!({ "error": "no function matches the subject" });
             }
             Err(SubmitError::Failed(e)) => {
-                tracing::error!(trigger, subject, "a message could not be enqueued: {e}");
+                let request_id = crate::invocation::new_request_id();
+                tracing::error!(
+                    trigger,
+                    subject = %shown,
+                    request_id = %request_id,
+                    "a message could not be enqueued: {e}"
+                );
                 gateway.sources.count(trigger, 0, 1);
-                break serde_json::json!({ "error": e.to_string() });
+                break error_reply(&e, &request_id);
             }
             Err(SubmitError::Busy(e)) if attempt < 8 => {
                 attempt += 1;
-                tracing::warn!(trigger, subject, "queue full, retrying a message: {e}");
+                tracing::warn!(trigger, subject = %shown, "queue full, retrying a message: {e}");
                 tokio::time::sleep(super::backoff(attempt).min(Duration::from_secs(5))).await;
             }
             Err(SubmitError::Busy(e)) => {
-                tracing::error!(trigger, subject, "queue full; a message is dropped: {e}");
+                let request_id = crate::invocation::new_request_id();
+                tracing::error!(
+                    trigger,
+                    subject = %shown,
+                    request_id = %request_id,
+                    "queue full; a message is dropped: {e}"
+                );
                 gateway.sources.count(trigger, 0, 1);
-                break serde_json::json!({ "error": e.to_string() });
+                break error_reply(&e, &request_id);
             }
         }
     };
-    if let Some(to) = m.reply {
+    if let Some(to) = reply_to {
         let _ = client.publish(to, reply.to_string().into()).await;
+    }
+}
+
+/// The reply to a message that could not be made durable: the public message only (a
+/// host fault says `internal error` and the request id its detail is logged under).
+fn error_reply(e: &GatewayError, request_id: &str) -> serde_json::Value {
+    serde_json::json!({ "error": e.public_message(request_id) })
+}
+
+/// Longest reply subject answered (an inbox is about 30 characters).
+const MAX_REPLY: usize = 256;
+
+/// Why a message's reply subject gets no answer, or `None` when it may have one. The reply
+/// goes out on the gateway's own connection, with its permissions, so the sender chooses
+/// nothing but an inbox: a subject under the trigger's `reply_prefix` (`_INBOX.` unless
+/// set), never one the gateway keeps for itself (`$...`: JetStream, the KV buckets, the
+/// object store; `wasmgate.`: the task stream), whatever the prefix says, and never one of
+/// the trigger's own subjects (a message to itself).
+fn refuse_reply(reply: &str, broker: &BrokerConfig) -> Option<&'static str> {
+    if kinds::reserved_subject(reply) {
+        return Some("one of the gateway's own subjects");
+    }
+    if !reply.starts_with(broker.reply_prefix.as_str()) {
+        return Some("not under reply_prefix");
+    }
+    if reply.len() > MAX_REPLY {
+        return Some("too long");
+    }
+    if reply.contains(char::is_whitespace)
+        || reply
+            .split('.')
+            .any(|t| t.is_empty() || t.contains('*') || t.contains('>'))
+    {
+        return Some("not a subject");
+    }
+    if broker
+        .topics
+        .iter()
+        .any(|t| super::topics::nats_matches(t, reply))
+    {
+        return Some("a subject of this trigger");
+    }
+    None
+}
+
+/// At most 64 characters of a sender's subject, control characters escaped.
+fn shorten(s: &str) -> String {
+    let mut out: String = s.chars().take(64).flat_map(char::escape_default).collect();
+    if s.chars().count() > 64 {
+        out.push_str("...");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker(prefix: &str) -> BrokerConfig {
+        BrokerConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            host: "127.0.0.1".into(),
+            port: 4222,
+            transport: Tls::Plain,
+            ca_file: None,
+            client_id: "c".into(),
+            username: None,
+            password: None,
+            qos: 1,
+            topics: vec!["orders.>".into()],
+            queue_group: "g".into(),
+            reply_prefix: prefix.into(),
+            content_type: "application/octet-stream".into(),
+        }
+    }
+
+    #[test]
+    fn only_inboxes_under_the_prefix_are_answered() {
+        let b = broker("_INBOX.");
+        assert_eq!(refuse_reply("_INBOX.abc.def", &b), None);
+        for bad in [
+            "$KV.wasmgate_tasks.orders.x",
+            "$JS.API.STREAM.DELETE.WASMGATE_TASKS",
+            "$O.wasmgate_components.x",
+            "$SYS.REQ.SERVER.PING",
+            "wasmgate.tasks.orders",
+            "wasmgate",
+            "evil.sink",
+            "_INBOXevil",
+            "_INBOX.a..b",
+            "_INBOX.a b",
+            "_INBOX.*",
+            "orders.loop",
+        ] {
+            assert!(refuse_reply(bad, &b).is_some(), "{bad} answered");
+        }
+        assert!(refuse_reply(&format!("_INBOX.{}", "a".repeat(300)), &b).is_some());
+        // An unusual prefix does not open the gateway's own subjects.
+        let wide = broker("replies.");
+        assert_eq!(refuse_reply("replies.x", &wide), None);
+        assert!(refuse_reply("_INBOX.x", &wide).is_some());
+    }
+
+    #[test]
+    fn an_internal_error_reply_says_only_the_public_message() {
+        let e = GatewayError::Internal("disk /var/lib/secret failed: EIO".into());
+        let v = error_reply(&e, "rid-1");
+        let text = v["error"].as_str().unwrap_or_default();
+        assert!(!text.contains("secret"), "{v}");
+        assert!(text.contains("rid-1"), "{v}");
+        let e = GatewayError::EntityTooLarge("a message of 9 bytes is over".into());
+        assert_eq!(
+            error_reply(&e, "r")["error"],
+            "a message of 9 bytes is over"
+        );
+    }
+
+    #[test]
+    fn long_subjects_are_cut_short_in_logs() {
+        let s = shorten(&format!("evil.{}\n", "A".repeat(3000)));
+        assert!(s.len() < 80, "{s}");
+        assert_eq!(shorten("a\nb"), "a\\nb");
     }
 }
