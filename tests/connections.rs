@@ -77,10 +77,9 @@ async fn idle_connections_are_closed_and_never_starve_anyone() {
         .map(|_| {
             let addr = addr.clone();
             tokio::spawn(async move {
-                tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+                tokio::time::timeout(Duration::from_secs(5), connect_from("127.0.0.2", &addr))
                     .await
                     .ok()
-                    .and_then(Result::ok)
             })
         })
         .collect();
@@ -93,14 +92,16 @@ async fn idle_connections_are_closed_and_never_starve_anyone() {
     let connector = tls_connector(b"http/1.1");
     let mut tls = Vec::new();
     for _ in 0..200 {
-        let stream = TcpStream::connect(&addr).await.unwrap();
+        let stream = connect_from("127.0.0.2", &addr).await;
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         if let Ok(s) = connector.connect(name, stream).await {
             tls.push(s);
         }
     }
-    // ...and an HTTP/2 connection that sends its preface and then idles.
-    let stream = TcpStream::connect(&addr).await.unwrap();
+    // ...and an HTTP/2 connection that sends its preface and then idles. (The idle ones
+    // come from other addresses than the real client: one address past its share of a full
+    // listener is refused, see below.)
+    let stream = connect_from("127.0.0.3", &addr).await;
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let mut h2 = tls_connector(b"h2").connect(name, stream).await.unwrap();
     h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
@@ -179,4 +180,44 @@ async fn one_address_holds_at_most_its_share_of_a_listener() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(ok);
+}
+
+/// Opens a TCP connection to `addr` from the loopback address `from`.
+async fn connect_from(from: &str, addr: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(addr.parse().unwrap()).await.unwrap()
+}
+
+/// Past half the pool, an address may hold only its share of what is left: two addresses
+/// at `max_connections_per_ip` (16 + 16 > 20) no longer hold every slot, and a third gets in
+/// (before: the two held all 20 and the third was never accepted).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_few_addresses_at_their_cap_leave_room_for_others() {
+    let s = TestServer::start(
+        &config(16, 60_000)
+            .replace("max_connections = 1000", "max_connections = 20")
+            .replace("tls = ", "# tls = "),
+    );
+    let addr = s.addr();
+    let mut held = Vec::new();
+    for from in ["127.0.0.2", "127.0.0.3"] {
+        for _ in 0..16 {
+            held.push(connect_from(from, &addr).await);
+        }
+    }
+    // Let the gateway accept (or close) them all.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut other = connect_from("127.0.0.4", &addr).await;
+    other
+        .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), other.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        read.is_ok() && text.starts_with("HTTP/1.1 200"),
+        "a third address was not served: {text:?}"
+    );
 }

@@ -115,6 +115,7 @@ pub async fn run(gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> R
             connections: Arc::new(Semaphore::new(max_connections)),
             per_ip: Default::default(),
             max_per_ip: limits.max_connections_per_ip.get(),
+            max_connections,
             first_request: Duration::from_millis(limits.header_read_timeout_ms.get()),
             idle: Duration::from_millis(limits.idle_timeout_ms.get()),
             send: Duration::from_millis(limits.send_timeout_ms.get()),
@@ -189,6 +190,8 @@ struct ListenerState {
     /// Open connections per client (IPv4 address or IPv6 /64).
     per_ip: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
     max_per_ip: usize,
+    /// The size of `connections`.
+    max_connections: usize,
     /// TLS, protocol detection and the first request's head must all arrive within this.
     first_request: Duration,
     /// A connection with no request in progress for this long is closed.
@@ -220,11 +223,28 @@ impl Drop for PerIpSlot {
 }
 
 impl ListenerState {
+    /// What one address may hold now: `max_connections_per_ip` while the listener is less
+    /// than half full; past that, its share of what is left (`max_connections_per_ip` x
+    /// free / half the pool, at least 1). A few dozen addresses at the cap would otherwise
+    /// hold every slot (40 x 256 > 10 000) and nobody else would get in; this way they level
+    /// off with about a third of the pool still free for addresses that hold few.
+    fn per_ip_cap(&self) -> usize {
+        let max = self.max_connections.max(1);
+        let free = self.connections.available_permits().min(max);
+        let used = max - free;
+        if used * 2 < max {
+            self.max_per_ip
+        } else {
+            (self.max_per_ip.saturating_mul(free).saturating_mul(2) / max).clamp(1, self.max_per_ip)
+        }
+    }
+
     fn take_ip_slot(&self, peer: SocketAddr) -> Option<PerIpSlot> {
         let key = crate::throttle::client_key(peer.ip());
+        let cap = self.per_ip_cap();
         let mut m = self.per_ip.lock().ok()?;
         let n = m.entry(key.clone()).or_default();
-        if *n >= self.max_per_ip {
+        if *n >= cap {
             return None;
         }
         *n += 1;

@@ -30,23 +30,78 @@ pub fn tick_id(trigger: &str, at: DateTime<Utc>) -> String {
     format!("cron-{trigger}-{}", at.timestamp())
 }
 
+/// croner searches in local time and, for a local time that occurs twice (a DST
+/// fall-back), answers its first instant only: from inside the repeated hour that is in the
+/// past, and the second pass is skipped. So the answer is also searched at the fixed offsets
+/// in force around `at` (a local time at a fixed offset is one instant), and a candidate
+/// counts only where the zone really has that offset: each candidate is then a true tick.
+fn offsets_around(c: &CronConfig, at: DateTime<Utc>, forward: bool) -> Vec<chrono::FixedOffset> {
+    use chrono::Offset;
+    let mut offsets: Vec<chrono::FixedOffset> = Vec::new();
+    // Three hours cover any repeated hour (Antarctica/Troll shifts by two).
+    for h in 0..=3 {
+        let step = chrono::Duration::hours(if forward { h } else { -h });
+        let Some(t) = at.checked_add_signed(step) else {
+            continue;
+        };
+        let o = t.with_timezone(&c.timezone).offset().fix();
+        if !offsets.contains(&o) {
+            offsets.push(o);
+        }
+    }
+    offsets
+}
+
+/// Whether `t` is a tick at offset `o`: the zone has that offset at `t`.
+fn in_force(c: &CronConfig, t: DateTime<Utc>, o: chrono::FixedOffset) -> bool {
+    use chrono::Offset;
+    t.with_timezone(&c.timezone).offset().fix() == o
+}
+
 /// The first tick strictly after `after`, in the trigger's time zone.
 pub fn next_tick(c: &CronConfig, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    c.cron
+    let zoned = c
+        .cron
         .find_next_occurrence(&after.with_timezone(&c.timezone), false)
         .ok()
         .map(|t| t.with_timezone(&Utc))
+        .filter(|t| *t > after);
+    offsets_around(c, after, true)
+        .into_iter()
+        .filter_map(|o| {
+            let t = c
+                .cron
+                .find_next_occurrence(&after.with_timezone(&o), false)
+                .ok()?
+                .with_timezone(&Utc);
+            (t > after && in_force(c, t, o)).then_some(t)
+        })
+        .chain(zoned)
+        .min()
 }
 
 /// The last tick at or before `now` that is at most `max_age_s` old (what `catch_up` runs).
 pub fn missed_tick(c: &CronConfig, now: DateTime<Utc>, max_age_s: u64) -> Option<DateTime<Utc>> {
-    let prev = c
+    let zoned = c
         .cron
         .find_previous_occurrence(&now.with_timezone(&c.timezone), true)
-        .ok()?
-        .with_timezone(&Utc);
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+        .filter(|t| *t <= now);
+    let prev = offsets_around(c, now, false)
+        .into_iter()
+        .filter_map(|o| {
+            let t = c
+                .cron
+                .find_previous_occurrence(&now.with_timezone(&o), true)
+                .ok()?
+                .with_timezone(&Utc);
+            (t <= now && in_force(c, t, o)).then_some(t)
+        })
+        .chain(zoned)
+        .max()?;
     let age = (now - prev).num_seconds();
-    (age >= 0 && (age as u64) <= max_age_s).then_some(prev)
+    (age >= 0 && u64::try_from(age).is_ok_and(|a| a <= max_age_s)).then_some(prev)
 }
 
 pub async fn run(
