@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Protocol-abuse benchmark: two floods against wasmgate with its default limits, and against
+# nginx with comparable timeouts as the anchor, while a normal client measures what it gets.
+#
+#   zero-window  HTTP/2 by prior knowledge (h2c), SETTINGS_INITIAL_WINDOW_SIZE = 0, STREAMS
+#                GETs per connection (/nope and /hello), never a WINDOW_UPDATE: no response
+#                body can be sent. SETTINGS and PING are acknowledged; reconnects when closed.
+#   trickle      HTTP/1.1 POST heads with Content-Length 1000000, then one byte every INTERVAL
+#                seconds; reconnects when closed.
+#
+# Each flood opens CONNS connections from each of 40 source addresses, 127.0.0.2-127.0.0.41
+# (by default 40 x 256 = 10240, max_connections_per_ip from each, slightly more than
+# max_connections). The normal client runs from 127.0.0.100: CLIENT_CONC HTTP/1.1 keep-alive
+# connections, RATE requests per second in all, GET /hello, a fresh connection every
+# REQS_PER_CONN requests (0: only when the server closes one); it starts RAMP seconds after the
+# flood, runs DURATION seconds, and also runs once with no flood for the unloaded p99.
+#
+#   bash bench/abuse.sh                       # 20 s per run, about 3 minutes in all
+#   DURATION=30 CONNS=128 REQS_PER_CONN=20 bash bench/abuse.sh
+#   SERVERS=wasmgate FLOODS=zerowindow DURATION=60 bash bench/abuse.sh   # a part of it
+#
+# Installs what it needs: nginx-light (apt). The floods and the client are bench/abuse/abuse.py
+# (Python 3 standard library; raw HTTP/2 frames). Writes bench/results/abuse.md, and the
+# gateway's log to bench/results/abuse-wasmgate.log.
+#
+# wasmgate runs with no [limits] table: every limit at its default (send_timeout_ms 30000,
+# request_timeout_ms 60000, idle_timeout_ms 60000, max_connections_per_ip 256,
+# max_connections 10000). nginx: one worker with worker_connections 10000, send_timeout 30s,
+# client_header_timeout and client_body_timeout 10s, keepalive_timeout 60s. nginx 1.22 serves
+# h2c on a port of its own (`listen ... http2` takes HTTP/2 only), so the zero-window flood
+# goes to that port and the normal client to its HTTP/1.1 port: one worker, one connection
+# pool. The trickled POSTs go to a location that proxies, so nginx reads the body as a proxy
+# in front of a function would (a `return` would answer at once and discard it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+DURATION=${DURATION:-20}
+CONNS=${CONNS:-256}
+STREAMS=${STREAMS:-4}
+INTERVAL=${INTERVAL:-5}
+RAMP=${RAMP:-5}
+CLIENT_CONC=${CLIENT_CONC:-8}
+RATE=${RATE:-200}
+REQS_PER_CONN=${REQS_PER_CONN:-0}
+SERVERS=${SERVERS:-wasmgate nginx}
+FLOODS=${FLOODS:-zerowindow trickle}
+SOURCES=127.0.0.2-127.0.0.41
+CLIENT_SOURCE=127.0.0.100
+out=bench/results
+mkdir -p "$out"
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+  apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+ulimit -n "$(ulimit -Hn)" || true
+if [ "$(ulimit -n)" -lt $((40 * CONNS + 1000)) ]; then
+  echo "open files limit $(ulimit -n) is below what $((40 * CONNS)) flood connections need" >&2
+  exit 1
+fi
+
+bash scripts/build-functions.sh >/dev/null
+cargo build --release --quiet
+HELLO=$PWD/functions/target/wasm32-wasip2/release/hello.wasm
+ABUSE=(python3 bench/abuse/abuse.py)
+
+PORT_wasmgate=$(free_port)
+cat > "$work/wasmgate.toml" <<TOML
+[server]
+listen = "127.0.0.1:$PORT_wasmgate"
+data_dir = "$work/data"
+[[function]]
+name = "hello"
+wasm = "$HELLO"
+[[trigger]]
+name = "hello"
+function = "hello"
+path = "/hello"
+TOML
+RUST_LOG=${RUST_LOG:-info} ./target/release/wasmgate serve --config "$work/wasmgate.toml" \
+  >/dev/null 2>"$out/abuse-wasmgate.log" &
+pids+=($!)
+H2PORT_wasmgate=$PORT_wasmgate    # h2c by prior knowledge on the same port
+POST_wasmgate=/hello
+
+PORT_nginx=$(free_port)
+H2PORT_nginx=$(free_port)
+BACKEND_nginx=$(free_port)
+cat > "$work/nginx.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 10000; }
+http {
+  access_log off;
+  client_header_timeout 10s;
+  client_body_timeout 10s;
+  send_timeout 30s;
+  keepalive_timeout 60s;
+  server {
+    listen 127.0.0.1:$PORT_nginx;
+    location = /hello { return 200 "hello from nginx\n"; }
+    location = /upload { proxy_pass http://127.0.0.1:$BACKEND_nginx/hello; }
+    location / { return 404 "not found\n"; }
+  }
+  server {
+    listen 127.0.0.1:$H2PORT_nginx http2;
+    location = /hello { return 200 "hello from nginx\n"; }
+    location / { return 404 "not found\n"; }
+  }
+  server { listen 127.0.0.1:$BACKEND_nginx; location / { return 200 "hello from nginx\n"; } }
+}
+NGINX
+"$NGINX" -c "$work/nginx.conf" -p "$work" -g 'daemon off;' 2>>"$work/nginx-error.log" &
+pids+=($!)
+POST_nginx=/upload
+for p in "$PORT_wasmgate" "$PORT_nginx" "$H2PORT_nginx"; do wait_port "$p"; done
+
+raw="$work/raw.txt"
+for server in $SERVERS; do
+  port_var=PORT_$server h2_var=H2PORT_$server post_var=POST_$server
+  for mode in none $FLOODS; do
+    fpid=""
+    case $mode in
+      zerowindow)
+        "${ABUSE[@]}" zerowindow --port "${!h2_var}" --sources "$SOURCES" --conns "$CONNS" \
+          --streams "$STREAMS" --ramp 3 --duration "$((RAMP + DURATION + 1))" \
+          >"$work/flood.json" 2>"$work/flood.err" &
+        fpid=$! ;;
+      trickle)
+        "${ABUSE[@]}" trickle --port "${!port_var}" --path "${!post_var}" --sources "$SOURCES" \
+          --conns "$CONNS" --interval "$INTERVAL" --ramp 3 --duration "$((RAMP + DURATION + 1))" \
+          >"$work/flood.json" 2>"$work/flood.err" &
+        fpid=$! ;;
+    esac
+    if [ -n "$fpid" ]; then
+      pids+=("$fpid")
+      sleep "$RAMP"  # let the flood's connections pile up first
+    else
+      echo '{}' > "$work/flood.json"
+    fi
+    "${ABUSE[@]}" client --port "${!port_var}" --source "$CLIENT_SOURCE" --path /hello \
+      --concurrency "$CLIENT_CONC" --rate "$RATE" --reqs-per-conn "$REQS_PER_CONN" \
+      --duration "$DURATION" > "$work/client.json"
+    [ -n "$fpid" ] && { wait "$fpid" || true; }
+    echo "$server $mode $(tr -d ' ' < "$work/client.json") $(tr -d ' ' < "$work/flood.json")" | tee -a "$raw"
+    sleep 3  # the flood's sockets are closed; let the server let go of them
+  done
+done
+grep -c 'worker_connections are not enough' "$work/nginx-error.log" > "$work/nginx-full.txt" || true
+
+python3 - "$raw" "$CONNS" "$DURATION" "$STREAMS" "$INTERVAL" "$CLIENT_CONC" "$RATE" "$REQS_PER_CONN" \
+  "$(cat "$work/nginx-full.txt")" <<'PY' | tee "$out/abuse.md"
+import json, sys
+raw, conns, dur, streams, interval, conc, rate, rpc, nginx_full = sys.argv[1:]
+rows = []
+for line in open(raw):
+    server, mode, client, flood = line.split(" ", 3)
+    rows.append((server, mode, json.loads(client), json.loads(flood)))
+print(f"Floods from 127.0.0.2-127.0.0.41, {conns} connections from each ({40 * int(conns)}): "
+      f"zero-window = h2c, INITIAL_WINDOW_SIZE 0, {streams} GETs per connection; trickle = POST "
+      f"with Content-Length 1000000, one byte every {interval} s. Normal client from 127.0.0.100: "
+      f"GET /hello over {conc} HTTP/1.1 keep-alive connections, {rate} requests/s, {dur} s per run"
+      + (f", a new connection every {rpc} requests" if rpc != "0" else "")
+      + ". p99 over the 2xx answers; a request that fails or takes over 5 s is not a success.\n")
+print("| server | flood | flood connections held (peak) | normal requests | success | p99 | p99 / unloaded |")
+print("|---|---|---|---|---|---|---|")
+base = {}
+for server, mode, c, f in rows:
+    if mode == "none":
+        base[server] = c.get("p99_ms")
+    p99 = c.get("p99_ms")
+    ratio = f"{p99 / base[server]:.2f}x" if p99 and base.get(server) else "n/a"
+    held = f"{f['peak_held']:,}" if f else "-"
+    fail = dict(c.get("other_statuses", {}), **c.get("errors", {}))
+    failed = "" if not fail else " (" + ", ".join(f"{k}: {v}" for k, v in sorted(fail.items())) + ")"
+    p99s = f"{p99:.1f} ms" if p99 is not None else "n/a"
+    print(f"| {server} | {'unloaded' if mode == 'none' else mode} | {held} | {c['requests']:,} | "
+          f"{c['success_pct']:.2f}%{failed} | {p99s} | {ratio} |")
+print("\nFlood detail (connections opened, closed by the server, median lifetime of a closed one, "
+      "what the server said):\n")
+for server, mode, c, f in rows:
+    if f:
+        said = ", ".join(f"{k}: {v}" for k, v in sorted(f["statuses"].items())) or "-"
+        print(f"- {server} {mode}: {f['connects']:,} connects ({f['connect_errors']} failed), "
+              f"{f['closed_by_server']:,} closed by the server, median lifetime "
+              f"{f['median_lifetime_s']} s, {f['responses']:,} response heads, "
+              f"{f['resets']:,} stream resets; {said}")
+if any(r[0] == "nginx" and r[3] for r in rows):
+    print(f"- nginx error log: {nginx_full or 0} 'worker_connections are not enough' alerts")
+PY
