@@ -640,13 +640,9 @@ async = {{ max_retries = 0, callback_hosts = ["{listed}"] }}
     assert!(listed.next(Duration::from_millis(10)).is_none());
 }
 
-/// Finding 5, the cluster registry: a version record whose size would size a petabyte
-/// buffer, and one whose digest is not a digest (it names a file), are set aside with a log
-/// line; the node keeps serving (before: the first aborted every node that read it).
-#[tokio::test(flavor = "multi_thread")]
-async fn bad_registry_records_on_nats_are_set_aside() {
-    let broker = common::Broker::jetstream();
-    let s = TestServer::start(&format!(
+/// A node of the JetStream server `broker`, with an admin listener and one async trigger.
+fn cluster_node(broker: &common::Broker) -> String {
+    format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
@@ -662,9 +658,19 @@ memory_mb = 16
 [[trigger]]
 name = "echo"
 function = "echo"
+async = {{ enabled = true }}
 "#,
-        cluster = common::cluster_section(&broker)
-    ));
+        cluster = common::cluster_section(broker)
+    )
+}
+
+/// Finding 5, the cluster registry: a version record whose size would size a petabyte
+/// buffer, and one whose digest is not a digest (it names a file), are set aside with a log
+/// line; the node keeps serving (before: the first aborted every node that read it).
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_registry_records_on_nats_are_set_aside() {
+    let broker = common::Broker::jetstream();
+    let s = TestServer::start(&cluster_node(&broker));
     let nats = async_nats::connect(format!("127.0.0.1:{}", broker.port))
         .await
         .unwrap();
@@ -1027,26 +1033,7 @@ async fn one_connection_holds_at_most_its_read_ahead_budget() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cluster_task_list_comes_in_pages() {
     let broker = common::Broker::jetstream();
-    let s = TestServer::start(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-admin_token = "{ADMIN_TOKEN}"
-data_dir = "data"
-{cluster}
-[[function]]
-name = "echo"
-wasm = "{{echo}}"
-memory_mb = 16
-
-[[trigger]]
-name = "echo"
-function = "echo"
-async = {{ enabled = true }}
-"#,
-        cluster = common::cluster_section(&broker)
-    ));
+    let s = TestServer::start(&cluster_node(&broker));
     let client = reqwest::Client::new();
     for i in 0..5 {
         // Bounded: the node may still be connecting to NATS (503 meanwhile).

@@ -460,7 +460,8 @@ impl Cluster {
         self.read(key).await.ok().flatten().map(|(r, _)| r.view)
     }
 
-    /// The keys of every record, or of `trigger`'s.
+    /// The keys of every record, or of `trigger`'s, sorted, each once (a record updated while
+    /// the bucket is listed comes again in the listing).
     async fn keys(&self, trigger: Option<&str>) -> Vec<String> {
         let Ok(conn) = self.conn() else {
             return Vec::new();
@@ -468,16 +469,18 @@ impl Cluster {
         let Ok(keys) = conn.kv.keys().await else {
             return Vec::new();
         };
-        keys.filter_map(|k| async move { k.ok() })
-            .filter(|k| {
-                std::future::ready(
-                    trigger.is_none_or(|t| {
+        let mut keys =
+            keys.filter_map(|k| async move { k.ok() })
+                .filter(|k| {
+                    std::future::ready(trigger.is_none_or(|t| {
                         k.strip_prefix(t).is_some_and(|rest| rest.starts_with('/'))
-                    }),
-                )
-            })
-            .collect()
-            .await
+                    }))
+                })
+                .collect::<Vec<String>>()
+                .await;
+        keys.sort_unstable();
+        keys.dedup();
+        keys
     }
 
     pub async fn find(&self, id: &str, trigger: Option<&str>) -> Vec<TaskView> {
@@ -511,8 +514,7 @@ impl Cluster {
         limit: usize,
         after: Option<&str>,
     ) -> (Vec<TaskView>, Option<String>) {
-        let mut keys = self.keys(trigger).await;
-        keys.sort_unstable();
+        let keys = self.keys(trigger).await;
         let start = after.map_or(0, |a| keys.partition_point(|k| k.as_str() <= a));
         let mut page = Vec::new();
         let mut next = None;
