@@ -65,7 +65,12 @@ async fn a_swapped_compiled_artifact_is_not_trusted() {
     let echo = deploy(&s, "other", "echo").await;
     assert_eq!(get(&s, "/greet").await.1, "hello from wasmgate\n");
     s.signal("TERM");
-    s.wait_exit(std::time::Duration::from_secs(30));
+    assert_eq!(
+        s.wait_exit(std::time::Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        s.stderr_text()
+    );
 
     let mode = std::fs::metadata(dir.path().join("data"))
         .unwrap()
@@ -97,7 +102,12 @@ async fn artifacts_writable_by_others_are_recompiled_and_a_broken_version_is_ski
     let hello = deploy(&s, "greet", "hello").await;
     let echo = deploy(&s, "other", "echo").await;
     s.signal("TERM");
-    s.wait_exit(std::time::Duration::from_secs(30));
+    assert_eq!(
+        s.wait_exit(std::time::Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        s.stderr_text()
+    );
 
     let cwasm = artifact(dir.path(), &hello, ".cwasm");
     std::fs::set_permissions(&cwasm, std::fs::Permissions::from_mode(0o666)).unwrap();
@@ -159,7 +169,12 @@ async fn config_functions_start_from_the_compiled_cache_and_a_swapped_artifact_i
     );
     assert_eq!(get(&s, "/greet").await.1, "hello from wasmgate\n");
     s.signal("TERM");
-    s.wait_exit(std::time::Duration::from_secs(30));
+    assert_eq!(
+        s.wait_exit(std::time::Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        s.stderr_text()
+    );
     let cached = cwasm_files(dir.path());
     assert_eq!(cached.len(), 2, "{cached:?}");
 
@@ -174,7 +189,12 @@ async fn config_functions_start_from_the_compiled_cache_and_a_swapped_artifact_i
     let (status, _) = get(&s, "/other").await;
     assert_eq!(status, 200);
     s.signal("TERM");
-    s.wait_exit(std::time::Duration::from_secs(30));
+    assert_eq!(
+        s.wait_exit(std::time::Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        s.stderr_text()
+    );
 
     // One artifact replaced by the other's (genuine, authenticated, but not this code):
     // greet is compiled again from its .wasm and still answers as itself.

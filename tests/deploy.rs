@@ -95,27 +95,60 @@ async fn deploy_alias_canary_rollback_and_restart() {
     assert_eq!(body(s.url("/v1")).await.1, "hello from wasmgate\n");
     assert_eq!(body(s.url("/live")).await.1, "hello from wasmgate\n");
 
-    // Move the alias while a client loop runs: every request succeeds, on one version or
-    // the other.
+    // Move the alias while a client loop runs: every request succeeds, each on version 1
+    // until the move and on version 2 from some point on, never back.
     let url = s.url("/live");
-    let client_loop = tokio::spawn(async move {
-        let c = reqwest::Client::new();
-        let mut seen = (0, 0);
-        for _ in 0..300 {
-            let r = c.get(&url).send().await.unwrap();
-            assert_eq!(r.status(), 200);
-            if r.text().await.unwrap().starts_with("hello") {
-                seen.0 += 1;
-            } else {
-                seen.1 += 1;
+    let moved = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let client_loop = tokio::spawn({
+        let moved = moved.clone();
+        async move {
+            let c = reqwest::Client::new();
+            let mut started = Some(started_tx);
+            let mut seen = Vec::new();
+            let mut after_move = 0;
+            for _ in 0..20_000 {
+                let r = c.get(&url).send().await.unwrap();
+                assert_eq!(r.status(), 200, "after {seen:?}");
+                let version = if r.text().await.unwrap().starts_with("hello") {
+                    1
+                } else {
+                    2
+                };
+                seen.push(version);
+                // 20 answers observed before the move is made.
+                if seen.len() == 20
+                    && let Some(tx) = started.take()
+                {
+                    let _ = tx.send(());
+                }
+                if moved.load(std::sync::atomic::Ordering::SeqCst) {
+                    after_move += 1;
+                    if after_move >= 20 {
+                        break;
+                    }
+                }
             }
+            seen
         }
-        seen
     });
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    started_rx.await.expect("the client loop runs");
     assert_eq!(set_alias(&s, r#"{"version": 2}"#).await, 200);
+    moved.store(true, std::sync::atomic::Ordering::SeqCst);
     let seen = client_loop.await.unwrap();
-    assert!(seen.1 > 0, "the alias move never took effect: {seen:?}");
+    assert!(
+        seen[..20].iter().all(|v| *v == 1),
+        "before the move: {seen:?}"
+    );
+    let first_v2 = seen
+        .iter()
+        .position(|v| *v == 2)
+        .expect("the alias move never took effect");
+    assert!(
+        seen[first_v2..].iter().all(|v| *v == 2),
+        "back to version 1: {seen:?}"
+    );
+    assert!(seen.ends_with(&[2; 20]), "after the move: {seen:?}");
     assert!(body(s.url("/live")).await.1.starts_with('{'));
 
     // Canary: half the traffic to version 1.

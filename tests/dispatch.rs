@@ -112,7 +112,8 @@ async fn barrier(g: &Gateway, id: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_runs_the_function_its_stored_target_names() {
     let dir = tempfile::tempdir().unwrap();
-    let g = gateway(dir.path(), FakeClock::new(START_MS));
+    let clock = FakeClock::new(START_MS);
+    let g = gateway(dir.path(), clock.clone());
     // The trigger's own function is probe; this task targets hello.
     enqueue(&g, "hello", "/", "fan_out", 0).await;
     let v = wait(&g, "fan_out", |v| v.state.as_str() == "Succeeded").await;
@@ -122,6 +123,18 @@ async fn a_task_runs_the_function_its_stored_target_names() {
     // A target that names nothing fails with FunctionNotFound, after its retries.
     enqueue(&g, "nope", "/", "missing", 0).await;
     let v = wait(&g, "missing", |v| v.state.as_str() == "Retrying").await;
+    assert_eq!(v.response_status, Some(404));
+    // ... and ends Failed once they are spent (max_retries = 2), still FunctionNotFound.
+    for attempt in 1..=2u32 {
+        let v = wait(&g, "missing", |v| {
+            v.attempts == attempt && v.state.as_str() == "Retrying"
+        })
+        .await;
+        clock.advance(v.due_ms - clock.now_ms());
+        g.app().dispatcher.queue().unwrap().wake();
+    }
+    let v = wait(&g, "missing", |v| v.state.as_str() == "Failed").await;
+    assert_eq!(v.attempts, 3);
     assert_eq!(v.response_status, Some(404));
 }
 

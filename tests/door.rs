@@ -180,23 +180,43 @@ async fn slow_senders_never_hold_a_functions_slots() {
     let s = TestServer::start(&config(false, true));
     let addr = s.addr();
     // 200 clients that promise 100 bytes and send one byte every 300 ms, against a function
-    // that runs 100 at once.
+    // that runs 100 at once. Each says when it has connected and sent its first byte; after
+    // ten slow bytes it sends the rest and must get its answer: the server held it throughout.
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
     let mut slow = Vec::new();
-    for _ in 0..200 {
-        let addr = addr.clone();
-        slow.push(std::thread::spawn(move || {
-            let mut s = TcpStream::connect(&addr).unwrap();
+    for i in 0..200 {
+        let (addr, started) = (addr.clone(), started_tx.clone());
+        slow.push(std::thread::spawn(move || -> Result<String, String> {
+            let mut s = TcpStream::connect(&addr).map_err(|e| format!("connect: {e}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))
+                .map_err(|e| e.to_string())?;
             s.write_all(b"POST /admin HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n")
-                .unwrap();
-            for _ in 0..10 {
-                if s.write_all(b"x").is_err() {
-                    return;
+                .map_err(|e| format!("head: {e}"))?;
+            for n in 0..10 {
+                s.write_all(b"x").map_err(|e| format!("byte {n}: {e}"))?;
+                if n == 0 {
+                    let _ = started.send(i);
                 }
                 std::thread::sleep(Duration::from_millis(300));
             }
+            s.write_all(&[b'y'; 90]).map_err(|e| format!("rest: {e}"))?;
+            let mut out = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read the answer head and the 100-byte echo (Connection stays open).
+            while !String::from_utf8_lossy(&out).contains(&"y".repeat(90)) {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                    Err(e) => return Err(format!("answer: {e}")),
+                }
+            }
+            Ok(String::from_utf8_lossy(&out).into_owned())
         }));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    drop(started_tx);
+    // Every slow sender is connected and sending before the normal requests start.
+    let started = (0..200).filter(|_| started_rx.recv().is_ok()).count();
+    assert_eq!(started, 200, "slow senders that never started");
     // 100 concurrent normal requests are all served.
     let c = reqwest::Client::new();
     let normal: Vec<_> = (0..100)
@@ -219,7 +239,8 @@ async fn slow_senders_never_hold_a_functions_slots() {
     }
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     for t in slow {
-        let _ = t.join();
+        let answer = t.join().unwrap().unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
 }
 
@@ -230,9 +251,10 @@ fn a_body_that_stalls_gets_408() {
     stream
         .write_all(b"POST /admin HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nabc")
         .unwrap();
-    // body_read_timeout_ms is 1500: say nothing more.
+    // body_read_timeout_ms is 1500: say nothing more. The bound of 6 s sits below the
+    // default (10 s), so a server that ignored the key fails here.
     stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
+        .set_read_timeout(Some(Duration::from_secs(6)))
         .unwrap();
     let mut out = Vec::new();
     let _ = stream.read_to_end(&mut out);
@@ -247,7 +269,7 @@ async fn sigterm_keeps_answering_503_for_the_grace_period_then_exits_zero() {
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
-drain_grace_ms = 2000
+drain_grace_ms = 8000
 
 [[function]]
 name = "probe"

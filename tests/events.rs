@@ -34,6 +34,17 @@ events = ["broken"]
 env = {{ PROBE_STATUS = "404" }}
 
 [[function]]
+name = "trapping"
+wasm = "{{probe}}"
+events = ["checked"]
+env = {{ PROBE_TRAP = "1" }}
+
+[[function]]
+name = "checker"
+wasm = "{{echo}}"
+events = ["checked"]
+
+[[function]]
 name = "hello"
 wasm = "{{hello}}"
 
@@ -225,6 +236,22 @@ async fn synchronous_events_answer_with_the_subscribers_responses() {
         .collect();
     names.sort();
     assert_eq!(names, ["audit", "mailer"]);
+    // A subscriber that fails is named, with its status and public message, beside the
+    // others' answers.
+    let r = publish(&s, json!({"type": "checked", "isSynchronous": true})).await;
+    assert_eq!(r.status(), 200);
+    let all: Value = r.json().await.unwrap();
+    let all = all.as_array().unwrap();
+    assert_eq!(all.len(), 2, "{all:?}");
+    let failed = all.iter().find(|e| e["function"] == "trapping").unwrap();
+    assert_eq!(failed["status"], 502, "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("trap"),
+        "{failed}"
+    );
+    assert!(failed.get("body").is_none(), "{failed}");
+    let ok = all.iter().find(|e| e["function"] == "checker").unwrap();
+    assert_eq!(ok["status"], 200, "{ok}");
     // Nobody listens.
     let r = publish(&s, json!({"type": "nobody", "isSynchronous": true})).await;
     assert_eq!(r.status(), 404);
@@ -501,6 +528,13 @@ async fn invoke_and_event_commands_talk_to_a_running_gateway() {
     assert!(signed.status.success(), "{signed:?}");
     let out = cli(&["invoke", &s.url("/signed"), "--cacert", &ca]);
     assert!(!out.status.success());
+    // Unsigned: no Authorization and no date, the signature trigger's 400.
+    let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["Code"], "MissingRequiredHeader", "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("400"),
+        "{out:?}"
+    );
     // A gateway error: non-zero exit, the error body printed.
     let out = cli(&["invoke", &s.url("/function/mailer"), "--cacert", &ca]);
     assert!(!out.status.success());

@@ -367,9 +367,10 @@ async fn every_request_gets_a_fresh_instance_under_load() {
 async fn a_looping_guest_times_out_while_others_are_served() {
     let s = TestServer::start(CONFIG);
     let c = client();
-    // Two loops: as many as this machine has cores, so a loop that held its thread
-    // would stall everything else.
-    let loops: Vec<_> = (0..2)
+    // As many loops as this machine has cores (the runtime's worker threads), so a loop
+    // that held its thread would stall everything else.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let loops: Vec<_> = (0..cores)
         .map(|_| {
             let c = c.clone();
             let url = s.url("/probe/loop");
@@ -515,10 +516,11 @@ async fn slow_clients_are_cut_off() {
     stream
         .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n")
         .unwrap();
-    // Never finish the headers. The server must close the connection; the read timeout
-    // only keeps a broken server from hanging the test.
+    // Never finish the headers. The server must close the connection after the configured
+    // 300 ms: the bound of 5 s sits below the default (10 s), so a server that ignored the
+    // key would fail here.
     stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
+        .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let mut buf = Vec::new();
     let r = stream.read_to_end(&mut buf);
@@ -544,10 +546,7 @@ async fn malformed_requests_get_400_and_the_server_lives() {
         let mut buf = Vec::new();
         let _ = stream.read_to_end(&mut buf);
         let text = String::from_utf8_lossy(&buf);
-        assert!(
-            text.is_empty() || text.starts_with("HTTP/1.1 400"),
-            "{text}"
-        );
+        assert!(text.starts_with("HTTP/1.1 400"), "{raw:?}: {text}");
     }
     assert_eq!(reqwest::get(s.url("/hello")).await.unwrap().status(), 200);
 }

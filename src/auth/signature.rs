@@ -955,7 +955,7 @@ mod tests {
                 h.insert("authorization", v);
                 h.insert("x-acs-date", "2026-01-01T00:00:00Z".parse().unwrap());
                 h.insert("date", "garbage".parse().unwrap());
-                let _ = a.verify(
+                let verdict = a.verify(
                     &SignedRequest {
                         method: "GET",
                         path: "/",
@@ -964,6 +964,7 @@ mod tests {
                     },
                     now,
                 );
+                assert!(verdict.is_err(), "{s:?} was accepted");
             }
         }
     }

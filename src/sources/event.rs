@@ -433,6 +433,7 @@ async fn run_now(
         let outcome = app.dispatcher.run(inv).await?;
         return Ok(outcome.response);
     }
+    let names: Vec<String> = targets.iter().map(|t| t.function.clone()).collect();
     let runs = targets.into_iter().map(|target| async move {
         let function = target.function.clone();
         let inv = delivery(trigger, target, event, ce)?.map_body(http_body_util::Full::new);
@@ -458,14 +459,23 @@ async fn run_now(
     let results = futures::future::join_all(runs).await;
     let answers: Vec<Value> = results
         .into_iter()
-        .map(|r| match r {
+        .zip(names)
+        .map(|(r, function)| match r {
             Ok(v) => v,
             // The public message only; a host fault's detail goes to the log.
             Err(e) => {
                 if e.status() == StatusCode::INTERNAL_SERVER_ERROR {
-                    tracing::error!(request_id, "a subscriber of a synchronous event: {e}");
+                    tracing::error!(
+                        request_id,
+                        function,
+                        "a subscriber of a synchronous event: {e}"
+                    );
                 }
-                json!({ "status": e.status().as_u16(), "error": e.public_message(request_id) })
+                json!({
+                    "function": function,
+                    "status": e.status().as_u16(),
+                    "error": e.public_message(request_id),
+                })
             }
         })
         .collect();

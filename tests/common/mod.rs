@@ -8,6 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
+/// How long a starting server may take to print its listeners (it compiles every function
+/// first; a bound against a hung server, not a measurement).
+const STARTUP_BOUND: Duration = Duration::from_secs(180);
+
 /// The `wasmgate` binary under test: this build's, or `WASMGATE_BIN` to run the same tests
 /// against another build (for instance main's, to see a new test fail there first).
 pub fn bin() -> PathBuf {
@@ -109,14 +113,26 @@ impl TestServer {
                 sink.lock().unwrap().push(line);
             }
         });
+        // The listeners' addresses come on stdout right after compiling. A reader thread
+        // hands the lines over so that the wait is bounded: a server that neither prints
+        // them nor exits fails the test with its log instead of hanging it.
         let out = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(out).lines();
+        let (line_tx, line_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = line_tx.send(line);
+            }
+        });
         let mut public = None;
         let mut internal = None;
         let mut admin = None;
         let rendered = render(template);
-        // Bounded: the server prints its listeners right after compiling, or exits.
-        while let Some(Ok(line)) = lines.next() {
+        let wants_internal = rendered.contains("internal_listen");
+        let wants_admin = rendered.contains("admin_listen");
+        let deadline = std::time::Instant::now() + STARTUP_BOUND;
+        while let Ok(line) =
+            line_rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        {
             if let Some(url) = line.strip_prefix("public listening on ") {
                 public = Some(url.to_string());
             } else if let Some(url) = line.strip_prefix("internal listening on ") {
@@ -124,8 +140,6 @@ impl TestServer {
             } else if let Some(url) = line.strip_prefix("admin listening on ") {
                 admin = Some(url.to_string());
             }
-            let wants_internal = rendered.contains("internal_listen");
-            let wants_admin = rendered.contains("admin_listen");
             if public.is_some()
                 && (!wants_internal || internal.is_some())
                 && (!wants_admin || admin.is_some())
@@ -133,8 +147,13 @@ impl TestServer {
                 break;
             }
         }
-        std::thread::spawn(move || for _ in lines {});
-        let Some(public) = public else {
+        let started = public.is_some()
+            && (!wants_internal || internal.is_some())
+            && (!wants_admin || admin.is_some());
+        if !started {
+            let _ = child.kill();
+        }
+        let (Some(public), true) = (public, started) else {
             let _ = child.wait();
             panic!(
                 "wasmgate did not start:\n{}",
@@ -376,6 +395,23 @@ impl Receiver {
     pub fn next(&self, limit: Duration) -> Option<Received> {
         self.rx.recv_timeout(limit).ok()
     }
+
+    /// Everything received before the first request that `is_marker` picks (which is taken
+    /// too); panics if no marker comes within `limit`. A negative check ("nothing else was
+    /// called back") waits for a marker sent after the event under test instead of a
+    /// guessed time.
+    pub fn until(&self, limit: Duration, is_marker: impl Fn(&Received) -> bool) -> Vec<Received> {
+        let mut before = Vec::new();
+        loop {
+            let got = self
+                .next(limit)
+                .unwrap_or_else(|| panic!("the marker never came; before it: {before:?}"));
+            if is_marker(&got) {
+                return before;
+            }
+            before.push(got);
+        }
+    }
 }
 
 /// A loopback port nothing listens on right now.
@@ -412,11 +448,12 @@ impl Broker {
             format!("listener {port} 127.0.0.1\npersistence false\n{extra}\n"),
         )
         .expect("write mosquitto.conf");
+        let (out, err) = broker_log(dir.path());
         let child = Command::new("mosquitto")
             .arg("-c")
             .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .expect("mosquitto is not installed (apt-get install mosquitto mosquitto-clients)");
         Self::ready(child, port, dir)
@@ -426,10 +463,11 @@ impl Broker {
     pub fn nats() -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
+        let (out, err) = broker_log(dir.path());
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .expect("nats-server is not installed (apt-get install nats-server)");
         Self::ready(child, port, dir)
@@ -455,10 +493,11 @@ impl Broker {
     fn jetstream_command(port: u16, store: &Path) -> Command {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new("nats-server");
+        let (out, err) = broker_log(store);
         cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(out)
+            .stderr(err);
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -486,7 +525,16 @@ impl Broker {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        panic!("nats-server did not come back on port {}", self.port);
+        panic!(
+            "nats-server did not come back on port {}:\n{}",
+            self.port,
+            self.log()
+        );
+    }
+
+    /// What the broker wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
     }
 
     /// Waits (bounded) until the broker accepts connections.
@@ -498,7 +546,10 @@ impl Broker {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        panic!("the broker did not listen on port {port}");
+        panic!(
+            "the broker did not listen on port {port}:\n{}",
+            broker.log()
+        );
     }
 
     /// Publishes one MQTT message with mosquitto_pub (QoS 1 unless `qos` says otherwise).
@@ -517,6 +568,18 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The broker's stdout and stderr, appended to `broker.log` in its directory (kept for the
+/// failure message rather than thrown away).
+fn broker_log(dir: &Path) -> (Stdio, Stdio) {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("broker.log"))
+        .expect("broker log");
+    let err = file.try_clone().expect("broker log");
+    (Stdio::from(file), Stdio::from(err))
 }
 
 /// Whether this run puts the queue and the registry on NATS JetStream:

@@ -5,8 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasi::exports::http::incoming_handler::Guest;
 use wasi::http::types::{
-    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse,
-    ResponseOutparam,
+    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 
 /// Counts requests seen by this instance: with a fresh instance per request it is always 1.
@@ -49,7 +48,9 @@ fn method_name(m: &Method) -> String {
 
 fn read_body(request: &IncomingRequest) -> Vec<u8> {
     let mut data = Vec::new();
-    let Ok(body) = request.consume() else { return data };
+    let Ok(body) = request.consume() else {
+        return data;
+    };
     if let Ok(stream) = body.stream() {
         while let Ok(chunk) = stream.blocking_read(64 * 1024) {
             data.extend_from_slice(&chunk);
@@ -92,7 +93,10 @@ impl Guest for Echo {
         let body = read_body(&request);
         j.push_str("},\"body\":");
         json_string(&mut j, &String::from_utf8_lossy(&body));
-        j.push_str(&format!(",\"body_len\":{},\"counter\":{count}}}", body.len()));
+        j.push_str(&format!(
+            ",\"body_len\":{},\"counter\":{count}}}",
+            body.len()
+        ));
 
         let headers = Fields::from_list(&[("content-type".into(), b"application/json".to_vec())])
             .expect("static header is valid");
@@ -101,7 +105,9 @@ impl Guest for Echo {
         ResponseOutparam::set(out, Ok(response));
         let stream = out_body.write().expect("stream is taken once");
         for chunk in j.as_bytes().chunks(4096) {
-            stream.blocking_write_and_flush(chunk).expect("host accepts the body");
+            stream
+                .blocking_write_and_flush(chunk)
+                .expect("host accepts the body");
         }
         drop(stream);
         OutgoingBody::finish(out_body, None).expect("body finishes");

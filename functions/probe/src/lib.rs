@@ -45,7 +45,9 @@ fn respond(out: ResponseOutparam, status: u16, headers: Vec<(String, Vec<u8>)>, 
     let out_body = response.body().expect("body is taken once");
     ResponseOutparam::set(out, Ok(response));
     let stream = out_body.write().expect("stream is taken once");
-    stream.blocking_write_and_flush(body).expect("host accepts the body");
+    stream
+        .blocking_write_and_flush(body)
+        .expect("host accepts the body");
     drop(stream);
     OutgoingBody::finish(out_body, None).expect("body finishes");
 }
@@ -64,7 +66,8 @@ fn fetch(url: &str) -> Result<u16, String> {
     };
     let req = OutgoingRequest::new(Fields::new());
     req.set_scheme(Some(&scheme)).map_err(|_| "scheme")?;
-    req.set_authority(Some(authority)).map_err(|_| "authority")?;
+    req.set_authority(Some(authority))
+        .map_err(|_| "authority")?;
     req.set_path_with_query(Some(path)).map_err(|_| "path")?;
     let future = outgoing_handler::handle(req, None).map_err(|e| format!("{e:?}"))?;
     future.subscribe().block();
@@ -103,14 +106,18 @@ impl Guest for Probe {
                 }
             }
             "/sleep" => {
-                let ms: u64 = query_param(query, "ms").and_then(|v| v.parse().ok()).unwrap_or(100);
+                let ms: u64 = query_param(query, "ms")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(100);
                 let _ = writeln!(std::io::stderr(), "sleep start {ms} ms");
                 wasi::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
                 respond(out, 200, text, b"slept");
             }
             "/counter" => respond(out, 200, text, count.to_string().as_bytes()),
             "/big-headers" => {
-                let n: usize = query_param(query, "n").and_then(|v| v.parse().ok()).unwrap_or(10_000);
+                let n: usize = query_param(query, "n")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(10_000);
                 let mut headers = text;
                 let mut left = n;
                 let mut i = 0;
@@ -123,7 +130,9 @@ impl Guest for Probe {
                 respond(out, 200, headers, b"big");
             }
             "/log" => {
-                let n: usize = query_param(query, "n").and_then(|v| v.parse().ok()).unwrap_or(1);
+                let n: usize = query_param(query, "n")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
                 for i in 0..n {
                     let _ = writeln!(std::io::stdout(), "probe stdout line {i}");
                     let _ = writeln!(std::io::stderr(), "probe stderr line {i}");
@@ -153,6 +162,10 @@ impl Guest for Probe {
             // Any other path: 200, or the status in the PROBE_STATUS environment variable (a
             // subscriber that always answers, say, 404).
             _ => {
+                // PROBE_TRAP: a subscriber whose every delivery traps.
+                if std::env::var("PROBE_TRAP").is_ok() {
+                    core::arch::wasm32::unreachable();
+                }
                 let status = std::env::var("PROBE_STATUS")
                     .ok()
                     .and_then(|s| s.parse().ok())
