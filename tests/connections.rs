@@ -218,8 +218,8 @@ async fn a_few_addresses_at_their_cap_leave_room_for_others() {
             held.push(connect_from(from, &addr).await);
         }
     }
-    // Let the gateway accept (or close) them all.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The gateway accepts in order from its backlog, one at a time: the next connection is
+    // taken only after these are all accepted or closed.
     let mut other = connect_from("127.0.0.4", &addr).await;
     other
         .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

@@ -81,6 +81,7 @@ wasm = "{{probe}}"
 memory_mb = 16
 timeout_ms = 20000
 max_concurrency = 10
+outbound_hosts = ["127.0.0.1"]
 
 [[trigger]]
 name = "probe"
@@ -107,36 +108,25 @@ async fn a_reload_that_turns_async_on_runs_the_next_task() {
 async fn max_in_flight_holds_across_a_reload() {
     let s = TestServer::start(&base(""));
     let c = reqwest::Client::new();
-    let slow: Vec<_> = (0..2)
+    // Two requests that hold their node permits at the gate until the test opens it.
+    let gate = common::Gate::start();
+    let held: Vec<_> = (0..2)
         .map(|_| {
-            let (c, url) = (c.clone(), s.url("/probe/sleep?ms=4000"));
+            let (c, url) = (
+                c.clone(),
+                s.url(&format!("/probe/fetch?url={}", gate.url())),
+            );
             tokio::spawn(async move { c.get(url).send().await.unwrap().status().as_u16() })
         })
         .collect();
-    // Bounded wait until both hold their node permit.
-    let mut in_flight = 0;
-    for _ in 0..400 {
-        let r: serde_json::Value = c
-            .get(s.admin_url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        in_flight = r["in_flight"].as_u64().unwrap_or(0);
-        if in_flight == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(in_flight, 2);
+    gate.wait_arrivals(2);
     assert_eq!(reload(&s).await.0, 200);
     // max_in_flight + 1 concurrent requests across the reload: exactly one is refused.
-    let third = c.get(s.url("/probe/sleep?ms=1")).send().await.unwrap();
+    let third = c.get(s.url("/probe")).send().await.unwrap();
     assert_eq!(third.status(), 503);
     assert!(third.headers().contains_key("retry-after"));
-    for h in slow {
+    gate.open();
+    for h in held {
         assert_eq!(h.await.unwrap(), 200);
     }
     assert_eq!(c.get(s.url("/probe")).send().await.unwrap().status(), 200);

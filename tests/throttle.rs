@@ -27,6 +27,7 @@ wasm = "{probe}"
 memory_mb = 16
 max_concurrency = 2
 timeout_ms = 60000
+outbound_hosts = ["127.0.0.1"]
 
 [[function]]
 name = "wide"
@@ -34,6 +35,7 @@ wasm = "{probe}"
 memory_mb = 16
 max_concurrency = 10
 timeout_ms = 60000
+outbound_hosts = ["127.0.0.1"]
 
 [[function]]
 name = "failing"
@@ -89,20 +91,17 @@ async fn rate_limit_admits_the_burst_then_429_with_retry_after() {
 async fn function_and_node_limits_refuse_fast_while_admitted_requests_complete() {
     let s = TestServer::start(CONFIG);
     let c = client();
-    let sleep = |path: &str| {
+    // Every held request fetches the gate, which answers only once the checks are done.
+    let gate = common::Gate::start();
+    let hold = |function: &str| {
         let c = c.clone();
-        let url = s.url(path);
+        let url = s.url(&format!("/{function}/fetch?url={}", gate.url()));
         tokio::spawn(async move { c.get(url).send().await.unwrap() })
     };
-    // Fill `narrow` to its max_concurrency of 2. (The sleeps leave seconds of margin for the
-    // checks below on a slow machine; nothing waits for them to end but the final joins.)
-    let a = sleep("/narrow/sleep?ms=4000");
-    let b = sleep("/narrow/sleep?ms=4000");
-    assert!(
-        s.wait_for_count("sleep start 4000 ms", 2),
-        "{}",
-        s.stderr_text()
-    );
+    // Fill `narrow` to its max_concurrency of 2.
+    let a = hold("narrow");
+    let b = hold("narrow");
+    gate.wait_arrivals(2);
     let resp = c.get(s.url("/narrow/counter")).send().await.unwrap();
     assert_eq!(resp.status(), 429);
     assert!(resp.headers().contains_key("retry-after"));
@@ -110,24 +109,22 @@ async fn function_and_node_limits_refuse_fast_while_admitted_requests_complete()
     // The node (4 in flight) still has room for other functions.
     assert_eq!(c.get(s.url("/hello")).send().await.unwrap().status(), 200);
 
-    // Fill the node: two more sleeping requests on another function.
-    let d = sleep("/wide/sleep?ms=3000");
-    let e = sleep("/wide/sleep?ms=3000");
-    assert!(
-        s.wait_for_count("sleep start 3000 ms", 2),
-        "{}",
-        s.stderr_text()
-    );
+    // Fill the node: two more held requests on another function.
+    let d = hold("wide");
+    let e = hold("wide");
+    gate.wait_arrivals(4);
     let resp = c.get(s.url("/hello")).send().await.unwrap();
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().contains_key("retry-after"));
     assert_eq!(error_body(resp).await["Code"], "ResourceThrottled");
+    assert_eq!(gate.arrivals(), 4, "a refused request reached a function");
 
-    // Every admitted request completes normally.
+    // Every admitted request completes normally once the gate opens.
+    gate.open();
     for h in [a, b, d, e] {
         let resp = h.await.unwrap();
         assert_eq!(resp.status(), 200);
-        assert_eq!(resp.text().await.unwrap(), "slept");
+        assert_eq!(resp.text().await.unwrap(), "200");
     }
     assert_eq!(c.get(s.url("/hello")).send().await.unwrap().status(), 200);
 }

@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Condvar, Mutex, Once};
 use std::time::{Duration, Instant};
 
 /// How long a starting server may take to print its listeners (it compiles every function
@@ -327,17 +327,59 @@ impl Received {
 pub struct Receiver {
     pub addr: String,
     rx: std::sync::mpsc::Receiver<Received>,
+    latch: Option<Arc<Latch>>,
+}
+
+/// A one-way switch threads wait on: closed until [`Latch::open`], then open for good.
+#[derive(Default)]
+pub struct Latch {
+    open: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Latch {
+    pub fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.changed.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.changed.wait(open).unwrap();
+        }
+    }
 }
 
 impl Receiver {
+    /// A receiver that answers every request with `status` at once.
     pub fn start(status: u16) -> Receiver {
+        Self::spawn(status, None)
+    }
+
+    /// A receiver that reports each request as it arrives but answers none (with `status`)
+    /// until [`Receiver::open`]: a delivery the test holds in flight for as long as it needs.
+    pub fn start_held(status: u16) -> Receiver {
+        Self::spawn(status, Some(Arc::new(Latch::default())))
+    }
+
+    /// Answers the held requests and every later one.
+    pub fn open(&self) {
+        if let Some(l) = &self.latch {
+            l.open();
+        }
+    }
+
+    fn spawn(status: u16, latch: Option<Arc<Latch>>) -> Receiver {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (tx, rx) = std::sync::mpsc::channel();
+        let held = latch.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let tx = tx.clone();
+                let held = held.clone();
                 std::thread::spawn(move || {
                     let mut stream = stream;
                     let mut buf = Vec::new();
@@ -370,20 +412,30 @@ impl Receiver {
                             Ok(n) => body.extend_from_slice(&chunk[..n]),
                         }
                     }
-                    let _ = write!(
-                        stream,
-                        "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                    );
-                    let _ = tx.send(Received {
+                    let received = Received {
                         method: start.first().unwrap_or(&"").to_string(),
                         path: start.get(1).unwrap_or(&"").to_string(),
                         headers,
                         body,
-                    });
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    );
+                    match held {
+                        Some(latch) => {
+                            let _ = tx.send(received);
+                            latch.wait();
+                            let _ = stream.write_all(answer.as_bytes());
+                        }
+                        None => {
+                            let _ = stream.write_all(answer.as_bytes());
+                            let _ = tx.send(received);
+                        }
+                    }
                 });
             }
         });
-        Receiver { addr, rx }
+        Receiver { addr, rx, latch }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -411,6 +463,95 @@ impl Receiver {
             }
             before.push(got);
         }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.open();
+    }
+}
+
+/// A loopback HTTP server whose requests wait until the test opens it. A guest that fetches
+/// it (the probe's `/fetch?url=`) holds its slot (a concurrency permit, a node permit, a
+/// queue worker) exactly until the test is done looking, with no guessed duration.
+pub struct Gate {
+    addr: String,
+    arrived: Arc<(Mutex<usize>, Condvar)>,
+    latch: Arc<Latch>,
+}
+
+/// How long a test waits for requests to reach a gate (a bound against a broken server).
+const GATE_BOUND: Duration = Duration::from_secs(60);
+
+impl Gate {
+    pub fn start() -> Gate {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let arrived = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let latch = Arc::new(Latch::default());
+        let (count, gate) = (arrived.clone(), latch.clone());
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let (count, gate) = (count.clone(), gate.clone());
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    *count.0.lock().unwrap() += 1;
+                    count.1.notify_all();
+                    gate.wait();
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nopen",
+                    );
+                });
+            }
+        });
+        Gate {
+            addr,
+            arrived,
+            latch,
+        }
+    }
+
+    /// The URL a guest fetches to wait at the gate.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// Waits (bounded) until `n` requests in all have reached the gate; panics if they do
+    /// not.
+    pub fn wait_arrivals(&self, n: usize) {
+        let (count, changed) = &*self.arrived;
+        let deadline = Instant::now() + GATE_BOUND;
+        let mut got = count.lock().unwrap();
+        while *got < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "{} of {n} requests reached the gate", *got);
+            got = changed.wait_timeout(got, left).unwrap().0;
+        }
+    }
+
+    /// How many requests have reached the gate so far.
+    pub fn arrivals(&self) -> usize {
+        *self.arrived.0.lock().unwrap()
+    }
+
+    /// Lets every waiting request, and every later one, through.
+    pub fn open(&self) {
+        self.latch.open();
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.open();
     }
 }
 
