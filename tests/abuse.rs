@@ -1025,7 +1025,7 @@ async fn one_connection_holds_at_most_its_read_ahead_budget() {
     bodies.remove(refused);
     // One gives up: its share comes back, and a new upload is read whole (bounded: the
     // share is given back as the gateway sees the reset).
-    held.remove(0);
+    drop(held.remove(0));
     bodies.remove(0).send_reset(h2::Reason::CANCEL);
     let mut status = 0;
     for _ in 0..100 {
