@@ -159,11 +159,14 @@ impl GatewayError {
         }
     }
 
-    /// Whether this is a capacity refusal (429/503) that a queued task waits out.
+    /// Whether this is a capacity refusal (429/503 with `Retry-After`) that a queued task or
+    /// a broker message waits out: a limit, a full queue, or a queue not reachable yet (a
+    /// cluster node before NATS answers).
     pub fn is_capacity(&self) -> bool {
         matches!(
             self,
-            GatewayError::Throttle(_) | GatewayError::Queue(QueueError::Full(_))
+            GatewayError::Throttle(_)
+                | GatewayError::Queue(QueueError::Full(_) | QueueError::Unavailable(_))
         )
     }
 

@@ -96,9 +96,19 @@ async fn a_reload_that_turns_async_on_runs_the_next_task() {
     let s = TestServer::start(&base(""));
     assert_eq!(submit(&s, "/probe", "before").await, 400);
     let path = s.dir.join("wasmgate.toml");
-    std::fs::write(&path, common::render(&base("async = { max_retries = 0 }"))).unwrap();
+    std::fs::write(&path, s.config_text(&base("async = { max_retries = 0 }"))).unwrap();
     assert_eq!(reload(&s).await.0, 200);
-    assert_eq!(submit(&s, "/probe/counter", "after_reload").await, 202);
+    // On the cluster backend the newly opened queue connects in the background: 503 with
+    // Retry-After until it has (bounded).
+    let mut status = 0;
+    for _ in 0..400 {
+        status = submit(&s, "/probe/counter", "after_reload").await;
+        if status != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(status, 202);
     let t = wait_task(&s, "after_reload", |t| t["state"] == "Succeeded").await;
     assert_eq!(t["attempts"], 1);
     assert_eq!(t["response_preview"], "1");
@@ -138,8 +148,9 @@ async fn a_reload_that_moves_data_dir_or_a_listener_is_refused_whole() {
     let c = reqwest::Client::new();
     let path = s.dir.join("wasmgate.toml");
     let greet = "\n[[trigger]]\nname = \"greet\"\nfunction = \"probe\"\n";
-    let moved =
-        common::render(&base("")).replace("data_dir = \"data\"", "data_dir = \"elsewhere\"");
+    let moved = s
+        .config_text(&base(""))
+        .replace("data_dir = \"data\"", "data_dir = \"elsewhere\"");
     std::fs::write(&path, format!("{moved}{greet}")).unwrap();
     let (status, body) = reload(&s).await;
     assert_eq!(status, 400, "{body}");
@@ -149,7 +160,7 @@ async fn a_reload_that_moves_data_dir_or_a_listener_is_refused_whole() {
     assert_eq!(c.get(s.url("/greet")).send().await.unwrap().status(), 404);
     assert!(!s.dir.join("elsewhere").exists());
 
-    let relisten = common::render(&base("")).replacen(
+    let relisten = s.config_text(&base("")).replacen(
         "listen = \"127.0.0.1:0\"",
         "listen = \"127.0.0.1:1\"",
         1,
@@ -167,7 +178,7 @@ async fn a_reload_that_moves_data_dir_or_a_listener_is_refused_whole() {
     assert_eq!(c.get(s.url("/greet")).send().await.unwrap().status(), 404);
 
     // The same file without the change applies.
-    std::fs::write(&path, format!("{}{greet}", common::render(&base("")))).unwrap();
+    std::fs::write(&path, format!("{}{greet}", s.config_text(&base("")))).unwrap();
     assert_eq!(reload(&s).await.0, 200);
     assert_eq!(c.get(s.url("/greet")).send().await.unwrap().status(), 200);
 }

@@ -274,10 +274,14 @@ async fn qos1_messages_sent_while_the_gateway_is_down_arrive_after_it_starts() {
     broker.publish("sensors/cellar/temperature", "12", 1);
     broker.publish("sensors/attic/temperature", "30", 1);
     let s = TestServer::start_in(dir.path(), &config, &[]);
-    let mut bodies = vec![
-        callback_echo(&receiver)["body"].clone(),
-        callback_echo(&receiver)["body"].clone(),
-    ];
+    let mut bodies: Vec<serde_json::Value> = (0..2)
+        .map(|_| {
+            let got = receiver
+                .next(Duration::from_secs(30))
+                .unwrap_or_else(|| panic!("a callback from the function:\n{}", s.stderr_text()));
+            serde_json::from_slice::<serde_json::Value>(&got.body).unwrap()["body"].clone()
+        })
+        .collect();
     bodies.sort_by_key(|b| b.to_string());
     assert_eq!(bodies, ["12", "30"]);
     let state = wait_source(&s, "sensors", "running").await;
@@ -515,7 +519,7 @@ async fn a_reload_starts_changed_sources_and_stops_removed_ones() {
     wait_source(&s, "sensors", "running").await;
     // Remove the trigger: its source stops and leaves /readyz.
     let without = with[..with.find("[[trigger]]").unwrap()].to_string();
-    std::fs::write(s.dir.join("wasmgate.toml"), common::render(&without)).unwrap();
+    std::fs::write(s.dir.join("wasmgate.toml"), s.config_text(&without)).unwrap();
     let r = common::client()
         .post(s.admin_url("/-/reload"))
         .send()
@@ -545,7 +549,7 @@ async fn a_reload_starts_changed_sources_and_stops_removed_ones() {
     assert!(gone, "the removed trigger's source still runs");
     broker.publish("sensors/x/temperature", "after", 1);
     // Put it back: it starts again and resumes its session, with the message kept for it.
-    std::fs::write(s.dir.join("wasmgate.toml"), common::render(&with)).unwrap();
+    std::fs::write(s.dir.join("wasmgate.toml"), s.config_text(&with)).unwrap();
     let r = common::client()
         .post(s.admin_url("/-/reload"))
         .send()

@@ -402,8 +402,9 @@ async fn store(
                 return true;
             }
             Err(SubmitError::Busy(e)) => {
-                // The queue is full: hold the message (unacknowledged) and try again.
-                tracing::warn!(trigger, topic, "queue full, holding a message: {e}");
+                // The queue is full or not reachable yet: hold the message
+                // (unacknowledged) and try again.
+                tracing::warn!(trigger, topic, "holding a message: {e}");
                 attempt = attempt.saturating_add(1);
                 if super::pause(&mut stop, super::backoff(attempt)).await {
                     return false;

@@ -238,7 +238,7 @@ async fn handle(
             }
             Err(SubmitError::Busy(e)) if attempt < 8 => {
                 attempt += 1;
-                tracing::warn!(trigger, subject = %shown, "queue full, retrying a message: {e}");
+                tracing::warn!(trigger, subject = %shown, "queue full or not reachable yet, retrying a message: {e}");
                 tokio::time::sleep(super::backoff(attempt).min(Duration::from_secs(5))).await;
             }
             Err(SubmitError::Busy(e)) => {
@@ -247,7 +247,7 @@ async fn handle(
                     trigger,
                     subject = %shown,
                     request_id = %request_id,
-                    "queue full; a message is dropped: {e}"
+                    "queue still full or unreachable; a message is dropped: {e}"
                 );
                 gateway.sources.count(trigger, 0, 1);
                 break error_reply(&e, &request_id);

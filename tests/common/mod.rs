@@ -171,6 +171,16 @@ impl TestServer {
         }
     }
 
+    /// `template` rendered as this server's config file would be (on the cluster backend,
+    /// with the same `[cluster]` section): what a test writes before a reload.
+    pub fn config_text(&self, template: &str) -> String {
+        let mut text = render(template);
+        if cluster_backend() && !text.contains("[cluster]") {
+            text.push_str(&cluster_section(&jetstream_for(&self.dir)));
+        }
+        text
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.public, path)
     }
@@ -733,6 +743,16 @@ pub fn cluster_backend() -> bool {
 
 /// The `[cluster]` table for a node of the JetStream server `broker`; a runner that dies
 /// is noticed after two seconds.
+/// What a config written in `dir` needs for the backend under test: nothing on SQLite, a
+/// `[cluster]` on that directory's own JetStream server otherwise.
+pub fn backend_section(dir: &Path) -> String {
+    if cluster_backend() {
+        cluster_section(&jetstream_for(dir))
+    } else {
+        String::new()
+    }
+}
+
 pub fn cluster_section(broker: &Broker) -> String {
     format!(
         "\n[cluster]\nnats = \"nats://127.0.0.1:{}\"\nack_wait_ms = 2000\n",
