@@ -108,6 +108,127 @@ impl GatewayError {
         }
     }
 
+    /// One error of every kind the gateway can answer with, for the test that checks the
+    /// documented status/Code table against [`GatewayError::status`] and
+    /// [`GatewayError::code`]. [`GatewayError::kind_index`] matches every variant without a
+    /// wildcard: a new variant does not compile until it has an index, and the test fails
+    /// until it has a sample here.
+    #[doc(hidden)]
+    pub fn every_kind() -> Vec<GatewayError> {
+        let s = || String::from("x");
+        vec![
+            GatewayError::InvalidArgument(s()),
+            GatewayError::EntityTooLarge(s()),
+            GatewayError::RequestTimeout(s()),
+            GatewayError::AccessDenied(s()),
+            GatewayError::TriggerNotFound(s()),
+            GatewayError::FunctionNotFound(s()),
+            GatewayError::NoSubscriber(s()),
+            AuthError::InvalidArgument(s()).into(),
+            AuthError::MissingRequiredHeader(s()).into(),
+            AuthError::Unauthorized {
+                message: s(),
+                www_authenticate: s(),
+            }
+            .into(),
+            AuthError::SignatureNotMatch(s()).into(),
+            AuthError::InvalidAccessKeyId(s()).into(),
+            AuthError::AccessDenied(s()).into(),
+            ThrottleError::RateLimited {
+                trigger: s(),
+                retry_after_s: 1,
+            }
+            .into(),
+            ThrottleError::FunctionBusy {
+                function: s(),
+                max: 1,
+            }
+            .into(),
+            ThrottleError::NodeBusy { max: 1 }.into(),
+            ThrottleError::Draining.into(),
+            ThrottleError::ConnectionBuffered { max: 1 }.into(),
+            RuntimeError::Failed(s()).into(),
+            RuntimeError::BadResponse(s()).into(),
+            RuntimeError::Timeout(s()).into(),
+            RuntimeError::Host(s()).into(),
+            QueueError::Exists(s()).into(),
+            QueueError::Full(s()).into(),
+            QueueError::NotFound(s()).into(),
+            QueueError::Expired(1).into(),
+            QueueError::TriggerGone(s()).into(),
+            QueueError::Ambiguous {
+                id: s(),
+                triggers: vec![s()],
+            }
+            .into(),
+            QueueError::Storage(s()).into(),
+            QueueError::Unavailable(s()).into(),
+            RegistryError::Invalid(s()).into(),
+            RegistryError::NotFound(s()).into(),
+            RegistryError::Storage(s()).into(),
+            ConfigError(s()).into(),
+            GatewayError::Internal(s()),
+        ]
+    }
+
+    /// The number of kinds [`GatewayError::kind_index`] tells apart.
+    #[doc(hidden)]
+    pub const KINDS: usize = 35;
+
+    /// Which kind of error this is, 0..[`GatewayError::KINDS`] (see
+    /// [`GatewayError::every_kind`]).
+    #[doc(hidden)]
+    pub fn kind_index(&self) -> usize {
+        use GatewayError as G;
+        match self {
+            G::InvalidArgument(_) => 0,
+            G::EntityTooLarge(_) => 1,
+            G::RequestTimeout(_) => 2,
+            G::AccessDenied(_) => 3,
+            G::TriggerNotFound(_) => 4,
+            G::FunctionNotFound(_) => 5,
+            G::NoSubscriber(_) => 6,
+            G::Auth(e) => match e {
+                AuthError::InvalidArgument(_) => 7,
+                AuthError::MissingRequiredHeader(_) => 8,
+                AuthError::Unauthorized { .. } => 9,
+                AuthError::SignatureNotMatch(_) => 10,
+                AuthError::InvalidAccessKeyId(_) => 11,
+                AuthError::AccessDenied(_) => 12,
+            },
+            G::Throttle(e) => match e {
+                ThrottleError::RateLimited { .. } => 13,
+                ThrottleError::FunctionBusy { .. } => 14,
+                ThrottleError::NodeBusy { .. } => 15,
+                ThrottleError::Draining => 16,
+                ThrottleError::ConnectionBuffered { .. } => 17,
+            },
+            G::Runtime(e) => match e {
+                RuntimeError::Failed(_) => 18,
+                RuntimeError::BadResponse(_) => 19,
+                RuntimeError::Timeout(_) => 20,
+                RuntimeError::Host(_) => 21,
+            },
+            G::Queue(e) => match e {
+                QueueError::Exists(_) => 22,
+                QueueError::Full(_) => 23,
+                QueueError::NotFound(_) => 24,
+                QueueError::Expired(_) => 25,
+                QueueError::TriggerGone(_) => 26,
+                QueueError::Ambiguous { .. } => 27,
+                QueueError::Storage(_) => 28,
+                QueueError::Unavailable(_) => 29,
+            },
+            G::Registry(e) => match e {
+                RegistryError::Invalid(_) => 30,
+                RegistryError::NotFound(_) => 31,
+                RegistryError::Storage(_) => 32,
+            },
+            G::Config(_) => 33,
+            G::Internal(_) => 34,
+        }
+    }
+
     /// The `Code` field of the JSON body.
     pub fn code(&self) -> &'static str {
         use GatewayError as G;

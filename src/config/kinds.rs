@@ -138,8 +138,13 @@ impl std::fmt::Debug for BrokerConfig {
             .field("url", &self.url)
             .field("client_id", &self.client_id)
             .field("username", &self.username)
+            .field("transport", &self.transport)
+            .field("ca_file", &self.ca_file)
             .field("qos", &self.qos)
             .field("topics", &self.topics)
+            .field("queue_group", &self.queue_group)
+            .field("reply_prefix", &self.reply_prefix)
+            .field("content_type", &self.content_type)
             .finish()
     }
 }

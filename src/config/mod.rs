@@ -392,9 +392,29 @@ impl AuthConfig {
 }
 
 impl std::fmt::Debug for AuthConfig {
-    // Secrets never reach a log line, even through `{:?}`.
+    // Secrets never reach a log line, even through `{:?}`: key ids, user and token names
+    // and the settings, never a secret, password or token.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.scheme())
+        let names = |pairs: &[(String, String)]| -> Vec<String> {
+            pairs.iter().map(|(name, _)| name.clone()).collect()
+        };
+        match self {
+            AuthConfig::Anonymous => f.write_str("anonymous"),
+            AuthConfig::Signature { keys, window_s } => f
+                .debug_struct("Signature")
+                .field("keys", &names(keys))
+                .field("window_s", window_s)
+                .finish(),
+            AuthConfig::Basic { users } => f
+                .debug_struct("Basic")
+                .field("users", &names(users))
+                .finish(),
+            AuthConfig::Jwt(jwt) => f.debug_tuple("Jwt").field(jwt).finish(),
+            AuthConfig::Bearer { tokens } => f
+                .debug_struct("Bearer")
+                .field("tokens", &names(tokens))
+                .finish(),
+        }
     }
 }
 
