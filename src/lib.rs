@@ -27,6 +27,7 @@ pub mod registry;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod source_state;
 pub mod sources;
 pub mod supervisor;
 pub mod throttle;
@@ -97,6 +98,9 @@ pub struct App {
     pub pending: Vec<String>,
 }
 
+/// A service a door attaches to the gateway, called with every new generation.
+pub type Reconcile = fn(&Arc<Gateway>);
+
 /// The running gateway: the current [`App`] generation, swapped whole by a config reload,
 /// and the [`Supervisor`] of its background services.
 ///
@@ -111,7 +115,9 @@ pub struct Gateway {
     draining: AtomicBool,
     pub supervisor: Supervisor,
     /// The state of each event source (connecting, running, failed and why).
-    pub sources: sources::States,
+    pub sources: source_state::States,
+    /// Services the doors attach (the event sources), reconciled with every generation.
+    attached: Mutex<Vec<Reconcile>>,
 }
 
 impl Gateway {
@@ -121,8 +127,19 @@ impl Gateway {
             reloading: Mutex::new(()),
             draining: AtomicBool::new(false),
             supervisor: Supervisor::new(),
-            sources: sources::States::default(),
+            sources: source_state::States::default(),
+            attached: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Adds a service the doors provide (the event sources' `supervise`): called at every
+    /// [`Gateway::supervise`], so it starts with the node and follows each reload. The
+    /// core knows it only as this function.
+    pub fn attach(&self, reconcile: Reconcile) {
+        match self.attached.lock() {
+            Ok(mut a) => a.push(reconcile),
+            Err(p) => p.into_inner().push(reconcile),
+        }
     }
 
     /// The current generation.
@@ -157,7 +174,13 @@ impl Gateway {
             }
             None => self.supervisor.stop("queue-workers"),
         }
-        sources::supervise(self);
+        let attached = match self.attached.lock() {
+            Ok(a) => a.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        for reconcile in attached {
+            reconcile(self);
+        }
     }
 
     /// Re-reads the config file and swaps in a new generation, then reconciles the
@@ -447,7 +470,7 @@ impl App {
                 ));
             }
         }
-        warnings.extend(sources::reach_warnings(&config));
+        warnings.extend(config::reach::reach_warnings(&config));
         Ok(App {
             dispatcher,
             config,
@@ -540,7 +563,7 @@ impl App {
                 }
             ));
         }
-        out.push_str(&sources::source_table(&self.config));
+        out.push_str(&config::reach::source_table(&self.config));
         out
     }
 }

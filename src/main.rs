@@ -624,7 +624,9 @@ fn serve(config: PathBuf) -> Result<()> {
             tracing::info!("{p}");
         }
         release_startup_memory();
-        wasmgate::server::run(wasmgate::Gateway::new(app), shutdown_signal()).await
+        let gateway = wasmgate::Gateway::new(app);
+        gateway.attach(wasmgate::sources::supervise);
+        wasmgate::server::run(gateway, shutdown_signal()).await
     })
 }
 

@@ -2035,8 +2035,8 @@ fn check_config(text: &str) -> bool {
             let _ = b.fingerprint();
         }
     }
-    let _ = wasmgate::sources::reach_warnings(&config);
-    let _ = wasmgate::sources::source_table(&config);
+    let _ = wasmgate::config::reach::reach_warnings(&config);
+    let _ = wasmgate::config::reach::source_table(&config);
     let _ = format!("{config:?}");
     true
 }

@@ -6,6 +6,7 @@
 
 pub mod kinds;
 pub mod raw;
+pub mod reach;
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};

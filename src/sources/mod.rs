@@ -16,8 +16,7 @@ pub mod mqtt;
 pub mod nats;
 pub mod topics;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request};
@@ -27,89 +26,7 @@ use crate::config::{Config, Kind, TriggerConfig};
 use crate::dispatch::EnqueueOptions;
 use crate::error::GatewayError;
 use crate::invocation::{Invocation, Source, Target};
-
-/// What a source is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    Connecting,
-    Running,
-    Failed,
-}
-
-/// One source's state, as `/readyz` and the admin API show it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct State {
-    pub kind: &'static str,
-    pub state: Phase,
-    /// The broker's reason for a failure, the next tick, or what it listens on.
-    pub detail: String,
-    /// Messages or ticks turned into tasks since the source started.
-    pub delivered: u64,
-    /// Messages that reached no function, or could not be stored.
-    pub dropped: u64,
-}
-
-/// The state of every source, by trigger name.
-#[derive(Debug, Clone, Default)]
-pub struct States(Arc<Mutex<BTreeMap<String, State>>>);
-
-impl States {
-    fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<String, State>) -> R) -> R {
-        let mut g = match self.0.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        f(&mut g)
-    }
-
-    /// Records a change of phase; a change is logged, a repeat is not.
-    pub fn set(&self, trigger: &str, kind: &'static str, state: Phase, detail: String) {
-        self.with(|m| {
-            let entry = m.entry(trigger.to_string()).or_insert(State {
-                kind,
-                state,
-                detail: String::new(),
-                delivered: 0,
-                dropped: 0,
-            });
-            let changed = entry.state != state || entry.detail != detail;
-            entry.kind = kind;
-            entry.state = state;
-            entry.detail = detail;
-            if changed {
-                match state {
-                    Phase::Failed => {
-                        tracing::error!(trigger, kind, state = "failed", "{}", entry.detail)
-                    }
-                    Phase::Connecting => {
-                        tracing::warn!(trigger, kind, state = "connecting", "{}", entry.detail)
-                    }
-                    Phase::Running => {
-                        tracing::info!(trigger, kind, state = "running", "{}", entry.detail)
-                    }
-                }
-            }
-        });
-    }
-
-    pub fn count(&self, trigger: &str, delivered: u64, dropped: u64) {
-        self.with(|m| {
-            if let Some(e) = m.get_mut(trigger) {
-                e.delivered += delivered;
-                e.dropped += dropped;
-            }
-        });
-    }
-
-    pub fn remove(&self, trigger: &str) {
-        self.with(|m| m.remove(trigger));
-    }
-
-    pub fn snapshot(&self) -> BTreeMap<String, State> {
-        self.with(|m| m.clone())
-    }
-}
+pub use crate::source_state::{Phase, State, States};
 
 /// The supervisor's name for a trigger's source.
 fn service_name(trigger: &str) -> String {
@@ -273,104 +190,6 @@ pub(crate) fn post_root(body: Bytes, content_type: &str) -> Result<Request<Bytes
         .headers_mut()
         .insert(http::header::CONTENT_TYPE, value);
     Ok(request)
-}
-
-/// Warnings for `check` and start-up: a source that can reach no function.
-pub fn reach_warnings(config: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    for t in &config.triggers {
-        match &t.kind {
-            Kind::Mqtt(_) | Kind::Nats(_) if t.function.is_none() => {
-                let any = config.functions.iter().any(|f| {
-                    !f.topics.is_empty()
-                        && t.namespace.as_deref().is_none_or(|ns| ns == f.namespace)
-                });
-                if !any {
-                    out.push(format!(
-                        "trigger '{}': no function declares `topics`{}, so its messages reach nothing",
-                        t.name,
-                        t.namespace
-                            .as_deref()
-                            .map(|ns| format!(" in namespace '{ns}'"))
-                            .unwrap_or_default()
-                    ));
-                }
-            }
-            Kind::Event if !config.functions.iter().any(|f| !f.events.is_empty()) => {
-                out.push(format!(
-                    "trigger '{}': no function declares `events`, so every event has no subscriber",
-                    t.name
-                ));
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
-/// Every source with its schedule or topics and the functions it reaches (for `check`).
-pub fn source_table(config: &Config) -> String {
-    let mut out = String::new();
-    for t in config.triggers.iter().filter(|t| !t.kind.is_routed()) {
-        if out.is_empty() {
-            out.push_str(&format!(
-                "\n{:<20} {:<6} {:<40} {}\n",
-                "SOURCE", "KIND", "SCHEDULE / BROKER TOPICS", "FUNCTIONS"
-            ));
-        }
-        let what = match &t.kind {
-            Kind::Cron(c) => format!(
-                "{} ({}{})",
-                c.schedule,
-                c.timezone.name(),
-                if c.catch_up { ", catch-up" } else { "" }
-            ),
-            Kind::Mqtt(b) => format!("{} qos {} {}", b.url, b.qos, b.topics.join(" ")),
-            Kind::Nats(b) => format!("{} group {} {}", b.url, b.queue_group, b.topics.join(" ")),
-            Kind::Http | Kind::Event => continue,
-        };
-        let reached = match &t.function {
-            Some(f) => format!("{f}:{}", t.qualifier),
-            None => {
-                let names: Vec<String> = config
-                    .functions
-                    .iter()
-                    .filter(|f| {
-                        !f.topics.is_empty()
-                            && t.namespace.as_deref().is_none_or(|ns| ns == f.namespace)
-                    })
-                    .map(|f| format!("{} [{}]", f.name, f.topics.join(" ")))
-                    .collect();
-                if names.is_empty() {
-                    "(none: no function declares topics)".to_string()
-                } else {
-                    format!("by topic: {}", names.join(", "))
-                }
-            }
-        };
-        out.push_str(&format!(
-            "{:<20} {:<6} {:<40} {}\n",
-            t.name,
-            t.kind.name(),
-            what,
-            reached
-        ));
-    }
-    let subscribers: Vec<String> = config
-        .functions
-        .iter()
-        .filter(|f| !f.events.is_empty())
-        .map(|f| format!("{} [{}]", f.name, f.events.join(" ")))
-        .collect();
-    if config
-        .triggers
-        .iter()
-        .any(|t| matches!(t.kind, Kind::Event))
-        && !subscribers.is_empty()
-    {
-        out.push_str(&format!("\nEVENT SUBSCRIBERS {}\n", subscribers.join(", ")));
-    }
-    out
 }
 
 /// Waits `delay` unless the stop signal comes first; `true` when told to stop.
