@@ -222,3 +222,28 @@ fn sha256_of(path: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
 }
+
+/// The artifact key made at first start is private to the node's user (0600), 32 random bytes
+/// as hex, kept beside `data_dir` and not inside it; the compiled artifacts are 0600 too.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_artifact_key_and_artifacts_are_created_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_in(dir.path(), CONFIG, &[]);
+    deploy(&s, "greet", "hello").await;
+    let key = dir.path().join("data.key");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{key:?} has mode {mode:o}");
+    let text = std::fs::read_to_string(&key).unwrap();
+    assert_eq!(text.trim().len(), 64, "{text}");
+    assert!(hex_digits(text.trim()), "{text}");
+    let cached = cwasm_files(dir.path());
+    assert!(!cached.is_empty());
+    for f in cached {
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f:?} has mode {mode:o}");
+    }
+}
+
+fn hex_digits(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_hexdigit())
+}

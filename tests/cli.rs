@@ -126,3 +126,82 @@ fn version_names_wasmtime_and_the_engine_key_that_check_uses() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("engine {key}")), "{out}");
 }
+
+/// The log lines of a `serve` started with `args` before `serve` and `env`, up to the moment it
+/// listens (stderr is a pipe here, not a terminal).
+fn startup_log(args: &[&str], env: &[(&str, &str)]) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wasmgate.toml");
+    std::fs::write(
+        &path,
+        common::render(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[function]]\nname = \"hello\"\nwasm = \"{hello}\"\n[[trigger]]\nname = \"hi\"\nfunction = \"hello\"\n",
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(common::bin());
+    cmd.args(args)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .env_remove("WASMGATE_LOG_FORMAT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let listening = out
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.starts_with("public listening on "));
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(listening, "serve did not start:\n{err}");
+    let lines: Vec<String> = err.lines().map(str::to_string).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("configured functions ready")),
+        "{err}"
+    );
+    lines
+}
+
+fn all_json(lines: &[String]) -> bool {
+    lines
+        .iter()
+        .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["level"].is_string()))
+}
+
+fn none_json(lines: &[String]) -> bool {
+    lines
+        .iter()
+        .all(|l| serde_json::from_str::<serde_json::Value>(l).is_err())
+}
+
+/// Logs are JSON lines when stderr is not a terminal; `--log-format` and `WASMGATE_LOG_FORMAT`
+/// choose, and the flag wins over the variable.
+#[test]
+fn the_log_format_follows_the_flag_then_the_variable_then_the_terminal() {
+    let piped = startup_log(&[], &[]);
+    assert!(all_json(&piped), "{piped:#?}");
+    let flag = startup_log(&["--log-format", "text"], &[]);
+    assert!(none_json(&flag), "{flag:#?}");
+    let var = startup_log(&[], &[("WASMGATE_LOG_FORMAT", "text")]);
+    assert!(none_json(&var), "{var:#?}");
+    let both = startup_log(
+        &["--log-format", "json"],
+        &[("WASMGATE_LOG_FORMAT", "text")],
+    );
+    assert!(all_json(&both), "{both:#?}");
+}

@@ -258,3 +258,41 @@ async fn invalid_uploads_change_nothing() {
     assert_eq!(v["versions"].as_array().unwrap().len(), 1, "{v}");
     assert_eq!(body(s.url("/latest")).await.0, 200);
 }
+
+/// `GET /-/functions` lists every deployed function once, by name, with its version count,
+/// latest version and aliases; it needs the admin token.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_function_list_shows_each_deployed_function_with_versions_and_aliases() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_in(dir.path());
+    let c = reqwest::Client::new();
+    let list = || async {
+        let resp = c
+            .get(s.admin_url("/-/functions"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json::<serde_json::Value>().await.unwrap()
+    };
+    assert_eq!(list().await, serde_json::json!({ "functions": [] }));
+    for (name, wasm) in [("greet", "hello"), ("greet", "echo"), ("alpha", "echo")] {
+        let (ok, _, err) = cli(&s, &["deploy", name, &common::wasm(wasm)]);
+        assert!(ok, "{err}");
+    }
+    assert_eq!(set_alias(&s, r#"{"version": 1}"#).await, 200);
+    let v = list().await;
+    assert_eq!(
+        v,
+        serde_json::json!({ "functions": [
+            { "name": "alpha", "versions": 1, "latest": 1, "aliases": {} },
+            { "name": "greet", "versions": 2, "latest": 2,
+              "aliases": v["functions"][1]["aliases"].clone() },
+        ]}),
+        "{v}"
+    );
+    assert_eq!(v["functions"][1]["aliases"]["live"]["version"], 1, "{v}");
+    let resp = c.get(s.admin_url("/-/functions")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+}

@@ -242,3 +242,89 @@ fn check_creates_nothing_in_data_dir() {
         dir.path().join("data").display()
     );
 }
+
+/// Every key the docs mark fixed (the TLS files, the internal and admin listeners, the
+/// artifact key and `[cluster]`) refuses a reload whole, naming itself, and leaves the running
+/// generation serving; the same file without the change then applies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_changes_a_fixed_key_is_refused_whole_naming_it() {
+    let s = TestServer::start(&base(""));
+    let c = reqwest::Client::new();
+    let path = s.dir.join("wasmgate.toml");
+    let greet = "\n[[trigger]]\nname = \"greet\"\nfunction = \"probe\"\n";
+    let server_line = "data_dir = \"data\"";
+    let certs = common::certs();
+    let tls = format!(
+        "{server_line}\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        common::path_str(&certs.join("localhost.pem")),
+        common::path_str(&certs.join("localhost-key.pem"))
+    );
+    let key_file = common::path_str(&s.dir.join("other.key"));
+    let cluster_change = if common::cluster_backend() {
+        // The node runs on JetStream: dropping `[cluster]` is the change.
+        let text = s.config_text(&base(""));
+        let at = text
+            .find("[cluster]")
+            .expect("the cluster backend writes [cluster]");
+        (text[..at].to_string(), "[cluster]")
+    } else {
+        let text = format!(
+            "{}\n[cluster]\nnats = \"nats://127.0.0.1:1\"\n",
+            s.config_text(&base(""))
+        );
+        (text, "[cluster]")
+    };
+    let changes: Vec<(String, &str)> = vec![
+        (
+            s.config_text(&base("")).replacen(server_line, &tls, 1),
+            "server.tls",
+        ),
+        (
+            s.config_text(&base("")).replacen(
+                server_line,
+                &format!("{server_line}\ninternal_listen = \"127.0.0.1:0\""),
+                1,
+            ),
+            "server.internal_listen",
+        ),
+        (
+            s.config_text(&base("")).replacen(
+                "admin_listen = \"127.0.0.1:0\"",
+                "admin_listen = \"127.0.0.1:1\"",
+                1,
+            ),
+            "server.admin_listen",
+        ),
+        (
+            s.config_text(&base("")).replacen(
+                server_line,
+                &format!("{server_line}\nartifact_key_file = \"{key_file}\""),
+                1,
+            ),
+            "server.artifact_key_file",
+        ),
+        cluster_change,
+    ];
+    for (text, key) in changes {
+        std::fs::write(&path, format!("{text}{greet}")).unwrap();
+        let (status, body) = reload(&s).await;
+        assert_eq!(status, 400, "changing {key}: {body}");
+        let msg = body["Message"].as_str().unwrap_or_default();
+        assert!(msg.contains(key), "changing {key}: {msg}");
+        assert!(
+            msg.contains("nothing was reloaded"),
+            "changing {key}: {msg}"
+        );
+        assert_eq!(
+            c.get(s.url("/greet")).send().await.unwrap().status(),
+            404,
+            "changing {key} applied the rest of the file"
+        );
+        // The running node still serves on its listeners as before.
+        assert_eq!(c.get(s.url("/probe")).send().await.unwrap().status(), 200);
+    }
+    assert!(!s.dir.join("other.key").exists());
+    std::fs::write(&path, format!("{}{greet}", s.config_text(&base("")))).unwrap();
+    assert_eq!(reload(&s).await.0, 200);
+    assert_eq!(c.get(s.url("/greet")).send().await.unwrap().status(), 200);
+}
