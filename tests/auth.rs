@@ -100,7 +100,10 @@ fn now() -> i64 {
 fn mint(alg: Algorithm, kid: &str, claims: serde_json::Value) -> String {
     let pem = |f: &str| std::fs::read(root().join("tests/fixtures").join(f)).unwrap();
     let key = match alg {
-        Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem("jwt-rsa.pem")).unwrap(),
+        Algorithm::RS256 | Algorithm::PS256 => {
+            EncodingKey::from_rsa_pem(&pem("jwt-rsa.pem")).unwrap()
+        }
+        Algorithm::ES384 => EncodingKey::from_ec_pem(&pem("jwt-ec384.pem")).unwrap(),
         Algorithm::ES256 => EncodingKey::from_ec_pem(&pem("jwt-ec.pem")).unwrap(),
         Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem("jwt-ed.pem")).unwrap(),
         Algorithm::HS256 => EncodingKey::from_secret(b"a-shared-hmac-secret-of-32-bytes!"),
@@ -534,4 +537,221 @@ async fn tokens_from_the_jwt_command_are_accepted() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a ES256 private key"));
+}
+
+/// RSA-PSS and P-384 tokens verify against keys that allow them; a key pinned to another
+/// algorithm, an algorithm the trigger does not list, or a token signed on the wrong curve is
+/// refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_ps256_and_es384_verify_and_nothing_else_does() {
+    let fixtures: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/jwks.json")).unwrap(),
+    )
+    .unwrap();
+    let rsa = &fixtures["keys"][0];
+    // The same RSA public key twice: unpinned (kid rsa-pss) and pinned to RS256 (rsa-1).
+    let jwks = json!({ "keys": [
+        { "kty": "RSA", "kid": "rsa-pss", "n": rsa["n"], "e": rsa["e"] },
+        rsa,
+        { "kty": "EC", "kid": "ec384-1", "crv": "P-384",
+          "x": "T1m_vavesFnG4woKwRhAic_DhsWeDRtO3ZUxSCFLDX3rMgPayW4njWFGq7dLCjYo",
+          "y": "M_9d65LXACVbvUXayZNJSKfnJhaBiQdzB4JwSHZ5v2Z4egOy9BXfrlQ4TlZIJFy9" },
+    ]});
+    let dir = tempfile::tempdir().unwrap();
+    let jwks_path = dir.path().join("jwks.json");
+    std::fs::write(&jwks_path, jwks.to_string()).unwrap();
+    let s = TestServer::start(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[function]]
+name = "echo"
+wasm = "{{echo}}"
+
+[[trigger]]
+name = "jwt"
+function = "echo"
+auth = "jwt"
+[trigger.jwt]
+jwks_file = "{}"
+algorithms = ["PS256", "ES384"]
+"#,
+        jwks_path.display()
+    ));
+    let c = client();
+    let claims = json!({"sub": "user-42", "exp": now() + 300});
+    let cases = [
+        (
+            Algorithm::PS256,
+            "rsa-pss",
+            200,
+            "PS256 on an unpinned RSA key",
+        ),
+        (Algorithm::ES384, "ec384-1", 200, "ES384 on a P-384 key"),
+        (
+            Algorithm::PS256,
+            "rsa-1",
+            401,
+            "PS256 on a key pinned to RS256",
+        ),
+        (
+            Algorithm::RS256,
+            "rsa-pss",
+            401,
+            "RS256, not in the trigger's list",
+        ),
+        (
+            Algorithm::ES256,
+            "ec384-1",
+            401,
+            "a P-256 signature for the P-384 key",
+        ),
+    ];
+    for (alg, kid, want, what) in cases {
+        let t = mint(alg, kid, claims.clone());
+        let resp = c.get(s.url("/jwt")).bearer_auth(&t).send().await.unwrap();
+        assert_eq!(resp.status(), want, "{what}");
+        if want == 401 {
+            assert_eq!(error_body(resp).await["Code"], "Unauthorized", "{what}");
+        }
+    }
+}
+
+/// The FC form's string to sign, built from the contract: METHOD, Content-MD5, Content-Type,
+/// Date, each `x-fc-*` header as `name:value` (lowercase, sorted), the decoded path, then the
+/// sorted decoded `k=v` query lines.
+fn fc_string_to_sign(
+    method: &str,
+    content_type: &str,
+    date: &str,
+    fc_headers: &[(&str, &str)],
+    path: &str,
+    query: &[(&str, &str)],
+) -> String {
+    let mut headers: Vec<String> = fc_headers
+        .iter()
+        .map(|(k, v)| format!("{}:{v}\n", k.to_ascii_lowercase()))
+        .collect();
+    headers.sort();
+    let mut lines: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    lines.sort();
+    format!(
+        "{method}\n\n{content_type}\n{date}\n{}{path}\n{}",
+        headers.concat(),
+        lines.join("\n")
+    )
+}
+
+fn fc_sign(secret: &str, to_sign: &str) -> String {
+    use base64::Engine;
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(to_sign.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// The FC header form end to end: a request signed over its method, content type, date,
+/// `x-fc-*` headers, decoded path and query reaches the function without its credentials;
+/// changing any signed part, the key id, or the clock is refused with the documented code.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fc_form_signs_method_headers_path_and_query() {
+    let s = start();
+    let c = client();
+    let rfc1123 =
+        |t: chrono::DateTime<chrono::Utc>| t.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    let date = rfc1123(chrono::Utc::now());
+    let fc = [("X-Fc-Trace", "t-1"), ("x-fc-account-id", "acct")];
+    // Sent encoded; signed decoded, as the SDKs do.
+    let sent_path = "/signed/a%20b?z=last&a=1%2B1&empty=";
+    let signed_query = [("z", "last"), ("a", "1+1"), ("empty", "")];
+    let to_sign = fc_string_to_sign(
+        "GET",
+        "text/plain",
+        &date,
+        &fc,
+        "/signed/a b",
+        &signed_query,
+    );
+    let sig = fc_sign(SECRET, &to_sign);
+    let send = |key: &str, date: &str, sig: &str, path: &str, trace: &str, ctype: &str| {
+        let mut req = c
+            .get(s.url(path))
+            .header("date", date)
+            .header("content-type", ctype)
+            .header("x-fc-trace", trace)
+            .header("x-fc-account-id", "acct");
+        if !key.is_empty() {
+            req = req.header("authorization", format!("FC {key}:{sig}"));
+        }
+        req.send()
+    };
+    let resp = send("AK1", &date, &sig, sent_path, "t-1", "text/plain")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert!(header(&v, "authorization").is_none(), "{v}");
+    // The signed x-fc-* headers are the client's; the function sees the gateway's own.
+    assert!(header(&v, "x-fc-trace").is_none(), "{v}");
+    assert_eq!(
+        header(&v, "x-fc-trigger-name").as_deref(),
+        Some("signed"),
+        "{v}"
+    );
+
+    let other_query = "/signed/a%20b?z=last&a=1%2B2&empty=";
+    for (what, path, trace, ctype) in [
+        ("a query value", other_query, "t-1", "text/plain"),
+        (
+            "the path",
+            "/signed/a%20c?z=last&a=1%2B1&empty=",
+            "t-1",
+            "text/plain",
+        ),
+        ("an x-fc header", sent_path, "t-2", "text/plain"),
+        ("the content type", sent_path, "t-1", "text/html"),
+    ] {
+        let resp = send("AK1", &date, &sig, path, trace, ctype).await.unwrap();
+        assert_eq!(resp.status(), 403, "changed {what}");
+        assert_eq!(
+            error_body(resp).await["Code"],
+            "SignatureNotMatch",
+            "changed {what}"
+        );
+    }
+    let resp = send("AK9", &date, &sig, sent_path, "t-1", "text/plain")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(error_body(resp).await["Code"], "InvalidAccessKeyID");
+
+    // Signed correctly, but 16 minutes ago: outside the 15-minute window.
+    let old = rfc1123(chrono::Utc::now() - chrono::Duration::minutes(16));
+    let old_sig = fc_sign(
+        SECRET,
+        &fc_string_to_sign("GET", "text/plain", &old, &fc, "/signed/a b", &signed_query),
+    );
+    let resp = send("AK1", &old, &old_sig, sent_path, "t-1", "text/plain")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let body = error_body(resp).await;
+    assert_eq!(body["Code"], "AccessDenied", "{body}");
+    assert!(
+        body["Message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("too large"),
+        "{body}"
+    );
+
+    let resp = c
+        .get(s.url(sent_path))
+        .header("authorization", format!("FC AK1:{sig}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400, "no Date");
+    assert_eq!(error_body(resp).await["Code"], "MissingRequiredHeader");
 }
