@@ -81,10 +81,31 @@ max_age_s = 600
 name = "closed"
 function = "echo"
 path = "/closed"
+
+[[trigger]]
+name = "cred"
+function = "echo"
+path = "/cred"
+cors = {{ allow_origins = ["{origin}"], allow_credentials = true }}
+
+[[trigger]]
+name = "nocred"
+function = "echo"
+path = "/nocred"
+cors = {{ allow_origins = ["{origin}"] }}
+
+[[trigger]]
+name = "elsewhere"
+function = "echo"
+path = "/elsewhere"
+cors = {{ allow_origins = ["http://app.example:{page_port}"] }}
 "#
     ));
     let api = s.url("/api/items/7");
     let closed = s.url("/closed");
+    let cred = s.url("/cred");
+    let nocred = s.url("/nocred");
+    let elsewhere = s.url("/elsewhere");
     let html = format!(
         r#"<!doctype html><html><body><pre id="out">running</pre><script>
 const out = [];
@@ -108,6 +129,22 @@ async function main() {{
     await fetch("{closed}");
     out.push("closed:readable");
   }} catch (e) {{ out.push("closed:blocked"); }}
+  try {{
+    const r = await fetch("{cred}", {{ credentials: "include" }});
+    out.push("cred:" + r.status);
+  }} catch (e) {{ out.push("cred:blocked"); }}
+  try {{
+    await fetch("{nocred}", {{ credentials: "include" }});
+    out.push("nocred:readable");
+  }} catch (e) {{ out.push("nocred:blocked"); }}
+  try {{
+    const r = await fetch("{nocred}");
+    out.push("nocred-plain:" + r.status);
+  }} catch (e) {{ out.push("nocred-plain:blocked"); }}
+  try {{
+    await fetch("{elsewhere}");
+    out.push("elsewhere:readable");
+  }} catch (e) {{ out.push("elsewhere:blocked"); }}
   document.getElementById("out").textContent = out.join("\n") + "\ndone";
 }}
 main();
@@ -136,7 +173,19 @@ fn run_chromium(url: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The page's results: the text of its `<pre id="out">`, not the whole DOM (which holds the
+/// script, and so every string the script could write).
+fn results(dom: &str) -> &str {
+    let start = dom
+        .find(r#"<pre id="out">"#)
+        .map(|i| i + r#"<pre id="out">"#.len())
+        .unwrap_or_else(|| panic!("no results on the page:\n{dom}"));
+    let end = dom[start..].find("</pre>").map_or(dom.len(), |i| start + i);
+    &dom[start..end]
+}
+
 fn check(dom: &str) {
+    let dom = results(dom);
     assert!(dom.contains("done"), "the page did not finish:\n{dom}");
     assert!(
         dom.contains("put:200:PUT:/items/7:{\"n\":7}"),
@@ -151,5 +200,19 @@ fn check(dom: &str) {
     assert!(
         dom.contains("closed:blocked"),
         "a trigger without cors was readable:\n{dom}"
+    );
+    // A credentialed call is readable only where the trigger allows credentials.
+    assert!(
+        dom.contains("cred:200"),
+        "a credentialed call was blocked:\n{dom}"
+    );
+    assert!(
+        dom.contains("nocred:blocked"),
+        "a credentialed call was readable without allow_credentials:\n{dom}"
+    );
+    assert!(dom.contains("nocred-plain:200"), "{dom}");
+    assert!(
+        dom.contains("elsewhere:blocked"),
+        "an origin not in allow_origins was readable:\n{dom}"
     );
 }
