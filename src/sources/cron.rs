@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use tokio::sync::watch;
 
 use super::Phase;
@@ -58,8 +58,10 @@ fn in_force(c: &CronConfig, t: DateTime<Utc>, o: chrono::FixedOffset) -> bool {
     t.with_timezone(&c.timezone).offset().fix() == o
 }
 
-/// The first tick strictly after `after`, in the trigger's time zone.
+/// The first tick strictly after `after`, in the trigger's time zone. Ticks fall on whole
+/// seconds: the schedule's resolution, whatever the fraction of the time it is asked from.
 pub fn next_tick(c: &CronConfig, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let after = after.trunc_subsecs(0);
     let zoned = c
         .cron
         .find_next_occurrence(&after.with_timezone(&c.timezone), false)
@@ -82,6 +84,7 @@ pub fn next_tick(c: &CronConfig, after: DateTime<Utc>) -> Option<DateTime<Utc>> 
 
 /// The last tick at or before `now` that is at most `max_age_s` old (what `catch_up` runs).
 pub fn missed_tick(c: &CronConfig, now: DateTime<Utc>, max_age_s: u64) -> Option<DateTime<Utc>> {
+    let now = now.trunc_subsecs(0);
     let zoned = c
         .cron
         .find_previous_occurrence(&now.with_timezone(&c.timezone), true)
@@ -119,7 +122,10 @@ pub async fn run(
             .policy(&trigger)
             .map_or(86_400, |p| p.max_event_age_s);
         if let Some(missed) = missed_tick(&config, after, max_age) {
-            fire(&gateway, &trigger, &config, missed).await;
+            let due = next_tick(&config, after);
+            if fire_until(&gateway, &trigger, &config, missed, due, &mut stop).await {
+                return;
+            }
         }
     }
     loop {
@@ -149,19 +155,78 @@ pub async fn run(
                 return;
             }
         }
-        fire(&gateway, &trigger, &config, next).await;
+        let due = next_tick(&config, next);
+        if fire_until(&gateway, &trigger, &config, next, due, &mut stop).await {
+            return;
+        }
         after = next;
     }
 }
 
+/// Enqueues the tick at `at`, retrying while the queue refuses for capacity (full, or a
+/// cluster queue not reachable yet) with a backoff of 200 ms doubling to 5 s, until the next
+/// tick `due` takes its place: a tick is late rather than lost while the queue recovers. The
+/// tick's id is fixed by its time, so a retry never runs it twice. True when stopped.
+async fn fire_until(
+    gateway: &Gateway,
+    trigger: &str,
+    config: &CronConfig,
+    at: DateTime<Utc>,
+    due: Option<DateTime<Utc>>,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let mut backoff = std::time::Duration::from_millis(200);
+    let mut held = false;
+    loop {
+        let Err(e) = fire(gateway, trigger, config, at).await else {
+            if held {
+                tracing::info!(
+                    trigger,
+                    "the held cron tick of {} is enqueued",
+                    at.to_rfc3339()
+                );
+            }
+            return false;
+        };
+        let now = Utc::now();
+        if due.is_some_and(|d| now + backoff >= d) {
+            tracing::error!(
+                trigger,
+                "cron tick of {} dropped: the queue refused it until the next tick ({e})",
+                at.to_rfc3339()
+            );
+            gateway.sources.count(trigger, 0, 1);
+            return false;
+        }
+        if !held {
+            tracing::warn!(
+                trigger,
+                "cron tick of {} held, retrying: {e}",
+                at.to_rfc3339()
+            );
+            held = true;
+        }
+        if super::pause(stop, backoff).await {
+            return true;
+        }
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
 /// Enqueues one tick; a tick already enqueued (by a restart or another node) is absorbed.
-async fn fire(gateway: &Gateway, trigger: &str, config: &CronConfig, at: DateTime<Utc>) {
+/// A capacity refusal is returned for the caller to retry; any other failure is final.
+async fn fire(
+    gateway: &Gateway,
+    trigger: &str,
+    config: &CronConfig,
+    at: DateTime<Utc>,
+) -> Result<(), GatewayError> {
     let app = gateway.app();
     let Some(t) = app.config.triggers.iter().find(|t| t.name == trigger) else {
-        return;
+        return Ok(());
     };
     let Some(function) = t.function.clone() else {
-        return;
+        return Ok(());
     };
     let body = Bytes::from(config.payload.clone().unwrap_or_default());
     let content_type = match &config.payload {
@@ -173,7 +238,7 @@ async fn fire(gateway: &Gateway, trigger: &str, config: &CronConfig, at: DateTim
         Ok(r) => r,
         Err(e) => {
             tracing::error!(trigger, "cannot build the tick's request: {e}");
-            return;
+            return Ok(());
         }
     };
     let id = tick_id(trigger, at);
@@ -195,13 +260,17 @@ async fn fire(gateway: &Gateway, trigger: &str, config: &CronConfig, at: DateTim
         Ok(_) => {
             tracing::info!(trigger, task_id = %id, "cron tick enqueued");
             gateway.sources.count(trigger, 1, 0);
+            Ok(())
         }
         Err(GatewayError::Queue(crate::queue::QueueError::Exists(_))) => {
             tracing::debug!(trigger, task_id = %id, "cron tick already enqueued");
+            Ok(())
         }
+        Err(e) if e.is_capacity() => Err(e),
         Err(e) => {
             tracing::error!(trigger, task_id = %id, "cron tick could not be enqueued: {e}");
             gateway.sources.count(trigger, 0, 1);
+            Ok(())
         }
     }
 }
@@ -247,6 +316,24 @@ mod tests {
             assert!(ids.insert(tick_id("t", next)));
             at = next;
         }
+    }
+
+    #[test]
+    fn ticks_fall_on_whole_seconds_from_any_fraction() {
+        let c = config("*/20 * * * * *", "UTC");
+        let at = Utc.with_ymd_and_hms(2026, 12, 6, 3, 54, 22).unwrap()
+            + chrono::Duration::nanoseconds(361_702_918);
+        let next = next_tick(&c, at).unwrap();
+        assert_eq!(next, Utc.with_ymd_and_hms(2026, 12, 6, 3, 54, 40).unwrap());
+        let every = config("* * * * * *", "UTC");
+        assert_eq!(
+            next_tick(&every, at).unwrap(),
+            Utc.with_ymd_and_hms(2026, 12, 6, 3, 54, 23).unwrap()
+        );
+        assert_eq!(
+            missed_tick(&c, at, 60).unwrap(),
+            Utc.with_ymd_and_hms(2026, 12, 6, 3, 54, 20).unwrap()
+        );
     }
 
     #[test]
