@@ -95,6 +95,39 @@ async fn a_swapped_compiled_artifact_is_not_trusted() {
     );
 }
 
+/// The MAC of a compiled artifact is bound to the component it was compiled from: another
+/// version's artifact copied in with its own genuine MAC (a renamed pair) is not trusted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renamed_artifact_with_its_own_mac_is_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start_in(dir.path(), CONFIG, &[]);
+    let hello = deploy(&s, "greet", "hello").await;
+    let echo = deploy(&s, "other", "echo").await;
+    s.signal("TERM");
+    assert_eq!(
+        s.wait_exit(std::time::Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        s.stderr_text()
+    );
+    for ext in [".cwasm", ".cwasm.mac"] {
+        let (a, b) = (
+            artifact(dir.path(), &hello, ext),
+            artifact(dir.path(), &echo, ext),
+        );
+        assert!(b.exists(), "{}", b.display());
+        std::fs::copy(&b, &a).unwrap();
+    }
+    let s = TestServer::start_in(dir.path(), CONFIG, &[]);
+    let (status, body) = get(&s, "/greet").await;
+    assert_eq!((status, body.as_str()), (200, "hello from wasmgate\n"));
+    assert!(
+        s.stderr_text().contains("recompiling"),
+        "{}",
+        s.stderr_text()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn artifacts_writable_by_others_are_recompiled_and_a_broken_version_is_skipped() {
     let dir = tempfile::tempdir().unwrap();

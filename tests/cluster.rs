@@ -469,3 +469,57 @@ async fn a_task_longer_than_ack_wait_runs_on_one_node_only() {
         "no second run calls back"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_nats_is_down_at_start_serves_and_takes_tasks_once_it_is_up() {
+    let mut broker = Broker::jetstream();
+    broker.stop();
+    let done = Receiver::start(200);
+    let s = node(&broker, &done, "");
+    // Sync requests are served without the cluster.
+    let r = common::client()
+        .post(s.url("/sync"))
+        .body("up")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A submission is refused as a capacity problem, with a time to come back.
+    let r = common::client()
+        .post(s.url("/work/status/200"))
+        .header("x-fc-invocation-type", "Async")
+        .header("x-fc-async-task-id", "early")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(common::error_body(r).await["Code"], "ResourceThrottled");
+    let ready = admin(&s, "/readyz").await;
+    assert!(
+        ready["degraded"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|p| p == "queue")),
+        "{ready}"
+    );
+    // NATS comes up: the node reaches it by itself and takes tasks (the refused id too).
+    broker.restart();
+    let mut status = 0;
+    for _ in 0..600 {
+        status = submit(&s, "/work/status/200", "early").await;
+        if status == 202 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 202, "{}", s.stderr_text());
+    let cb = done.next(WAIT).expect("the task runs");
+    assert_eq!(cb.header("x-fc-async-task-id"), Some("early"));
+    let ready = admin(&s, "/readyz").await;
+    assert!(
+        !ready["degraded"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|p| p == "queue")),
+        "{ready}"
+    );
+}
