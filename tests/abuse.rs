@@ -1105,3 +1105,172 @@ async fn the_cluster_task_list_comes_in_pages() {
     seen.sort();
     assert_eq!(seen, ["page0", "page1", "page2", "page3", "page4"]);
 }
+
+/// Whether the server's log shows `needle` within `bound` (polled; a bound, not a
+/// measurement).
+fn logged_within(s: &TestServer, needle: &str, bound: Duration) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < bound {
+        if s.stderr_text().contains(needle) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    s.stderr_text().contains(needle)
+}
+
+/// `send_timeout_ms` on HTTP/1.1, under TCP flow control: a client asks for an 8 MB response
+/// (the echo of an 8 MB body) with a small receive buffer and never reads. The server closes
+/// the connection once the response has waited `send_timeout_ms` for room, though the
+/// function's timeout and the idle timeout are far away; reading afterwards gives a
+/// truncated response and then the end of the stream. The bound (12 s) sits between the
+/// configured 1 s and the default 30 s.
+#[test]
+fn an_http1_client_that_never_reads_is_cut_off_after_the_send_timeout() {
+    let s = TestServer::start_with_env(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[limits]
+send_timeout_ms = 1000
+idle_timeout_ms = 600000
+
+[[function]]
+name = "echo"
+wasm = "{echo}"
+memory_mb = 64
+timeout_ms = 600000
+
+[[trigger]]
+name = "echo"
+function = "echo"
+"#,
+        &[("RUST_LOG", "info,wasmgate::server=debug")],
+    );
+    const CLOSED: &str = "a response made no progress within send_timeout_ms";
+    let len = 8 << 20;
+    // A receive buffer of a few KiB: the response fills it, and the server's send buffer,
+    // at once.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr = s.addr().parse().unwrap();
+    let mut stream = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move { socket.connect(addr).await.unwrap().into_std().unwrap() });
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .write_all(
+            format!("POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len}\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+    stream.write_all(&vec![b'x'; len]).unwrap();
+    assert!(
+        logged_within(&s, CLOSED, Duration::from_secs(12)),
+        "the stalled response's connection was not closed within 12 s (send_timeout_ms = 1000):\n{}",
+        s.stderr_text()
+    );
+    // What the kernel had taken before the close arrives, then the end: never the whole echo.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break false;
+            }
+            Err(_) => break true,
+        }
+    };
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        ended,
+        "the connection stayed open after {} bytes",
+        got.len()
+    );
+    assert!(
+        got.len() < len && !text.contains("\"counter\":"),
+        "the whole response came through ({} bytes)",
+        got.len()
+    );
+    // The echo guest, still writing when its connection went, panics on the closed stream
+    // (its `expect`); that is the guest's stderr, not the server's: it is set aside so the
+    // harness still fails the test on a panic of the server itself.
+    assert!(
+        logged_within(&s, "StreamError::Closed", Duration::from_secs(5)),
+        "{}",
+        s.stderr_text()
+    );
+    s.stderr
+        .lock()
+        .unwrap()
+        .retain(|line| !line.contains("\"target\":\"wasmgate::guest\""));
+}
+
+/// `request_timeout_ms` bounds the read of a JWT form before authentication: a trigger that
+/// looks for its token in a form field reads the form first, and a form trickled one byte at
+/// a time (each pause far shorter than `body_read_timeout_ms`) is cut off with 408
+/// `RequestTimeout` for the request timeout. The same form sent whole gets 401 (no token):
+/// the wait is the form read's. The bound (20 s) sits between the configured 2 s and the
+/// default 60 s.
+#[test]
+fn a_trickled_jwt_form_gets_408_after_the_request_timeout() {
+    let jwks = common::root()
+        .join("tests/fixtures/jwks.json")
+        .display()
+        .to_string();
+    let s = TestServer::start(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[limits]
+request_timeout_ms = 2000
+body_read_timeout_ms = 10000
+
+[[function]]
+name = "echo"
+wasm = "{{echo}}"
+memory_mb = 16
+
+[[trigger]]
+name = "form"
+function = "echo"
+auth = "jwt"
+[trigger.jwt]
+jwks_file = "{jwks}"
+algorithms = ["RS256"]
+token_lookup = "header:Authorization:Bearer ,form:jwt"
+"#
+    ));
+    let addr = s.addr();
+    let head = "POST /form HTTP/1.1\r\nHost: localhost\r\n\
+                Content-Type: application/x-www-form-urlencoded\r\n";
+    let (code, text) = raw(
+        &addr,
+        &format!("{head}Content-Length: 3\r\nConnection: close\r\n\r\na=b"),
+    );
+    assert_eq!(code, 401, "a whole form without a token: {text}");
+    let (code, text) = trickle(
+        &addr,
+        head,
+        1000,
+        Duration::from_millis(300),
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, 408, "{text}");
+    assert!(text.contains("RequestTimeout"), "{text}");
+    assert!(text.contains("not received within 2000 ms"), "{text}");
+}

@@ -233,3 +233,260 @@ async fn a_few_addresses_at_their_cap_leave_room_for_others() {
         "a third address was not served: {text:?}"
     );
 }
+
+/// Plain HTTP (HTTP/2 by prior knowledge) with the `hello` function and the given
+/// `[limits]` lines.
+fn plain_config(limits: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[limits]
+{limits}
+
+[[function]]
+name = "hello"
+wasm = "{{hello}}"
+memory_mb = 16
+
+[[trigger]]
+name = "hello"
+function = "hello"
+"#
+    )
+}
+
+/// Reads one whole HTTP/1.1 response (by `Content-Length`, or to the last chunk) within
+/// `limit`; returns it as text.
+async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S, limit: Duration) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = tokio::time::timeout(limit, async {
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                let body = &got[end + 4..];
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                let done = match length {
+                    Some(n) => body.len() >= n,
+                    None => body.ends_with(b"0\r\n\r\n"),
+                };
+                if done {
+                    return;
+                }
+            }
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(read.is_ok(), "no whole response within {limit:?}: {text:?}");
+    text
+}
+
+const KEEP_ALIVE_GET: &[u8] = b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n";
+
+/// `idle_timeout_ms` closes an HTTP/1.1 keep-alive connection once its last request has
+/// finished: the connection serves two requests in turn, then, idle, is closed cleanly (EOF,
+/// nothing more sent). `header_read_timeout_ms` is far away (10 minutes), so it is the idle
+/// timeout that closes it; the bound (20 s) sits between the configured 1 s and the
+/// default 60 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_http1_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let s = TestServer::start(&plain_config(
+        "idle_timeout_ms = 1000\nheader_read_timeout_ms = 600000",
+    ));
+    let mut conn = TcpStream::connect(s.addr()).await.unwrap();
+    for i in 0..2 {
+        conn.write_all(KEEP_ALIVE_GET).await.unwrap();
+        let answer = read_response(&mut conn, Duration::from_secs(20)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "request {i}: {answer}");
+        assert!(
+            answer.contains("hello from wasmgate"),
+            "request {i}: {answer}"
+        );
+        assert!(
+            !answer.to_ascii_lowercase().contains("connection: close"),
+            "request {i}: the server did not keep the connection: {answer}"
+        );
+    }
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(end, Ok(Ok(_))),
+        "the idle keep-alive connection was not closed within 20 s (idle_timeout_ms = 1000): {end:?}"
+    );
+    assert!(
+        rest.is_empty(),
+        "bytes after the last response: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
+/// The frames seen: each frame's type, and for a GOAWAY its error code.
+type Frames = Arc<std::sync::Mutex<Vec<(u8, Option<u32>)>>>;
+
+/// An HTTP/2 connection's frames as the client receives them.
+struct FrameScan<S> {
+    inner: S,
+    pending: Vec<u8>,
+    frames: Frames,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FrameScan<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let fresh = buf.filled()[before..].to_vec();
+        let this = &mut *self;
+        this.pending.extend_from_slice(&fresh);
+        while this.pending.len() >= 9 {
+            let len =
+                u32::from_be_bytes([0, this.pending[0], this.pending[1], this.pending[2]]) as usize;
+            if this.pending.len() < 9 + len {
+                break;
+            }
+            let kind = this.pending[3];
+            let code = (kind == 0x7 && len >= 8).then(|| {
+                u32::from_be_bytes([
+                    this.pending[13],
+                    this.pending[14],
+                    this.pending[15],
+                    this.pending[16],
+                ])
+            });
+            this.frames.lock().unwrap().push((kind, code));
+            this.pending.drain(..9 + len);
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FrameScan<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// `idle_timeout_ms` on HTTP/2: after a completed request, the idle connection is ended
+/// gracefully: the server sends GOAWAY with NO_ERROR and closes, and the client's connection
+/// ends without error. The client keeps its request handle (an h2 client with none left
+/// closes by itself); the bound (20 s) sits between the configured 1 s and the default 60 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_h2_connection_gets_goaway_after_the_idle_timeout() {
+    let s = TestServer::start(&plain_config(
+        "idle_timeout_ms = 1000\nheader_read_timeout_ms = 600000",
+    ));
+    let addr = s.addr();
+    let frames = Frames::default();
+    let io = FrameScan {
+        inner: TcpStream::connect(&addr).await.unwrap(),
+        pending: Vec::new(),
+        frames: frames.clone(),
+    };
+    let (mut send, conn) = h2::client::handshake(io).await.expect("h2 handshake");
+    let ended = tokio::spawn(conn);
+    let request = http::Request::builder()
+        .uri(format!("http://{addr}/hello"))
+        .body(())
+        .unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(20), response)
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    assert_eq!(text, b"hello from wasmgate\n");
+    let end = tokio::time::timeout(Duration::from_secs(20), ended).await;
+    let seen = frames.lock().unwrap().clone();
+    assert!(
+        matches!(end, Ok(Ok(Ok(())))),
+        "the idle h2 connection did not end cleanly within 20 s (idle_timeout_ms = 1000): {end:?}; frames {seen:?}"
+    );
+    assert!(
+        seen.contains(&(0x7, Some(0))),
+        "no GOAWAY with NO_ERROR before the close: {seen:?}"
+    );
+    drop(send);
+}
+
+/// `max_connections` caps the connections a listener holds: with 4 held (each from its own
+/// address, having been served, with `max_connections_per_ip` far above), a fifth connects
+/// (the kernel's backlog takes it) but is neither accepted nor closed: its request gets no
+/// answer while the held ones are served again. Once one held connection is dropped, the
+/// fifth is accepted and served. A build that ignored the key (default 10 000) answers
+/// the fifth at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listener_at_max_connections_serves_the_next_only_when_one_goes() {
+    let s = TestServer::start(&plain_config(
+        "max_connections = 4\nmax_connections_per_ip = 1000\n\
+         idle_timeout_ms = 600000\nheader_read_timeout_ms = 600000",
+    ));
+    let addr = s.addr();
+    let mut held = Vec::new();
+    for from in ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"] {
+        let mut c = connect_from(from, &addr).await;
+        c.write_all(KEEP_ALIVE_GET).await.unwrap();
+        let answer = read_response(&mut c, Duration::from_secs(20)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{from}: {answer}");
+        held.push(c);
+    }
+    let mut fifth = connect_from("127.0.0.6", &addr).await;
+    fifth.write_all(KEEP_ALIVE_GET).await.unwrap();
+    // The server goes on serving the connections it holds (so it has had every chance to
+    // take the fifth)...
+    for c in held.iter_mut() {
+        c.write_all(KEEP_ALIVE_GET).await.unwrap();
+        let answer = read_response(c, Duration::from_secs(20)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    // ...while the fifth waits: no answer, and not closed either.
+    let mut buf = [0u8; 1024];
+    let waited = tokio::time::timeout(Duration::from_secs(1), fifth.read(&mut buf)).await;
+    assert!(
+        waited.is_err(),
+        "the fifth connection was answered or closed past max_connections = 4: {:?}",
+        waited.map(|r| r.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned()))
+    );
+    // One held connection goes: the fifth takes its slot and is served.
+    drop(held.remove(0));
+    let answer = read_response(&mut fifth, Duration::from_secs(20)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("hello from wasmgate"), "{answer}");
+}

@@ -346,3 +346,59 @@ fn a_bad_signature_is_refused_before_its_body_is_read() {
     );
     assert!(text.contains("SignatureNotMatch"), "{text}");
 }
+
+/// `drain_timeout_ms` bounds how long SIGTERM waits for requests in flight: a request held
+/// at a gate that never opens is cut when the (short) drain timeout passes, the process
+/// exits 0, and the client holding the request gets no 200. The exit bound (15 s) sits
+/// between the configured 1.5 s and the default 30 s, and the function's own timeout is far
+/// past both, so a build that ignored the key (or waited for the request) fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_cuts_requests_in_flight_after_the_drain_timeout_and_exits_zero() {
+    let gate = common::Gate::start();
+    let mut s = TestServer::start(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+drain_timeout_ms = 1500
+
+[[function]]
+name = "probe"
+wasm = "{probe}"
+memory_mb = 16
+timeout_ms = 600000
+outbound_hosts = ["127.0.0.1"]
+
+[[trigger]]
+name = "probe"
+function = "probe"
+"#,
+    );
+    let in_flight = tokio::spawn({
+        let url = s.url(&format!("/probe/fetch?url={}", gate.url()));
+        async move { reqwest::Client::new().get(url).send().await }
+    });
+    // The request is inside the function, waiting at the gate (which stays shut).
+    gate.wait_arrivals(1);
+    s.signal("TERM");
+    let code = s.wait_exit(Duration::from_secs(15));
+    assert_eq!(
+        code,
+        Some(0),
+        "the node did not exit 0 within 15 s of SIGTERM (drain_timeout_ms = 1500):\n{}",
+        s.stderr_text()
+    );
+    assert!(
+        s.stderr_text().contains("drain timeout passed"),
+        "the exit was not the drain timeout's:\n{}",
+        s.stderr_text()
+    );
+    let answer = tokio::time::timeout(Duration::from_secs(30), in_flight)
+        .await
+        .expect("the client learns its connection is gone")
+        .unwrap();
+    match answer {
+        Err(_) => {}
+        Ok(r) => assert_ne!(r.status(), 200, "the held request was answered 200"),
+    }
+    assert_eq!(gate.arrivals(), 1);
+}

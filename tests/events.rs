@@ -566,3 +566,183 @@ async fn invoke_and_event_commands_talk_to_a_running_gateway() {
     let e: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(e["Code"], "NoSubscriber");
 }
+
+/// An asynchronous event that no function subscribes to is accepted, not refused: 202 with
+/// its id and an empty task list (README, event API), and nothing is queued.
+#[tokio::test]
+async fn an_async_event_nobody_subscribes_to_is_accepted_with_no_tasks() {
+    let receiver = Receiver::start(200);
+    let s = TestServer::start(&config(&receiver, "/fail"));
+    let r = publish(&s, json!({"type": "nobody.listens", "id": "lonely-1"})).await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(
+        r.headers().get("content-type").map(|v| v.to_str().unwrap()),
+        Some("application/json")
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body, json!({"id": "lonely-1", "tasks": []}));
+    // Without an id the gateway makes one, and still queues nothing.
+    let r = publish(&s, json!({"type": "nobody.listens"})).await;
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["id"].as_str().is_some_and(|id| !id.is_empty()),
+        "{body}"
+    );
+    assert_eq!(body["tasks"], json!([]), "{body}");
+    assert!(tasks(&s, "events").await.is_empty());
+}
+
+/// `X-Fc-Event-Id` reaches the subscriber: the published id, or the one the gateway made
+/// (as answered in the 202), on an asynchronous delivery, and the published id on a
+/// synchronous one.
+#[tokio::test]
+async fn the_event_id_reaches_the_function_in_x_fc_event_id() {
+    let receiver = Receiver::start(200);
+    let s = TestServer::start(&config(&receiver, "/fail"));
+    let r = publish(&s, json!({"type": "sent-email", "id": "hdr-7"})).await;
+    assert_eq!(r.status(), 202);
+    let (function, echo, ce) = delivered(&receiver);
+    assert_eq!(function, "mailer");
+    assert_eq!(ce["id"], "hdr-7");
+    assert_eq!(
+        echoed_header(&echo, "x-fc-event-id").as_deref(),
+        Some("hdr-7"),
+        "{echo}"
+    );
+    let r = publish(&s, json!({"type": "sent-email"})).await;
+    assert_eq!(r.status(), 202);
+    let made: Value = r.json().await.unwrap();
+    let made = made["id"].as_str().expect("the event's id").to_string();
+    let (_, echo, _) = delivered(&receiver);
+    assert_eq!(echoed_header(&echo, "x-fc-event-id"), Some(made), "{echo}");
+    let r = publish(
+        &s,
+        json!({"type": "sent-email", "id": "sync-7", "isSynchronous": true}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let echo: Value = r.json().await.unwrap();
+    assert_eq!(
+        echoed_header(&echo, "x-fc-event-id").as_deref(),
+        Some("sync-7"),
+        "{echo}"
+    );
+}
+
+/// A publish the queue stops half-way: `[queue] max_tasks = 2` with one task held running
+/// at a gate and one worker (so the first subscriber's task stays queued), an event for two
+/// subscribers queues the first subscriber's task and is answered with the queue's 503
+/// `ResourceThrottled` (with `Retry-After`); the second subscriber has no task. A retry of
+/// the same event id while the queue is still full is the same 503 and does not queue the
+/// first task again; once there is room a retry completes the set: 202 naming both tasks,
+/// with the first one run once, and a further repeat is 409 (README, event API: "if an
+/// earlier publish stopped half-way, the repeat completes the missing tasks and answers
+/// 202").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publish_the_queue_stops_half_way_is_completed_by_a_retry_without_duplicates() {
+    let gate = common::Gate::start();
+    let s = TestServer::start(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+data_dir = "data"
+tls = { cert = "{certs}/localhost.pem", key = "{certs}/localhost-key.pem" }
+
+[queue]
+max_tasks = 2
+workers = 1
+
+[[function]]
+name = "first"
+wasm = "{echo}"
+events = ["split"]
+
+[[function]]
+name = "second"
+wasm = "{echo}"
+events = ["split"]
+
+[[function]]
+name = "probe"
+wasm = "{probe}"
+timeout_ms = 60000
+outbound_hosts = ["127.0.0.1"]
+
+[[trigger]]
+name = "hold"
+function = "probe"
+async = { max_retries = 0 }
+
+[[trigger]]
+name = "events"
+kind = "event"
+path = "/events"
+"#,
+    );
+    let c = client();
+    let send = |body: Value| c.post(s.url("/events")).json(&body).send();
+    // The one worker, and one of the two places in the queue, go to a task held at the gate.
+    let r = c
+        .post(s.url(&format!("/hold/fetch?url={}", gate.url())))
+        .header("x-fc-invocation-type", "Async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    gate.wait_arrivals(1);
+
+    let event = json!({"type": "split", "id": "split-1", "data": {"n": 1}});
+    let r = send(event.clone()).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"), "{:?}", r.headers());
+    let e = error_body(r).await;
+    assert_eq!(e["Code"], "ResourceThrottled", "{e}");
+    // What was queued: the first subscriber's task, and only it.
+    let queued = tasks(&s, "events").await;
+    let ids: Vec<&str> = queued.iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["evt-split-1=first"], "{queued:?}");
+    // Queued, not run: the one worker is at the gate. (Its state may read `Running`: a
+    // task handed straight to the workers is stored Running before a worker is free.)
+    assert_eq!(queued[0]["attempts"], 0, "{queued:?}");
+    assert!(queued[0]["finished_ms"].is_null(), "{queued:?}");
+    let r = c
+        .get(s.admin_url("/-/tasks/evt-split-1=second?trigger=events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // A retry while the queue is still full: refused the same way, nothing queued twice.
+    let r = send(event.clone()).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(error_body(r).await["Code"], "ResourceThrottled");
+    let queued = tasks(&s, "events").await;
+    assert_eq!(queued.len(), 1, "{queued:?}");
+
+    // Room again: the held task ends, the first subscriber's task runs.
+    gate.open();
+    common::wait_tasks(&s, "hold", "Succeeded", 1).await;
+    common::wait_tasks(&s, "events", "Succeeded", 1).await;
+    let r = send(event.clone()).await.unwrap();
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"id": "split-1", "tasks": ["evt-split-1=first", "evt-split-1=second"]})
+    );
+    let done = common::wait_tasks(&s, "events", "Succeeded", 2).await;
+    assert_eq!(done.len(), 2, "{done:?}");
+    for t in &done {
+        assert_eq!(t["attempts"], 1, "each subscriber ran once: {t}");
+    }
+    let mut ids: Vec<&str> = done.iter().map(|t| t["id"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, ["evt-split-1=first", "evt-split-1=second"]);
+    // The set is complete: a repeat is now a conflict.
+    let r = send(event).await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(error_body(r).await["Code"], "TaskAlreadyExists");
+    assert_eq!(tasks(&s, "events").await.len(), 2);
+}

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Broker, TestServer, tasks, wait_source};
+use common::{Broker, Gate, Receiver, TestServer, echoed_header, tasks, wait_source, wait_tasks};
 use futures::StreamExt;
 
 const SERVER: &str = r#"
@@ -456,7 +456,7 @@ async = {{ max_retries = 10 }}
         "the MQTT intake buffered the flood: peak RSS grew by {grown} KiB"
     );
     assert!(
-        s.stderr_text().contains("queue full, holding a message"),
+        s.stderr_text().contains("holding a message: "),
         "the flood never met the full queue:\n{}",
         s.stderr_text()
     );
@@ -515,4 +515,268 @@ function = "hello"
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(delivered, N, "messages were stuck between broker and queue");
+}
+
+/// A NATS message over `max_async_body_bytes` is dropped: the requester is told why, the
+/// drop is logged and counted in `/readyz`, and nothing is queued; the next message within
+/// the limit is delivered as usual (the NATS side of
+/// `an_mqtt_packet_over_the_limit_is_refused_from_its_header_and_jams_nothing`). The large
+/// one is 100 KiB: the queue itself would store it (a task may carry the limit plus 64 KiB
+/// of envelope), so only the door's own check keeps it out.
+#[tokio::test]
+async fn a_nats_message_over_the_limit_is_dropped_and_counted_and_the_next_is_delivered() {
+    let broker = Broker::nats();
+    let s = TestServer::start(&format!(
+        r#"{SERVER}
+[limits]
+max_async_body_bytes = 65536
+
+[[function]]
+name = "hello"
+wasm = "{{hello}}"
+
+[[trigger]]
+name = "big"
+kind = "nats"
+broker = "nats://127.0.0.1:{port}"
+topics = ["big.>"]
+function = "hello"
+"#,
+        port = broker.port
+    ));
+    wait_source(&s, "big", "running").await;
+    let nats = async_nats::connect(format!("127.0.0.1:{}", broker.port))
+        .await
+        .unwrap();
+    let reply = nats
+        .request("big.x", vec![b'x'; 100 * 1024].into())
+        .await
+        .expect("the oversized message is answered");
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(
+        reply,
+        serde_json::json!({
+            "error": "a message of 102400 bytes on 'big.x' is over max_async_body_bytes (65536)"
+        })
+    );
+    // Counted (before the reply went out) and logged; no task.
+    let state = wait_source(&s, "big", "running").await;
+    assert_eq!(
+        (state["delivered"].as_u64(), state["dropped"].as_u64()),
+        (Some(0), Some(1)),
+        "{state}"
+    );
+    assert!(
+        s.stderr_text()
+            .contains("a message could not be enqueued: a message of 102400 bytes"),
+        "the drop was not logged:\n{}",
+        s.stderr_text()
+    );
+    assert!(tasks(&s, "big").await.is_empty());
+    // The next message within the limit goes through.
+    let reply = nats
+        .request("big.y", "small".into())
+        .await
+        .expect("the small message is answered");
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    let id = reply["tasks"][0].as_str().expect("a task id").to_string();
+    let done = wait_tasks(&s, "big", "Succeeded", 1).await;
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0]["id"], id.as_str());
+    let state = wait_source(&s, "big", "running").await;
+    assert_eq!(
+        (state["delivered"].as_u64(), state["dropped"].as_u64()),
+        (Some(1), Some(1)),
+        "{state}"
+    );
+}
+
+/// Waits (bounded, 60 s: a bound against a broken build) until the server has logged
+/// `needle`.
+async fn wait_log(s: &TestServer, needle: &str) {
+    for _ in 0..2400 {
+        if s.stderr_text().contains(needle) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("never logged '{needle}':\n{}", s.stderr_text());
+}
+
+/// With the queue full (`[queue] max_tasks = 1`, the one place taken by a task held
+/// running at a gate), a QoS 1 MQTT message and a NATS message are not dropped: each is
+/// held ("holding a message", "retrying a message") with nothing queued, and becomes a
+/// task once the gate opens and there is room again; the NATS requester gets the task id
+/// once it is committed, and neither source counts a drop.
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_messages_meeting_a_full_queue_are_held_until_there_is_room() {
+    let mosquitto = Broker::mosquitto("allow_anonymous true", &[]);
+    let nats_server = Broker::nats();
+    let gate = Gate::start();
+    let receiver = Receiver::start(200);
+    let s = TestServer::start(&format!(
+        r#"{SERVER}
+[queue]
+max_tasks = 1
+
+[[function]]
+name = "echo"
+wasm = "{{echo}}"
+
+[[function]]
+name = "probe"
+wasm = "{{probe}}"
+timeout_ms = 60000
+outbound_hosts = ["127.0.0.1"]
+
+[[trigger]]
+name = "hold"
+function = "probe"
+async = {{ max_retries = 0 }}
+
+[[trigger]]
+name = "m"
+kind = "mqtt"
+broker = "mqtt://127.0.0.1:{mqtt}"
+qos = 1
+topics = ["m/#"]
+function = "echo"
+async = {{ on_success = "{cb}", callback_hosts = ["127.0.0.1"] }}
+
+[[trigger]]
+name = "n"
+kind = "nats"
+broker = "nats://127.0.0.1:{nats}"
+topics = ["n.>"]
+function = "echo"
+async = {{ on_success = "{cb}", callback_hosts = ["127.0.0.1"] }}
+"#,
+        mqtt = mosquitto.port,
+        nats = nats_server.port,
+        cb = receiver.url("/done"),
+    ));
+    wait_source(&s, "m", "running").await;
+    wait_source(&s, "n", "running").await;
+    let r = reqwest::Client::new()
+        .post(s.url(&format!("/hold/fetch?url={}", gate.url())))
+        .header("x-fc-invocation-type", "Async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    gate.wait_arrivals(1);
+
+    mosquitto.publish("m/x", "from-mqtt", 1);
+    let nats = async_nats::connect(format!("127.0.0.1:{}", nats_server.port))
+        .await
+        .unwrap();
+    let mut replies = nats.subscribe("_INBOX.held.1").await.unwrap();
+    nats.publish_with_reply("n.x", "_INBOX.held.1", "from-nats".into())
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    wait_log(&s, "holding a message: ").await;
+    wait_log(&s, "retrying a message").await;
+    // Held: not queued, and not dropped.
+    for trigger in ["m", "n"] {
+        assert!(tasks(&s, trigger).await.is_empty(), "{trigger}");
+        let state = wait_source(&s, trigger, "running").await;
+        assert_eq!(state["dropped"].as_u64(), Some(0), "{trigger}: {state}");
+    }
+
+    gate.open();
+    let reply = tokio::time::timeout(Duration::from_secs(60), replies.next())
+        .await
+        .expect("the NATS message is answered once it is a task")
+        .expect("a reply");
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    let nats_task = reply["tasks"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("no task in {reply}"))
+        .to_string();
+    // Each ran once, with its own payload.
+    let mut bodies = std::collections::BTreeMap::new();
+    for _ in 0..2 {
+        let got = receiver
+            .next(Duration::from_secs(60))
+            .expect("a callback from the function");
+        let echo: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+        let trigger = echoed_header(&echo, "x-fc-trigger-name").unwrap_or_default();
+        bodies.insert(trigger, echo["body"].clone());
+    }
+    assert_eq!(
+        bodies,
+        [
+            ("m".to_string(), serde_json::json!("from-mqtt")),
+            ("n".to_string(), serde_json::json!("from-nats")),
+        ]
+        .into_iter()
+        .collect()
+    );
+    let done = wait_tasks(&s, "n", "Succeeded", 1).await;
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0]["id"], nats_task.as_str());
+    let done = wait_tasks(&s, "m", "Succeeded", 1).await;
+    assert_eq!(done.len(), 1, "{done:?}");
+    for trigger in ["m", "n"] {
+        let state = wait_source(&s, trigger, "running").await;
+        assert_eq!(
+            (state["delivered"].as_u64(), state["dropped"].as_u64()),
+            (Some(1), Some(0)),
+            "{trigger}: {state}"
+        );
+    }
+}
+
+/// An MQTT trigger at QoS 0: a message's payload is the function's body and its topic is
+/// in `X-Topic` (with the trigger's type and name, and the default content type).
+#[tokio::test]
+async fn an_mqtt_qos0_message_reaches_the_function_with_its_topic_and_payload() {
+    let broker = Broker::mosquitto("allow_anonymous true", &[]);
+    let receiver = Receiver::start(200);
+    let s = TestServer::start(&format!(
+        r#"{SERVER}
+[[function]]
+name = "echo"
+wasm = "{{echo}}"
+
+[[trigger]]
+name = "q0"
+kind = "mqtt"
+broker = "mqtt://127.0.0.1:{port}"
+qos = 0
+topics = ["q0/+/reading"]
+function = "echo"
+async = {{ on_success = "{cb}", callback_hosts = ["127.0.0.1"] }}
+"#,
+        port = broker.port,
+        cb = receiver.url("/done"),
+    ));
+    // QoS 0 messages reach only a subscribed session: wait until the broker confirmed it.
+    wait_source(&s, "q0", "running").await;
+    broker.publish("q0/hall/reading", "{\"lux\":300}", 0);
+    let got = receiver
+        .next(Duration::from_secs(30))
+        .expect("a callback from the function");
+    let echo: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["path"], "/");
+    assert_eq!(echo["body"], "{\"lux\":300}");
+    assert_eq!(
+        echoed_header(&echo, "x-topic").as_deref(),
+        Some("q0/hall/reading")
+    );
+    assert_eq!(
+        echoed_header(&echo, "x-fc-trigger-type").as_deref(),
+        Some("mqtt")
+    );
+    assert_eq!(
+        echoed_header(&echo, "x-fc-trigger-name").as_deref(),
+        Some("q0")
+    );
+    assert_eq!(
+        echoed_header(&echo, "content-type").as_deref(),
+        Some("application/octet-stream")
+    );
+    assert_eq!(tasks(&s, "q0").await.len(), 1);
 }

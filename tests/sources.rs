@@ -608,3 +608,92 @@ function = "hello"
     }
     assert_eq!(delivered, N, "messages were stuck in the broker");
 }
+
+/// `catch_up = true`: the last tick that fell while the node was down runs once when it
+/// starts, under that tick's id (`cron-<trigger>-<unix seconds>`) and with its
+/// `X-Fc-Scheduled-Time`, if it is no older than the trigger's `max_event_age_s`. Without
+/// `catch_up` (or with the tick older than `max_event_age_s`) the missed tick is skipped,
+/// and a restart never runs a caught-up tick again. The schedule is yearly: its last tick
+/// (1 January, 00:00 UTC) is in the past whenever the test runs and the next one is not
+/// due during it, so which tick was missed is known. The catch-up is made before the
+/// source reports `running`, so `running` is the marker after which a skipped tick would
+/// already be in the task list.
+#[tokio::test]
+async fn cron_catch_up_runs_the_tick_missed_while_down_once_and_only_when_asked() {
+    use chrono::{Datelike, TimeZone};
+    let dir = tempfile::tempdir().unwrap();
+    let config = |catch_up: bool, max_age: u64| {
+        format!(
+            r#"{SERVER}
+[[function]]
+name = "echo"
+wasm = "{{echo}}"
+
+[[trigger]]
+name = "yearly"
+kind = "cron"
+function = "echo"
+schedule = "@yearly"
+catch_up = {catch_up}
+async = {{ max_event_age_s = {max_age} }}
+"#
+        )
+    };
+    // 400 days: the last yearly tick is always younger than that.
+    const OLD_ENOUGH: u64 = 400 * 86_400;
+    let now = chrono::Utc::now();
+    let missed = chrono::Utc
+        .with_ymd_and_hms(now.year(), 1, 1, 0, 0, 0)
+        .unwrap();
+    let id = format!("cron-yearly-{}", missed.timestamp());
+
+    // The node comes up after the tick without catch_up: the tick is skipped.
+    {
+        let s = TestServer::start_in(dir.path(), &config(false, OLD_ENOUGH), &[]);
+        wait_source(&s, "yearly", "running").await;
+        let all = tasks(&s, "yearly").await;
+        assert!(
+            all.is_empty(),
+            "a missed tick ran without catch_up: {all:?}"
+        );
+    }
+    // catch_up, but the tick is older than max_event_age_s (one day): skipped too.
+    {
+        let s = TestServer::start_in(dir.path(), &config(true, 86_400), &[]);
+        wait_source(&s, "yearly", "running").await;
+        let all = tasks(&s, "yearly").await;
+        assert!(
+            all.is_empty(),
+            "a tick older than max_event_age_s was caught up: {all:?}"
+        );
+    }
+    // catch_up with the tick within max_event_age_s: it runs, as that tick.
+    {
+        let s = TestServer::start_in(dir.path(), &config(true, OLD_ENOUGH), &[]);
+        let done = wait_tasks(&s, "yearly", "Succeeded", 1).await;
+        assert_eq!(done.len(), 1, "{done:?}");
+        let t = &done[0];
+        assert_eq!(t["id"], id.as_str(), "{t}");
+        assert_eq!(t["attempts"], 1, "{t}");
+        let echo = common::echoed(t);
+        assert_eq!(
+            echoed_header(&echo, "x-fc-trigger-type").as_deref(),
+            Some("cron")
+        );
+        assert_eq!(
+            echoed_header(&echo, "x-fc-scheduled-time"),
+            Some(missed.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            "{echo}"
+        );
+        wait_source(&s, "yearly", "running").await;
+    }
+    // Down and up again: the tick was run already, so catching up adds nothing.
+    {
+        let s = TestServer::start_in(dir.path(), &config(true, OLD_ENOUGH), &[]);
+        wait_source(&s, "yearly", "running").await;
+        let all = tasks(&s, "yearly").await;
+        assert_eq!(all.len(), 1, "the caught-up tick ran again: {all:?}");
+        assert_eq!(all[0]["id"], id.as_str());
+        assert_eq!(all[0]["attempts"], 1, "{}", all[0]);
+    }
+}
