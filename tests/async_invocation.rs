@@ -1412,3 +1412,56 @@ async fn callbacks_ignore_proxies_from_the_environment() {
         "a callback went through the proxy"
     );
 }
+
+/// A task submitted while every worker is busy waits as Enqueued: it is not handed to a
+/// worker (and recorded Running, its start time set) before one is free.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_waits_enqueued_while_every_worker_is_busy() {
+    let s = TestServer::start(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+admin_token = "{ADMIN_TOKEN}"
+data_dir = "data"
+
+[queue]
+workers = 1
+
+[[function]]
+name = "probe"
+wasm = "{{probe}}"
+memory_mb = 16
+timeout_ms = 20000
+outbound_hosts = ["127.0.0.1"]
+
+[[trigger]]
+name = "probe"
+function = "probe"
+async = {{ max_retries = 0 }}
+"#
+    ));
+    for round in 0..3 {
+        let gate = common::Gate::start();
+        let held = format!("held-{round}");
+        let path = format!("/probe/fetch?url={}", gate.url());
+        let resp = submit(&s, &path, &[("x-fc-async-task-id", &held)], "").await;
+        assert_eq!(resp.status(), 202);
+        gate.wait_arrivals(1);
+        let waiting = format!("waiting-{round}");
+        let resp = submit(
+            &s,
+            "/probe/status/200",
+            &[("x-fc-async-task-id", &waiting)],
+            "",
+        )
+        .await;
+        assert_eq!(resp.status(), 202);
+        let t = task(&s, &waiting).await;
+        assert_eq!(t["state"], "Enqueued", "the only worker is busy: {t}");
+        assert!(t["started_ms"].is_null(), "{t}");
+        gate.open();
+        wait_task(&s, &held, |t| t["state"] == "Succeeded").await;
+        wait_task(&s, &waiting, |t| t["state"] == "Succeeded").await;
+    }
+}

@@ -685,7 +685,9 @@ async = {{ max_event_age_s = {max_age} }}
             Some(missed.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             "{echo}"
         );
-        wait_source(&s, "yearly", "running").await;
+        // The caught-up tick counts among the source's deliveries.
+        let state = wait_source(&s, "yearly", "running").await;
+        assert_eq!(state["delivered"], 1, "{state}");
     }
     // Down and up again: the tick was run already, so catching up adds nothing.
     {

@@ -98,6 +98,9 @@ pub async fn run(
     // over directly costs the store no claim and no query.
     let mut claim_due = true;
     let mut next_due: Option<i64> = None;
+    // Tasks handed over while no worker was free, still waiting for a permit: the offer
+    // below leaves room for them first.
+    let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Runs one attempt once it holds a worker permit; a freed worker is announced.
     let start = |task: Task, permit: Permit| {
         let (executor, queue, client) = (executor.clone(), queue.clone(), client.clone());
@@ -108,6 +111,23 @@ pub async fn run(
             drop(permit);
             freed.notify_one();
         });
+    };
+    // A handed-over task takes a free permit here and now, so the offer made right after
+    // already counts it; with none free it waits, counted in `waiting` until it has one.
+    let start_handed_over = |task: Task| match workers.clone().try_acquire_owned() {
+        Ok(permit) => start(task, Box::pin(std::future::ready(Ok(permit)))),
+        Err(_) => {
+            waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (workers, waiting) = (workers.clone(), waiting.clone());
+            start(
+                task,
+                Box::pin(async move {
+                    let permit = workers.acquire_owned().await;
+                    waiting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    permit
+                }),
+            )
+        }
     };
     loop {
         if *stop.borrow_and_update() {
@@ -132,10 +152,11 @@ pub async fn run(
                 next_due = queue.next_due().await;
             }
         }
-        // What is still free may be handed new tasks directly. Tasks handed over but not
-        // yet started wait for a permit, so the offer shrinks while any are waiting.
+        // What is still free may be handed new tasks directly, less what was handed over
+        // and still waits for a permit.
         if ready.is_some() {
-            queue.offer_workers(workers.available_permits());
+            let waiting = waiting.load(std::sync::atomic::Ordering::SeqCst);
+            queue.offer_workers(workers.available_permits().saturating_sub(waiting));
         }
         // Sleep until the next task is due (at most a second: a clock that moved), new
         // work is stored, a worker frees up, or a task is handed over.
@@ -150,9 +171,7 @@ pub async fn run(
             _ = freed.notified() => {}
             _ = tokio::time::sleep(wait) => claim_due = true,
             _ = stop.changed() => {}
-            Some(task) = async { ready.as_mut()?.recv().await } => {
-                start(task, Box::pin(workers.clone().acquire_owned()));
-            }
+            Some(task) = async { ready.as_mut()?.recv().await } => start_handed_over(task),
         }
     }
     if let Some(rx) = ready {

@@ -122,6 +122,17 @@ pub async fn run(
             .policy(&trigger)
             .map_or(86_400, |p| p.max_event_age_s);
         if let Some(missed) = missed_tick(&config, after, max_age) {
+            // Registered first, so the caught-up tick is counted like any other.
+            states.set(
+                &trigger,
+                "cron",
+                Phase::Running,
+                format!(
+                    "{}: catching up the tick of {}",
+                    config.schedule,
+                    missed.to_rfc3339()
+                ),
+            );
             let due = next_tick(&config, after);
             if fire_until(&gateway, &trigger, &config, missed, due, &mut stop).await {
                 return;
