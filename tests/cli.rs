@@ -157,7 +157,12 @@ fn startup_log(args: &[&str], env: &[(&str, &str)]) -> Vec<String> {
         .lines()
         .map_while(Result::ok)
         .any(|l| l.starts_with("public listening on "));
-    let _ = child.kill();
+    // A clean stop, so the log writer flushes what it holds (a kill could cut lines the
+    // process had logged before it listened).
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
     let _ = child.wait();
     let mut err = String::new();
     child
