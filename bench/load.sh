@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Load benchmark: wasmgate (plain HTTP anonymous; over TLS anonymous, ACS3-signed and
-# RS256-JWT), the bare engine host (examples/floor.rs: hyper + wasmtime, nothing else, with
+# Load benchmark: wasmgate (plain HTTP anonymous; over TLS anonymous, ACS3-signed, RS256-JWT
+# with a JWKS file and with keys from an OpenID provider's jwks_url), the bare engine host (examples/floor.rs: hyper + wasmtime, nothing else, with
 # the best pooling settings), `wasmtime serve` 48 on the same hello component and nginx
 # `return 200` (the ceiling), interleaved, in one run on this machine. Prints the figures and
 # the ratios the performance goals are stated in.
@@ -10,7 +10,10 @@
 #   BASELINE=/path/to/other/wasmgate bash bench/load.sh   # adds that build (plain HTTP) as
 #                                                          # "wasmgate-baseline", for A/B runs
 #
-# Installs what it needs: wrk and nginx-light (apt), the wasmtime 48 CLI (PyPI wheel).
+# Installs what it needs: wrk and nginx-light (apt), the wasmtime 48 CLI (PyPI wheel), the
+# OpenID provider of the tests (npm). After the rounds, a rotation under load: wrk runs on the
+# jwks_url trigger while the provider restarts with a new signing key, then a token signed with
+# the new key is sent at once; the non-2xx of both are printed.
 # Prints a markdown table and writes it to bench/results/load.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +38,14 @@ ensure_wasmtime
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 bash scripts/build-functions.sh >/dev/null
+bash scripts/install-test-deps.sh >/dev/null
+
+# The OpenID provider whose keys the jwks_url trigger fetches.
+PORT_idp=$(free_port)
+ISSUER="http://127.0.0.1:$PORT_idp"
+start_idp() { node tests/oidc/provider.mjs "$PORT_idp" "$ISSUER" "$work/idp-keys.json" "$1" >>"$work/idp.log" 2>&1 & IDP_PID=$!; pids+=($IDP_PID); wait_port "$PORT_idp"; }
+start_idp k1
+idp_token() { curl -s -u wasmgate-test:wasmgate-test-secret -d grant_type=client_credentials -d scope=api "$ISSUER/token" | python3 -c 'import sys, json; print(json.load(sys.stdin)["access_token"])'; }
 cargo build --release --quiet --bin wasmgate --example floor
 HELLO=$PWD/functions/target/wasm32-wasip2/release/hello.wasm
 
@@ -67,6 +78,12 @@ function = "hello"
 path = "/jwt"
 auth = "jwt"
 jwt = { jwks_file = "$PWD/tests/fixtures/jwks.json", algorithms = ["RS256"], issuer = "https://issuer.example", audience = ["wasmgate"] }
+[[trigger]]
+name = "jwks"
+function = "hello"
+path = "/jwks"
+auth = "jwt"
+jwt = { jwks_url = "$ISSUER/jwks", algorithms = ["RS256"], issuer = "$ISSUER", audience = ["wasmgate"] }
 TOML
   ./target/release/wasmgate serve --config "$work/$mode.toml" >/dev/null 2>"$work/$mode.log" &
   pids+=($!)
@@ -111,6 +128,7 @@ declare -A URL=(
   [wasmgate-https]="https://127.0.0.1:$PORT_tls/"
   [wasmgate-https-signed]="https://127.0.0.1:$PORT_tls/signed"
   [wasmgate-https-jwt]="https://127.0.0.1:$PORT_tls/jwt"
+  [wasmgate-https-jwks]="https://127.0.0.1:$PORT_tls/jwks"
   [floor]="http://127.0.0.1:$PORT_floor/"
   [wasmtime-serve]="http://127.0.0.1:$PORT_wasmtime/"
   [nginx]="http://127.0.0.1:$PORT_nginx/"
@@ -119,10 +137,11 @@ declare -A URL=(
 export BENCH_SECRET=bench-signature-secret
 mapfile -t SIGNED < <(./target/release/wasmgate sign --key-id AK1 --secret-env BENCH_SECRET "${URL[wasmgate-https-signed]}")
 JWT=$(./target/release/wasmgate jwt --key tests/fixtures/jwt-rsa.pem --kid rsa-1 --sub bench --iss https://issuer.example --aud wasmgate)
-declare -A HDR1=([wasmgate-https-signed]="${SIGNED[0]}" [wasmgate-https-jwt]="Authorization: Bearer $JWT")
-declare -A HDR2=([wasmgate-https-signed]="${SIGNED[1]}" [wasmgate-https-jwt]="X-Bench: 1")
+IDP_JWT=$(idp_token)
+declare -A HDR1=([wasmgate-https-signed]="${SIGNED[0]}" [wasmgate-https-jwt]="Authorization: Bearer $JWT" [wasmgate-https-jwks]="Authorization: Bearer $IDP_JWT")
+declare -A HDR2=([wasmgate-https-signed]="${SIGNED[1]}" [wasmgate-https-jwt]="X-Bench: 1" [wasmgate-https-jwks]="X-Bench: 1")
 hdr_args() { local n=$1; if [ -n "${HDR1[$n]:-}" ]; then printf '%s\0' -H "${HDR1[$n]}" -H "${HDR2[$n]}"; fi; }
-order=(wasmgate-http floor wasmtime-serve nginx wasmgate-https wasmgate-https-signed wasmgate-https-jwt)
+order=(wasmgate-http floor wasmtime-serve nginx wasmgate-https wasmgate-https-signed wasmgate-https-jwt wasmgate-https-jwks)
 if [ -n "$BASELINE" ]; then
   URL[wasmgate-baseline]="http://127.0.0.1:$PORT_baseline/"
   order=(wasmgate-http wasmgate-baseline "${order[@]:1}")
@@ -144,9 +163,28 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$raw" "$ROUNDS" "$DURATION" "$CONNS" <<'PY' | tee "$out/load.md"
+# Rotation under load: wrk with the k1 token while the provider restarts signing with k2 (k1
+# still published), then the first requests with a k2 token.
+mapfile -d '' -t H < <(hdr_args wasmgate-https-jwks)
+wrk -t1 -c"$CONNS" -d"$DURATION" "${H[@]}" "${URL[wasmgate-https-jwks]}" > "$work/rotate.txt" &
+wrk_pid=$!
+sleep 1
+kill "$IDP_PID"; wait "$IDP_PID" 2>/dev/null || true
+start_idp k2,k1
+NEW_JWT=$(idp_token)
+rotated_bad=0
+for _ in $(seq 1 200); do
+  code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $NEW_JWT" "${URL[wasmgate-https-jwks]}")
+  [ "$code" = 200 ] || rotated_bad=$((rotated_bad + 1))
+done
+wait "$wrk_pid"
+rotate_non2xx=$(awk '/Non-2xx/ {print $5}' "$work/rotate.txt")
+rotate_rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/rotate.txt")
+echo "rotation $rotate_rps ${rotate_non2xx:-0} $rotated_bad" > "$work/rotation.txt"
+
+python3 - "$raw" "$ROUNDS" "$DURATION" "$CONNS" "$work/rotation.txt" <<'PY' | tee "$out/load.md"
 import sys, statistics
-raw, rounds, dur, conns = sys.argv[1:]
+raw, rounds, dur, conns, rotation = sys.argv[1:]
 def ms(s):
     for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
         if s.endswith(unit):
@@ -163,7 +201,7 @@ ceiling = med["nginx"][0]
 print(f"wrk -t1 -c{conns} -d{dur} --latency, {rounds} interleaved rounds, median of rounds\n")
 print("| server | requests/s | p99 (ms) | non-2xx | vs floor | vs wasmtime serve | vs nginx |")
 print("|---|---|---|---|---|---|---|")
-for n in ["wasmgate-http", "wasmgate-baseline", "wasmgate-https", "wasmgate-https-signed", "wasmgate-https-jwt", "floor", "wasmtime-serve", "nginx"]:
+for n in ["wasmgate-http", "wasmgate-baseline", "wasmgate-https", "wasmgate-https-signed", "wasmgate-https-jwt", "wasmgate-https-jwks", "floor", "wasmtime-serve", "nginx"]:
     if n not in med:
         continue
     r, p, b = med[n]
@@ -175,9 +213,14 @@ goals = [
     ("TLS anonymous / plain HTTP", https / http, 0.95),
     ("ACS3-signed over TLS / plain HTTP", med["wasmgate-https-signed"][0] / http, 0.95),
     ("RS256 JWT over TLS / anonymous TLS", med["wasmgate-https-jwt"][0] / https, 0.95),
+    ("JWT via jwks_url / JWT via jwks_file", med["wasmgate-https-jwks"][0] / med["wasmgate-https-jwt"][0], 0.95),
 ]
 print("\n| ratio | measured | goal | |")
 print("|---|---|---|---|")
 for name, got, goal in goals:
     print(f"| {name} | {got:.2f}x | >= {goal:.2f}x | {'met' if got >= goal else 'not met'} |")
+_, rps, non2xx, first = open(rotation).read().split()
+print(f"\nRotation under load (jwks_url trigger, the provider restarted signing with a new key): "
+      f"{float(rps):,.0f} requests/s, {non2xx} non-2xx with the old key, "
+      f"{first} non-2xx of the first 200 requests with the new key")
 PY

@@ -39,13 +39,14 @@ fn run(c: &mut Criterion, name: &str, auth: &TriggerAuth, template: &http::reque
     c.bench_function(name, |b| {
         b.iter(|| {
             let mut p = template.clone();
-            auth.authenticate(AuthRequest {
+            // Authentication with keys at hand never waits: polled once, it is ready.
+            futures::executor::block_on(auth.authenticate(AuthRequest {
                 parts: &mut p,
                 body: None,
                 client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 function_path: "/x",
                 now,
-            })
+            }))
             .expect("valid credentials")
         })
     });

@@ -41,6 +41,8 @@ pub struct Entry<'a> {
     pub path: &'a str,
     pub trigger: Option<&'a str>,
     pub principal: Option<&'a str>,
+    /// The qualifier a verified claim chose (`qualifier_by_claim`), when one did.
+    pub qualifier: Option<&'a str>,
     pub status: u16,
     pub duration_us: u64,
     /// The response body's length, when known.
@@ -65,6 +67,7 @@ pub fn record(entry: &Entry<'_>) {
             path = entry.path,
             trigger = entry.trigger.unwrap_or("-"),
             principal = entry.principal.unwrap_or("-"),
+            qualifier = entry.qualifier,
             status = entry.status,
             duration_us = entry.duration_us,
             bytes = entry.bytes,
@@ -105,6 +108,10 @@ fn json_line(out: &mut String, e: &Entry<'_>) {
     json_str(out, e.trigger.unwrap_or("-"));
     out.push_str(",\"principal\":");
     json_str(out, e.principal.unwrap_or("-"));
+    if let Some(q) = e.qualifier {
+        out.push_str(",\"qualifier\":");
+        json_str(out, q);
+    }
     let _ = write!(
         out,
         ",\"status\":{},\"duration_us\":{}",
@@ -130,6 +137,9 @@ fn text_line(out: &mut String, e: &Entry<'_>) {
         e.status,
         e.duration_us
     );
+    if let Some(q) = e.qualifier {
+        let _ = write!(out, " qualifier={q:?}");
+    }
     if let Some(b) = e.bytes {
         let _ = write!(out, " bytes={b}");
     }
@@ -174,6 +184,7 @@ mod tests {
             path: "/a\"b",
             trigger: Some("hello"),
             principal,
+            qualifier: None,
             status: 200,
             duration_us: 81,
             bytes: Some(20),

@@ -123,6 +123,17 @@ where
             if queue_problem.is_some() {
                 degraded.push("queue".into());
             }
+            // jwt triggers whose keys come from a URL or an issuer: one with no usable set
+            // (it answers 503 meanwhile), or whose last refresh failed, is named.
+            let keys: Vec<_> = app
+                .triggers
+                .iter()
+                .filter_map(|t| t.auth.remote_keys())
+                .map(|k| k.status())
+                .collect();
+            for k in keys.iter().filter(|k| !k.ready || k.problem.is_some()) {
+                degraded.push(k.trigger.clone());
+            }
             // Without the token: states only. The reasons (a broker's error text, where a
             // source listens) are for the operator; a prober gets the public message.
             let full = authorized(app, req.headers());
@@ -130,6 +141,24 @@ where
                 Some(_) if !full => Some("not available (details with the admin token)".into()),
                 p => p,
             };
+            let jwt_keys: serde_json::Map<String, serde_json::Value> = keys
+                .iter()
+                .map(|k| {
+                    let problem = match &k.problem {
+                        Some(_) if !full => Some("details with the admin token".to_string()),
+                        p => p.clone(),
+                    };
+                    (
+                        k.trigger.clone(),
+                        serde_json::json!({
+                            "ready": k.ready,
+                            "keys": k.keys,
+                            "age_s": k.age_s.map(|a| a.floor()),
+                            "problem": problem,
+                        }),
+                    )
+                })
+                .collect();
             let mut sources = gateway.sources.snapshot();
             if !full {
                 for s in sources.values_mut() {
@@ -152,6 +181,7 @@ where
                     // Event sources and their state; a failed one does not stop the node
                     // serving HTTP, so it is named here rather than failing readiness.
                     "sources": sources,
+                    "jwt_keys": jwt_keys,
                     "degraded": degraded,
                 }),
             ));
@@ -187,6 +217,7 @@ where
         ));
     }
     if method == Method::GET && path == "/metrics" {
+        crate::auth::jwks::update_gauges();
         let m = &crate::metrics::METRICS;
         m.in_flight.set(app.dispatcher.limits().in_flight() as i64);
         if let Some(q) = app.dispatcher.queue() {

@@ -78,6 +78,7 @@ impl GatewayError {
                 AuthError::SignatureNotMatch(_)
                 | AuthError::InvalidAccessKeyId(_)
                 | AuthError::AccessDenied(_) => StatusCode::FORBIDDEN,
+                AuthError::KeysUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
             G::Throttle(e) => match e {
                 ThrottleError::RateLimited { .. } | ThrottleError::FunctionBusy { .. } => {
@@ -134,6 +135,7 @@ impl GatewayError {
             AuthError::SignatureNotMatch(s()).into(),
             AuthError::InvalidAccessKeyId(s()).into(),
             AuthError::AccessDenied(s()).into(),
+            AuthError::KeysUnavailable(s()).into(),
             ThrottleError::RateLimited {
                 trigger: s(),
                 retry_after_s: 1,
@@ -173,7 +175,7 @@ impl GatewayError {
 
     /// The number of kinds [`GatewayError::kind_index`] tells apart.
     #[doc(hidden)]
-    pub const KINDS: usize = 35;
+    pub const KINDS: usize = 36;
 
     /// Which kind of error this is, 0..[`GatewayError::KINDS`] (see
     /// [`GatewayError::every_kind`]).
@@ -195,6 +197,7 @@ impl GatewayError {
                 AuthError::SignatureNotMatch(_) => 10,
                 AuthError::InvalidAccessKeyId(_) => 11,
                 AuthError::AccessDenied(_) => 12,
+                AuthError::KeysUnavailable(_) => 35,
             },
             G::Throttle(e) => match e {
                 ThrottleError::RateLimited { .. } => 13,
@@ -247,6 +250,7 @@ impl GatewayError {
                 AuthError::SignatureNotMatch(_) => "SignatureNotMatch",
                 AuthError::InvalidAccessKeyId(_) => "InvalidAccessKeyID",
                 AuthError::AccessDenied(_) => "AccessDenied",
+                AuthError::KeysUnavailable(_) => "ResourceThrottled",
             },
             G::Throttle(e) => match e {
                 ThrottleError::RateLimited { .. } | ThrottleError::FunctionBusy { .. } => {
@@ -300,7 +304,8 @@ impl GatewayError {
             GatewayError::Throttle(e) => {
                 Some((header::RETRY_AFTER, e.retry_after_s().max(1).to_string()))
             }
-            GatewayError::Queue(QueueError::Full(_) | QueueError::Unavailable(_)) => {
+            GatewayError::Queue(QueueError::Full(_) | QueueError::Unavailable(_))
+            | GatewayError::Auth(AuthError::KeysUnavailable(_)) => {
                 Some((header::RETRY_AFTER, "5".into()))
             }
             _ => None,

@@ -398,8 +398,15 @@ impl App {
         let mut triggers = Vec::new();
         let mut router = Router::new();
         for (i, t) in config.triggers.iter().enumerate() {
-            let auth = TriggerAuth::build(t)
+            let mut auth = TriggerAuth::build(t)
                 .with_context(|| format!("{}: trigger '{}'", config.path.display(), t.name))?;
+            // A reload keeps the keys the previous generation fetched for the same source
+            // (the trigger does not wait for a first fetch again, and one refresher runs).
+            if let Some(old) =
+                previous.and_then(|p| p.triggers.iter().find(|o| o.config.name == t.name))
+            {
+                auth.adopt(&old.auth);
+            }
             for prefix in t.prefixes() {
                 router.insert(t.host.as_deref(), prefix, i);
             }
@@ -471,6 +478,13 @@ impl App {
             }
         }
         warnings.extend(config::reach::reach_warnings(&config));
+        // Built whole: what keeps itself up to date starts now (a `jwks_url` /
+        // `oidc_issuer` trigger's key fetches; kept ones already run). `check` fetches nothing.
+        if mode == Mode::Serve {
+            for t in &triggers {
+                t.auth.start();
+            }
+        }
         Ok(App {
             dispatcher,
             config,

@@ -145,6 +145,10 @@ enum Command {
         /// An extra claim, NAME=VALUE (VALUE as JSON if it parses, else a string); repeatable.
         #[arg(long)]
         claim: Vec<String>,
+        /// Print the JWKS that verifies the key's tokens (its public key, with --kid and
+        /// --alg) instead of a token: serve it as a `jwks_url`, or save it as a `jwks_file`.
+        #[arg(long)]
+        jwks: bool,
     },
     /// Upload a component as a new version of NAME through the admin API.
     Deploy {
@@ -237,7 +241,14 @@ fn main() -> ExitCode {
             aud,
             ttl,
             claim,
-        } => jwt(&key, &alg, kid, &sub, iss, aud, ttl, &claim),
+            jwks,
+        } => {
+            if jwks {
+                jwks_of(&key, &alg, kid)
+            } else {
+                jwt(&key, &alg, kid, &sub, iss, aud, ttl, &claim)
+            }
+        }
         Command::Serve { config } => serve(config),
         Command::Check { config } => check(config),
         Command::Sign {
@@ -406,6 +417,69 @@ fn jwt(
     let token = jsonwebtoken::encode(&header, &body, &encoding)
         .map_err(|e| anyhow::anyhow!("signing failed: {e}"))?;
     println!("{token}");
+    Ok(())
+}
+
+/// `wasmgate jwt --jwks`: the JWKS of a private key's public half.
+fn jwks_of(key: &std::path::Path, alg: &str, kid: Option<String>) -> Result<()> {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let pem = std::fs::read(key)
+        .map_err(|e| anyhow::anyhow!("--key {}: cannot read: {e}", key.display()))?;
+    let der = rustls_pemfile::pkcs8_private_keys(&mut pem.as_slice())
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("--key {}: no PKCS#8 private key", key.display()))?
+        .map_err(|e| anyhow::anyhow!("--key {}: {e}", key.display()))?;
+    let der = der.secret_pkcs8_der();
+    let bad = |e: ring::error::KeyRejected| {
+        anyhow::anyhow!("--key {}: not a {alg} private key: {e}", key.display())
+    };
+    let mut jwk = match alg {
+        "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" => {
+            let pair = ring::rsa::KeyPair::from_pkcs8(der).map_err(bad)?;
+            let public: ring::rsa::PublicKeyComponents<Vec<u8>> = pair.public().into();
+            serde_json::json!({"kty": "RSA", "n": b64(&public.n), "e": b64(&public.e)})
+        }
+        "ES256" | "ES384" => {
+            let (signing, crv, len) = if alg == "ES256" {
+                (
+                    &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                    "P-256",
+                    32,
+                )
+            } else {
+                (
+                    &ring::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+                    "P-384",
+                    48,
+                )
+            };
+            let rng = ring::rand::SystemRandom::new();
+            let pair =
+                ring::signature::EcdsaKeyPair::from_pkcs8(signing, der, &rng).map_err(bad)?;
+            use ring::signature::KeyPair as _;
+            // Uncompressed point: 0x04 || x || y.
+            let point = pair.public_key().as_ref();
+            serde_json::json!({"kty": "EC", "crv": crv, "x": b64(&point[1..1 + len]),
+                "y": b64(&point[1 + len..])})
+        }
+        "EdDSA" => {
+            let pair =
+                ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(bad)?;
+            use ring::signature::KeyPair as _;
+            serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key().as_ref())})
+        }
+        other => anyhow::bail!("--alg {other}: only public-key algorithms have a JWKS"),
+    };
+    jwk["alg"] = alg.into();
+    jwk["use"] = "sig".into();
+    if let Some(kid) = kid {
+        jwk["kid"] = kid.into();
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({ "keys": [jwk] }))?
+    );
     Ok(())
 }
 

@@ -40,6 +40,13 @@ pub struct AttemptLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JwksFetchLabels {
+    pub trigger: String,
+    /// `ok` or `failed`.
+    pub outcome: &'static str,
+}
+
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<TriggerLabels, Histogram>,
@@ -49,6 +56,9 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     pub async_attempts: Family<AttemptLabels, Counter>,
     pub deploys: Counter,
+    pub jwks_fetches: Family<JwksFetchLabels, Counter>,
+    pub jwks_keys: Family<TriggerLabels, Gauge>,
+    pub jwks_age: Family<TriggerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     registry: Registry,
 }
 
@@ -64,6 +74,9 @@ impl Metrics {
         let queue_depth = Gauge::default();
         let async_attempts = Family::<AttemptLabels, Counter>::default();
         let deploys = Counter::default();
+        let jwks_fetches = Family::<JwksFetchLabels, Counter>::default();
+        let jwks_keys = Family::<TriggerLabels, Gauge>::default();
+        let jwks_age = Family::<TriggerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let mut registry = Registry::with_prefix("wasmgate");
         registry.register(
             "requests",
@@ -97,6 +110,21 @@ impl Metrics {
             async_attempts.clone(),
         );
         registry.register("deploys", "Function versions deployed", deploys.clone());
+        registry.register(
+            "jwks_fetches",
+            "Fetches of a jwt trigger's keys (jwks_url, oidc_issuer) by outcome",
+            jwks_fetches.clone(),
+        );
+        registry.register(
+            "jwks_keys",
+            "Keys a jwt trigger holds from its jwks_url or oidc_issuer",
+            jwks_keys.clone(),
+        );
+        registry.register(
+            "jwks_age_seconds",
+            "Age of the key set a jwt trigger verifies with (jwks_url, oidc_issuer)",
+            jwks_age.clone(),
+        );
         Metrics {
             requests,
             duration,
@@ -106,6 +134,9 @@ impl Metrics {
             queue_depth,
             async_attempts,
             deploys,
+            jwks_fetches,
+            jwks_keys,
+            jwks_age,
             registry,
         }
     }

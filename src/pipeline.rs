@@ -86,6 +86,8 @@ struct Record {
     anonymous: bool,
     /// Which limit refused the request, if one did.
     throttled: Option<&'static str>,
+    /// The qualifier a verified claim chose.
+    qualifier: Option<String>,
 }
 
 impl App {
@@ -188,6 +190,7 @@ impl App {
             path: &path,
             trigger: record.trigger.as_deref(),
             principal: record.principal.as_deref(),
+            qualifier: record.qualifier.as_deref(),
             status: response.status().as_u16(),
             duration_us: started.elapsed().as_micros() as u64,
             bytes: http_body::Body::size_hint(response.body()).exact(),
@@ -243,7 +246,7 @@ impl App {
         } else {
             invocation_type
         };
-        let (principal, read, body_digest) = authenticate(
+        let (principal, read, body_digest, claimed) = authenticate(
             self,
             trigger,
             &mut parts,
@@ -300,9 +303,14 @@ impl App {
             }
             return crate::sources::event::publish(self, trigger, &parts, body, request_id).await;
         }
-        let target = routed
+        let mut target = routed
             .target
             .ok_or_else(|| GatewayError::Internal("the trigger has no target".into()))?;
+        if let Some(q) = claimed {
+            // qualifier_by_claim: the verified claim picks the alias or version.
+            record.qualifier = Some(q.clone());
+            target.qualifier = q;
+        }
         let inv = invocation(
             trigger,
             target,
@@ -504,6 +512,7 @@ pub async fn authenticate<B>(
         Principal,
         Option<RequestBody<B>>,
         Option<crate::auth::signature::BodyDigest>,
+        Option<String>,
     ),
     GatewayError,
 >
@@ -540,17 +549,25 @@ where
         Some(RequestBody::Buffered(Some(b))) => Some(b.clone()),
         _ => None,
     };
-    let authenticated = trigger.auth.authenticate(AuthRequest {
-        parts,
-        body: form.as_deref(),
-        client_ip: conn.peer.ip(),
-        function_path,
-        now: chrono::Utc::now(),
-    })?;
+    let authenticated = trigger
+        .auth
+        .authenticate(AuthRequest {
+            parts,
+            body: form.as_deref(),
+            client_ip: conn.peer.ip(),
+            function_path,
+            now: chrono::Utc::now(),
+        })
+        .await?;
     if let Some(replaced) = authenticated.body {
         read = Some(RequestBody::Buffered(Some(Bytes::from(replaced))));
     }
-    Ok((authenticated.principal, read, authenticated.body_digest))
+    Ok((
+        authenticated.principal,
+        read,
+        authenticated.body_digest,
+        authenticated.qualifier,
+    ))
 }
 
 /// Between stages 6 and 7: the body, or its first `body_buffer_bytes`, is read before a

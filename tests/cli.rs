@@ -210,3 +210,55 @@ fn the_log_format_follows_the_flag_then_the_variable_then_the_terminal() {
     );
     assert!(all_json(&both), "{both:#?}");
 }
+
+/// `wasmgate jwt --jwks` prints the public half of a private key as the JWKS that verifies
+/// its tokens: the same keys as the fixtures' JWKS, made from the fixtures' private keys.
+#[test]
+fn jwt_jwks_prints_the_public_key_of_each_kind() {
+    let fixtures = common::root().join("tests/fixtures");
+    let known: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("jwks.json")).unwrap())
+            .unwrap();
+    let by_kid = |kid: &str| {
+        known["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] == kid)
+            .unwrap()
+            .clone()
+    };
+    for (alg, pem, kid, fields) in [
+        ("RS256", "jwt-rsa.pem", "rsa-1", &["kty", "n", "e"][..]),
+        ("ES256", "jwt-ec.pem", "ec-1", &["kty", "crv", "x", "y"][..]),
+        ("EdDSA", "jwt-ed.pem", "ed-1", &["kty", "crv", "x"][..]),
+    ] {
+        let out = Command::new(common::bin())
+            .args(["jwt", "--jwks", "--alg", alg, "--kid", kid, "--key"])
+            .arg(fixtures.join(pem))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let key = &printed["keys"][0];
+        let want = by_kid(kid);
+        for f in fields {
+            assert_eq!(key[*f], want[*f], "{alg} {f}");
+        }
+        assert_eq!(key["kid"], kid);
+        assert_eq!(key["alg"], alg);
+        assert!(key.get("d").is_none(), "the private part is never printed");
+    }
+    // A key of another kind than --alg says is refused, naming it.
+    let out = Command::new(common::bin())
+        .args(["jwt", "--jwks", "--alg", "ES256", "--key"])
+        .arg(fixtures.join("jwt-rsa.pem"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("jwt-rsa.pem"));
+}

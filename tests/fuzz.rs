@@ -688,13 +688,13 @@ fn check_signature(input: SigInput) -> bool {
             authenticator: Authenticator::Signature(auth),
             pass_credentials: input.pass_credentials,
         };
-        let _ = trigger.authenticate(AuthRequest {
+        let _ = futures::executor::block_on(trigger.authenticate(AuthRequest {
             parts: &mut parts,
             body: None,
             client_ip: IpAddr::from([127, 0, 0, 1]),
             function_path: "/",
             now: now(),
-        });
+        }));
     }
     ok
 }
@@ -1191,13 +1191,13 @@ fn check_jwt(auths: &[TriggerAuth], input: JwtInput) -> bool {
     for a in auths {
         let mut parts = template.clone();
         let body = body.as_deref().filter(|_| a.needs_body(&parts));
-        let result = a.authenticate(AuthRequest {
+        let result = futures::executor::block_on(a.authenticate(AuthRequest {
             parts: &mut parts,
             body,
             client_ip: IpAddr::from([127, 0, 0, 1]),
             function_path: &input.function_path,
             now: now(),
-        });
+        }));
         accepted |=
             result.is_ok_and(|r| matches!(r.principal, wasmgate::auth::Principal::Subject(_)));
     }

@@ -1,14 +1,15 @@
 //! JWT bearer tokens verified against a JWKS (SPEC section 4.4).
 //!
-//! The JWKS is parsed once at start-up; a bad file is a start-up error. Keys are chosen by
+//! The JWKS is a file parsed once at start-up (a bad file is a start-up error), or fetched
+//! from a URL or an OpenID issuer and refreshed ([`super::jwks`]). Keys are chosen by
 //! `kid` (at most one key without one). Algorithms are pinned by the config and by each key's
 //! family, so `none` and algorithm confusion (an HMAC "signature" made with an RSA public key)
 //! cannot verify. `exp` is required; `exp`/`nbf` are checked against an injected "now" with
 //! `leeway_s`; `iss`/`aud` when configured.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
@@ -16,7 +17,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
 use super::AuthError;
-use crate::config::JwtConfig;
+use super::jwks::RemoteKeys;
+use crate::config::{JwtConfig, KeySource, QualifierByClaim};
 
 /// Where a token may be found, tried in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,10 +49,24 @@ enum PathRule {
     Blacklist(Vec<String>),
 }
 
-struct Key {
+pub(super) struct Key {
     kid: Option<String>,
+    /// The SHA-256 of the key's JWK as published: a verified token is taken from the cache
+    /// only while the key that verified it is still in the set, unchanged.
+    fingerprint: [u8; 32],
     key: DecodingKey,
     validation: Validation,
+}
+
+/// The keys a trigger verifies with: from its file, or as last fetched.
+pub struct KeySet {
+    keys: Vec<Key>,
+}
+
+/// Where a trigger's keys are held.
+enum Keys {
+    Fixed(Arc<KeySet>),
+    Remote(Arc<RemoteKeys>),
 }
 
 /// Verified tokens, by the SHA-256 of the token, so a token's signature is checked once per
@@ -63,23 +79,39 @@ struct VerifiedCache {
     entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], Verified>>,
 }
 
-/// A verified token's claims and the unix second its cache entry lapses.
-type Verified = (std::sync::Arc<serde_json::Value>, i64);
+/// A verified token's claims, the unix second its cache entry lapses, and the `kid` and
+/// fingerprint of the key that verified it (an entry is used only while that key is in the
+/// set, unchanged).
+type Verified = (
+    std::sync::Arc<serde_json::Value>,
+    i64,
+    (Option<String>, [u8; 32]),
+);
 
 /// Tokens one trigger keeps verified at most; a full cache first drops what expired, then
 /// starts over.
 const CACHE_ENTRIES: usize = 10_000;
 
 impl VerifiedCache {
-    fn get(&self, digest: &[u8; 32], now: i64) -> Option<std::sync::Arc<serde_json::Value>> {
+    fn get(&self, digest: &[u8; 32], now: i64, set: &KeySet) -> Option<Arc<serde_json::Value>> {
         if self.ttl_s == 0 {
             return None;
         }
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries
-            .get(digest)
-            .filter(|(_, until)| now <= *until)
-            .map(|(claims, _)| claims.clone())
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let (claims, until, (kid, fingerprint)) = entries.get(digest)?;
+        if now > *until {
+            return None;
+        }
+        if set
+            .find(kid.as_deref())
+            .is_none_or(|k| k.fingerprint != *fingerprint)
+        {
+            // The key that verified it left the set (rotated out): verified again, and
+            // refused unless the set still has a key for it.
+            entries.remove(digest);
+            return None;
+        }
+        Some(claims.clone())
     }
 
     fn put(
@@ -88,24 +120,29 @@ impl VerifiedCache {
         claims: std::sync::Arc<serde_json::Value>,
         until: i64,
         now: i64,
+        key: (Option<String>, [u8; 32]),
     ) {
         if self.ttl_s == 0 {
             return;
         }
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= CACHE_ENTRIES {
-            entries.retain(|_, (_, u)| now <= *u);
+            entries.retain(|_, (_, u, _)| now <= *u);
             if entries.len() >= CACHE_ENTRIES {
                 entries.clear();
             }
         }
-        entries.insert(digest, (claims, until.min(now.saturating_add(self.ttl_s))));
+        entries.insert(
+            digest,
+            (claims, until.min(now.saturating_add(self.ttl_s)), key),
+        );
     }
 }
 
 pub struct JwtAuth {
     cache: VerifiedCache,
-    keys: Vec<Key>,
+    keys: Keys,
+    qualifier_by_claim: Option<QualifierByClaim>,
     lookups: Vec<Lookup>,
     passes: Vec<ClaimPass>,
     rule: PathRule,
@@ -116,8 +153,12 @@ pub struct JwtAuth {
 
 impl std::fmt::Debug for JwtAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys = match &self.keys {
+            Keys::Fixed(set) => format!("{} from a file", set.len()),
+            Keys::Remote(r) => format!("{r:?}"),
+        };
         f.debug_struct("JwtAuth")
-            .field("keys", &self.keys.len())
+            .field("keys", &keys)
             .field("lookups", &self.lookups)
             .finish()
     }
@@ -133,6 +174,8 @@ pub enum JwtOutcome {
     Valid {
         subject: String,
         form_body: Option<Vec<u8>>,
+        /// The qualifier `qualifier_by_claim` chose, when the claim's value is in its map.
+        qualifier: Option<String>,
     },
 }
 
@@ -146,6 +189,20 @@ fn invalid(reason: &str) -> AuthError {
         message: INVALID_TOKEN.to_string(),
         www_authenticate: "Bearer error=\"invalid_token\"".to_string(),
     }
+}
+
+/// What answers while a trigger has no keys yet (or only a set past `jwks_stale_s`).
+fn keys_unavailable() -> AuthError {
+    AuthError::KeysUnavailable(
+        "the keys to verify this trigger's tokens are not available yet; try again shortly"
+            .to_string(),
+    )
+}
+
+/// Whether `alg` is a JWT algorithm verified with a public key (what a JWKS fetched from an
+/// issuer can verify: not `none`, not HMAC).
+pub fn is_public_key_algorithm(alg: &str) -> bool {
+    Algorithm::from_str(alg).is_ok_and(|a| family(a) != "oct")
 }
 
 fn family(alg: Algorithm) -> &'static str {
@@ -220,10 +277,68 @@ fn parse_passes(spec: &str) -> Result<Vec<ClaimPass>> {
     Ok(out)
 }
 
+impl KeySet {
+    /// The set's size.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The `kid`s of the set, sorted (a key without one is `None`).
+    pub fn kids(&self) -> Vec<Option<String>> {
+        let mut kids: Vec<_> = self.keys.iter().map(|k| k.kid.clone()).collect();
+        kids.sort();
+        kids
+    }
+
+    /// The key for a token's `kid` (or the one key without a `kid`).
+    fn find(&self, kid: Option<&str>) -> Option<&Key> {
+        self.keys.iter().find(|k| k.kid.as_deref() == kid)
+    }
+
+    /// Whether the set has a key for `kid`.
+    pub fn has(&self, kid: Option<&str>) -> bool {
+        self.find(kid).is_some()
+    }
+
+    #[cfg(test)]
+    pub fn empty_for_tests() -> KeySet {
+        KeySet { keys: Vec::new() }
+    }
+
+    /// Parses a JWKS document (read from `source`) into keys, each with the algorithms it
+    /// may verify of `algorithms`, checking `issuer` when given. A file is the operator's own:
+    /// a key in it that cannot be used is an error. A fetched document is an issuer's, which
+    /// may publish keys for other uses (`use: enc`, algorithms not configured, kinds this
+    /// gateway does not know): those are skipped with a warning (`lenient`).
+    pub fn parse(
+        jwks: &str,
+        source: &str,
+        algorithms: &[String],
+        issuer: Option<&str>,
+        config: &JwtConfig,
+        lenient: bool,
+    ) -> Result<KeySet> {
+        Ok(KeySet {
+            keys: load_keys(jwks, source, algorithms, issuer, config, lenient)?,
+        })
+    }
+}
+
 /// Parses a JWKS document into keys, each with the algorithms it may verify.
-fn load_keys(jwks: &str, source: &Path, config: &JwtConfig) -> Result<Vec<Key>> {
+fn load_keys(
+    jwks: &str,
+    source: &str,
+    configured: &[String],
+    issuer: Option<&str>,
+    config: &JwtConfig,
+    lenient: bool,
+) -> Result<Vec<Key>> {
     let mut allowed = Vec::new();
-    for a in &config.algorithms {
+    for a in configured {
         if a.eq_ignore_ascii_case("none") {
             bail!("key `jwt.algorithms`: 'none' is never accepted");
         }
@@ -232,10 +347,45 @@ fn load_keys(jwks: &str, source: &Path, config: &JwtConfig) -> Result<Vec<Key>> 
                 .map_err(|_| anyhow!("key `jwt.algorithms`: '{a}' is not a JWT algorithm"))?,
         );
     }
-    let set: JwkSet = serde_json::from_str(jwks)
-        .with_context(|| format!("{}: not a valid JWKS", source.display()))?;
+    let mut published: Vec<(jsonwebtoken::jwk::Jwk, [u8; 32])> = Vec::new();
+    let doc: serde_json::Value =
+        serde_json::from_str(jwks).with_context(|| format!("{source}: not a valid JWKS"))?;
+    if lenient {
+        let entries = doc
+            .get("keys")
+            .and_then(|k| k.as_array())
+            .ok_or_else(|| anyhow!("{source}: not a valid JWKS (no `keys` array)"))?;
+        for entry in entries {
+            let name = entry
+                .get("kid")
+                .and_then(|k| k.as_str())
+                .unwrap_or("(no kid)");
+            if entry
+                .get("use")
+                .and_then(|u| u.as_str())
+                .is_some_and(|u| u != "sig")
+            {
+                continue;
+            }
+            match serde_json::from_value::<jsonwebtoken::jwk::Jwk>(entry.clone()) {
+                Ok(jwk) => published.push((jwk, fingerprint(entry))),
+                Err(e) => tracing::warn!("{source}: key {name} is skipped: {e}"),
+            }
+        }
+    } else {
+        let set: JwkSet = serde_json::from_value(doc.clone())
+            .with_context(|| format!("{source}: not a valid JWKS"))?;
+        let raw = doc.get("keys").and_then(|k| k.as_array());
+        for (i, jwk) in set.keys.into_iter().enumerate() {
+            let fp = raw
+                .and_then(|r| r.get(i))
+                .map(fingerprint)
+                .unwrap_or_default();
+            published.push((jwk, fp));
+        }
+    }
     let mut keys = Vec::new();
-    for jwk in &set.keys {
+    for (jwk, fingerprint) in &published {
         let kid = jwk.common.key_id.clone();
         let kty = match &jwk.algorithm {
             AlgorithmParameters::RSA(_) => "RSA",
@@ -256,19 +406,25 @@ fn load_keys(jwks: &str, source: &Path, config: &JwtConfig) -> Result<Vec<Key>> 
         if algorithms.is_empty() {
             tracing::warn!(
                 "{}: key {name} ({kty}) matches none of the configured algorithms; it is ignored",
-                source.display()
+                source
             );
             continue;
         }
-        let key = DecodingKey::from_jwk(jwk)
-            .map_err(|e| anyhow!("{}: key {name}: {e}", source.display()))?;
+        let key = match DecodingKey::from_jwk(jwk) {
+            Ok(k) => k,
+            Err(e) if lenient => {
+                tracing::warn!("{source}: key {name} is skipped: {e}");
+                continue;
+            }
+            Err(e) => bail!("{source}: key {name}: {e}"),
+        };
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms;
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.required_spec_claims = HashSet::new();
         validation.leeway = config.leeway_s;
-        if let Some(iss) = &config.issuer {
+        if let Some(iss) = issuer {
             validation.set_issuer(&[iss]);
         }
         if config.audience.is_empty() {
@@ -278,27 +434,30 @@ fn load_keys(jwks: &str, source: &Path, config: &JwtConfig) -> Result<Vec<Key>> 
         }
         keys.push(Key {
             kid,
+            fingerprint: *fingerprint,
             key,
             validation,
         });
     }
     if keys.is_empty() {
-        bail!(
-            "{}: no key usable with algorithms {:?}",
-            source.display(),
-            config.algorithms
-        );
+        bail!("{}: no key usable with algorithms {:?}", source, configured);
     }
     if keys.iter().filter(|k| k.kid.is_none()).count() > 1 {
-        bail!("{}: at most one key may have no `kid`", source.display());
+        bail!("{}: at most one key may have no `kid`", source);
     }
     let mut seen = HashSet::new();
     for k in keys.iter().filter_map(|k| k.kid.as_deref()) {
         if !seen.insert(k) {
-            bail!("{}: kid '{k}' appears twice", source.display());
+            bail!("{}: kid '{k}' appears twice", source);
         }
     }
     Ok(keys)
+}
+
+/// The SHA-256 of a JWK as published (its JSON).
+fn fingerprint(jwk: &serde_json::Value) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(jwk.to_string().as_bytes()).into()
 }
 
 fn path_matches(pattern: &str, path: &str) -> bool {
@@ -376,15 +535,44 @@ fn claim_string(v: &serde_json::Value) -> Option<String> {
 }
 
 impl JwtAuth {
-    /// Builds from config, reading and parsing the JWKS file.
-    pub fn new(config: &JwtConfig) -> Result<Self> {
-        let text = std::fs::read_to_string(&config.jwks_file)
-            .with_context(|| format!("{}: cannot read JWKS", config.jwks_file.display()))?;
-        Self::from_jwks(&text, config)
+    /// Builds from config: reads and parses a `jwks_file`; for `jwks_url` and
+    /// `oidc_issuer`, fetches nothing (see [`JwtAuth::remote`]).
+    pub fn new(trigger: &str, config: &JwtConfig) -> Result<Self> {
+        let keys = match &config.source {
+            KeySource::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("{}: cannot read JWKS", path.display()))?;
+                Keys::Fixed(Arc::new(KeySet::parse(
+                    &text,
+                    &path.display().to_string(),
+                    &config.algorithms,
+                    config.issuer.as_deref(),
+                    config,
+                    false,
+                )?))
+            }
+            KeySource::Url(_) | KeySource::Issuer(_) => Keys::Remote(
+                RemoteKeys::new(trigger, config)?
+                    .ok_or_else(|| anyhow!("remote keys without a URL"))?,
+            ),
+        };
+        Self::with_keys(keys, config)
     }
 
+    /// Builds from a JWKS document given whole (tests and benches).
     pub fn from_jwks(jwks: &str, config: &JwtConfig) -> Result<Self> {
-        let keys = load_keys(jwks, &config.jwks_file, config)?;
+        let set = KeySet::parse(
+            jwks,
+            "JWKS",
+            &config.algorithms,
+            config.issuer.as_deref(),
+            config,
+            false,
+        )?;
+        Self::with_keys(Keys::Fixed(Arc::new(set)), config)
+    }
+
+    fn with_keys(keys: Keys, config: &JwtConfig) -> Result<Self> {
         let rule = if !config.whitelist.is_empty() {
             PathRule::Whitelist(config.whitelist.clone())
         } else if !config.blacklist.is_empty() {
@@ -398,6 +586,7 @@ impl JwtAuth {
                 entries: std::sync::Mutex::new(std::collections::HashMap::new()),
             },
             keys,
+            qualifier_by_claim: config.qualifier_by_claim.clone(),
             lookups: parse_lookups(&config.token_lookup)?,
             passes: parse_passes(&config.claim_pass_by)?,
             rule,
@@ -405,6 +594,24 @@ impl JwtAuth {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
         })
+    }
+
+    /// Uses `previous`'s fetched keys (the same trigger before a reload) when they come from
+    /// the same place under the same rules: one refresher, and no wait for a first fetch.
+    pub fn adopt(&mut self, previous: &JwtAuth) {
+        if let (Keys::Remote(new), Keys::Remote(old)) = (&self.keys, &previous.keys)
+            && new.same_source(old)
+        {
+            self.keys = Keys::Remote(old.clone());
+        }
+    }
+
+    /// The fetched keys of a `jwks_url` or `oidc_issuer` trigger.
+    pub fn remote(&self) -> Option<&Arc<RemoteKeys>> {
+        match &self.keys {
+            Keys::Remote(r) => Some(r),
+            Keys::Fixed(_) => None,
+        }
     }
 
     /// Whether the request needs its body for the lookup (a form field, form-encoded body).
@@ -419,7 +626,7 @@ impl JwtAuth {
 
     /// Checks the request. `path` is the path the function sees; `now` is unix seconds.
     /// On success credentials are removed (unless `pass_credentials`) and claims are copied.
-    pub fn verify(
+    pub async fn verify(
         &self,
         parts: &mut http::request::Parts,
         body: Option<&[u8]>,
@@ -455,7 +662,7 @@ impl JwtAuth {
         let (token, found_by) = self
             .find_token(parts, body)
             .ok_or_else(|| invalid("no token found"))?;
-        let claims = self.verified_claims(&token, now)?;
+        let claims = self.verified_claims(&token, now).await?;
         let exp = claims
             .get("exp")
             .and_then(|v| v.as_f64())
@@ -503,28 +710,47 @@ impl JwtAuth {
             parts.uri = uri;
         }
         let subject = claims.get("sub").and_then(claim_string).unwrap_or_default();
-        Ok(JwtOutcome::Valid { subject, form_body })
+        let qualifier = self
+            .qualifier_by_claim
+            .as_ref()
+            .and_then(|q| chosen_qualifier(q, &claims));
+        Ok(JwtOutcome::Valid {
+            subject,
+            form_body,
+            qualifier,
+        })
     }
 
     /// The claims of a token whose signature, key, issuer and audience check out: from the
     /// cache, or verified now (and cached until its `exp` or the cache TTL).
-    fn verified_claims(
+    async fn verified_claims(
         &self,
         token: &str,
         now: i64,
     ) -> Result<std::sync::Arc<serde_json::Value>, AuthError> {
         use sha2::Digest;
+        let mut set = match &self.keys {
+            Keys::Fixed(set) => set.clone(),
+            Keys::Remote(r) => r.current().ok_or_else(keys_unavailable)?,
+        };
         let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
-        if let Some(claims) = self.cache.get(&digest, now) {
+        if let Some(claims) = self.cache.get(&digest, now, &set) {
             return Ok(claims);
         }
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| invalid("the JWT is malformed"))?;
-        let key = match &header.kid {
-            Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
-            None => self.keys.iter().find(|k| k.kid.is_none()),
+        if set.find(header.kid.as_deref()).is_none()
+            && let Keys::Remote(r) = &self.keys
+        {
+            // A key the set does not have: perhaps rotated in since the last fetch.
+            set = r
+                .after_unknown_kid(header.kid.as_deref())
+                .await
+                .ok_or_else(keys_unavailable)?;
         }
-        .ok_or_else(|| invalid("the JWT is signed with an unknown key"))?;
+        let key = set
+            .find(header.kid.as_deref())
+            .ok_or_else(|| invalid("the JWT is signed with an unknown key"))?;
         let data = jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &key.validation)
             .map_err(|e| invalid(&format!("{e}")))?;
         let claims = data.claims;
@@ -554,7 +780,13 @@ impl JwtAuth {
         let claims = std::sync::Arc::new(claims);
         if let Some(exp) = claims.get("exp").and_then(|v| v.as_f64()) {
             let until = (exp as i64).saturating_add(self.leeway);
-            self.cache.put(digest, claims.clone(), until, now);
+            self.cache.put(
+                digest,
+                claims.clone(),
+                until,
+                now,
+                (header.kid.clone(), key.fingerprint),
+            );
         }
         Ok(claims)
     }
@@ -592,6 +824,19 @@ impl JwtAuth {
             }
         }
         None
+    }
+}
+
+/// The qualifier the claim `q.claim` picks through `q.map`: a string value, or the first
+/// value of an array of strings that the map has.
+fn chosen_qualifier(q: &QualifierByClaim, claims: &serde_json::Value) -> Option<String> {
+    match claims.get(&q.claim)? {
+        serde_json::Value::String(v) => q.map.get(v).cloned(),
+        serde_json::Value::Array(values) => values
+            .iter()
+            .filter_map(|v| v.as_str())
+            .find_map(|v| q.map.get(v).cloned()),
+        _ => None,
     }
 }
 
@@ -682,11 +927,15 @@ mod tests {
         assert_eq!(h["cookie"], "a=1; b=2");
     }
 
-    #[test]
-    fn verified_tokens_are_cached_but_time_checks_run_every_request() {
+    #[tokio::test]
+    async fn verified_tokens_are_cached_but_time_checks_run_every_request() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
         let config = JwtConfig {
-            jwks_file: dir.join("jwks.json"),
+            source: KeySource::File(dir.join("jwks.json")),
+            jwks_ca: None,
+            jwks_refresh_s: 3600,
+            jwks_stale_s: 86400,
+            qualifier_by_claim: None,
             algorithms: vec!["RS256".into()],
             issuer: Some("https://issuer.example".into()),
             audience: vec!["wasmgate".into()],
@@ -697,7 +946,7 @@ mod tests {
             blacklist: Vec::new(),
             cache_ttl_s: 60,
         };
-        let jwks = std::fs::read_to_string(&config.jwks_file).unwrap();
+        let jwks = std::fs::read_to_string(dir.join("jwks.json")).unwrap();
         let auth = JwtAuth::from_jwks(&jwks, &config).unwrap();
         let now = 2_000_000_000i64;
         let claims = serde_json::json!({"sub": "a", "iss": "https://issuer.example",
@@ -718,10 +967,15 @@ mod tests {
                 .0
         };
         let len = |a: &JwtAuth| a.cache.entries.lock().unwrap().len();
-        assert!(auth.verify(&mut request(), None, "/", now, false).is_ok());
+        assert!(
+            auth.verify(&mut request(), None, "/", now, false)
+                .await
+                .is_ok()
+        );
         assert_eq!(len(&auth), 1);
         assert!(
             auth.verify(&mut request(), None, "/", now + 1, false)
+                .await
                 .is_ok()
         );
         assert_eq!(
@@ -732,6 +986,7 @@ mod tests {
         // Past exp the cached token is refused all the same.
         assert!(
             auth.verify(&mut request(), None, "/", now + 601, false)
+                .await
                 .is_err()
         );
         // A tampered token is not the cached one: verified, and refused.
@@ -740,7 +995,7 @@ mod tests {
         let mut p = request();
         p.headers
             .insert("authorization", format!("Bearer {bad}").parse().unwrap());
-        assert!(auth.verify(&mut p, None, "/", now, false).is_err());
+        assert!(auth.verify(&mut p, None, "/", now, false).await.is_err());
         assert_eq!(len(&auth), 1);
         // With the cache off nothing is kept.
         let off = JwtAuth::from_jwks(
@@ -751,7 +1006,11 @@ mod tests {
             },
         )
         .unwrap();
-        assert!(off.verify(&mut request(), None, "/", now, false).is_ok());
+        assert!(
+            off.verify(&mut request(), None, "/", now, false)
+                .await
+                .is_ok()
+        );
         assert_eq!(len(&off), 0);
     }
 }

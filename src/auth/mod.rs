@@ -5,6 +5,7 @@
 
 pub mod basic;
 pub mod bearer;
+pub mod jwks;
 pub mod jwt;
 pub mod signature;
 
@@ -41,6 +42,10 @@ pub enum AuthError {
     /// Clock skew, an expired signed URL, JWT path rules => 403.
     #[error("{0}")]
     AccessDenied(String),
+    /// A `jwks_url` / `oidc_issuer` trigger with no usable key set yet => 503 with
+    /// `Retry-After`.
+    #[error("{0}")]
+    KeysUnavailable(String),
 }
 
 /// Finds the entry whose SHA-256 digest equals `presented`, comparing against every entry in
@@ -109,6 +114,8 @@ pub struct Authenticated {
     /// FC forms' `Content-MD5`): the signature is verified over the claim, and the body must
     /// be checked against it as it is read (never before the signature is known to be good).
     pub body_digest: Option<signature::BodyDigest>,
+    /// The qualifier a verified claim chose (`qualifier_by_claim`), instead of the trigger's.
+    pub qualifier: Option<String>,
 }
 
 /// A trigger's authenticator.
@@ -117,7 +124,7 @@ pub enum Authenticator {
     Anonymous,
     Signature(signature::SignatureAuth),
     Basic(basic::BasicAuth),
-    Jwt(jwt::JwtAuth),
+    Jwt(Box<jwt::JwtAuth>),
     Bearer(bearer::BearerAuth),
 }
 
@@ -139,7 +146,9 @@ impl TriggerAuth {
             AuthConfig::Basic { users } => {
                 Authenticator::Basic(basic::BasicAuth::new(&trigger.name, users))
             }
-            AuthConfig::Jwt(j) => Authenticator::Jwt(jwt::JwtAuth::new(j)?),
+            AuthConfig::Jwt(j) => {
+                Authenticator::Jwt(Box::new(jwt::JwtAuth::new(&trigger.name, j)?))
+            }
             AuthConfig::Bearer { tokens } => {
                 Authenticator::Bearer(bearer::BearerAuth::new(&trigger.name, tokens))
             }
@@ -148,6 +157,34 @@ impl TriggerAuth {
             authenticator,
             pass_credentials: trigger.pass_credentials,
         })
+    }
+
+    /// Starts what the authenticator keeps up to date by itself: the fetch and refresh of a
+    /// `jwks_url` / `oidc_issuer` trigger's keys (`check` never calls it: it fetches nothing).
+    pub fn start(&self) {
+        if let Authenticator::Jwt(j) = &self.authenticator
+            && let Some(remote) = j.remote()
+        {
+            remote.start();
+        }
+    }
+
+    /// The fetched keys of a `jwks_url` / `oidc_issuer` trigger.
+    pub fn remote_keys(&self) -> Option<&std::sync::Arc<jwks::RemoteKeys>> {
+        match &self.authenticator {
+            Authenticator::Jwt(j) => j.remote(),
+            _ => None,
+        }
+    }
+
+    /// Uses the keys `previous` (the same trigger in the generation a reload replaces)
+    /// fetched, when they come from the same place under the same rules.
+    pub fn adopt(&mut self, previous: &TriggerAuth) {
+        if let (Authenticator::Jwt(new), Authenticator::Jwt(old)) =
+            (&mut self.authenticator, &previous.authenticator)
+        {
+            new.adopt(old);
+        }
     }
 
     /// Whether this request's check looks into the body (a JWT form field). A signature's
@@ -161,11 +198,12 @@ impl TriggerAuth {
 
     /// Checks the request and returns who made it. The credentials checked are removed
     /// from the request (and its body) unless the trigger passes them on.
-    pub fn authenticate(&self, req: AuthRequest<'_>) -> Result<Authenticated, AuthError> {
+    pub async fn authenticate(&self, req: AuthRequest<'_>) -> Result<Authenticated, AuthError> {
         let principal = |principal| Authenticated {
             principal,
             body: None,
             body_digest: None,
+            qualifier: None,
         };
         let authorization = req
             .parts
@@ -198,18 +236,26 @@ impl TriggerAuth {
                 Principal::AccessKey(verified.key_id)
             }
             Authenticator::Jwt(j) => {
-                return match j.verify(
-                    req.parts,
-                    req.body,
-                    req.function_path,
-                    req.now.timestamp(),
-                    self.pass_credentials,
-                )? {
+                return match j
+                    .verify(
+                        req.parts,
+                        req.body,
+                        req.function_path,
+                        req.now.timestamp(),
+                        self.pass_credentials,
+                    )
+                    .await?
+                {
                     jwt::JwtOutcome::Skipped => Ok(principal(Principal::Anonymous(req.client_ip))),
-                    jwt::JwtOutcome::Valid { subject, form_body } => Ok(Authenticated {
+                    jwt::JwtOutcome::Valid {
+                        subject,
+                        form_body,
+                        qualifier,
+                    } => Ok(Authenticated {
                         principal: Principal::Subject(subject),
                         body: form_body,
                         body_digest: None,
+                        qualifier,
                     }),
                 };
             }
@@ -221,6 +267,7 @@ impl TriggerAuth {
             principal: p,
             body: None,
             body_digest,
+            qualifier: None,
         })
     }
 }
@@ -324,13 +371,13 @@ claim_pass_by = "header:sub:X-User,query:uid:uid"
             let (template, _) = req.into_parts();
             for a in &auths {
                 let mut parts = template.clone();
-                let _ = a.authenticate(AuthRequest {
+                let _ = futures::executor::block_on(a.authenticate(AuthRequest {
                     parts: &mut parts,
                     body: Some(&bytes),
                     client_ip: IpAddr::from([127, 0, 0, 1]),
                     function_path: "/p",
                     now: Utc::now(),
-                });
+                }));
             }
         }
     }
@@ -444,13 +491,13 @@ claim_pass_by = "header:sub:X-User-Id,header:role:X-Role,query:sub:uid"
                     b = b.header("authorization", format!("Bearer {}", mint(&claims)));
                 }
                 let (mut parts, ()) = b.body(()).unwrap().into_parts();
-                let outcome = auth.authenticate(AuthRequest {
+                let outcome = futures::executor::block_on(auth.authenticate(AuthRequest {
                     parts: &mut parts,
                     body: None,
                     client_ip: IpAddr::from([127, 0, 0, 1]),
                     function_path: &path,
                     now,
-                });
+                }));
                 let verified = matches!(&outcome, Ok(a) if matches!(a.principal, Principal::Subject(_)));
                 let claim = |name: &str| -> Option<String> {
                     verified.then(|| claims.get(name).and_then(|v| v.as_str()).map(str::to_string)).flatten()

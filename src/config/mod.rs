@@ -373,7 +373,7 @@ pub enum AuthConfig {
     Basic {
         users: Vec<(String, String)>,
     },
-    Jwt(JwtConfig),
+    Jwt(Box<JwtConfig>),
     Bearer {
         /// (name, token); disabled tokens are dropped at load.
         tokens: Vec<(String, String)>,
@@ -419,9 +419,35 @@ impl std::fmt::Debug for AuthConfig {
     }
 }
 
+/// Where a `jwt` trigger's keys come from (SPEC section 4.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `jwks_file`: read at start and at every reload.
+    File(PathBuf),
+    /// `jwks_url`: fetched, cached and refreshed.
+    Url(String),
+    /// `oidc_issuer`: OpenID Connect discovery, then as `jwks_url`.
+    Issuer(String),
+}
+
+/// `qualifier_by_claim`: the qualifier a verified claim's value picks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QualifierByClaim {
+    pub claim: String,
+    pub map: std::collections::BTreeMap<String, String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct JwtConfig {
-    pub jwks_file: PathBuf,
+    pub source: KeySource,
+    /// A PEM file of CAs trusted for the key fetches, beside the Web PKI roots.
+    pub jwks_ca: Option<PathBuf>,
+    /// A fetched set's life when its answer has no `Cache-Control: max-age`.
+    pub jwks_refresh_s: u64,
+    /// How long the last good set is used after refreshes fail.
+    pub jwks_stale_s: u64,
+    pub qualifier_by_claim: Option<QualifierByClaim>,
+    /// Empty only for `oidc_issuer`: then the issuer's document says.
     pub algorithms: Vec<String>,
     pub issuer: Option<String>,
     pub audience: Vec<String>,
@@ -476,6 +502,15 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A qualifier as a trigger may name one: `LATEST`, a version number or an alias
+/// (`[A-Za-z0-9_-]{1,64}`).
+pub fn valid_qualifier(q: &str) -> bool {
+    !q.is_empty()
+        && q.len() <= 64
+        && q.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Resolves a secret given inline or by environment variable name.
@@ -1252,13 +1287,100 @@ fn validate_trigger(
             if j.whitelist.is_some() && j.blacklist.is_some() {
                 bail!("{at}: keys `jwt.whitelist` and `jwt.blacklist`: give one, not both");
             }
-            if j.algorithms.is_empty() {
+            let source = match (j.jwks_file, j.jwks_url, j.oidc_issuer) {
+                (Some(f), None, None) => KeySource::File(rel(&f)),
+                (None, Some(u), None) => KeySource::Url(u),
+                (None, None, Some(i)) => KeySource::Issuer(i),
+                _ => bail!(
+                    "{at}: keys `jwt.jwks_file`, `jwt.jwks_url`, `jwt.oidc_issuer`: give exactly one"
+                ),
+            };
+            match &source {
+                KeySource::Url(u) => crate::auth::jwks::check_url("key `jwt.jwks_url`", u)
+                    .map_err(|e| anyhow!("{at}: {e}"))?,
+                KeySource::Issuer(i) => {
+                    crate::auth::jwks::check_url("key `jwt.oidc_issuer`", i)
+                        .map_err(|e| anyhow!("{at}: {e}"))?;
+                    if j.issuer.as_ref().is_some_and(|iss| iss != i) {
+                        bail!(
+                            "{at}: key `jwt.issuer`: with `oidc_issuer` the issuer is '{i}'; leave `issuer` out or give the same"
+                        );
+                    }
+                }
+                KeySource::File(_) => {
+                    for (key, set) in [
+                        ("jwks_ca", j.jwks_ca.is_some()),
+                        ("jwks_refresh_s", j.jwks_refresh_s.is_some()),
+                        ("jwks_stale_s", j.jwks_stale_s.is_some()),
+                    ] {
+                        if set {
+                            bail!(
+                                "{at}: key `jwt.{key}` applies to `jwks_url` and `oidc_issuer` only"
+                            );
+                        }
+                    }
+                }
+            }
+            let algorithms = j.algorithms.unwrap_or_default();
+            if algorithms.is_empty() && !matches!(source, KeySource::Issuer(_)) {
                 bail!("{at}: key `jwt.algorithms`: at least one algorithm is required");
             }
-            AuthConfig::Jwt(JwtConfig {
-                jwks_file: rel(&j.jwks_file),
-                algorithms: j.algorithms,
-                issuer: j.issuer,
+            for a in &algorithms {
+                if a.eq_ignore_ascii_case("none") {
+                    bail!("{at}: key `jwt.algorithms`: 'none' is never accepted");
+                }
+                if a.parse::<jsonwebtoken::Algorithm>().is_err() {
+                    bail!("{at}: key `jwt.algorithms`: '{a}' is not a JWT algorithm");
+                }
+                // A published key set is public: an HMAC key in it is nobody's secret.
+                if !matches!(source, KeySource::File(_))
+                    && !crate::auth::jwt::is_public_key_algorithm(a)
+                {
+                    bail!(
+                        "{at}: key `jwt.algorithms`: '{a}' needs a shared secret, never a key fetched from `jwks_url` or `oidc_issuer`"
+                    );
+                }
+            }
+            let refresh = j.jwks_refresh_s.unwrap_or(3600);
+            if !(60..=86400).contains(&refresh) {
+                bail!("{at}: key `jwt.jwks_refresh_s`: {refresh} is not within 60..=86400");
+            }
+            let stale = j.jwks_stale_s.unwrap_or(86400);
+            if stale < refresh {
+                bail!(
+                    "{at}: key `jwt.jwks_stale_s`: {stale} is shorter than jwks_refresh_s ({refresh})"
+                );
+            }
+            if let Some(q) = &j.qualifier_by_claim {
+                if q.claim.is_empty() {
+                    bail!("{at}: key `jwt.qualifier_by_claim.claim` is empty");
+                }
+                if q.map.is_empty() {
+                    bail!("{at}: key `jwt.qualifier_by_claim.map` is empty");
+                }
+                for (value, qualifier) in &q.map {
+                    if !valid_qualifier(qualifier) {
+                        bail!(
+                            "{at}: key `jwt.qualifier_by_claim.map`: '{value}' maps to '{qualifier}', which is not a version number, LATEST or an alias name"
+                        );
+                    }
+                }
+            }
+            let issuer = match &source {
+                KeySource::Issuer(i) => Some(i.clone()),
+                _ => j.issuer,
+            };
+            AuthConfig::Jwt(Box::new(JwtConfig {
+                source,
+                jwks_ca: j.jwks_ca.as_deref().map(rel),
+                jwks_refresh_s: refresh,
+                jwks_stale_s: stale,
+                qualifier_by_claim: j.qualifier_by_claim.map(|q| QualifierByClaim {
+                    claim: q.claim,
+                    map: q.map,
+                }),
+                algorithms,
+                issuer,
                 audience: j.audience.unwrap_or_default(),
                 leeway_s: j.leeway_s.unwrap_or(60),
                 token_lookup: j
@@ -1268,7 +1390,7 @@ fn validate_trigger(
                 whitelist: j.whitelist.unwrap_or_default(),
                 blacklist: j.blacklist.unwrap_or_default(),
                 cache_ttl_s: j.cache_ttl_s.unwrap_or(300),
-            })
+            }))
         }
         "bearer" => {
             let b = t
@@ -1674,5 +1796,79 @@ mod tests {
                 .to_string();
             assert!(err.contains(want), "{body}: {err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod jwt_source_tests {
+    use super::*;
+
+    fn jwt(table: &str) -> Result<Config> {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[function]]\nname = \"f\"\nwasm = \"f.wasm\"\n[[trigger]]\nname = \"j\"\nfunction = \"f\"\nauth = \"jwt\"\n[trigger.jwt]\n{table}\n"
+        );
+        Config::parse(&text, Path::new("t.toml"), &|_| None)
+    }
+
+    fn refused(table: &str, needle: &str) {
+        let e = format!("{:#}", jwt(table).expect_err(table));
+        assert!(e.contains(needle), "{table}: {e}");
+    }
+
+    #[test]
+    fn keys_come_from_exactly_one_source_under_the_fetch_rules() {
+        let AuthConfig::Jwt(j) = &jwt("oidc_issuer = \"https://id.example\"")
+            .unwrap()
+            .triggers[0]
+            .auth
+        else {
+            panic!("jwt")
+        };
+        assert_eq!(j.source, KeySource::Issuer("https://id.example".into()));
+        assert_eq!(j.issuer.as_deref(), Some("https://id.example"));
+        assert!(j.algorithms.is_empty());
+        assert_eq!((j.jwks_refresh_s, j.jwks_stale_s), (3600, 86400));
+        jwt("jwks_url = \"http://127.0.0.1:9/k\"\nalgorithms = [\"ES256\"]").unwrap();
+        refused(
+            "jwks_file = \"a.json\"\njwks_url = \"https://x/k\"\nalgorithms = [\"RS256\"]",
+            "give exactly one",
+        );
+        refused("algorithms = [\"RS256\"]", "give exactly one");
+        refused(
+            "jwks_url = \"http://id.example/k\"\nalgorithms = [\"RS256\"]",
+            "only to a loopback",
+        );
+        refused(
+            "jwks_url = \"https://id.example/k\"",
+            "at least one algorithm",
+        );
+        refused(
+            "jwks_url = \"https://id.example/k\"\nalgorithms = [\"HS256\"]",
+            "shared secret",
+        );
+        refused(
+            "oidc_issuer = \"https://id.example\"\nalgorithms = [\"none\"]",
+            "never accepted",
+        );
+        refused(
+            "oidc_issuer = \"https://id.example\"\nissuer = \"https://other\"",
+            "leave `issuer` out",
+        );
+        refused(
+            "jwks_file = \"a.json\"\nalgorithms = [\"RS256\"]\njwks_stale_s = 100",
+            "applies to `jwks_url` and `oidc_issuer` only",
+        );
+        refused(
+            "oidc_issuer = \"https://id.example\"\njwks_refresh_s = 30",
+            "not within 60..=86400",
+        );
+        refused(
+            "oidc_issuer = \"https://id.example\"\njwks_refresh_s = 7200\njwks_stale_s = 3600",
+            "shorter than jwks_refresh_s",
+        );
+        refused(
+            "oidc_issuer = \"https://id.example\"\nqualifier_by_claim = { claim = \"plan\", map = { beta = \"a b\" } }",
+            "not a version number",
+        );
     }
 }

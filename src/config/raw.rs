@@ -172,8 +172,14 @@ pub struct RawBasicUser {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawJwt {
-    pub jwks_file: String,
-    pub algorithms: Vec<String>,
+    pub jwks_file: Option<String>,
+    pub jwks_url: Option<String>,
+    pub oidc_issuer: Option<String>,
+    pub jwks_ca: Option<String>,
+    pub jwks_refresh_s: Option<u64>,
+    pub jwks_stale_s: Option<u64>,
+    pub qualifier_by_claim: Option<RawQualifierByClaim>,
+    pub algorithms: Option<Vec<String>>,
     pub issuer: Option<String>,
     pub audience: Option<Vec<String>>,
     pub leeway_s: Option<u64>,
@@ -182,6 +188,13 @@ pub struct RawJwt {
     pub whitelist: Option<Vec<String>>,
     pub blacklist: Option<Vec<String>>,
     pub cache_ttl_s: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQualifierByClaim {
+    pub claim: String,
+    pub map: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
