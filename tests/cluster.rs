@@ -447,6 +447,170 @@ async fn a_node_reaches_nats_over_tls_with_credentials_and_names_a_refusal() {
     assert!(problem.contains("uthorization"), "{ready}");
 }
 
+/// A NATS JWT: `claims` (with `nats`) about `subject`, signed by `issuer` (ed25519 nkey).
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let iat = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    let header = serde_json::json!({"typ": "JWT", "alg": "ed25519-nkey"});
+    let claims = serde_json::json!({
+        "jti": format!("{name}{subject}"),
+        "iat": iat,
+        "iss": issuer.public_key(),
+        "sub": subject,
+        "name": name,
+        "nats": nats,
+    });
+    let signed = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let signature = issuer.sign(signed.as_bytes()).expect("sign");
+    format!("{signed}.{}", b64(&signature))
+}
+
+/// A `.creds` file's text: a user's JWT issued by `account` and the user's seed.
+fn user_creds(account: &nkeys::KeyPair, name: &str) -> String {
+    let user = nkeys::KeyPair::new_user();
+    let jwt = nats_jwt(
+        account,
+        &user.public_key(),
+        name,
+        serde_json::json!({"type": "user", "version": 2, "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1}),
+    );
+    format!(
+        "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+         ************************* IMPORTANT *************************\n\
+         NKEY Seed printed below can be used to sign and prove identity.\n\
+         NKEYs are sensitive and should be treated as secrets.\n\n\
+         -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+        user.seed().expect("seed")
+    )
+}
+
+/// Waits (bounded) until `/readyz` shows the queue degraded with a problem; the last answer.
+async fn queue_problem(s: &TestServer) -> serde_json::Value {
+    let mut ready = serde_json::Value::Null;
+    for _ in 0..200 {
+        ready = admin(s, "/readyz").await;
+        if ready["queue"]["problem"].is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        ready["degraded"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|p| p == "queue")),
+        "{ready}"
+    );
+    ready
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_authenticates_to_nats_with_a_creds_file() {
+    use nkeys::KeyPair;
+    // An operator-mode (decentralized JWT) server: the operator signs a system account and
+    // an account with JetStream; the account signs the node's user.
+    let operator = KeyPair::new_operator();
+    let (system, account) = (KeyPair::new_account(), KeyPair::new_account());
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        "operator",
+        serde_json::json!({"type": "operator", "version": 2, "system_account": system.public_key()}),
+    );
+    let system_jwt = nats_jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        serde_json::json!({"type": "account", "version": 2}),
+    );
+    let account_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        "gateways",
+        serde_json::json!({"type": "account", "version": 2, "limits": {
+            "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1,
+            "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+            "wildcards": true, "conn": -1, "leaf": -1,
+        }}),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.display().to_string()
+    };
+    let conf = file(
+        "operator.conf",
+        &format!(
+            "operator: {operator_jwt}\nsystem_account: {sys}\nresolver: MEMORY\n\
+             resolver_preload: {{\n  {sys}: {system_jwt}\n  {acc}: {account_jwt}\n}}\n",
+            sys = system.public_key(),
+            acc = account.public_key(),
+        ),
+    );
+    let good = file("gw.creds", &user_creds(&account, "gw"));
+    // A user signed by an account key the server was never told about.
+    let stranger = file("stranger.creds", &user_creds(&KeyPair::new_account(), "gw"));
+    let malformed = file("malformed.creds", "not a creds file\n");
+    // -js -sd (the harness's) turn JetStream on; the file adds the trust chain.
+    let broker = Broker::jetstream_with(&["-c", &conf]);
+    let done = Receiver::start(200);
+    let config = config(
+        &done,
+        &format!(
+            "\n[cluster]\nnats = \"nats://127.0.0.1:{}\"\ncredentials_env = \"NATS_CREDS\"\n",
+            broker.port
+        ),
+        "",
+    );
+    let s = TestServer::start_with_env(&config, &[("NATS_CREDS", &good)]);
+    assert_eq!(
+        submit(&s, "/work/sleep?ms=1", "by-creds").await,
+        202,
+        "{}\n{}",
+        s.stderr_text(),
+        broker.log()
+    );
+    let cb = done.next(WAIT).expect("the task runs");
+    assert_eq!(cb.header("x-fc-async-task-id"), Some("by-creds"));
+    // Two nodes that cannot use their creds (each waits for NATS a while before it
+    // announces itself; started side by side).
+    let (bad, unreadable) = std::thread::scope(|t| {
+        let bad = t.spawn(|| TestServer::start_with_env(&config, &[("NATS_CREDS", &stranger)]));
+        let unreadable = TestServer::start_with_env(&config, &[("NATS_CREDS", &malformed)]);
+        (bad.join().expect("the node starts"), unreadable)
+    });
+    // An unknown user: the node serves, refuses async requests, and names the refusal.
+    assert_eq!(submit(&bad, "/work/sleep?ms=1", "refused").await, 503);
+    let ready = queue_problem(&bad).await;
+    let problem = ready["queue"]["problem"].as_str().unwrap_or_default();
+    assert!(problem.contains("authorization violation"), "{ready}");
+    assert!(
+        broker.log().contains("authentication error"),
+        "{}",
+        broker.log()
+    );
+    // A file that is not a creds file: the node still starts (the queue connects in the
+    // background), refuses async requests, and names the file and what is wrong with it.
+    assert_eq!(
+        submit(&unreadable, "/work/sleep?ms=1", "garbled").await,
+        503
+    );
+    let ready = queue_problem(&unreadable).await;
+    let problem = ready["queue"]["problem"].as_str().unwrap_or_default();
+    assert!(
+        problem.contains(&malformed) && problem.contains("cannot parse user JWT"),
+        "{ready}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_longer_than_ack_wait_runs_on_one_node_only() {
     // ack_wait is 2 s here; the task runs 5 s, kept by in-progress acks.
