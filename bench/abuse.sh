@@ -18,6 +18,12 @@
 #   bash bench/abuse.sh                       # 20 s per run, about 3 minutes in all
 #   DURATION=30 CONNS=128 REQS_PER_CONN=20 bash bench/abuse.sh
 #   SERVERS=wasmgate FLOODS=zerowindow DURATION=60 bash bench/abuse.sh   # a part of it
+#   FLOOD_NICE=19 bash bench/abuse.sh         # the flood's processes at the lowest CPU priority
+#
+# FLOOD_NICE (default 0): the flood's Python clients share the machine's two cores with the
+# server and the normal client; a real flood comes from other machines. With FLOOD_NICE=19
+# they get only what the server and the client leave, which isolates what the server's own
+# handling of the flood costs the client from what the attacker's CPU costs it.
 #
 # Installs what it needs: nginx-light (apt). The floods and the client are bench/abuse/abuse.py
 # (Python 3 standard library; raw HTTP/2 frames). Writes bench/results/abuse.md, and the
@@ -44,6 +50,7 @@ RATE=${RATE:-200}
 REQS_PER_CONN=${REQS_PER_CONN:-0}
 SERVERS=${SERVERS:-wasmgate nginx}
 FLOODS=${FLOODS:-zerowindow trickle}
+export FLOOD_NICE=${FLOOD_NICE:-0}
 SOURCES=127.0.0.2-127.0.0.41
 CLIENT_SOURCE=127.0.0.100
 out=bench/results
@@ -67,6 +74,7 @@ bash scripts/build-functions.sh >/dev/null
 cargo build --release --quiet
 HELLO=$PWD/functions/target/wasm32-wasip2/release/hello.wasm
 ABUSE=(python3 bench/abuse/abuse.py)
+FLOOD=(nice -n "$FLOOD_NICE" python3 bench/abuse/abuse.py)
 
 PORT_wasmgate=$(free_port)
 cat > "$work/wasmgate.toml" <<TOML
@@ -127,12 +135,12 @@ for server in $SERVERS; do
     fpid=""
     case $mode in
       zerowindow)
-        "${ABUSE[@]}" zerowindow --port "${!h2_var}" --sources "$SOURCES" --conns "$CONNS" \
+        "${FLOOD[@]}" zerowindow --port "${!h2_var}" --sources "$SOURCES" --conns "$CONNS" \
           --streams "$STREAMS" --ramp 3 --duration "$((RAMP + DURATION + 1))" \
           >"$work/flood.json" 2>"$work/flood.err" &
         fpid=$! ;;
       trickle)
-        "${ABUSE[@]}" trickle --port "${!port_var}" --path "${!post_var}" --sources "$SOURCES" \
+        "${FLOOD[@]}" trickle --port "${!port_var}" --path "${!post_var}" --sources "$SOURCES" \
           --conns "$CONNS" --interval "$INTERVAL" --ramp 3 --duration "$((RAMP + DURATION + 1))" \
           >"$work/flood.json" 2>"$work/flood.err" &
         fpid=$! ;;
@@ -166,7 +174,8 @@ print(f"Floods from 127.0.0.2-127.0.0.41, {conns} connections from each ({40 * i
       f"with Content-Length 1000000, one byte every {interval} s. Normal client from 127.0.0.100: "
       f"GET /hello over {conc} HTTP/1.1 keep-alive connections, {rate} requests/s, {dur} s per run"
       + (f", a new connection every {rpc} requests" if rpc != "0" else "")
-      + ". p99 over the 2xx answers; a request that fails or takes over 5 s is not a success.\n")
+      + ". p99 over the 2xx answers; a request that fails or takes over 5 s is not a success."
+      + f" The flood's processes run at nice {__import__('os').environ.get('FLOOD_NICE', '0')}.\n")
 print("| server | flood | flood connections held (peak) | normal requests | success | p99 | p99 / unloaded |")
 print("|---|---|---|---|---|---|---|")
 base = {}
