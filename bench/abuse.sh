@@ -19,11 +19,13 @@
 #   DURATION=30 CONNS=128 REQS_PER_CONN=20 bash bench/abuse.sh
 #   SERVERS=wasmgate FLOODS=zerowindow DURATION=60 bash bench/abuse.sh   # a part of it
 #   FLOOD_NICE=19 bash bench/abuse.sh         # the flood's processes at the lowest CPU priority
+#   FLOOD_NICE=19 FLOOD_CPUS=1 bash bench/abuse.sh   # ... and held to CPU 1
 #
 # FLOOD_NICE (default 0): the flood's Python clients share the machine's two cores with the
 # server and the normal client; a real flood comes from other machines. With FLOOD_NICE=19
 # they get only what the server and the client leave, which isolates what the server's own
-# handling of the flood costs the client from what the attacker's CPU costs it.
+# handling of the flood costs the client from what the attacker's CPU costs it; FLOOD_CPUS
+# (a taskset list) also keeps them off the other cores.
 #
 # Installs what it needs: nginx-light (apt). The floods and the client are bench/abuse/abuse.py
 # (Python 3 standard library; raw HTTP/2 frames). Writes bench/results/abuse.md, and the
@@ -51,6 +53,7 @@ REQS_PER_CONN=${REQS_PER_CONN:-0}
 SERVERS=${SERVERS:-wasmgate nginx}
 FLOODS=${FLOODS:-zerowindow trickle}
 export FLOOD_NICE=${FLOOD_NICE:-0}
+export FLOOD_CPUS=${FLOOD_CPUS:-}
 SOURCES=127.0.0.2-127.0.0.41
 CLIENT_SOURCE=127.0.0.100
 out=bench/results
@@ -75,6 +78,9 @@ cargo build --release --quiet
 HELLO=$PWD/functions/target/wasm32-wasip2/release/hello.wasm
 ABUSE=(python3 bench/abuse/abuse.py)
 FLOOD=(nice -n "$FLOOD_NICE" python3 bench/abuse/abuse.py)
+if [ -n "$FLOOD_CPUS" ]; then
+  FLOOD=(taskset -c "$FLOOD_CPUS" "${FLOOD[@]}")
+fi
 
 PORT_wasmgate=$(free_port)
 cat > "$work/wasmgate.toml" <<TOML
@@ -175,7 +181,9 @@ print(f"Floods from 127.0.0.2-127.0.0.41, {conns} connections from each ({40 * i
       f"GET /hello over {conc} HTTP/1.1 keep-alive connections, {rate} requests/s, {dur} s per run"
       + (f", a new connection every {rpc} requests" if rpc != "0" else "")
       + ". p99 over the 2xx answers; a request that fails or takes over 5 s is not a success."
-      + f" The flood's processes run at nice {__import__('os').environ.get('FLOOD_NICE', '0')}.\n")
+      + f" The flood's processes run at nice {__import__('os').environ.get('FLOOD_NICE', '0')}"
+      + (f", on CPUs {__import__('os').environ['FLOOD_CPUS']}" if __import__('os').environ.get('FLOOD_CPUS') else "")
+      + ".\n")
 print("| server | flood | flood connections held (peak) | normal requests | success | p99 | p99 / unloaded |")
 print("|---|---|---|---|---|---|---|")
 base = {}
