@@ -219,45 +219,17 @@ pub fn update_gauges() {
     }
 }
 
-/// Checks a configured key URL without fetching it (`check` and start-up): `https://`, or
-/// `http://` to a loopback address.
-pub fn check_url(what: &str, url: &str) -> Result<()> {
-    let parsed =
-        reqwest::Url::parse(url).map_err(|e| anyhow!("{what}: '{url}' is not a URL: {e}"))?;
-    let host = parsed
-        .host_str()
-        .ok_or_else(|| anyhow!("{what}: '{url}' has no host"))?;
-    match parsed.scheme() {
-        "https" => {}
-        "http" if is_loopback_host(host) => {}
-        "http" => bail!("{what}: '{url}': plain http is allowed only to a loopback address"),
-        other => bail!("{what}: '{url}': scheme '{other}' is not https"),
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        bail!("{what}: '{url}': credentials in the URL are not allowed");
-    }
-    Ok(())
-}
-
-fn is_loopback_host(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || bare
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 impl RemoteKeys {
     /// The remote keys of trigger `trigger`, or `None` for a `jwks_file`. Fetches nothing.
     pub fn new(trigger: &str, config: &JwtConfig) -> Result<Option<Arc<RemoteKeys>>> {
         let origin = match &config.source {
             KeySource::File(_) => return Ok(None),
             KeySource::Url(u) => {
-                check_url("key `jwt.jwks_url`", u)?;
+                crate::config::check_key_url("key `jwt.jwks_url`", u)?;
                 Origin::Url(u.clone())
             }
             KeySource::Issuer(i) => {
-                check_url("key `jwt.oidc_issuer`", i)?;
+                crate::config::check_key_url("key `jwt.oidc_issuer`", i)?;
                 Origin::Issuer(i.clone())
             }
         };
@@ -479,14 +451,14 @@ impl RemoteKeys {
             .and_then(|v| v.as_str())
             .ok_or_else(|| anyhow!("{url}: no jwks_uri"))?
             .to_string();
-        check_url(&format!("{url}: jwks_uri"), &jwks_uri)?;
+        crate::config::check_key_url(&format!("{url}: jwks_uri"), &jwks_uri)?;
         let algorithms = doc
             .get("id_token_signing_alg_values_supported")
             .and_then(|v| v.as_array())
             .map(|a| {
                 a.iter()
                     .filter_map(|v| v.as_str())
-                    .filter(|a| super::jwt::is_public_key_algorithm(a))
+                    .filter(|a| crate::config::is_public_key_algorithm(a))
                     .map(str::to_string)
                     .collect::<Vec<_>>()
             })
@@ -538,7 +510,7 @@ impl RemoteKeys {
             .header(http::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| anyhow!("{url}: {}", crate::client::error_chain(&e)))?;
+            .map_err(|e| anyhow!("{url}: {}", error_chain(&e)))?;
         let status = resp.status();
         if status.is_redirection() {
             bail!("{url}: answered {status}; redirects are not followed");
@@ -555,7 +527,7 @@ impl RemoteKeys {
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|e| anyhow!("{url}: {}", crate::client::error_chain(&e)))?
+            .map_err(|e| anyhow!("{url}: {}", error_chain(&e)))?
         {
             if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
                 bail!("{url}: the document is over {MAX_DOCUMENT_BYTES} bytes");
@@ -564,6 +536,18 @@ impl RemoteKeys {
         }
         Ok((body, cache_control))
     }
+}
+
+/// An error and its sources, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// Whether `other` is on the same scheme, host and port as `base`.
@@ -710,7 +694,7 @@ mod tests {
             "http://localhost/jwks",
             "http://[::1]:9/jwks",
         ] {
-            check_url("k", ok).unwrap();
+            crate::config::check_key_url("k", ok).unwrap();
         }
         for bad in [
             "http://issuer.example/jwks",
@@ -719,7 +703,7 @@ mod tests {
             "https://user:pw@issuer.example/jwks",
             "not a url",
         ] {
-            assert!(check_url("k", bad).is_err(), "{bad}");
+            assert!(crate::config::check_key_url("k", bad).is_err(), "{bad}");
         }
     }
 

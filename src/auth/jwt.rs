@@ -199,12 +199,6 @@ fn keys_unavailable() -> AuthError {
     )
 }
 
-/// Whether `alg` is a JWT algorithm verified with a public key (what a JWKS fetched from an
-/// issuer can verify: not `none`, not HMAC).
-pub fn is_public_key_algorithm(alg: &str) -> bool {
-    Algorithm::from_str(alg).is_ok_and(|a| family(a) != "oct")
-}
-
 fn family(alg: Algorithm) -> &'static str {
     use Algorithm::*;
     match alg {

@@ -504,6 +504,42 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
+/// Checks a configured key URL without fetching it (`check` and start-up): `https://`, or
+/// `http://` to a loopback address.
+pub fn check_key_url(what: &str, url: &str) -> Result<()> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| anyhow!("{what}: '{url}' is not a URL: {e}"))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| anyhow!("{what}: '{url}' has no host"))?;
+    match parsed.scheme() {
+        "https" => {}
+        "http" if is_loopback_host(host) => {}
+        "http" => bail!("{what}: '{url}': plain http is allowed only to a loopback address"),
+        other => bail!("{what}: '{url}': scheme '{other}' is not https"),
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        bail!("{what}: '{url}': credentials in the URL are not allowed");
+    }
+    Ok(())
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether `alg` is a JWT algorithm verified with a public key (what a key set fetched from
+/// an issuer can verify: not `none`, not HMAC).
+pub fn is_public_key_algorithm(alg: &str) -> bool {
+    use jsonwebtoken::Algorithm::*;
+    alg.parse::<jsonwebtoken::Algorithm>()
+        .is_ok_and(|a| !matches!(a, HS256 | HS384 | HS512))
+}
+
 /// A qualifier as a trigger may name one: `LATEST`, a version number or an alias
 /// (`[A-Za-z0-9_-]{1,64}`).
 pub fn valid_qualifier(q: &str) -> bool {
@@ -1296,11 +1332,11 @@ fn validate_trigger(
                 ),
             };
             match &source {
-                KeySource::Url(u) => crate::auth::jwks::check_url("key `jwt.jwks_url`", u)
-                    .map_err(|e| anyhow!("{at}: {e}"))?,
+                KeySource::Url(u) => {
+                    check_key_url("key `jwt.jwks_url`", u).map_err(|e| anyhow!("{at}: {e}"))?
+                }
                 KeySource::Issuer(i) => {
-                    crate::auth::jwks::check_url("key `jwt.oidc_issuer`", i)
-                        .map_err(|e| anyhow!("{at}: {e}"))?;
+                    check_key_url("key `jwt.oidc_issuer`", i).map_err(|e| anyhow!("{at}: {e}"))?;
                     if j.issuer.as_ref().is_some_and(|iss| iss != i) {
                         bail!(
                             "{at}: key `jwt.issuer`: with `oidc_issuer` the issuer is '{i}'; leave `issuer` out or give the same"
@@ -1333,9 +1369,7 @@ fn validate_trigger(
                     bail!("{at}: key `jwt.algorithms`: '{a}' is not a JWT algorithm");
                 }
                 // A published key set is public: an HMAC key in it is nobody's secret.
-                if !matches!(source, KeySource::File(_))
-                    && !crate::auth::jwt::is_public_key_algorithm(a)
-                {
+                if !matches!(source, KeySource::File(_)) && !is_public_key_algorithm(a) {
                     bail!(
                         "{at}: key `jwt.algorithms`: '{a}' needs a shared secret, never a key fetched from `jwks_url` or `oidc_issuer`"
                     );
