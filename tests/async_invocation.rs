@@ -1417,6 +1417,11 @@ async fn callbacks_ignore_proxies_from_the_environment() {
 /// worker (and recorded Running, its start time set) before one is free.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_waits_enqueued_while_every_worker_is_busy() {
+    // SQLite's hand-over only: on JetStream a node pulls what its free workers can take, and
+    // a record's state there is the message's (not yet covered: see the issue's note).
+    if common::cluster_backend() {
+        return;
+    }
     let s = TestServer::start(&format!(
         r#"
 [server]

@@ -122,7 +122,11 @@ async fn deploy_alias_canary_rollback_and_restart() {
                 {
                     let _ = tx.send(());
                 }
-                if moved.load(std::sync::atomic::Ordering::SeqCst) {
+                // Counted from the first answer of version 2 after the move: a request
+                // sent before the move may still be answered by version 1 after it.
+                if moved.load(std::sync::atomic::Ordering::SeqCst)
+                    && (after_move > 0 || version == 2)
+                {
                     after_move += 1;
                     if after_move >= 20 {
                         break;

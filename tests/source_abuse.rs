@@ -369,10 +369,23 @@ function = "hello"
         "no refusal from the header:\n{}",
         s.stderr_text()
     );
-    // Each is dropped once read, not enqueued.
+    // The QoS 1 one comes again at the next connection and is dropped once read, not
+    // enqueued. The QoS 0 one was delivered at most once, to the connection that was closed
+    // on its header: a broker may or may not send it again.
+    let mut dropped = false;
+    for _ in 0..400 {
+        dropped = s.stderr_text().lines().any(|l| {
+            l.contains("bytes is over max_async_body_bytes (65536); dropped")
+                && l.contains("big1/x")
+        });
+        if dropped {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(
-        s.wait_for_count("bytes is over max_async_body_bytes (65536); dropped", 2),
-        "the oversized messages were not dropped:\n{}",
+        dropped,
+        "the oversized QoS 1 message was not dropped:\n{}",
         s.stderr_text()
     );
     for (trigger, qos) in [("big0", 0), ("big1", 1)] {
