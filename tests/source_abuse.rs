@@ -402,7 +402,10 @@ function = "hello"
         }
         assert!(got > 0, "{trigger}: blocked behind the large message");
         let state = wait_source(&s, trigger, "running").await;
-        assert!(state["dropped"].as_u64() >= Some(1), "{state}");
+        // Counted as dropped once read and dropped: the QoS 1 message, which comes again.
+        if qos == 1 {
+            assert!(state["dropped"].as_u64() >= Some(1), "{state}");
+        }
     }
     // Dropped for good: no refusal comes back while more messages flow.
     let refusals = s.stderr_text().matches("over this trigger's limit").count();
