@@ -41,8 +41,6 @@ const CONSUMER: &str = "wasmgate-workers";
 const BUCKET: &str = "wasmgate_tasks";
 /// Records one task-list call reads at most.
 const MAX_LIST_READS: usize = 5000;
-/// How long reading the keys of the task bucket for one list may take.
-const LIST_WAIT: Duration = Duration::from_secs(5);
 
 /// The task queue of a cluster node.
 pub struct Cluster {
@@ -463,39 +461,23 @@ impl Cluster {
     }
 
     /// The keys of every record, or of `trigger`'s, sorted, each once (a record updated while
-    /// the bucket is listed comes again in the listing). A listing that stalls gives what it
-    /// has after [`LIST_WAIT`] rather than holding the admin API's answer (the client's key
-    /// listing ends only once nothing is pending).
+    /// the bucket is listed comes again in the listing).
     async fn keys(&self, trigger: Option<&str>) -> Vec<String> {
-        use futures::StreamExt;
         let Ok(conn) = self.conn() else {
             return Vec::new();
         };
-        let Ok(mut listing) = conn.kv.keys().await else {
+        let Ok(keys) = conn.kv.keys().await else {
             return Vec::new();
         };
-        let deadline = tokio::time::Instant::now() + LIST_WAIT;
-        let mut keys = Vec::new();
-        loop {
-            match tokio::time::timeout_at(deadline, listing.next()).await {
-                Ok(Some(Ok(k))) => {
-                    if trigger
-                        .is_none_or(|t| k.strip_prefix(t).is_some_and(|rest| rest.starts_with('/')))
-                    {
-                        keys.push(k);
-                    }
-                }
-                Ok(Some(Err(_))) => {}
-                Ok(None) => break,
-                Err(_) => {
-                    tracing::warn!(
-                        "listing the task bucket stalled; answering with the {} keys read",
-                        keys.len()
-                    );
-                    break;
-                }
-            }
-        }
+        let mut keys =
+            keys.filter_map(|k| async move { k.ok() })
+                .filter(|k| {
+                    std::future::ready(trigger.is_none_or(|t| {
+                        k.strip_prefix(t).is_some_and(|rest| rest.starts_with('/'))
+                    }))
+                })
+                .collect::<Vec<String>>()
+                .await;
         keys.sort_unstable();
         keys.dedup();
         keys
