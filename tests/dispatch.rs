@@ -203,6 +203,14 @@ async fn failures_back_off_exponentially_on_the_clock() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_older_than_max_event_age_expires() {
+    if common::cluster_backend() {
+        // The task is delayed past its age on the fake clock; if JetStream delivers it before
+        // the clock moves, the worker puts it back for 90 s of the server's own clock, which
+        // the fake one cannot shorten. tests/async_invocation.rs expires tasks on this backend
+        // with the real clock.
+        eprintln!("SQLite only: a fake clock cannot move JetStream's redelivery timer");
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let clock = FakeClock::new(START_MS);
     let g = gateway(dir.path(), clock.clone()).await;

@@ -460,24 +460,40 @@ impl Cluster {
         self.read(key).await.ok().flatten().map(|(r, _)| r.view)
     }
 
-    /// The keys of every record, or of `trigger`'s, sorted, each once (a record updated while
-    /// the bucket is listed comes again in the listing).
+    /// The keys of every record, or of `trigger`'s, sorted, each once: the subjects the
+    /// bucket's stream holds, read in one request (paged by the server) rather than through a
+    /// consumer. A consumer's listing ends only when it has caught up with the stream, which a
+    /// bucket written to all the time (cron ticks, a loaded queue) can put off for as long as
+    /// the writes go on; the subject list is a snapshot and always ends. A key deleted since it
+    /// was written is still a subject (its delete marker): readers skip what `get` misses.
     async fn keys(&self, trigger: Option<&str>) -> Vec<String> {
         let Ok(conn) = self.conn() else {
             return Vec::new();
         };
-        let Ok(keys) = conn.kv.keys().await else {
+        let prefix = conn.kv.prefix.as_str();
+        let Ok(subjects) = conn
+            .kv
+            .stream
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+        else {
             return Vec::new();
         };
-        let mut keys =
-            keys.filter_map(|k| async move { k.ok() })
-                .filter(|k| {
-                    std::future::ready(trigger.is_none_or(|t| {
-                        k.strip_prefix(t).is_some_and(|rest| rest.starts_with('/'))
-                    }))
-                })
-                .collect::<Vec<String>>()
-                .await;
+        let mut keys = subjects
+            .filter_map(|s| async move { s.ok().map(|(subject, _)| subject) })
+            .filter_map(|subject| {
+                let key = subject
+                    .strip_prefix(prefix)
+                    .filter(|k| {
+                        trigger.is_none_or(|t| {
+                            k.strip_prefix(t).is_some_and(|rest| rest.starts_with('/'))
+                        })
+                    })
+                    .map(str::to_string);
+                std::future::ready(key)
+            })
+            .collect::<Vec<String>>()
+            .await;
         keys.sort_unstable();
         keys.dedup();
         keys
