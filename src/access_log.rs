@@ -47,6 +47,8 @@ pub struct Entry<'a> {
     pub duration_us: u64,
     /// The response body's length, when known.
     pub bytes: Option<u64>,
+    /// The request's trace id (hex), when tracing is on.
+    pub trace_id: Option<&'a str>,
 }
 
 thread_local! {
@@ -71,6 +73,7 @@ pub fn record(entry: &Entry<'_>) {
             status = entry.status,
             duration_us = entry.duration_us,
             bytes = entry.bytes,
+            trace_id = entry.trace_id,
             "request"
         );
         return;
@@ -120,6 +123,10 @@ fn json_line(out: &mut String, e: &Entry<'_>) {
     if let Some(b) = e.bytes {
         let _ = write!(out, ",\"bytes\":{b}");
     }
+    if let Some(t) = e.trace_id {
+        out.push_str(",\"trace_id\":");
+        json_str(out, t);
+    }
     out.push_str("},\"target\":\"wasmgate::access\"}\n");
 }
 
@@ -142,6 +149,9 @@ fn text_line(out: &mut String, e: &Entry<'_>) {
     }
     if let Some(b) = e.bytes {
         let _ = write!(out, " bytes={b}");
+    }
+    if let Some(t) = e.trace_id {
+        let _ = write!(out, " trace_id={t}");
     }
     out.push('\n');
 }
@@ -188,6 +198,7 @@ mod tests {
             status: 200,
             duration_us: 81,
             bytes: Some(20),
+            trace_id: None,
         }
     }
 

@@ -124,11 +124,35 @@ impl Dispatcher {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let function = self.resolve(&inv.target)?;
-        let admission = self
-            .limits
-            .admit(&function.name, function.config.max_concurrency.get())?;
+        use crate::trace::{self, Context, Kind};
+        let parent = inv.request.extensions().get::<Context>().cloned();
+        let mut admit = trace::start("admit", Kind::Internal, parent.as_ref());
+        let admitted = self.resolve(&inv.target).and_then(|function| {
+            let admission = self
+                .limits
+                .admit(&function.name, function.config.max_concurrency.get())?;
+            Ok((function, admission))
+        });
+        let (function, admission) = admitted.inspect_err(|e| admit.set_error(e.to_string()))?;
+        drop(admit);
         inv.stamp();
+        let mut run = trace::start("run", Kind::Internal, parent.as_ref());
+        if let Some(ctx) = run.context() {
+            // The function continues the trace from its run span.
+            ctx.inject(inv.request.headers_mut());
+        }
+        if run.is_recording() {
+            run.set("wasmgate.request_id", &*inv.request_id);
+            run.set("wasmgate.trigger", &*inv.trigger);
+            run.set("wasmgate.function", &inv.target.function);
+            run.set("wasmgate.qualifier", &inv.target.qualifier);
+        }
+        if run.context().is_some() {
+            // The runtime ends it when the guest is done, and parents outbound calls on it.
+            inv.request
+                .extensions_mut()
+                .insert(trace::Handoff::new(run));
+        }
         Ok(function
             .invoke(inv.request, inv.request_id, admission)
             .await?)
@@ -149,6 +173,23 @@ impl Dispatcher {
         let id = options
             .task_id
             .unwrap_or_else(|| inv.request_id.to_string());
+        // The task carries its trace in its stored `traceparent`, naming this span: its
+        // attempts and callbacks are children of it, on whichever node and after restarts.
+        let mut span = crate::trace::start(
+            "enqueue",
+            crate::trace::Kind::Producer,
+            inv.request.extensions().get::<crate::trace::Context>(),
+        );
+        if let Some(ctx) = span.context() {
+            ctx.inject(inv.request.headers_mut());
+        }
+        if span.is_recording() {
+            span.set("wasmgate.task_id", &id);
+            span.set("wasmgate.request_id", &*inv.request_id);
+            span.set("wasmgate.trigger", &*inv.trigger);
+            span.set("wasmgate.function", &inv.target.function);
+            span.set("wasmgate.qualifier", &inv.target.qualifier);
+        }
         let invocation = StoredInvocation::from_invocation(&inv);
         let inv_trigger = inv.trigger.clone();
         let now = queue.now_ms();
@@ -166,7 +207,8 @@ impl Dispatcher {
                     .get(&*inv_trigger)
                     .and_then(|p| p.max_queue_bytes),
             })
-            .await?;
+            .await
+            .inspect_err(|e| span.set_error(e.to_string()))?;
         Ok(id)
     }
 
@@ -181,7 +223,7 @@ impl Dispatcher {
                 &stored.request_id,
             );
         }
-        let inv = match stored.to_invocation(
+        let mut inv = match stored.to_invocation(
             Bytes::from(task.new.body.clone()),
             &task.new.id,
             task.attempts + 1,
@@ -189,10 +231,32 @@ impl Dispatcher {
             Ok(inv) => inv,
             Err(e) => return refused(GatewayError::Internal(e), &stored.request_id),
         };
+        // An attempt is a child of the span that enqueued the task (its stored traceparent).
+        let mut span = crate::trace::start(
+            "attempt",
+            crate::trace::Kind::Consumer,
+            crate::trace::Context::from_headers(inv.request.headers()).as_ref(),
+        );
+        if let Some(ctx) = span.context() {
+            inv.request.extensions_mut().insert(ctx.clone());
+        }
+        if span.is_recording() {
+            span.set("wasmgate.task_id", &task.new.id);
+            span.set("wasmgate.attempt", task.attempts + 1);
+            span.set("wasmgate.request_id", &stored.request_id);
+            span.set("wasmgate.trigger", &stored.trigger);
+            span.set("wasmgate.function", &stored.target.function);
+            span.set("wasmgate.qualifier", &stored.target.qualifier);
+        }
         let outcome = match self.run(inv).await {
             Ok(o) => o,
-            Err(e) => return refused(e, &stored.request_id),
+            Err(e) => {
+                span.set_status(e.status().as_u16());
+                span.set_error(e.to_string());
+                return refused(e, &stored.request_id);
+            }
         };
+        span.set_status(outcome.response.status().as_u16());
         let (parts, body) = outcome.response.into_parts();
         match Limited::new(body, MAX_CALLBACK_BODY).collect().await {
             Ok(b) => Attempt::Answered {

@@ -31,6 +31,7 @@ pub mod source_state;
 pub mod sources;
 pub mod supervisor;
 pub mod throttle;
+pub mod trace;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -484,6 +485,7 @@ impl App {
             for t in &triggers {
                 t.auth.start();
             }
+            crate::trace::install(config.tracing.as_ref());
         }
         Ok(App {
             dispatcher,

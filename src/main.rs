@@ -700,7 +700,10 @@ fn serve(config: PathBuf) -> Result<()> {
         release_startup_memory();
         let gateway = wasmgate::Gateway::new(app);
         gateway.attach(wasmgate::sources::supervise);
-        wasmgate::server::run(gateway, shutdown_signal()).await
+        let served = wasmgate::server::run(gateway, shutdown_signal()).await;
+        // The last spans (the drain's) reach the collector if it answers soon.
+        wasmgate::trace::shutdown(std::time::Duration::from_secs(2)).await;
+        served
     })
 }
 

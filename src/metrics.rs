@@ -59,6 +59,8 @@ pub struct Metrics {
     pub jwks_fetches: Family<JwksFetchLabels, Counter>,
     pub jwks_keys: Family<TriggerLabels, Gauge>,
     pub jwks_age: Family<TriggerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub trace_spans_exported: Counter,
+    pub trace_spans_dropped: Counter,
     registry: Registry,
 }
 
@@ -77,6 +79,8 @@ impl Metrics {
         let jwks_fetches = Family::<JwksFetchLabels, Counter>::default();
         let jwks_keys = Family::<TriggerLabels, Gauge>::default();
         let jwks_age = Family::<TriggerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let trace_spans_exported = Counter::default();
+        let trace_spans_dropped = Counter::default();
         let mut registry = Registry::with_prefix("wasmgate");
         registry.register(
             "requests",
@@ -125,6 +129,16 @@ impl Metrics {
             "Age of the key set a jwt trigger verifies with (jwks_url, oidc_issuer)",
             jwks_age.clone(),
         );
+        registry.register(
+            "trace_spans_exported",
+            "Spans the OTLP collector accepted",
+            trace_spans_exported.clone(),
+        );
+        registry.register(
+            "trace_spans_dropped",
+            "Spans dropped: the export queue was full, or the collector failed or was too slow",
+            trace_spans_dropped.clone(),
+        );
         Metrics {
             requests,
             duration,
@@ -137,6 +151,8 @@ impl Metrics {
             jwks_fetches,
             jwks_keys,
             jwks_age,
+            trace_spans_exported,
+            trace_spans_dropped,
             registry,
         }
     }

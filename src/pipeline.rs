@@ -88,6 +88,8 @@ struct Record {
     throttled: Option<&'static str>,
     /// The qualifier a verified claim chose.
     qualifier: Option<String>,
+    /// The function and qualifier the request was aimed at (for its span).
+    target: Option<crate::invocation::Target>,
 }
 
 impl App {
@@ -107,12 +109,21 @@ impl App {
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         let mut record = Record::default();
+        // The request's span continues the client's trace context, if it sent one.
+        let mut span = crate::trace::start(
+            "request",
+            crate::trace::Kind::Server,
+            crate::trace::Context::from_headers(req.headers()).as_ref(),
+        );
         let origin = req
             .headers()
             .get(header::ORIGIN)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        if let Some(ctx) = span.context() {
+            parts.extensions.insert(ctx.clone());
+        }
         // Whatever stage reads the body (authentication, read-ahead, the async store, the
         // function itself), its last byte is due `request_timeout_ms` after the head came.
         let due = tokio::time::Instant::now()
@@ -183,6 +194,25 @@ impl App {
                 })
                 .inc();
         }
+        let trace_id = span.context().map(crate::trace::Context::trace_id_hex);
+        if span.is_recording() {
+            let status = response.status().as_u16();
+            span.set("wasmgate.request_id", &*request_id);
+            span.set("http.request.method", method.as_str());
+            span.set("url.path", path.as_str());
+            if let Some(t) = &record.trigger {
+                span.set("wasmgate.trigger", t);
+            }
+            if let Some(t) = &record.target {
+                span.set("wasmgate.function", &t.function);
+                span.set("wasmgate.qualifier", &t.qualifier);
+            }
+            if let Some(p) = &record.principal {
+                span.set("wasmgate.principal", p);
+            }
+            span.set_status(status);
+        }
+        drop(span);
         crate::access_log::record(&crate::access_log::Entry {
             request_id: &request_id,
             peer: conn.peer,
@@ -194,6 +224,7 @@ impl App {
             status: response.status().as_u16(),
             duration_us: started.elapsed().as_micros() as u64,
             bytes: http_body::Body::size_hint(response.body()).exact(),
+            trace_id: trace_id.as_deref(),
         });
         response
     }
@@ -246,6 +277,11 @@ impl App {
         } else {
             invocation_type
         };
+        let mut auth_span = crate::trace::start(
+            "authenticate",
+            crate::trace::Kind::Internal,
+            parts.extensions.get::<crate::trace::Context>(),
+        );
         let (principal, read, body_digest, claimed) = authenticate(
             self,
             trigger,
@@ -254,7 +290,10 @@ impl App {
             conn,
             &routed.function_path,
         )
-        .await?;
+        .await
+        .inspect_err(|e| auth_span.set_error(e.to_string()))?;
+        auth_span.set_with("wasmgate.principal", || principal.id());
+        drop(auth_span);
         record.principal = Some(principal.id());
         record.anonymous = matches!(principal, Principal::Anonymous(_));
         throttle(self, trigger, &principal, conn).inspect_err(|e| {
@@ -310,6 +349,9 @@ impl App {
             // qualifier_by_claim: the verified claim picks the alias or version.
             record.qualifier = Some(q.clone());
             target.qualifier = q;
+        }
+        if crate::trace::tracer().is_some() {
+            record.target = Some(target.clone());
         }
         let inv = invocation(
             trigger,

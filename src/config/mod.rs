@@ -62,8 +62,35 @@ pub struct Config {
     pub queue: QueueConfig,
     /// `[cluster]`: the queue on NATS JetStream, shared by every node pointed at it.
     pub cluster: Option<ClusterConfig>,
+    /// `[tracing]`: spans exported over OTLP (SPEC section 9); `None`: no tracing at all.
+    pub tracing: Option<TracingConfig>,
     pub functions: Vec<FunctionConfig>,
     pub triggers: Vec<TriggerConfig>,
+}
+
+/// `[tracing]` (SPEC section 9).
+#[derive(Clone, PartialEq)]
+pub struct TracingConfig {
+    /// Where spans go: `{otlp_endpoint}/v1/traces` (OTLP over HTTP, protobuf), or the URL
+    /// itself when it already ends in `/v1/traces`.
+    pub traces_url: String,
+    /// The share of new traces recorded, 0.0 to 1.0, decided on the trace id.
+    pub sample_ratio: f64,
+    pub service_name: String,
+    /// Headers sent with every export (the collector's credentials): never printed.
+    pub headers: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for TracingConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("TracingConfig")
+            .field("traces_url", &self.traces_url)
+            .field("sample_ratio", &self.sample_ratio)
+            .field("service_name", &self.service_name)
+            .field("headers", &names)
+            .finish()
+    }
 }
 
 /// `[cluster]` (SPEC section 10).
@@ -743,6 +770,7 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
             })
         })
         .transpose()?;
+    let tracing = raw.tracing.map(|t| tracing_config(t, env)).transpose()?;
 
     let mut functions: Vec<FunctionConfig> = Vec::new();
     for f in raw.functions {
@@ -834,8 +862,67 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
         limits,
         queue,
         cluster,
+        tracing,
         functions,
         triggers,
+    })
+}
+
+/// `[tracing]`: an `http://` or `https://` endpoint, a ratio within 0..=1, and the
+/// collector's headers from `headers_env` (`name=value,name=value`, as
+/// `OTEL_EXPORTER_OTLP_HEADERS`) or inline `headers` (tests and demos).
+fn tracing_config(
+    t: raw::RawTracing,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<TracingConfig> {
+    let endpoint = t.otlp_endpoint.trim().trim_end_matches('/');
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|e| anyhow!("key `tracing.otlp_endpoint`: '{endpoint}' is not a URL: {e}"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        bail!(
+            "key `tracing.otlp_endpoint`: '{endpoint}' is not an http:// or https:// URL like http://127.0.0.1:4318"
+        );
+    }
+    let traces_url = if endpoint.ends_with("/v1/traces") {
+        endpoint.to_string()
+    } else {
+        format!("{endpoint}/v1/traces")
+    };
+    let sample_ratio = t.sample_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        bail!("key `tracing.sample_ratio`: {sample_ratio} is outside 0.0..=1.0");
+    }
+    let service_name = t.service_name.unwrap_or_else(|| "wasmgate".into());
+    if service_name.is_empty() {
+        bail!("key `tracing.service_name`: must not be empty");
+    }
+    let mut headers: Vec<(String, String)> = t.headers.unwrap_or_default().into_iter().collect();
+    if let Some(var) = t.headers_env {
+        let v = env(&var).ok_or_else(|| {
+            anyhow!("key `tracing.headers_env`: environment variable '{var}' is not set")
+        })?;
+        for pair in v.split(',').filter(|p| !p.trim().is_empty()) {
+            let (k, v) = pair.split_once('=').ok_or_else(|| {
+                anyhow!("key `tracing.headers_env`: '{var}' must be name=value pairs separated by commas")
+            })?;
+            let k = percent_encoding::percent_decode_str(k.trim()).decode_utf8_lossy();
+            let v = percent_encoding::percent_decode_str(v.trim()).decode_utf8_lossy();
+            headers.push((k.into_owned(), v.into_owned()));
+        }
+    }
+    for (k, v) in &headers {
+        if http::HeaderName::from_bytes(k.as_bytes()).is_err()
+            || http::HeaderValue::from_str(v).is_err()
+        {
+            bail!("key `tracing.headers`: '{k}' is not a valid header name and value");
+        }
+    }
+    Ok(TracingConfig {
+        traces_url,
+        sample_ratio,
+        service_name,
+        headers,
     })
 }
 
@@ -1550,6 +1637,10 @@ mod tests {
             ("SECRET", "s3cret"),
             ("NATS_USER", "gw:pa:ss"),
             ("NATS_FILE", "nats.creds"),
+            (
+                "OTLP_HEADERS",
+                "authorization=Basic%20c2VjcmV0, x-tenant = edge",
+            ),
         ]
         .into_iter()
         .collect();
@@ -1787,6 +1878,80 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("already routed to trigger 'a'"), "{err}");
+    }
+
+    #[test]
+    fn tracing_table() {
+        assert!(parse(BASE).unwrap().tracing.is_none(), "absent: no tracing");
+        let c = parse(&format!(
+            "{BASE}[tracing]\notlp_endpoint = \"http://collector:4318/\"\n"
+        ))
+        .unwrap();
+        let t = c.tracing.unwrap();
+        assert_eq!(t.traces_url, "http://collector:4318/v1/traces");
+        assert_eq!(t.sample_ratio, 1.0);
+        assert_eq!(t.service_name, "wasmgate");
+        assert!(t.headers.is_empty());
+        let c = parse(&format!(
+            "{BASE}[tracing]\notlp_endpoint = \"https://otel.example/v1/traces\"\nsample_ratio = 0.25\nservice_name = \"edge\"\nheaders_env = \"OTLP_HEADERS\"\n"
+        ))
+        .unwrap();
+        let t = c.tracing.unwrap();
+        assert_eq!(t.traces_url, "https://otel.example/v1/traces");
+        assert_eq!(t.sample_ratio, 0.25);
+        assert_eq!(t.service_name, "edge");
+        assert_eq!(
+            t.headers,
+            vec![
+                ("authorization".to_string(), "Basic c2VjcmV0".to_string()),
+                ("x-tenant".to_string(), "edge".to_string())
+            ]
+        );
+        let shown = format!("{t:?}");
+        assert!(
+            !shown.contains("c2VjcmV0") && shown.contains("authorization"),
+            "{shown}"
+        );
+        for (body, want) in [
+            (
+                "otlp_endpoint = \"collector:4318\"",
+                "not an http:// or https:// URL",
+            ),
+            (
+                "otlp_endpoint = \"grpc://c:4317\"",
+                "not an http:// or https:// URL",
+            ),
+            (
+                "otlp_endpoint = \"http://c\"\nsample_ratio = 1.5",
+                "outside 0.0..=1.0",
+            ),
+            (
+                "otlp_endpoint = \"http://c\"\nsample_ratio = -0.1",
+                "outside 0.0..=1.0",
+            ),
+            (
+                "otlp_endpoint = \"http://c\"\nheaders_env = \"NOPE\"",
+                "'NOPE' is not set",
+            ),
+            (
+                "otlp_endpoint = \"http://c\"\nheaders_env = \"SECRET\"",
+                "name=value pairs",
+            ),
+            (
+                "otlp_endpoint = \"http://c\"\nservice_name = \"\"",
+                "must not be empty",
+            ),
+            ("sample_ratio = 0.5", "missing field `otlp_endpoint`"),
+            (
+                "otlp_endpoint = \"http://c\"\nbogus = 1",
+                "unknown field `bogus`",
+            ),
+        ] {
+            let err = parse(&format!("{BASE}[tracing]\n{body}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{body}: {err}");
+        }
     }
 
     #[test]

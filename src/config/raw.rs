@@ -14,6 +14,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub queue: RawQueue,
     pub cluster: Option<RawCluster>,
+    pub tracing: Option<RawTracing>,
     #[serde(default, rename = "function")]
     pub functions: Vec<RawFunction>,
     #[serde(default, rename = "trigger")]
@@ -231,6 +232,16 @@ pub struct RawCluster {
     pub tls_ca: Option<String>,
     pub replicas: Option<u32>,
     pub ack_wait_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    pub otlp_endpoint: String,
+    pub sample_ratio: Option<f64>,
+    pub service_name: Option<String>,
+    pub headers_env: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]

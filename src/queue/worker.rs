@@ -414,14 +414,18 @@ async fn finish(
         }
     });
     let callback = target.map(|url| {
+        let traced = crate::trace::tracer().is_some();
         let mut headers: Vec<(String, Vec<u8>)> = outcome
             .headers
             .iter()
             .filter(|(k, _)| {
-                !matches!(
+                let hop = matches!(
                     k.as_str(),
                     "content-length" | "transfer-encoding" | "connection" | "keep-alive" | "host"
-                )
+                );
+                // With tracing on, the task's own context replaces the function's.
+                let trace = traced && matches!(k.as_str(), "traceparent" | "tracestate");
+                !hop && !trace
             })
             .cloned()
             .collect();
@@ -435,6 +439,18 @@ async fn finish(
         );
         add("x-duration-seconds", format!("{duration_s:.3}"));
         add("x-fc-async-task-state", state.as_str().to_string());
+        if traced {
+            // The callback belongs to the task's trace: it carries the context the task was
+            // stored with (stored with the callback too, so a restart keeps it), and
+            // `deliver` makes each delivery a span of its own under it.
+            for (k, v) in &task.new.invocation.headers {
+                if (k == "traceparent" || k == "tracestate")
+                    && let crate::invocation::StoredValue::Text(v) = v
+                {
+                    add(k, v.clone());
+                }
+            }
+        }
         PendingCallback {
             key: task.new.key(),
             task_id: task.new.id.clone(),
@@ -483,16 +499,30 @@ async fn deliver(queue: &Queue, client: &Delivery, cb: PendingCallback) {
                 let Ok(_slot) = client.slots.acquire().await else {
                     return;
                 };
-                match client.client(&cb).await {
+                let mut span = callback_span(&cb, attempts);
+                let result = match client.client(&cb).await {
                     Ok(http) => {
                         let mut req = http.post(&cb.url).body(cb.body.clone());
                         for (k, v) in &cb.headers {
-                            req = req.header(k.as_str(), v.as_slice());
+                            if span.context().is_none() || (k != "traceparent" && k != "tracestate")
+                            {
+                                req = req.header(k.as_str(), v.as_slice());
+                            }
+                        }
+                        if let Some(ctx) = span.context() {
+                            let mut h = http::HeaderMap::new();
+                            ctx.inject(&mut h);
+                            req = req.headers(h);
                         }
                         req.send().await.map_err(|e| e.to_string())
                     }
                     Err(refused) => Err(format!("not delivered: {refused}")),
+                };
+                match &result {
+                    Ok(r) => span.set_status(r.status().as_u16()),
+                    Err(e) => span.set_error(e.clone()),
                 }
+                result
             }
         };
         let (ok, status) = match result {
@@ -522,6 +552,29 @@ async fn deliver(queue: &Queue, client: &Delivery, cb: PendingCallback) {
         }
         tokio::time::sleep(backoff(attempts)).await;
     }
+}
+
+/// A callback delivery's span: a child of the context the callback was stored with (the
+/// task's), or off when there is none or tracing is off.
+fn callback_span(cb: &PendingCallback, attempt: u32) -> crate::trace::Span {
+    let header = |name: &str| {
+        cb.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    };
+    let Some(parent) =
+        header("traceparent").and_then(|tp| crate::trace::Context::parse(tp, header("tracestate")))
+    else {
+        return crate::trace::Span::off();
+    };
+    let mut span = crate::trace::start("callback", crate::trace::Kind::Client, Some(&parent));
+    if span.is_recording() {
+        span.set("wasmgate.task_id", &cb.task_id);
+        span.set("wasmgate.attempt", attempt);
+        span.set("url.full", callback::redacted(&cb.url));
+    }
+    span
 }
 
 #[cfg(test)]

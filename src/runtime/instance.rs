@@ -44,9 +44,12 @@ impl WasiHttpView for Host {
     }
 }
 
-/// Outbound wasi:http: allowed only to the function's `outbound_hosts`.
+/// Outbound wasi:http: allowed only to the function's `outbound_hosts`; with tracing on,
+/// each call is a span, a child of the run span, and carries a `traceparent` naming it
+/// unless the guest set one.
 struct OutboundPolicy {
     allowed: Arc<[String]>,
+    trace: Option<crate::trace::Context>,
 }
 
 impl OutboundPolicy {
@@ -75,7 +78,7 @@ impl WasiHttpHooks for OutboundPolicy {
 
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
@@ -90,15 +93,36 @@ impl WasiHttpHooks for OutboundPolicy {
                 80
             },
         );
+        let mut span = match &self.trace {
+            Some(parent) => {
+                crate::trace::start("outbound", crate::trace::Kind::Client, Some(parent))
+            }
+            None => crate::trace::Span::off(),
+        };
+        if let Some(ctx) = span.context()
+            && !request.headers().contains_key(&crate::trace::TRACEPARENT)
+        {
+            ctx.inject(request.headers_mut());
+        }
+        if span.is_recording() {
+            span.set("http.request.method", request.method().as_str());
+            span.set("server.address", host.as_str());
+            span.set("server.port", u32::from(port));
+        }
         Box::new(async move {
             // Names are resolved and checked here, then again by the connector: a listed
             // name whose DNS moves between the two could still reach the inside, which is
             // why only names the operator lists get this far.
             if let Err(why) = crate::netguard::check_outbound(&host, port).await {
                 tracing::warn!(host = %host, port, "outbound request refused: {why}");
+                span.set_error(format!("refused: {why}"));
                 return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
             }
-            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            let (res, io) = wasmtime_wasi_http::default_send_request(request, options)
+                .await
+                .inspect_err(|e| span.set_error(format!("{e:?}")))?;
+            span.set_status(res.status().as_u16());
+            drop(span);
             Ok((
                 res.map(BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn Future<Output = _> + Send>,
@@ -155,7 +179,7 @@ impl Function {
     /// the request URI's; where the request came from is none of the runtime's business.
     pub async fn invoke<B, P>(
         &self,
-        request: http::Request<B>,
+        mut request: http::Request<B>,
         request_id: Arc<str>,
         permits: P,
     ) -> Result<Outcome, RuntimeError>
@@ -167,6 +191,11 @@ impl Function {
         let timeout = std::time::Duration::from_millis(self.config.timeout_ms.get());
         let deadline = Instant::now() + timeout;
         let log = GuestLog::new(request_id, self.name.clone());
+        // The run span (tracing on): ended when the guest is done, in error if it failed.
+        let mut run_span = request
+            .extensions_mut()
+            .remove::<crate::trace::Handoff>()
+            .and_then(|h| h.take());
 
         let mut wasi = WasiCtxBuilder::new();
         wasi.envs(&self.env)
@@ -178,6 +207,7 @@ impl Function {
             table: ResourceTable::new(),
             outbound: OutboundPolicy {
                 allowed: self.outbound_hosts.clone(),
+                trace: run_span.as_ref().and_then(|s| s.context()).cloned(),
             },
             limits: StoreLimitsBuilder::new()
                 .memory_size((self.config.memory_mb.get() as usize) << 20)
@@ -218,6 +248,7 @@ impl Function {
         let task = tokio::spawn(async move {
             let _permits = permits;
             let _finished = finished_tx;
+            let mut span = run_span.take();
             let run = async {
                 let started = Instant::now();
                 let proxy = pre.instantiate_async(&mut store).await?;
@@ -229,12 +260,20 @@ impl Function {
                     .call_handle(&mut store, req, out)
                     .await
             };
-            match tokio::time::timeout_at(deadline.into(), run).await {
+            let end = match tokio::time::timeout_at(deadline.into(), run).await {
                 Ok(Ok(())) => GuestEnd::Returned,
                 Ok(Err(e)) if e.downcast_ref::<DeadlineExceeded>().is_some() => GuestEnd::Timeout,
                 Ok(Err(e)) => GuestEnd::Failed(describe(&e)),
                 Err(_) => GuestEnd::Timeout,
+            };
+            if let Some(span) = &mut span {
+                match &end {
+                    GuestEnd::Returned => {}
+                    GuestEnd::Timeout => span.set_error("the function's deadline passed"),
+                    GuestEnd::Failed(msg) => span.set_error(msg.clone()),
+                }
             }
+            end
         });
         let mut task = AbortOnDrop(Some(task));
 

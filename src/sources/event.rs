@@ -372,7 +372,11 @@ pub async fn publish(
     let mut existed = 0;
     for target in targets.iter().cloned() {
         let task_id = event_task_id(&event.id, &target.function);
-        let inv = delivery(trigger, target, &event, &ce)?;
+        let mut inv = delivery(trigger, target, &event, &ce)?;
+        // Each delivery's task is in the trace of the request that posted the event.
+        if let Some(ctx) = parts.extensions.get::<crate::trace::Context>() {
+            inv.request.extensions_mut().insert(ctx.clone());
+        }
         let options = EnqueueOptions {
             task_id: Some(task_id.clone()),
             delay_ms,

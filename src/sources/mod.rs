@@ -127,7 +127,8 @@ pub enum SubmitError {
 }
 
 /// A broker message as the doors hand it over: one task per function it reaches, committed
-/// before this returns. Gives the task ids.
+/// before this returns, each in the message's trace when it carries one (`trace`), else in
+/// a new one. Gives the task ids.
 pub async fn submit_message(
     gateway: &Gateway,
     trigger_name: &str,
@@ -135,6 +136,7 @@ pub async fn submit_message(
     topic: &str,
     payload: Bytes,
     content_type: &str,
+    trace: Option<&crate::trace::Context>,
 ) -> Result<Vec<String>, SubmitError> {
     let app = gateway.app();
     let trigger = app
@@ -161,7 +163,11 @@ pub async fn submit_message(
     let mut ids = Vec::with_capacity(targets.len());
     for target in targets {
         let request_id = crate::invocation::new_request_id();
-        let request = post_root(payload.clone(), content_type).map_err(SubmitError::Failed)?;
+        let mut request = post_root(payload.clone(), content_type).map_err(SubmitError::Failed)?;
+        // A message that carries a trace context (NATS headers) continues it.
+        if let Some(ctx) = trace {
+            request.extensions_mut().insert(ctx.clone());
+        }
         let inv = Invocation {
             target,
             trigger: trigger_name.into(),

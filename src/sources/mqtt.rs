@@ -379,6 +379,8 @@ async fn store(
             &topic,
             payload.clone(),
             content_type,
+            // MQTT 3.1.1 has no user properties: a message starts a trace of its own.
+            None,
         )
         .await
         {

@@ -204,6 +204,14 @@ async fn handle(
     let source = Source::Nats {
         subject: subject.clone(),
     };
+    // W3C trace context in the message's headers, as OpenTelemetry's NATS propagation sets it.
+    let trace = m.headers.as_ref().and_then(|h| {
+        let tp = h.get("traceparent")?;
+        crate::trace::Context::parse(
+            tp.as_str().as_bytes(),
+            h.get("tracestate").map(|v| v.as_str().as_bytes()),
+        )
+    });
     let mut attempt = 0u32;
     let reply = loop {
         match super::submit_message(
@@ -213,6 +221,7 @@ async fn handle(
             &subject,
             m.payload.clone(),
             &broker.content_type,
+            trace.as_ref(),
         )
         .await
         {
