@@ -9,6 +9,13 @@
 #   ROUNDS=5 DURATION=8s CONNS=64 bash bench/load.sh
 #   BASELINE=/path/to/other/wasmgate bash bench/load.sh   # adds that build (plain HTTP) as
 #                                                          # "wasmgate-baseline", for A/B runs
+#   ONLY="wasmgate-http wasmgate-http-traced wasmgate-http-traced-1pct" bash bench/load.sh
+#                                                          # a subset of the rows
+#
+# Tracing: two more plain HTTP nodes export spans over OTLP to nginx (`return 200` on
+# /v1/traces, so the collector costs next to nothing), one sampling every trace
+# (wasmgate-http-traced) and one 1% (wasmgate-http-traced-1pct), against wasmgate-http with
+# no [tracing] in the same rounds.
 #
 # Installs what it needs: wrk and nginx-light (apt), the wasmtime 48 CLI (PyPI wheel), the
 # OpenID provider of the tests (npm). After the rounds, a rotation under load: wrk runs on the
@@ -98,6 +105,18 @@ if [ -n "$BASELINE" ]; then
   pids+=($!)
 fi
 
+# Tracing on: the plain node's config, exporting to nginx's port.
+PORT_nginx=$(free_port)
+for variant in traced:1.0 traced-1pct:0.01; do
+  name=${variant%%:*} ratio=${variant##*:}
+  port=$(free_port)
+  sed "s/127.0.0.1:$PORT_plain/127.0.0.1:$port/" "$work/plain.toml" > "$work/$name.toml"
+  printf '[tracing]\notlp_endpoint = "http://127.0.0.1:%s"\nsample_ratio = %s\n' "$PORT_nginx" "$ratio" >> "$work/$name.toml"
+  ./target/release/wasmgate serve --config "$work/$name.toml" >/dev/null 2>"$work/$name.log" &
+  pids+=($!)
+  eval "PORT_${name//-/_}=$port"
+done
+
 PORT_floor=$(free_port)
 KEEP_MEM=16777216 KEEP_TABLE=1048576 NOCOW=1 PAGEMAP=1 \
   ./target/release/examples/floor "$HELLO" "127.0.0.1:$PORT_floor" 2>"$work/floor.log" &
@@ -107,7 +126,6 @@ PORT_wasmtime=$(free_port)
 "$WASMTIME" serve -Scli --addr "127.0.0.1:$PORT_wasmtime" "$HELLO" >/dev/null 2>"$work/wasmtime.log" &
 pids+=($!)
 
-PORT_nginx=$(free_port)
 cat > "$work/nginx.conf" <<NGINX
 worker_processes 1;
 pid $work/nginx.pid;
@@ -121,10 +139,12 @@ NGINX
 "$NGINX" -c "$work/nginx.conf" -p "$work" -g 'daemon off;' &
 pids+=($!)
 
-for p in "$PORT_plain" "$PORT_tls" "$PORT_floor" "$PORT_wasmtime" "$PORT_nginx" ${PORT_baseline:-}; do wait_port "$p"; done
+for p in "$PORT_plain" "$PORT_tls" "$PORT_traced" "$PORT_traced_1pct" "$PORT_floor" "$PORT_wasmtime" "$PORT_nginx" ${PORT_baseline:-}; do wait_port "$p"; done
 
 declare -A URL=(
   [wasmgate-http]="http://127.0.0.1:$PORT_plain/"
+  [wasmgate-http-traced]="http://127.0.0.1:$PORT_traced/"
+  [wasmgate-http-traced-1pct]="http://127.0.0.1:$PORT_traced_1pct/"
   [wasmgate-https]="https://127.0.0.1:$PORT_tls/"
   [wasmgate-https-signed]="https://127.0.0.1:$PORT_tls/signed"
   [wasmgate-https-jwt]="https://127.0.0.1:$PORT_tls/jwt"
@@ -141,10 +161,13 @@ IDP_JWT=$(idp_token)
 declare -A HDR1=([wasmgate-https-signed]="${SIGNED[0]}" [wasmgate-https-jwt]="Authorization: Bearer $JWT" [wasmgate-https-jwks]="Authorization: Bearer $IDP_JWT")
 declare -A HDR2=([wasmgate-https-signed]="${SIGNED[1]}" [wasmgate-https-jwt]="X-Bench: 1" [wasmgate-https-jwks]="X-Bench: 1")
 hdr_args() { local n=$1; if [ -n "${HDR1[$n]:-}" ]; then printf '%s\0' -H "${HDR1[$n]}" -H "${HDR2[$n]}"; fi; }
-order=(wasmgate-http floor wasmtime-serve nginx wasmgate-https wasmgate-https-signed wasmgate-https-jwt wasmgate-https-jwks)
+order=(wasmgate-http floor wasmtime-serve nginx wasmgate-https wasmgate-https-signed wasmgate-https-jwt wasmgate-https-jwks wasmgate-http-traced wasmgate-http-traced-1pct)
 if [ -n "$BASELINE" ]; then
   URL[wasmgate-baseline]="http://127.0.0.1:$PORT_baseline/"
   order=(wasmgate-http wasmgate-baseline "${order[@]:1}")
+fi
+if [ -n "${ONLY:-}" ]; then
+  read -r -a order <<< "$ONLY"
 fi
 for name in "${order[@]}"; do
   mapfile -d '' -t H < <(hdr_args "$name")
@@ -163,6 +186,7 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
+if [[ " ${order[*]} " == *" wasmgate-https-jwks "* ]]; then
 # Rotation under load: wrk with the k1 token while the provider restarts signing with k2 (k1
 # still published), then the first requests with a k2 token.
 mapfile -d '' -t H < <(hdr_args wasmgate-https-jwks)
@@ -181,6 +205,9 @@ wait "$wrk_pid"
 rotate_non2xx=$(awk '/Non-2xx/ {print $5}' "$work/rotate.txt")
 rotate_rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/rotate.txt")
 echo "rotation $rotate_rps ${rotate_non2xx:-0} $rotated_bad" > "$work/rotation.txt"
+else
+  echo "rotation - - -" > "$work/rotation.txt"
+fi
 
 python3 - "$raw" "$ROUNDS" "$DURATION" "$CONNS" "$work/rotation.txt" <<'PY' | tee "$out/load.md"
 import sys, statistics
@@ -195,32 +222,39 @@ for line in open(raw):
     name, _, rps, p99, bad = line.split()
     rows.setdefault(name, []).append((float(rps), ms(p99), int(bad)))
 med = {n: (statistics.median(r for r, _, _ in v), statistics.median(p for _, p, _ in v), sum(b for _, _, b in v)) for n, v in rows.items()}
-base = med["wasmtime-serve"][0]
-floor = med["floor"][0]
-ceiling = med["nginx"][0]
+nan = float("nan")
+get = lambda n: med.get(n, (nan, nan, 0))[0]
+base = get("wasmtime-serve")
+floor = get("floor")
+ceiling = get("nginx")
 print(f"wrk -t1 -c{conns} -d{dur} --latency, {rounds} interleaved rounds, median of rounds\n")
 print("| server | requests/s | p99 (ms) | non-2xx | vs floor | vs wasmtime serve | vs nginx |")
 print("|---|---|---|---|---|---|---|")
-for n in ["wasmgate-http", "wasmgate-baseline", "wasmgate-https", "wasmgate-https-signed", "wasmgate-https-jwt", "wasmgate-https-jwks", "floor", "wasmtime-serve", "nginx"]:
+for n in ["wasmgate-http", "wasmgate-baseline", "wasmgate-http-traced", "wasmgate-http-traced-1pct", "wasmgate-https", "wasmgate-https-signed", "wasmgate-https-jwt", "wasmgate-https-jwks", "floor", "wasmtime-serve", "nginx"]:
     if n not in med:
         continue
     r, p, b = med[n]
     print(f"| {n} | {r:,.0f} | {p:.2f} | {b} | {r/floor:.2f}x | {r/base:.2f}x | {r/ceiling:.2f}x |")
-http, https = med["wasmgate-http"][0], med["wasmgate-https"][0]
+http, https = get("wasmgate-http"), get("wasmgate-https")
 goals = [
+    ("tracing on, every trace sampled / off", get("wasmgate-http-traced") / http, 0.95),
+    ("tracing on, 1% sampled / off", get("wasmgate-http-traced-1pct") / http, 0.99),
     ("plain HTTP anonymous / bare engine host", http / floor, 1.0),
     ("plain HTTP anonymous / nginx", http / ceiling, 0.25),
     ("TLS anonymous / plain HTTP", https / http, 0.95),
-    ("ACS3-signed over TLS / plain HTTP", med["wasmgate-https-signed"][0] / http, 0.95),
-    ("RS256 JWT over TLS / anonymous TLS", med["wasmgate-https-jwt"][0] / https, 0.95),
-    ("JWT via jwks_url / JWT via jwks_file", med["wasmgate-https-jwks"][0] / med["wasmgate-https-jwt"][0], 0.95),
+    ("ACS3-signed over TLS / plain HTTP", get("wasmgate-https-signed") / http, 0.95),
+    ("RS256 JWT over TLS / anonymous TLS", get("wasmgate-https-jwt") / https, 0.95),
+    ("JWT via jwks_url / JWT via jwks_file", get("wasmgate-https-jwks") / get("wasmgate-https-jwt"), 0.95),
 ]
 print("\n| ratio | measured | goal | |")
 print("|---|---|---|---|")
 for name, got, goal in goals:
+    if got != got:
+        continue
     print(f"| {name} | {got:.2f}x | >= {goal:.2f}x | {'met' if got >= goal else 'not met'} |")
 _, rps, non2xx, first = open(rotation).read().split()
-print(f"\nRotation under load (jwks_url trigger, the provider restarted signing with a new key): "
+if rps != "-":
+  print(f"\nRotation under load (jwks_url trigger, the provider restarted signing with a new key): "
       f"{float(rps):,.0f} requests/s, {non2xx} non-2xx with the old key, "
       f"{first} non-2xx of the first 200 requests with the new key")
 PY
