@@ -183,6 +183,9 @@ impl Dispatcher {
         if let Some(ctx) = span.context() {
             ctx.inject(inv.request.headers_mut());
         }
+        if let Some(link) = inv.request.extensions().get::<crate::trace::Link>() {
+            span.link(&link.0);
+        }
         if span.is_recording() {
             span.set("wasmgate.task_id", &id);
             span.set("wasmgate.request_id", &*inv.request_id);

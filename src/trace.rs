@@ -351,6 +351,11 @@ impl Tracer {
     }
 }
 
+/// A context a request's first span links to (in request extensions): the request that
+/// posted an event whose own trace the event's deliveries continue.
+#[derive(Clone, Debug)]
+pub struct Link(pub Context);
+
 /// A span handed along with a request in its extensions (they must be `Clone`): the run
 /// span, which the runtime takes out and ends when the guest is done.
 #[derive(Clone)]

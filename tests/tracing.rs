@@ -504,3 +504,68 @@ schedule = "* * * * * *"
     });
     assert!(!spans.is_empty());
 }
+
+/// A CloudEvent that carries a trace context (the distributed tracing extension) is
+/// delivered in its own trace, each delivery's enqueue span a child of the event's span and
+/// linked to the request that posted it; a plain event's deliveries are in the request's.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_events_deliveries_continue_its_cloudevent_trace_and_link_the_posting_request() {
+    let mut collector = Collector::start();
+    let s = TestServer::start(&format!(
+        "{}{}",
+        config(&format!(
+            "[tracing]\notlp_endpoint = \"{}\"",
+            collector.endpoint()
+        ))
+        .replace(
+            "name = \"echo\"\nwasm = \"{echo}\"\n",
+            "name = \"echo\"\nwasm = \"{echo}\"\nevents = [\"order.paid\"]\n"
+        ),
+        "\n[[trigger]]\nname = \"events\"\nkind = \"event\"\npath = \"/events\"\n"
+    ));
+    const EVENT_TRACE: &str = "22222222222222222222222222222222";
+    const EVENT_SPAN: &str = "3333333333333333";
+    let resp = reqwest::Client::new()
+        .post(s.url("/events"))
+        .header("content-type", "application/cloudevents+json")
+        .header("traceparent", traceparent(TRACE))
+        .body(
+            serde_json::json!({
+                "specversion": "1.0", "type": "order.paid", "id": "e-1", "source": "/shop",
+                "traceparent": format!("00-{EVENT_TRACE}-{EVENT_SPAN}-01"),
+                "data": {"order": 7}
+            })
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
+    let spans = collector.until("the event's spans", |s| {
+        has(s, EVENT_TRACE, &["enqueue", "attempt", "run"]) && has(s, TRACE, &["request"])
+    });
+    let m = by_name(spans, EVENT_TRACE);
+    let request = &by_name(spans, TRACE)["request"];
+    assert_eq!(hex::encode(&m["enqueue"].parent_span_id), EVENT_SPAN);
+    assert_eq!(m["enqueue"].links.len(), 1);
+    assert_eq!(m["enqueue"].links[0].span_id, request.span_id);
+    assert_eq!(m["enqueue"].links[0].trace_id, request.trace_id);
+    assert_eq!(m["attempt"].parent_span_id, m["enqueue"].span_id);
+
+    // A plain event: its delivery is in the posting request's trace.
+    const PLAIN: &str = "44444444444444444444444444444444";
+    let resp = reqwest::Client::new()
+        .post(s.url("/events"))
+        .header("traceparent", traceparent(PLAIN))
+        .json(&serde_json::json!({"type": "order.paid", "data": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let spans = collector.until("the plain event's spans", |s| {
+        has(s, PLAIN, &["request", "enqueue", "attempt"])
+    });
+    let m = by_name(spans, PLAIN);
+    assert_eq!(m["enqueue"].parent_span_id, m["request"].span_id);
+    assert!(m["enqueue"].links.is_empty());
+}

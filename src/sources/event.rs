@@ -40,6 +40,9 @@ pub struct Event {
     pub synchronous: bool,
     /// A CloudEvent's own `source`, kept as an extension of the delivered event.
     pub origin: Option<String>,
+    /// A CloudEvent's trace context (the distributed tracing extension: `traceparent` and
+    /// `tracestate`, or `ce-traceparent` in binary mode); a malformed one is ignored.
+    pub trace: Option<crate::trace::Context>,
 }
 
 fn invalid(field: &str, why: impl std::fmt::Display) -> GatewayError {
@@ -178,6 +181,7 @@ pub fn parse(
         due,
         synchronous,
         origin: None,
+        trace: None,
     })
 }
 
@@ -216,6 +220,13 @@ fn from_cloudevent(obj: &Map<String, Value>, now: DateTime<Utc>) -> Result<Event
         (None, Some(_)) => return Err(invalid("data_base64", "must be a string")),
         (None, None) => Value::Null,
     };
+    let trace = match (obj.get("traceparent"), obj.get("tracestate")) {
+        (Some(Value::String(tp)), state) => crate::trace::Context::parse(
+            tp.as_bytes(),
+            state.and_then(Value::as_str).map(str::as_bytes),
+        ),
+        _ => None,
+    };
     Ok(Event {
         id,
         event_type,
@@ -224,6 +235,7 @@ fn from_cloudevent(obj: &Map<String, Value>, now: DateTime<Utc>) -> Result<Event
         due: now,
         synchronous: false,
         origin,
+        trace,
     })
 }
 
@@ -272,6 +284,12 @@ fn from_binary(
             }
         }
     };
+    let trace = headers.get("ce-traceparent").and_then(|tp| {
+        crate::trace::Context::parse(
+            tp.as_bytes(),
+            headers.get("ce-tracestate").map(HeaderValue::as_bytes),
+        )
+    });
     Ok(Event {
         id,
         event_type,
@@ -280,7 +298,26 @@ fn from_binary(
         due: now,
         synchronous: false,
         origin,
+        trace,
     })
+}
+
+/// Puts a delivery in its trace: the event's own context when it carries one (linked to the
+/// request that posted it), else the posting request's.
+fn traced<B>(inv: &mut Invocation<B>, event: &Event, request: Option<&crate::trace::Context>) {
+    let ext = inv.request.extensions_mut();
+    match (&event.trace, request) {
+        (Some(own), request) => {
+            ext.insert(own.clone());
+            if let Some(r) = request {
+                ext.insert(crate::trace::Link(r.clone()));
+            }
+        }
+        (None, Some(r)) => {
+            ext.insert(r.clone());
+        }
+        (None, None) => {}
+    }
 }
 
 /// The node's id, the `source` of every event it delivers.
@@ -365,7 +402,8 @@ pub async fn publish(
     let targets = subscribers(app, trigger, &event.event_type);
     let ce = Bytes::from(cloudevent(&event).to_string());
     if event.synchronous {
-        return run_now(app, trigger, &event, targets, &ce, request_id).await;
+        let ctx = parts.extensions.get::<crate::trace::Context>();
+        return run_now(app, trigger, &event, targets, &ce, request_id, ctx).await;
     }
     let delay_ms = (event.due - now).num_milliseconds().max(0);
     let mut tasks = Vec::with_capacity(targets.len());
@@ -373,10 +411,11 @@ pub async fn publish(
     for target in targets.iter().cloned() {
         let task_id = event_task_id(&event.id, &target.function);
         let mut inv = delivery(trigger, target, &event, &ce)?;
-        // Each delivery's task is in the trace of the request that posted the event.
-        if let Some(ctx) = parts.extensions.get::<crate::trace::Context>() {
-            inv.request.extensions_mut().insert(ctx.clone());
-        }
+        traced(
+            &mut inv,
+            &event,
+            parts.extensions.get::<crate::trace::Context>(),
+        );
         let options = EnqueueOptions {
             task_id: Some(task_id.clone()),
             delay_ms,
@@ -424,6 +463,7 @@ async fn run_now(
     targets: Vec<Target>,
     ce: &Bytes,
     request_id: &str,
+    ctx: Option<&crate::trace::Context>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     if targets.is_empty() {
         return Err(GatewayError::NoSubscriber(format!(
@@ -433,14 +473,16 @@ async fn run_now(
     }
     if targets.len() == 1 {
         let target = targets.into_iter().next().expect("one target");
-        let inv = delivery(trigger, target, event, ce)?.map_body(http_body_util::Full::new);
+        let mut inv = delivery(trigger, target, event, ce)?.map_body(http_body_util::Full::new);
+        traced(&mut inv, event, ctx);
         let outcome = app.dispatcher.run(inv).await?;
         return Ok(outcome.response);
     }
     let names: Vec<String> = targets.iter().map(|t| t.function.clone()).collect();
     let runs = targets.into_iter().map(|target| async move {
         let function = target.function.clone();
-        let inv = delivery(trigger, target, event, ce)?.map_body(http_body_util::Full::new);
+        let mut inv = delivery(trigger, target, event, ce)?.map_body(http_body_util::Full::new);
+        traced(&mut inv, event, ctx);
         let outcome = app.dispatcher.run(inv).await?;
         let (parts, body) = outcome.response.into_parts();
         let bytes = http_body_util::Limited::new(body, MAX_SYNC_BODY)

@@ -255,6 +255,8 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
+        // Whether the server had already exited (crashed) before the test let go of it.
+        let exited = self.child.try_wait().ok().flatten();
         let _ = self.child.kill();
         let _ = self.child.wait();
         let log = self.stderr_text();
@@ -266,6 +268,17 @@ impl Drop for TestServer {
             .any(|l| l.contains("panicked"));
         if server_panicked && !std::thread::panicking() {
             panic!("the server panicked:\n{log}");
+        }
+        if std::thread::panicking() {
+            // The test failed: what the server said last is the first thing to read.
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!(
+                "--- the server's log, last {} lines (had exited by itself: {:?}) ---\n{}",
+                tail.len(),
+                exited,
+                tail.join("\n")
+            );
         }
     }
 }
