@@ -142,8 +142,8 @@ impl Dispatcher {
             ctx.inject(inv.request.headers_mut());
         }
         if run.is_recording() {
-            run.set("wasmgate.request_id", &*inv.request_id);
-            run.set("wasmgate.trigger", &*inv.trigger);
+            run.set("wasmgate.request_id", &inv.request_id);
+            run.set("wasmgate.trigger", &inv.trigger);
             run.set("wasmgate.function", &inv.target.function);
             run.set("wasmgate.qualifier", &inv.target.qualifier);
         }
@@ -188,8 +188,8 @@ impl Dispatcher {
         }
         if span.is_recording() {
             span.set("wasmgate.task_id", &id);
-            span.set("wasmgate.request_id", &*inv.request_id);
-            span.set("wasmgate.trigger", &*inv.trigger);
+            span.set("wasmgate.request_id", &inv.request_id);
+            span.set("wasmgate.trigger", &inv.trigger);
             span.set("wasmgate.function", &inv.target.function);
             span.set("wasmgate.qualifier", &inv.target.qualifier);
         }

@@ -197,7 +197,7 @@ impl App {
         let trace_id = span.context().map(crate::trace::Context::trace_id_hex);
         if span.is_recording() {
             let status = response.status().as_u16();
-            span.set("wasmgate.request_id", &*request_id);
+            span.set("wasmgate.request_id", &request_id);
             span.set("http.request.method", method.as_str());
             span.set("url.path", path.as_str());
             if let Some(t) = &record.trigger {
@@ -277,11 +277,16 @@ impl App {
         } else {
             invocation_type
         };
-        let mut auth_span = crate::trace::start(
-            "authenticate",
-            crate::trace::Kind::Internal,
-            parts.extensions.get::<crate::trace::Context>(),
-        );
+        // An anonymous trigger authenticates nobody: no span for it.
+        let mut auth_span = if matches!(trigger.config.auth, crate::config::AuthConfig::Anonymous) {
+            crate::trace::Span::off()
+        } else {
+            crate::trace::start(
+                "authenticate",
+                crate::trace::Kind::Internal,
+                parts.extensions.get::<crate::trace::Context>(),
+            )
+        };
         let (principal, read, body_digest, claimed) = authenticate(
             self,
             trigger,
@@ -350,7 +355,7 @@ impl App {
             record.qualifier = Some(q.clone());
             target.qualifier = q;
         }
-        if crate::trace::tracer().is_some() {
+        if crate::trace::enabled() {
             record.target = Some(target.clone());
         }
         let inv = invocation(

@@ -414,7 +414,7 @@ async fn finish(
         }
     });
     let callback = target.map(|url| {
-        let traced = crate::trace::tracer().is_some();
+        let traced = crate::trace::enabled();
         let mut headers: Vec<(String, Vec<u8>)> = outcome
             .headers
             .iter()
