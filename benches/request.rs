@@ -50,6 +50,11 @@ fn hello_wasm() -> PathBuf {
 
 /// The app, and the temporary data directory it caches compiled functions in.
 fn app() -> (App, tempfile::TempDir) {
+    app_with("")
+}
+
+/// The app with `extra` (a `[tracing]` table) in its config.
+fn app_with(extra: &str) -> (App, tempfile::TempDir) {
     let fixtures = root().join("tests/fixtures");
     let data = tempfile::tempdir().unwrap();
     let text = format!(
@@ -77,6 +82,7 @@ function = "hello"
 path = "/jwt"
 auth = "jwt"
 jwt = {{ jwks_file = "{jwks}", algorithms = ["RS256"], issuer = "https://issuer.example", audience = ["wasmgate"] }}
+{extra}
 "#,
         wasm = hello_wasm().display(),
         jwks = fixtures.join("jwks.json").display(),
@@ -246,6 +252,27 @@ fn benches(c: &mut Criterion) {
             })
         });
     }
+
+    // Tracing on, every trace or 1% sampled, exporting to a port nobody listens on: the
+    // spans are built, queued, encoded and their export fails at once (the network's share
+    // is left out; `bench/load.sh` has it).
+    drop(app);
+    for (name, ratio) in [("traced", "1.0"), ("traced-1pct", "0.01")] {
+        let (app, _data) = app_with(&format!(
+            "[tracing]\notlp_endpoint = \"http://127.0.0.1:9\"\nsample_ratio = {ratio}"
+        ));
+        wasmgate::trace::install(app.config.tracing.as_ref());
+        c.bench_function(&format!("request/gateway/anonymous-{name}"), |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let resp = app.handle(request("/", &[]), &conn).await;
+                    assert_eq!(resp.status(), 200);
+                    resp.into_body().collect().await.unwrap().to_bytes()
+                })
+            })
+        });
+    }
+    wasmgate::trace::install(None);
 }
 
 criterion_group!(per_request, benches);

@@ -198,7 +198,19 @@ impl App {
         if span.is_recording() {
             let status = response.status().as_u16();
             span.set("wasmgate.request_id", &request_id);
-            span.set("http.request.method", method.as_str());
+            span.set(
+                "http.request.method",
+                crate::trace::Value::Static(match method {
+                    http::Method::GET => "GET",
+                    http::Method::POST => "POST",
+                    http::Method::PUT => "PUT",
+                    http::Method::DELETE => "DELETE",
+                    http::Method::HEAD => "HEAD",
+                    http::Method::PATCH => "PATCH",
+                    http::Method::OPTIONS => "OPTIONS",
+                    _ => "_OTHER",
+                }),
+            );
             span.set("url.path", path.as_str());
             if let Some(t) = &record.trigger {
                 span.set("wasmgate.trigger", t);

@@ -28,7 +28,9 @@ use crate::config::TracingConfig;
 pub const QUEUE_CAPACITY: usize = 8192;
 /// The most spans in one export.
 pub const MAX_BATCH: usize = 512;
-/// How long the first span of a batch waits for others.
+/// How often the exporter looks at its queue; it is woken sooner only when a whole batch
+/// is waiting. A span never wakes it by itself: a wake-up per span (another thread's task
+/// to poll, a timer to arm) cost more than the span.
 const BATCH_DELAY: Duration = Duration::from_millis(200);
 /// One export's time limit.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -140,7 +142,7 @@ impl Context {
     }
 
     pub fn trace_id_hex(&self) -> String {
-        hex::encode(self.trace_id)
+        String::from_utf8_lossy(&self.traceparent_bytes()[3..35]).into_owned()
     }
 }
 
@@ -160,6 +162,7 @@ pub enum Value {
     Str(String),
     /// A string the request holds anyway (its id, its trigger's name): no copy.
     Shared(Arc<str>),
+    Static(&'static str),
     Int(i64),
 }
 
@@ -321,8 +324,17 @@ pub struct Tracer {
     /// `TraceIdRatioBased`): every node decides the same for the same trace.
     bound: u64,
     queue: tokio::sync::mpsc::Sender<(Context, Box<Recording>)>,
-    /// Tells the exporter to send what it holds and stop.
-    stop: Arc<tokio::sync::Notify>,
+    /// The exporter's signals.
+    signals: Arc<Signals>,
+}
+
+/// What wakes an exporter besides its clock.
+#[derive(Default)]
+struct Signals {
+    /// A whole batch is waiting.
+    full: tokio::sync::Notify,
+    /// Send what is queued and stop.
+    stop: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Tracer {
@@ -354,7 +366,7 @@ impl Tracer {
                 kind,
                 start_ns: now_ns(),
                 end_ns: 0,
-                attributes: Vec::with_capacity(8),
+                attributes: Vec::new(),
                 error: None,
                 links: Vec::new(),
             })
@@ -368,6 +380,8 @@ impl Tracer {
     fn submit(&self, ctx: Context, rec: Box<Recording>) {
         if self.queue.try_send((ctx, rec)).is_err() {
             crate::metrics::METRICS.trace_spans_dropped.inc();
+        } else if self.queue.capacity() + MAX_BATCH <= QUEUE_CAPACITY {
+            self.signals.full.notify_one();
         }
     }
 }
@@ -448,18 +462,18 @@ pub fn install(config: Option<&TracingConfig>) {
     };
     let previous = current.take();
     *current = config.and_then(|c| {
-        let (queue, stop) = match previous.as_ref().filter(|t| same_exporter(t, c)) {
-            Some(t) => (t.queue.clone(), t.stop.clone()),
+        let (queue, signals) = match previous.as_ref().filter(|t| same_exporter(t, c)) {
+            Some(t) => (t.queue.clone(), t.signals.clone()),
             None => match Exporter::new(c) {
                 Ok(exporter) => {
                     let (tx, rx) = tokio::sync::mpsc::channel(QUEUE_CAPACITY);
-                    let stop = Arc::new(tokio::sync::Notify::new());
-                    let task = tokio::spawn(exporter.run(rx, stop.clone()));
+                    let signals = Arc::new(Signals::default());
+                    let task = tokio::spawn(exporter.run(rx, signals.clone()));
                     if let Ok(mut e) = EXPORTERS.lock() {
                         e.retain(|t| !t.is_finished());
                         e.push(task);
                     }
-                    (tx, stop)
+                    (tx, signals)
                 }
                 Err(e) => {
                     tracing::error!("tracing is off: the OTLP exporter could not be built: {e}");
@@ -476,16 +490,16 @@ pub fn install(config: Option<&TracingConfig>) {
             config: c.clone(),
             bound,
             queue,
-            stop,
+            signals,
         }))
     });
     // An exporter no tracer uses any more sends what it holds and stops.
     if let Some(old) = previous
         && current
             .as_ref()
-            .is_none_or(|t| !Arc::ptr_eq(&t.stop, &old.stop))
+            .is_none_or(|t| !Arc::ptr_eq(&t.signals, &old.signals))
     {
-        old.stop.notify_one();
+        old.signals.stop.notify_one();
     }
     GENERATION.fetch_add(1, Ordering::AcqRel);
     ENABLED.store(current.is_some(), Ordering::Release);
@@ -499,7 +513,7 @@ static EXPORTERS: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>> =
 pub async fn shutdown(within: Duration) {
     if let Ok(mut current) = CURRENT.write() {
         if let Some(t) = current.take() {
-            t.stop.notify_one();
+            t.signals.stop.notify_one();
         }
         GENERATION.fetch_add(1, Ordering::AcqRel);
         ENABLED.store(false, Ordering::Release);
@@ -548,44 +562,44 @@ impl Exporter {
     async fn run(
         self,
         mut rx: tokio::sync::mpsc::Receiver<(Context, Box<Recording>)>,
-        stop: Arc<tokio::sync::Notify>,
+        signals: Arc<Signals>,
     ) {
         let mut warned: Option<tokio::time::Instant> = None;
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut buffer = bytes::BytesMut::new();
         let mut stopping = false;
+        let mut closed = false;
+        // A whole batch went out (or the exporter is stopping): look again at once.
+        let mut more = false;
         loop {
-            if stopping {
-                // Told to stop: what is queued goes out, in batches, then the task ends.
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(s) => batch.push(s),
-                        Err(_) => break,
-                    }
-                }
-                if batch.is_empty() {
-                    return;
-                }
-            } else {
+            if !more && !stopping && !closed {
                 tokio::select! {
-                    first = rx.recv() => match first {
-                        Some(first) => batch.push(first),
-                        None => return,
-                    },
-                    _ = stop.notified() => {
-                        stopping = true;
-                        continue;
-                    }
+                    _ = tokio::time::sleep(BATCH_DELAY) => {}
+                    _ = signals.full.notified() => {}
+                    _ = signals.stop.notified() => stopping = true,
                 }
-                let until = tokio::time::Instant::now() + BATCH_DELAY;
-                while batch.len() < MAX_BATCH {
-                    match tokio::time::timeout_at(until, rx.recv()).await {
-                        Ok(Some(s)) => batch.push(s),
-                        Ok(None) | Err(_) => break,
+            }
+            // What is queued now, a batch at a time.
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(s) => batch.push(s),
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
                     }
                 }
             }
+            if batch.is_empty() {
+                if stopping || closed {
+                    return;
+                }
+                more = false;
+                continue;
+            }
+            more = batch.len() == MAX_BATCH || stopping || closed;
             let n = batch.len() as u64;
-            let body = otlp::encode(&self.service_name, batch.drain(..));
+            let body = otlp::encode(&mut buffer, &self.service_name, batch.drain(..));
             let result = self
                 .client
                 .post(&self.url)
@@ -619,6 +633,8 @@ impl Exporter {
 /// OTLP's protobuf, written by hand: one `ExportTraceServiceRequest` with one resource and
 /// one scope (`opentelemetry/proto/{collector/trace,trace,common,resource}/v1`).
 mod otlp {
+    use bytes::{Bytes, BytesMut};
+
     use super::{Context, Recording, Value};
 
     const VARINT: u32 = 0;
@@ -626,37 +642,37 @@ mod otlp {
     const LEN: u32 = 2;
     const FIXED32: u32 = 5;
 
-    fn varint(buf: &mut Vec<u8>, mut v: u64) {
+    fn varint(buf: &mut BytesMut, mut v: u64) {
         while v >= 0x80 {
-            buf.push((v as u8) | 0x80);
+            buf.extend_from_slice(&[(v as u8) | 0x80]);
             v >>= 7;
         }
-        buf.push(v as u8);
+        buf.extend_from_slice(&[v as u8]);
     }
 
-    fn key(buf: &mut Vec<u8>, field: u32, wire: u32) {
+    fn key(buf: &mut BytesMut, field: u32, wire: u32) {
         varint(buf, u64::from((field << 3) | wire));
     }
 
-    fn bytes(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
+    fn bytes(buf: &mut BytesMut, field: u32, b: &[u8]) {
         key(buf, field, LEN);
         varint(buf, b.len() as u64);
         buf.extend_from_slice(b);
     }
 
-    fn fixed64(buf: &mut Vec<u8>, field: u32, v: u64) {
+    fn fixed64(buf: &mut BytesMut, field: u32, v: u64) {
         key(buf, field, FIXED64);
         buf.extend_from_slice(&v.to_le_bytes());
     }
 
-    fn fixed32(buf: &mut Vec<u8>, field: u32, v: u32) {
+    fn fixed32(buf: &mut BytesMut, field: u32, v: u32) {
         key(buf, field, FIXED32);
         buf.extend_from_slice(&v.to_le_bytes());
     }
 
     /// A nested message: room for the longest length varint is kept in front while `f`
     /// writes it, then the length goes there and the unused room is closed up.
-    fn nested(buf: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
+    fn nested(buf: &mut BytesMut, field: u32, f: impl FnOnce(&mut BytesMut)) {
         key(buf, field, LEN);
         let at = buf.len();
         buf.extend_from_slice(&[0; 5]);
@@ -681,12 +697,13 @@ mod otlp {
     }
 
     /// `KeyValue { key = 1; AnyValue value = 2 }`, `AnyValue { string_value = 1; int_value = 3 }`.
-    fn attribute(buf: &mut Vec<u8>, field: u32, k: &str, v: &Value) {
+    fn attribute(buf: &mut BytesMut, field: u32, k: &str, v: &Value) {
         nested(buf, field, |buf| {
             bytes(buf, 1, k.as_bytes());
             nested(buf, 2, |buf| match v {
                 Value::Str(s) => bytes(buf, 1, s.as_bytes()),
                 Value::Shared(s) => bytes(buf, 1, s.as_bytes()),
+                Value::Static(s) => bytes(buf, 1, s.as_bytes()),
                 Value::Int(i) => {
                     key(buf, 3, VARINT);
                     varint(buf, *i as u64);
@@ -700,7 +717,7 @@ mod otlp {
         0x100 | u32::from(sampled)
     }
 
-    fn span(buf: &mut Vec<u8>, ctx: &Context, r: &Recording) {
+    fn span(buf: &mut BytesMut, ctx: &Context, r: &Recording) {
         bytes(buf, 1, &ctx.trace_id);
         bytes(buf, 2, &ctx.span_id);
         if let Some(state) = &ctx.state {
@@ -740,14 +757,19 @@ mod otlp {
     }
 
     /// One export request holding `spans`.
+    /// `buf` is reused from one export to the next: its memory comes back once the previous
+    /// request's body is gone (freeing a large buffer each time made glibc consolidate its
+    /// heap at every batch).
     pub fn encode(
+        buf: &mut BytesMut,
         service_name: &str,
         spans: impl Iterator<Item = (Context, Box<Recording>)>,
-    ) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(64 * 1024);
+    ) -> Bytes {
+        buf.clear();
+        buf.reserve(64 * 1024);
         let version = env!("CARGO_PKG_VERSION");
         // ExportTraceServiceRequest { repeated ResourceSpans resource_spans = 1 }
-        nested(&mut buf, 1, |buf| {
+        nested(buf, 1, |buf| {
             // ResourceSpans { Resource resource = 1; repeated ScopeSpans scope_spans = 2 }
             // Resource { repeated KeyValue attributes = 1 }
             nested(buf, 1, |buf| {
@@ -766,7 +788,7 @@ mod otlp {
                 }
             });
         });
-        buf
+        buf.split().freeze()
     }
 }
 
@@ -806,8 +828,9 @@ mod tests {
             });
             (ctx(i, true), rec)
         });
-        let bytes = otlp::encode("edge-1", spans);
-        let req = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
+        let mut buf = bytes::BytesMut::new();
+        let bytes = otlp::encode(&mut buf, "edge-1", spans);
+        let req = ExportTraceServiceRequest::decode(bytes).unwrap();
         let rs = &req.resource_spans[0];
         let service = &rs.resource.as_ref().unwrap().attributes[0];
         assert_eq!(service.key, "service.name");
