@@ -20,6 +20,11 @@
 #   SERVERS=wasmgate FLOODS=zerowindow DURATION=60 bash bench/abuse.sh   # a part of it
 #   FLOOD_NICE=19 bash bench/abuse.sh         # the flood's processes at the lowest CPU priority
 #   FLOOD_NICE=19 FLOOD_CPUS=1 bash bench/abuse.sh   # ... and held to CPU 1
+#   CLIENT=rust bash bench/abuse.sh           # the normal client compiled (examples/abuse_client.rs)
+#
+# CLIENT (default python): the normal client. python is bench/abuse/abuse.py client; rust is
+# examples/abuse_client.rs, the same schedule and the same JSON, compiled: its latencies do not
+# carry an interpreter's own scheduling delays on a machine whose two cores the flood shares.
 #
 # FLOOD_NICE (default 0): the flood's Python clients share the machine's two cores with the
 # server and the normal client; a real flood comes from other machines. With FLOOD_NICE=19
@@ -54,6 +59,7 @@ SERVERS=${SERVERS:-wasmgate nginx}
 FLOODS=${FLOODS:-zerowindow trickle}
 export FLOOD_NICE=${FLOOD_NICE:-0}
 export FLOOD_CPUS=${FLOOD_CPUS:-}
+export CLIENT=${CLIENT:-python}
 SOURCES=127.0.0.2-127.0.0.41
 CLIENT_SOURCE=127.0.0.100
 out=bench/results
@@ -74,7 +80,7 @@ if [ "$(ulimit -n)" -lt $((40 * CONNS + 1000)) ]; then
 fi
 
 bash scripts/build-functions.sh >/dev/null
-cargo build --release --quiet
+cargo build --release --quiet --bin wasmgate --example abuse_client
 HELLO=$PWD/functions/target/wasm32-wasip2/release/hello.wasm
 ABUSE=(python3 bench/abuse/abuse.py)
 FLOOD=(nice -n "$FLOOD_NICE" python3 bench/abuse/abuse.py)
@@ -157,9 +163,14 @@ for server in $SERVERS; do
     else
       echo '{}' > "$work/flood.json"
     fi
-    "${ABUSE[@]}" client --port "${!port_var}" --source "$CLIENT_SOURCE" --path /hello \
-      --concurrency "$CLIENT_CONC" --rate "$RATE" --reqs-per-conn "$REQS_PER_CONN" \
-      --duration "$DURATION" > "$work/client.json"
+    if [ "$CLIENT" = rust ]; then
+      ./target/release/examples/abuse_client "${!port_var}" "$CLIENT_SOURCE" /hello \
+        "$CLIENT_CONC" "$RATE" "$DURATION" > "$work/client.json"
+    else
+      "${ABUSE[@]}" client --port "${!port_var}" --source "$CLIENT_SOURCE" --path /hello \
+        --concurrency "$CLIENT_CONC" --rate "$RATE" --reqs-per-conn "$REQS_PER_CONN" \
+        --duration "$DURATION" > "$work/client.json"
+    fi
     [ -n "$fpid" ] && { wait "$fpid" || true; }
     echo "$server $mode $(tr -d ' ' < "$work/client.json") $(tr -d ' ' < "$work/flood.json")" | tee -a "$raw"
     sleep 3  # the flood's sockets are closed; let the server let go of them
@@ -181,6 +192,7 @@ print(f"Floods from 127.0.0.2-127.0.0.41, {conns} connections from each ({40 * i
       f"GET /hello over {conc} HTTP/1.1 keep-alive connections, {rate} requests/s, {dur} s per run"
       + (f", a new connection every {rpc} requests" if rpc != "0" else "")
       + ". p99 over the 2xx answers; a request that fails or takes over 5 s is not a success."
+      + f" The normal client is the {__import__('os').environ.get('CLIENT', 'python')} one."
       + f" The flood's processes run at nice {__import__('os').environ.get('FLOOD_NICE', '0')}"
       + (f", on CPUs {__import__('os').environ['FLOOD_CPUS']}" if __import__('os').environ.get('FLOOD_CPUS') else "")
       + ".\n")

@@ -262,7 +262,7 @@ where
                     limit,
                     query_param(req.uri().query(), "after"),
                 )
-                .await;
+                .await?;
             Ok(json(
                 StatusCode::OK,
                 serde_json::json!({ "tasks": tasks, "next": next }),

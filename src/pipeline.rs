@@ -113,7 +113,7 @@ impl App {
         let mut span = crate::trace::start(
             "request",
             crate::trace::Kind::Server,
-            crate::trace::Context::from_headers(req.headers()).as_ref(),
+            client_trace(req.headers()).as_ref(),
         );
         let origin = req
             .headers()
@@ -389,6 +389,31 @@ impl App {
             }
         })
     }
+}
+
+/// The client's trace context, unless its `Connection` header names the trace headers as
+/// hop-by-hop (they are removed before the function sees the request, and so is what they
+/// say).
+fn client_trace(headers: &HeaderMap) -> Option<crate::trace::Context> {
+    if !crate::trace::enabled() {
+        return None;
+    }
+    let mut ctx = crate::trace::Context::from_headers(headers)?;
+    for token in headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+    {
+        if token.eq_ignore_ascii_case("traceparent") {
+            return None;
+        }
+        if token.eq_ignore_ascii_case("tracestate") {
+            ctx.state = None;
+        }
+    }
+    Some(ctx)
 }
 
 /// Stage 1: sizes of headers, URI and declared body; malformed gateway headers.

@@ -46,6 +46,9 @@ pub struct Context {
     pub sampled: bool,
     /// `tracestate`, passed on as received.
     pub state: Option<Arc<str>>,
+    /// Read from a carrier (a request's or message's headers, a stored task), not made by
+    /// this process just now: a span continuing it has a remote parent.
+    pub remote: bool,
 }
 
 impl Context {
@@ -88,6 +91,7 @@ impl Context {
             span_id,
             sampled: flags & 1 == 1,
             state,
+            remote: true,
         })
     }
 
@@ -211,6 +215,8 @@ impl From<u16> for Value {
 /// A sampled span's data, handed to the exporter when the span ends.
 pub struct Recording {
     parent: Option<[u8; 8]>,
+    /// The parent came from another process (or a stored task).
+    parent_remote: bool,
     name: &'static str,
     kind: Kind,
     start_ns: u64,
@@ -358,10 +364,12 @@ impl Tracer {
             span_id: random_id::<8>(),
             sampled,
             state: parent.and_then(|p| p.state.clone()),
+            remote: false,
         };
         let rec = sampled.then(|| {
             Box::new(Recording {
                 parent: parent.map(|p| p.span_id),
+                parent_remote: parent.is_some_and(|p| p.remote),
                 name,
                 kind,
                 start_ns: now_ns(),
@@ -712,9 +720,12 @@ mod otlp {
         });
     }
 
-    /// W3C trace flags in a span's or link's `flags`: sampled, and "the flags are known".
-    fn flags(sampled: bool) -> u32 {
-        0x100 | u32::from(sampled)
+    /// A span's or link's `flags`: the W3C trace flags (sampled) in the low byte, then
+    /// OTLP's "whether the parent (or linked span) is remote is known" (0x100) and "it is
+    /// remote" (0x200).
+    fn flags(sampled: bool, remote: bool) -> u32 {
+        let remote = if remote { 0x200 } else { 0 };
+        0x100 | remote | u32::from(sampled)
     }
 
     fn span(buf: &mut BytesMut, ctx: &Context, r: &Recording) {
@@ -742,7 +753,7 @@ mod otlp {
                 if let Some(state) = &l.state {
                     bytes(buf, 3, state.as_bytes());
                 }
-                fixed32(buf, 6, flags(l.sampled));
+                fixed32(buf, 6, flags(l.sampled, l.remote));
             });
         }
         if let Some(message) = &r.error {
@@ -753,7 +764,7 @@ mod otlp {
                 varint(buf, 2);
             });
         }
-        fixed32(buf, 16, flags(ctx.sampled));
+        fixed32(buf, 16, flags(ctx.sampled, r.parent_remote));
     }
 
     /// One export request holding `spans`.
@@ -808,11 +819,13 @@ mod tests {
             span_id: [span; 8],
             sampled,
             state: Some("vendor=1".into()),
+            remote: false,
         };
         let long = "x".repeat(300);
         let spans = (1..=3u8).map(|i| {
             let rec = Box::new(Recording {
                 parent: (i > 1).then_some([i - 1; 8]),
+                parent_remote: i == 2,
                 name: "run",
                 kind: Kind::Client,
                 start_ns: 1_000 + u64::from(i),
@@ -852,7 +865,7 @@ mod tests {
             assert_eq!(s.kind, 3);
             assert_eq!(s.start_time_unix_nano, 1_000 + u64::from(n));
             assert_eq!(s.end_time_unix_nano, 2_000);
-            assert_eq!(s.flags, 0x101);
+            assert_eq!(s.flags, if n == 2 { 0x301 } else { 0x101 });
             let values: Vec<_> = s
                 .attributes
                 .iter()

@@ -238,6 +238,9 @@ async fn a_client_trace_continues_through_the_run_span_to_an_outbound_call() {
     assert_eq!(parent("outbound"), id("run"));
     assert_eq!(sent, format!("00-{TRACE}-{}-01", id("outbound")));
     assert_eq!(m["request"].kind, 2, "SERVER");
+    // OTLP flags: sampled; the request's parent is remote (the client's), the run's is not.
+    assert_eq!(m["request"].flags, 0x301);
+    assert_eq!(m["run"].flags, 0x101);
     assert_eq!(m["outbound"].kind, 3, "CLIENT");
     assert_eq!(m["request"].trace_state, "vendor=1");
     let request = &m["request"];
@@ -299,6 +302,19 @@ async fn a_client_trace_continues_through_the_run_span_to_an_outbound_call() {
         attr(&m["request"], "wasmgate.principal").as_deref(),
         Some("token:ci")
     );
+
+    // Trace headers the client names in `Connection` are hop-by-hop: not continued.
+    const HOP: &str = "66666666666666666666666666666666";
+    let seen = echo(
+        &s,
+        &[
+            ("traceparent", &traceparent(HOP)),
+            ("connection", "traceparent"),
+        ],
+    )
+    .await;
+    let given = common::echoed_header(&seen, "traceparent").expect("a traceparent");
+    assert!(!given.contains(HOP), "{given}");
 
     // The access log names the trace.
     assert!(

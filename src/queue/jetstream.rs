@@ -466,45 +466,39 @@ impl Cluster {
     /// bucket written to all the time (cron ticks, a loaded queue) can put off for as long as
     /// the writes go on; the subject list is a snapshot and always ends. A key deleted since it
     /// was written is still a subject (its delete marker): readers skip what `get` misses.
-    async fn keys(&self, trigger: Option<&str>) -> Vec<String> {
-        let Ok(conn) = self.conn() else {
-            return Vec::new();
-        };
+    ///
+    /// A page that fails fails the whole listing (a partial one would make a task that
+    /// exists look absent), and the listing stops there: the client's page stream must not
+    /// be polled again after an error.
+    async fn keys(&self, trigger: Option<&str>) -> Result<Vec<String>, QueueError> {
+        let conn = self.conn()?;
         let prefix = conn.kv.prefix.as_str();
-        let Ok(subjects) = conn
+        let mut subjects = conn
             .kv
             .stream
             .info_with_subjects(format!("{prefix}>"))
             .await
-        else {
-            return Vec::new();
-        };
-        let mut keys = subjects
-            .filter_map(|s| async move { s.ok().map(|(subject, _)| subject) })
-            .filter_map(|subject| {
-                let key = subject
-                    .strip_prefix(prefix)
-                    .filter(|k| {
-                        trigger.is_none_or(|t| {
-                            k.strip_prefix(t).is_some_and(|rest| rest.starts_with('/'))
-                        })
-                    })
-                    .map(str::to_string);
-                std::future::ready(key)
-            })
-            .collect::<Vec<String>>()
-            .await;
+            .map_err(storage)?;
+        let mut keys = Vec::new();
+        while let Some(page) = subjects.next().await {
+            let (subject, _) = page.map_err(storage)?;
+            if let Some(key) = subject.strip_prefix(prefix).filter(|k| {
+                trigger.is_none_or(|t| k.strip_prefix(t).is_some_and(|rest| rest.starts_with('/')))
+            }) {
+                keys.push(key.to_string());
+            }
+        }
         keys.sort_unstable();
         keys.dedup();
-        keys
+        Ok(keys)
     }
 
-    pub async fn find(&self, id: &str, trigger: Option<&str>) -> Vec<TaskView> {
+    pub async fn find(&self, id: &str, trigger: Option<&str>) -> Result<Vec<TaskView>, QueueError> {
         let keys: Vec<String> = match trigger {
             Some(t) => vec![task_key(t, id)],
             None => self
                 .keys(None)
-                .await
+                .await?
                 .into_iter()
                 .filter(|k| k.rsplit('/').next() == Some(id))
                 .collect(),
@@ -515,7 +509,7 @@ impl Cluster {
                 found.push(v);
             }
         }
-        found
+        Ok(found)
     }
 
     /// One page of tasks in key order (`trigger/id`) after the key `after`, newest first
@@ -529,8 +523,8 @@ impl Cluster {
         state: Option<TaskState>,
         limit: usize,
         after: Option<&str>,
-    ) -> (Vec<TaskView>, Option<String>) {
-        let keys = self.keys(trigger).await;
+    ) -> Result<(Vec<TaskView>, Option<String>), QueueError> {
+        let keys = self.keys(trigger).await?;
         let start = after.map_or(0, |a| keys.partition_point(|k| k.as_str() <= a));
         let mut page = Vec::new();
         let mut next = None;
@@ -547,7 +541,7 @@ impl Cluster {
             }
         }
         page.sort_by_key(|v| std::cmp::Reverse(v.created_ms));
-        (page, next)
+        Ok((page, next))
     }
 
     /// A waiting task is Stopped now (its message is dropped when delivered); a running

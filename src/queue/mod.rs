@@ -368,7 +368,7 @@ impl Queue {
                 })
                 .await
                 .unwrap_or_default(),
-            Backend::Cluster(c) => c.find(id, trigger).await,
+            Backend::Cluster(c) => c.find(id, trigger).await?,
         };
         match found.len() {
             0 => Err(QueueError::NotFound(id.to_string())),
@@ -390,7 +390,7 @@ impl Queue {
         state: Option<TaskState>,
         limit: usize,
         after: Option<String>,
-    ) -> (Vec<TaskView>, Option<String>) {
+    ) -> Result<(Vec<TaskView>, Option<String>), QueueError> {
         if let Backend::Cluster(c) = &self.backend {
             return c
                 .list(
@@ -412,7 +412,7 @@ impl Queue {
             })
             .await
             .unwrap_or_default();
-        (tasks, None)
+        Ok((tasks, None))
     }
 
     /// Stops the task with store key `key`: a waiting task never runs; a running one is

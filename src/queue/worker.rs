@@ -572,7 +572,15 @@ fn callback_span(cb: &PendingCallback, attempt: u32) -> crate::trace::Span {
     if span.is_recording() {
         span.set("wasmgate.task_id", &cb.task_id);
         span.set("wasmgate.attempt", attempt);
-        span.set("url.full", callback::redacted(&cb.url));
+        // The host only: a webhook URL often carries its credential in the path.
+        if let Ok(uri) = cb.url.parse::<http::Uri>() {
+            if let Some(host) = uri.host() {
+                span.set("server.address", host);
+            }
+            if let Some(port) = uri.port_u16() {
+                span.set("server.port", u32::from(port));
+            }
+        }
     }
     span
 }
