@@ -54,15 +54,7 @@ async fn metrics_count_traffic_and_the_token_is_required() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
-    let text = c
-        .get(s.admin_url("/metrics"))
-        .bearer_auth("admin-secret-token")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics("admin-secret-token").await;
     let ok = sample(
         &text,
         "wasmgate_requests_total",

@@ -574,15 +574,7 @@ async = {{ max_retries = 0 }}
         let t = wait_task(&s, &format!("once_{i}"), |t| t["state"] == "Succeeded").await;
         assert_eq!(t["attempts"], 1, "{t}");
     }
-    let metrics = client()
-        .get(s.admin_url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics(ADMIN_TOKEN).await;
     assert!(
         !metrics.contains("wasmgate_async_attempts_total{"),
         "a task ran again after the restart:\n{metrics}"
@@ -610,15 +602,7 @@ async fn task_status(s: &TestServer, id: &str) -> u16 {
 
 /// The `wasmgate_async_attempts_total` counter of `function` and `outcome` (0 while absent).
 async fn attempts_metric(s: &TestServer, function: &str, outcome: &str) -> u64 {
-    let text = client()
-        .get(s.admin_url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics(ADMIN_TOKEN).await;
     let labels = [
         format!("function=\"{function}\""),
         format!("outcome=\"{outcome}\""),

@@ -372,15 +372,7 @@ async fn jwks_url_keys_verify_and_their_fetches_are_counted() {
     wait_keys(&s).await;
     let token = provider.token(None).await;
     assert_eq!(call(&s, "/api/x", &token).await.status(), 200);
-    let metrics = common::client()
-        .get(s.admin_url("/metrics"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics(ADMIN).await;
     assert!(
         metrics.contains("wasmgate_jwks_fetches_total{trigger=\"api\",outcome=\"ok\"} 1"),
         "{metrics}"

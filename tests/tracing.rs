@@ -178,15 +178,7 @@ async fn echo(s: &TestServer, headers: &[(&str, &str)]) -> serde_json::Value {
 }
 
 async fn metric(s: &TestServer, name: &str) -> f64 {
-    let text = reqwest::Client::new()
-        .get(s.admin_url("/metrics"))
-        .bearer_auth("t")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics("t").await;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {name} in\n{text}"))

@@ -228,6 +228,19 @@ impl TestServer {
         format!("{}{}", self.admin.as_deref().expect("admin listener"), path)
     }
 
+    /// `GET /metrics` on the admin listener with `token`: the exposition text.
+    pub async fn metrics(&self, token: &str) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("the admin API answers")
+            .text()
+            .await
+            .expect("the metrics text")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
