@@ -10,7 +10,9 @@
 //!
 //! Knobs (environment): POOLING=0 turns the pooling allocator off; POOL instance slots
 //! (1000); KEEP_MEM / KEEP_TABLE bytes kept resident per slot (0); NOCOW=1 turns
-//! copy-on-write memory images off; PAGEMAP=1 resets dirty pages with `PAGEMAP_SCAN`.
+//! copy-on-write memory images off; PAGEMAP=1 resets dirty pages with `PAGEMAP_SCAN`;
+//! EPOCH=1 compiles the guest with epoch interruption, as the gateway does for its
+//! deadlines (the deadline itself never comes: only the checks' cost is added).
 
 use std::sync::Arc;
 
@@ -83,6 +85,8 @@ async fn main() -> Result<()> {
     if env("NOCOW", 0) == 1 {
         cfg.memory_init_cow(false);
     }
+    let epoch = env("EPOCH", 0) == 1;
+    cfg.epoch_interruption(epoch);
     let engine = Engine::new(&cfg)?;
     let component = Component::from_file(&engine, wasm)?;
     let mut linker: Linker<Host> = Linker::new(&engine);
@@ -108,6 +112,9 @@ async fn main() -> Result<()> {
                             table: ResourceTable::new(),
                         },
                     );
+                    if epoch {
+                        store.set_epoch_deadline(u64::MAX / 2);
+                    }
                     let (tx, rx) = tokio::sync::oneshot::channel();
                     let req = store
                         .data_mut()

@@ -252,6 +252,8 @@ fn every_documented_default_is_the_parsed_default() {
 listen = "127.0.0.1:0"
 [cluster]
 nats = "nats://127.0.0.1:4222"
+[tracing]
+otlp_endpoint = "http://127.0.0.1:4318"
 [[function]]
 name = "hello"
 wasm = "hello.wasm"
@@ -309,6 +311,8 @@ topics = ["a.b"]
             ("trigger.topic_match", "mqtt") => forms.push("Wildcard".into()),
             ("trigger.qos", "1") => forms.push("AtLeastOnce".into()),
             ("function.env", "{}") => forms.push("[]".into()),
+            // The parsed form lists the header names only (their values are secrets).
+            ("tracing.headers", "{}") => forms.push("[]".into()),
             // "the same as per_second" (5 in the config above).
             ("trigger.rate_limit.burst", "per_second") => forms.push("5".into()),
             _ => {}
