@@ -329,7 +329,7 @@ pub struct Tracer {
     /// Traces whose id's low 63 bits fall below this are sampled (OpenTelemetry's
     /// `TraceIdRatioBased`): every node decides the same for the same trace.
     bound: u64,
-    queue: tokio::sync::mpsc::Sender<(Context, Box<Recording>)>,
+    queue: tokio::sync::mpsc::Sender<bytes::Bytes>,
     /// The exporter's signals.
     signals: Arc<Signals>,
 }
@@ -385,8 +385,13 @@ impl Tracer {
         }
     }
 
+    /// Queues the span, encoded here: the span and its attributes are freed on the thread
+    /// that made them, and what crosses to the exporter is one slice of a thread's buffer
+    /// (freeing a span's pieces on the exporter's thread contended for glibc's arenas).
     fn submit(&self, ctx: Context, rec: Box<Recording>) {
-        if self.queue.try_send((ctx, rec)).is_err() {
+        let encoded = otlp::framed_span(&ctx, &rec);
+        drop(rec);
+        if self.queue.try_send(encoded).is_err() {
             crate::metrics::METRICS.trace_spans_dropped.inc();
         } else if self.queue.capacity() + MAX_BATCH <= QUEUE_CAPACITY {
             self.signals.full.notify_one();
@@ -567,11 +572,7 @@ impl Exporter {
         })
     }
 
-    async fn run(
-        self,
-        mut rx: tokio::sync::mpsc::Receiver<(Context, Box<Recording>)>,
-        signals: Arc<Signals>,
-    ) {
+    async fn run(self, mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>, signals: Arc<Signals>) {
         let mut warned: Option<tokio::time::Instant> = None;
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut buffer = bytes::BytesMut::new();
@@ -767,14 +768,38 @@ mod otlp {
         fixed32(buf, 16, flags(ctx.sampled, r.parent_remote));
     }
 
-    /// One export request holding `spans`.
+    thread_local! {
+        /// Where this thread encodes its spans; each span is a slice of it, and the memory
+        /// goes back when the exporter has sent the last slice of a block.
+        static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+    }
+
+    /// One span as `ScopeSpans.spans` (field 2) holds it: its key, length and message.
+    pub fn framed_span(ctx: &Context, r: &Recording) -> Bytes {
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut buf) => {
+                if buf.capacity() < 1024 {
+                    buf.reserve(16 * 1024);
+                }
+                nested(&mut buf, 2, |buf| span(buf, ctx, r));
+                buf.split().freeze()
+            }
+            Err(_) => {
+                let mut buf = BytesMut::with_capacity(512);
+                nested(&mut buf, 2, |buf| span(buf, ctx, r));
+                buf.freeze()
+            }
+        })
+    }
+
+    /// One export request holding `spans` (each from [`framed_span`]).
     /// `buf` is reused from one export to the next: its memory comes back once the previous
     /// request's body is gone (freeing a large buffer each time made glibc consolidate its
     /// heap at every batch).
     pub fn encode(
         buf: &mut BytesMut,
         service_name: &str,
-        spans: impl Iterator<Item = (Context, Box<Recording>)>,
+        spans: impl Iterator<Item = Bytes>,
     ) -> Bytes {
         buf.clear();
         buf.reserve(64 * 1024);
@@ -794,8 +819,8 @@ mod otlp {
                     bytes(buf, 1, b"wasmgate");
                     bytes(buf, 2, version.as_bytes());
                 });
-                for (ctx, r) in spans {
-                    nested(buf, 2, |buf| span(buf, &ctx, &r));
+                for framed in spans {
+                    buf.extend_from_slice(&framed);
                 }
             });
         });
@@ -842,7 +867,11 @@ mod tests {
             (ctx(i, true), rec)
         });
         let mut buf = bytes::BytesMut::new();
-        let bytes = otlp::encode(&mut buf, "edge-1", spans);
+        let bytes = otlp::encode(
+            &mut buf,
+            "edge-1",
+            spans.map(|(ctx, rec)| otlp::framed_span(&ctx, &rec)),
+        );
         let req = ExportTraceServiceRequest::decode(bytes).unwrap();
         let rs = &req.resource_spans[0];
         let service = &rs.resource.as_ref().unwrap().attributes[0];
