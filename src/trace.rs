@@ -5,15 +5,17 @@
 //! `[tracing]` table there is none, [`start`] gives a span that is off (no ids, nothing
 //! recorded) and the callers leave `traceparent` alone. A span that is not sampled still has
 //! ids, so the context propagates; only a sampled one is recorded, and it is handed to the
-//! exporter when it is dropped. The exporter runs off the request path: a bounded queue
-//! (a full one drops the span and counts it), batches of up to [`MAX_BATCH`] spans, one
-//! export in flight; a slow or absent collector costs dropped spans, never a request's time.
+//! exporter, encoded, when it is dropped. The exporter runs off the request path: a bounded
+//! queue (a full one drops the span and counts it), batches of up to [`MAX_BATCH`] spans,
+//! one export in flight; a slow or absent collector costs dropped spans, never a request's
+//! time.
 //!
 //! The protobuf is written by hand ([`otlp`]: the few OTLP messages a span export needs,
-//! with the field numbers of `opentelemetry/proto/trace/v1/trace.proto`), straight from the
-//! spans into one buffer; the tests decode it with the `opentelemetry-proto` crate's own
-//! types. With `prost` structs in between (a copy of every id, name and attribute first),
-//! encoding cost a tenth of a core at 70,000 spans a second on this machine kind.
+//! with the field numbers of `opentelemetry/proto/trace/v1/trace.proto`): each span on the
+//! thread that ends it, into that thread's buffer, and the exporter frames the slices into
+//! one request; the tests decode it with the `opentelemetry-proto` crate's own types. With
+//! `prost` structs in between (a copy of every id, name and attribute first), encoding cost
+//! a tenth of a core at 70,000 spans a second on this machine kind.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
