@@ -218,6 +218,9 @@ where
     }
     if method == Method::GET && path == "/metrics" {
         crate::auth::jwks::update_gauges();
+        for b in app.dispatcher.runtime().stores().buckets() {
+            b.refresh_stats().await;
+        }
         let m = &crate::metrics::METRICS;
         m.in_flight.set(app.dispatcher.limits().in_flight() as i64);
         if let Some(q) = app.dispatcher.queue() {
@@ -232,6 +235,9 @@ where
     }
     if let Some(rest) = path.strip_prefix("/-/functions") {
         return functions(app, method, rest, body).await;
+    }
+    if let Some(rest) = path.strip_prefix("/-/buckets") {
+        return buckets(app, method, rest, req.uri().query(), body).await;
     }
     let Some(rest) = path.strip_prefix("/-/tasks") else {
         return Err(not_found());
@@ -292,6 +298,117 @@ where
 }
 
 /// `/-/functions...`: deploy, list, describe, aliases.
+/// `/-/buckets...` (SPEC section 5.1): what the buckets hold; keys read, written and
+/// deleted by an operator. A key in the path is percent-encoded (it may hold `/`).
+async fn buckets<B>(
+    app: &App,
+    method: &Method,
+    rest: &str,
+    query: Option<&str>,
+    body: B,
+) -> Result<Response<ResponseBody>, GatewayError>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stores = app.dispatcher.runtime().stores();
+    let rest = rest.trim_start_matches('/');
+    if rest.is_empty() {
+        if method != Method::GET {
+            return Err(GatewayError::TriggerNotFound(format!(
+                "no admin route for {method} /-/buckets"
+            )));
+        }
+        let mut list = Vec::new();
+        for b in stores.buckets() {
+            b.refresh_stats().await;
+            list.push(serde_json::json!({
+                "name": b.name(),
+                "keys": b.stats().keys(),
+                "bytes": b.stats().bytes(),
+                "max_bytes": b.config.max_bytes,
+                "max_value_bytes": b.config.max_value_bytes,
+            }));
+        }
+        return Ok(json(StatusCode::OK, serde_json::json!({ "buckets": list })));
+    }
+    let (name, rest) = rest.split_once('/').unwrap_or((rest, ""));
+    let bucket = stores.bucket(name).ok_or(crate::kv::KvError::NoSuchStore)?;
+    let key = match rest {
+        "keys" | "keys/" => None,
+        r => match r.strip_prefix("keys/") {
+            Some(k) => Some(
+                percent_encoding::percent_decode_str(k)
+                    .decode_utf8()
+                    .map_err(|_| GatewayError::InvalidArgument("a key must be UTF-8".into()))?
+                    .into_owned(),
+            ),
+            None => {
+                return Err(GatewayError::TriggerNotFound(format!(
+                    "no admin route for {method} /-/buckets/{name}/{rest}"
+                )));
+            }
+        },
+    };
+    match (method, key) {
+        (&Method::GET, None) => {
+            let prefix = query_param(query, "prefix").unwrap_or_default();
+            let cursor = match query_param(query, "cursor") {
+                None => None,
+                Some(c) => Some(c.parse::<u64>().map_err(|_| {
+                    GatewayError::InvalidArgument(format!("cursor '{c}' is not one this API gave"))
+                })?),
+            };
+            let limit = query_param(query, "limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(crate::kv::PAGE_KEYS);
+            let page = bucket.list(&prefix, cursor, limit).await?;
+            Ok(json(
+                StatusCode::OK,
+                serde_json::json!({ "keys": page.keys, "cursor": page.cursor }),
+            ))
+        }
+        (&Method::GET, Some(key)) => {
+            let value = bucket.get(&key).await?.ok_or_else(|| {
+                GatewayError::KeyNotFound(format!("bucket '{name}' has no key '{key}'"))
+            })?;
+            let mut r = Response::new(full(value));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            Ok(r)
+        }
+        (&Method::PUT, Some(key)) => {
+            let limit = bucket.config.max_value_bytes as usize + 1;
+            let value = read_body(body, limit).await?;
+            let bytes = value.len();
+            bucket
+                .write(
+                    "admin_put",
+                    vec![crate::kv::Write::Set(key.clone(), value.to_vec())],
+                )
+                .await?;
+            Ok(json(
+                StatusCode::OK,
+                serde_json::json!({ "bucket": name, "key": key, "bytes": bytes }),
+            ))
+        }
+        (&Method::DELETE, Some(key)) => {
+            bucket
+                .write("admin_delete", vec![crate::kv::Write::Delete(key.clone())])
+                .await?;
+            Ok(json(
+                StatusCode::OK,
+                serde_json::json!({ "bucket": name, "deleted": key }),
+            ))
+        }
+        _ => Err(GatewayError::TriggerNotFound(format!(
+            "no admin route for {method} /-/buckets/{name}/{rest}"
+        ))),
+    }
+}
+
 async fn functions<B>(
     app: &App,
     method: &Method,

@@ -13,6 +13,7 @@ use http::{Response, StatusCode};
 use crate::auth::AuthError;
 use crate::body::{ResponseBody, full};
 use crate::config::ConfigError;
+use crate::kv::KvError;
 use crate::queue::QueueError;
 use crate::registry::RegistryError;
 use crate::runtime::RuntimeError;
@@ -54,6 +55,12 @@ pub enum GatewayError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// (admin API) a key-value bucket operation failed.
+    #[error(transparent)]
+    Kv(#[from] crate::kv::KvError),
+    /// (admin API) no such key in the bucket.
+    #[error("{0}")]
+    KeyNotFound(String),
     /// A host fault: a bug in the gateway, never the client's or the guest's doing.
     #[error("{0}")]
     Internal(String),
@@ -105,6 +112,13 @@ impl GatewayError {
                 RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
                 RegistryError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
+            G::Kv(e) => match e {
+                KvError::NoSuchStore => StatusCode::NOT_FOUND,
+                KvError::Quota(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                KvError::Invalid(_) => StatusCode::BAD_REQUEST,
+                KvError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            },
+            G::KeyNotFound(_) => StatusCode::NOT_FOUND,
             G::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -169,13 +183,18 @@ impl GatewayError {
             RegistryError::NotFound(s()).into(),
             RegistryError::Storage(s()).into(),
             ConfigError(s()).into(),
+            KvError::NoSuchStore.into(),
+            KvError::Quota(s()).into(),
+            KvError::Invalid(s()).into(),
+            KvError::Unavailable(s()).into(),
+            GatewayError::KeyNotFound(s()),
             GatewayError::Internal(s()),
         ]
     }
 
     /// The number of kinds [`GatewayError::kind_index`] tells apart.
     #[doc(hidden)]
-    pub const KINDS: usize = 36;
+    pub const KINDS: usize = 41;
 
     /// Which kind of error this is, 0..[`GatewayError::KINDS`] (see
     /// [`GatewayError::every_kind`]).
@@ -229,6 +248,13 @@ impl GatewayError {
             },
             G::Config(_) => 33,
             G::Internal(_) => 34,
+            G::Kv(e) => match e {
+                KvError::NoSuchStore => 36,
+                KvError::Quota(_) => 37,
+                KvError::Invalid(_) => 38,
+                KvError::Unavailable(_) => 39,
+            },
+            G::KeyNotFound(_) => 40,
         }
     }
 
@@ -280,6 +306,13 @@ impl GatewayError {
                 RegistryError::NotFound(_) => "FunctionNotFound",
                 RegistryError::Storage(_) => "InternalServerError",
             },
+            G::Kv(e) => match e {
+                KvError::NoSuchStore => "BucketNotFound",
+                KvError::Quota(_) => "QuotaExceeded",
+                KvError::Invalid(_) => "InvalidArgument",
+                KvError::Unavailable(_) => "ServiceUnavailable",
+            },
+            G::KeyNotFound(_) => "KeyNotFound",
             G::Internal(_) => "InternalServerError",
         }
     }

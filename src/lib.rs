@@ -19,6 +19,7 @@ pub mod cors;
 pub mod dispatch;
 pub mod error;
 pub mod invocation;
+pub mod kv;
 pub mod metrics;
 pub mod netguard;
 pub mod pipeline;
@@ -395,7 +396,18 @@ impl App {
                 None
             }
         };
-        let runtime = Runtime::new(&config, artifacts.as_deref())?;
+        // Like the queue, the buckets' backend is opened once and kept across reloads.
+        let stores = match mode {
+            Mode::Serve => kv::Stores::open(
+                data_dir,
+                &config.buckets,
+                config.cluster.as_ref(),
+                previous.map(|p| &**p.dispatcher.runtime().stores()),
+            )
+            .context("key-value buckets")?,
+            Mode::Check => kv::Stores::closed(&config.buckets),
+        };
+        let runtime = Runtime::new(&config, artifacts.as_deref(), Arc::new(stores))?;
         let mut triggers = Vec::new();
         let mut router = Router::new();
         for (i, t) in config.triggers.iter().enumerate() {

@@ -166,6 +166,44 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Read and write key-value buckets through the admin API.
+    #[command(subcommand)]
+    Kv(KvCommand),
+}
+
+#[derive(Subcommand)]
+enum KvCommand {
+    /// The keys of BUCKET (every page), or with no BUCKET the buckets and what they hold.
+    List {
+        bucket: Option<String>,
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Print the value of KEY (its bytes as stored).
+    Get {
+        bucket: String,
+        key: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Set KEY to VALUE, or to the standard input when VALUE is left out.
+    Put {
+        bucket: String,
+        key: String,
+        value: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Delete KEY.
+    Delete {
+        bucket: String,
+        key: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -305,6 +343,7 @@ fn main() -> ExitCode {
             admin,
         } => deploy(&name, &file, alias.as_deref(), &admin),
         Command::Versions { name, admin } => versions(&name, &admin),
+        Command::Kv(op) => kv(op),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -559,6 +598,17 @@ fn admin_call(
     path: &str,
     body: Vec<u8>,
 ) -> Result<serde_json::Value> {
+    let bytes = admin_bytes(admin, method, path, body)?;
+    Ok(serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
+/// Calls the admin API; the answer's body as it came.
+fn admin_bytes(
+    admin: &AdminArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<bytes::Bytes> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -591,15 +641,96 @@ fn admin_call(
         })?;
         let status = resp.status();
         let bytes = resp.bytes().await.unwrap_or_default();
-        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
         if !status.is_success() {
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
             anyhow::bail!(
                 "{status}: {}",
                 v.get("Message").and_then(|m| m.as_str()).unwrap_or("")
             );
         }
-        Ok(v)
+        Ok(bytes)
     })
+}
+
+/// `wasmgate kv ...`: the admin API's `/-/buckets` routes.
+fn kv(op: KvCommand) -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    let enc = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let mut out = std::io::stdout().lock();
+    match op {
+        KvCommand::List {
+            bucket: None,
+            admin,
+            ..
+        } => {
+            let v = admin_call(&admin, reqwest::Method::GET, "/-/buckets", Vec::new())?;
+            writeln!(
+                out,
+                "{:<24} {:>10} {:>14} {:>14}",
+                "BUCKET", "KEYS", "BYTES", "MAX_BYTES"
+            )?;
+            for b in v["buckets"].as_array().into_iter().flatten() {
+                writeln!(
+                    out,
+                    "{:<24} {:>10} {:>14} {:>14}",
+                    b["name"].as_str().unwrap_or(""),
+                    b["keys"],
+                    b["bytes"],
+                    b["max_bytes"]
+                )?;
+            }
+        }
+        KvCommand::List {
+            bucket: Some(bucket),
+            prefix,
+            admin,
+        } => {
+            let mut cursor: Option<u64> = None;
+            loop {
+                let mut path = format!("/-/buckets/{}/keys?prefix={}", enc(&bucket), enc(&prefix));
+                if let Some(c) = cursor {
+                    path.push_str(&format!("&cursor={c}"));
+                }
+                let v = admin_call(&admin, reqwest::Method::GET, &path, Vec::new())?;
+                for k in v["keys"].as_array().into_iter().flatten() {
+                    writeln!(out, "{}", k.as_str().unwrap_or(""))?;
+                }
+                match v["cursor"].as_u64() {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+        }
+        KvCommand::Get { bucket, key, admin } => {
+            let path = format!("/-/buckets/{}/keys/{}", enc(&bucket), enc(&key));
+            let value = admin_bytes(&admin, reqwest::Method::GET, &path, Vec::new())?;
+            out.write_all(&value)?;
+        }
+        KvCommand::Put {
+            bucket,
+            key,
+            value,
+            admin,
+        } => {
+            let body = match value {
+                Some(v) => v.into_bytes(),
+                None => {
+                    let mut b = Vec::new();
+                    std::io::stdin().read_to_end(&mut b)?;
+                    b
+                }
+            };
+            let path = format!("/-/buckets/{}/keys/{}", enc(&bucket), enc(&key));
+            admin_call(&admin, reqwest::Method::PUT, &path, body)?;
+        }
+        KvCommand::Delete { bucket, key, admin } => {
+            let path = format!("/-/buckets/{}/keys/{}", enc(&bucket), enc(&key));
+            admin_call(&admin, reqwest::Method::DELETE, &path, Vec::new())?;
+        }
+    }
+    Ok(())
 }
 
 fn deploy(

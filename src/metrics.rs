@@ -47,6 +47,21 @@ pub struct JwksFetchLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KvLabels {
+    pub bucket: String,
+    /// `get`, `set`, `delete`, `exists`, `list_keys`, `increment`, `get_many`, `set_many`,
+    /// `delete_many`, and the admin API's `admin_put` and `admin_delete`.
+    pub op: &'static str,
+    /// `ok`, `quota`, `invalid`, `no_such_store` or `unavailable`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BucketLabels {
+    pub bucket: String,
+}
+
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<TriggerLabels, Histogram>,
@@ -61,6 +76,8 @@ pub struct Metrics {
     pub jwks_age: Family<TriggerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub trace_spans_exported: Counter,
     pub trace_spans_dropped: Counter,
+    pub kv_operations: Family<KvLabels, Counter>,
+    pub kv_bytes: Family<BucketLabels, Gauge>,
     registry: Registry,
 }
 
@@ -81,7 +98,19 @@ impl Metrics {
         let jwks_age = Family::<TriggerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let trace_spans_exported = Counter::default();
         let trace_spans_dropped = Counter::default();
+        let kv_operations = Family::<KvLabels, Counter>::default();
+        let kv_bytes = Family::<BucketLabels, Gauge>::default();
         let mut registry = Registry::with_prefix("wasmgate");
+        registry.register(
+            "kv_operations",
+            "Key-value operations by bucket, operation and outcome",
+            kv_operations.clone(),
+        );
+        registry.register(
+            "kv_bytes",
+            "Bytes (keys plus values) a key-value bucket holds",
+            kv_bytes.clone(),
+        );
         registry.register(
             "requests",
             "Requests by trigger, status and authentication outcome",
@@ -153,6 +182,8 @@ impl Metrics {
             jwks_age,
             trace_spans_exported,
             trace_spans_dropped,
+            kv_operations,
+            kv_bytes,
             registry,
         }
     }

@@ -181,6 +181,8 @@ pub fn function_config(config: &Config, name: &str, wasm: &Path) -> FunctionConf
             max_concurrency: NonZeroUsize::new(100).expect("non-zero"),
             env: Vec::new(),
             outbound_hosts: Vec::new(),
+            keyvalue: Vec::new(),
+            variables: Vec::new(),
         })
 }
 

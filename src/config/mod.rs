@@ -66,6 +66,18 @@ pub struct Config {
     pub tracing: Option<TracingConfig>,
     pub functions: Vec<FunctionConfig>,
     pub triggers: Vec<TriggerConfig>,
+    /// `[[bucket]]`: key-value buckets functions may share (SPEC section 5.1).
+    pub buckets: Vec<BucketConfig>,
+}
+
+/// `[[bucket]]` (SPEC section 5.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketConfig {
+    pub name: String,
+    /// Keys plus values held, in bytes; a write past it fails whole.
+    pub max_bytes: u64,
+    /// One value, in bytes.
+    pub max_value_bytes: u64,
 }
 
 /// `[tracing]` (SPEC section 9).
@@ -182,6 +194,9 @@ impl Default for AsyncConfig {
 /// What `{:?}` shows in place of a secret.
 const REDACTED: &str = "<redacted>";
 
+/// The largest `max_value_bytes` a bucket may have (a JetStream message's default limit).
+pub const MAX_VALUE_BYTES: u64 = 1 << 20;
+
 #[derive(Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -286,6 +301,31 @@ pub struct FunctionConfig {
     pub max_concurrency: NonZeroUsize,
     pub env: Vec<(String, String)>,
     pub outbound_hosts: Vec<String>,
+    /// Buckets the guest may open with wasi:keyvalue (each one a declared `[[bucket]]`).
+    pub keyvalue: Vec<String>,
+    /// wasi:config/store values: `variables`, then `variables_env` read from the
+    /// environment. `secret` marks the second kind: never printed.
+    pub variables: Vec<Variable>,
+}
+
+/// One wasi:config/store value of a function.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Variable {
+    pub key: String,
+    pub value: String,
+    /// Read from the gateway's environment (`variables_env`): a secret.
+    pub secret: bool,
+}
+
+impl std::fmt::Debug for Variable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = if self.secret {
+            REDACTED
+        } else {
+            self.value.as_str()
+        };
+        write!(f, "{}={value:?}", self.key)
+    }
 }
 
 impl std::fmt::Debug for FunctionConfig {
@@ -307,6 +347,8 @@ impl std::fmt::Debug for FunctionConfig {
             .field("max_concurrency", &self.max_concurrency)
             .field("env", &env)
             .field("outbound_hosts", &self.outbound_hosts)
+            .field("keyvalue", &self.keyvalue)
+            .field("variables", &self.variables)
             .finish()
     }
 }
@@ -772,6 +814,32 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
         .transpose()?;
     let tracing = raw.tracing.map(|t| tracing_config(t, env)).transpose()?;
 
+    let mut buckets: Vec<BucketConfig> = Vec::new();
+    for b in raw.buckets {
+        let at = format!("bucket '{}'", b.name);
+        if !valid_name(&b.name) {
+            bail!("[[bucket]] name '{}': must match [a-z0-9-]{{1,64}}", b.name);
+        }
+        if buckets.iter().any(|o| o.name == b.name) {
+            bail!("[[bucket]] name '{}': defined twice", b.name);
+        }
+        let max_bytes = b.max_bytes.unwrap_or(64 << 20);
+        let max_value_bytes = b.max_value_bytes.unwrap_or(1 << 20);
+        if max_bytes == 0 {
+            bail!("{at}: key `max_bytes`: must be greater than 0");
+        }
+        if max_value_bytes == 0 || max_value_bytes > MAX_VALUE_BYTES {
+            bail!(
+                "{at}: key `max_value_bytes`: {max_value_bytes} is outside 1..={MAX_VALUE_BYTES}"
+            );
+        }
+        buckets.push(BucketConfig {
+            name: b.name,
+            max_bytes,
+            max_value_bytes,
+        });
+    }
+
     let mut functions: Vec<FunctionConfig> = Vec::new();
     for f in raw.functions {
         let at = format!("function '{}'", f.name);
@@ -794,6 +862,35 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
             if let Some(bad) = list.iter().find(|t| t.trim().is_empty()) {
                 bail!("{at}: key `{key}`: '{bad}' is empty");
             }
+        }
+        if let Some(b) = f
+            .keyvalue
+            .iter()
+            .find(|b| !buckets.iter().any(|d| &d.name == *b))
+        {
+            bail!("{at}: key `keyvalue`: bucket '{b}' is not declared in a [[bucket]] table");
+        }
+        let mut variables: Vec<Variable> = f
+            .variables
+            .into_iter()
+            .map(|(key, value)| Variable {
+                key,
+                value,
+                secret: false,
+            })
+            .collect();
+        for (key, var) in f.variables_env {
+            if variables.iter().any(|v| v.key == key) {
+                bail!("{at}: variable '{key}' is in both `variables` and `variables_env`");
+            }
+            let value = env(&var).ok_or_else(|| {
+                anyhow!("{at}: key `variables_env.{key}`: environment variable '{var}' is not set")
+            })?;
+            variables.push(Variable {
+                key,
+                value,
+                secret: true,
+            });
         }
         let id = if namespace == "default" {
             f.name.clone()
@@ -824,6 +921,8 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
                 .into_iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
+            keyvalue: f.keyvalue,
+            variables,
             name: id,
         });
     }
@@ -865,6 +964,7 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
         tracing,
         functions,
         triggers,
+        buckets,
     })
 }
 

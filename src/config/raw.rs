@@ -19,6 +19,16 @@ pub struct RawConfig {
     pub functions: Vec<RawFunction>,
     #[serde(default, rename = "trigger")]
     pub triggers: Vec<RawTrigger>,
+    #[serde(default, rename = "bucket")]
+    pub buckets: Vec<RawBucket>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBucket {
+    pub name: String,
+    pub max_bytes: Option<u64>,
+    pub max_value_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +92,15 @@ pub struct RawFunction {
     /// Event types this function receives from the event API.
     #[serde(default)]
     pub events: Vec<String>,
+    /// Buckets the function may open with wasi:keyvalue.
+    #[serde(default)]
+    pub keyvalue: Vec<String>,
+    /// wasi:config/store values.
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
+    /// wasi:config/store values read from the gateway's environment (secrets).
+    #[serde(default)]
+    pub variables_env: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -23,6 +23,20 @@ pub struct Host {
     table: ResourceTable,
     outbound: OutboundPolicy,
     limits: StoreLimits,
+    buckets: super::keyvalue::Buckets,
+    variables: Arc<wasmtime_wasi_config::WasiConfigVariables>,
+}
+
+impl Host {
+    /// The wasi:keyvalue view: the function's buckets.
+    pub fn keyvalue(&mut self) -> super::keyvalue::KeyValue<'_> {
+        super::keyvalue::KeyValue::new(&self.buckets, &mut self.table)
+    }
+
+    /// The wasi:config view: the function's variables.
+    pub fn config(&mut self) -> wasmtime_wasi_config::WasiConfig<'_> {
+        wasmtime_wasi_config::WasiConfig::from(&*self.variables)
+    }
 }
 
 impl WasiView for Host {
@@ -213,6 +227,8 @@ impl Function {
                 .memory_size((self.config.memory_mb.get() as usize) << 20)
                 .trap_on_grow_failure(true)
                 .build(),
+            buckets: self.buckets.clone(),
+            variables: self.variables.clone(),
         };
         let mut store = Store::new(self.pre.engine(), host);
         store.limiter(|h| &mut h.limits);

@@ -8,6 +8,7 @@
 pub mod artifacts;
 pub mod engine;
 pub mod instance;
+pub mod keyvalue;
 pub mod log;
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::config::{Config, FunctionConfig};
+use crate::kv::Stores;
 use artifacts::Artifacts;
 pub use instance::{Host, Outcome};
 
@@ -52,6 +54,10 @@ pub struct Function {
     pre: ProxyPre<Host>,
     env: Arc<[(String, String)]>,
     outbound_hosts: Arc<[String]>,
+    /// The buckets it may open with wasi:keyvalue.
+    buckets: keyvalue::Buckets,
+    /// Its wasi:config/store values.
+    variables: Arc<wasmtime_wasi_config::WasiConfigVariables>,
 }
 
 impl std::fmt::Debug for Function {
@@ -67,13 +73,23 @@ pub struct Runtime {
     engine: wasmtime::Engine,
     linker: Linker<Host>,
     functions: HashMap<String, Arc<Function>>,
+    /// The buckets functions may open (by name; each function its own list).
+    stores: Arc<Stores>,
 }
 
 impl Runtime {
     /// Builds the engine, starts the epoch ticker and compiles every function, through the
     /// compiled cache when there is one (a function whose `.wasm` is unchanged is loaded,
     /// not compiled). Fails with a message naming the function and file at fault.
-    pub fn new(config: &Config, artifacts: Option<&Artifacts>) -> Result<Runtime> {
+    ///
+    /// The host offers wasi:http/proxy, wasi:keyvalue (store, atomics, batch) and
+    /// wasi:config/store; a component is linked against only what it imports, and one that
+    /// imports anything else is refused.
+    pub fn new(
+        config: &Config,
+        artifacts: Option<&Artifacts>,
+        stores: Arc<Stores>,
+    ) -> Result<Runtime> {
         let engine = engine::build_engine(config)?;
         engine::start_epoch_ticker(&engine)?;
         let mut linker = Linker::<Host>::new(&engine);
@@ -81,10 +97,15 @@ impl Runtime {
             .map_err(|e| anyhow!("cannot link WASI: {e}"))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| anyhow!("cannot link wasi:http: {e}"))?;
+        keyvalue::add_to_linker(&mut linker, Host::keyvalue)
+            .map_err(|e| anyhow!("cannot link wasi:keyvalue: {e}"))?;
+        wasmtime_wasi_config::add_to_linker(&mut linker, Host::config)
+            .map_err(|e| anyhow!("cannot link wasi:config: {e}"))?;
         let mut rt = Runtime {
             engine,
             linker,
             functions: HashMap::new(),
+            stores,
         };
         let mut cached = 0;
         for f in &config.functions {
@@ -125,8 +146,25 @@ impl Runtime {
         component: &Component,
     ) -> Result<Function> {
         let pre = self.linker.instantiate_pre(component).map_err(|e| {
-            anyhow!("imports something a wasi:http/proxy host does not provide: {e}")
+            anyhow!(
+                "imports an interface wasmgate does not provide (it offers wasi:http/proxy, wasi:keyvalue@0.2.0-draft and wasi:config@0.2.0-rc.1): {e}"
+            )
         })?;
+        let buckets = config
+            .keyvalue
+            .iter()
+            .map(|name| {
+                self.stores
+                    .bucket(name)
+                    .cloned()
+                    .ok_or_else(|| anyhow!("bucket '{name}' is not declared"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let variables = config
+            .variables
+            .iter()
+            .map(|v| (v.key.as_str(), v.value.as_str()))
+            .collect();
         let pre = ProxyPre::new(pre)
             .map_err(|e| anyhow!("does not export wasi:http/incoming-handler: {e}"))?;
         Ok(Function {
@@ -136,6 +174,8 @@ impl Runtime {
             pre,
             env: config.env.clone().into(),
             outbound_hosts: config.outbound_hosts.clone().into(),
+            buckets: keyvalue::Buckets(buckets.into()),
+            variables: Arc::new(variables),
         })
     }
 
@@ -146,6 +186,7 @@ impl Runtime {
             engine: self.engine.clone(),
             linker: self.linker.clone(),
             functions: HashMap::new(),
+            stores: self.stores.clone(),
         }
     }
 
@@ -155,5 +196,10 @@ impl Runtime {
 
     pub fn engine(&self) -> &wasmtime::Engine {
         &self.engine
+    }
+
+    /// The key-value buckets of this generation.
+    pub fn stores(&self) -> &Arc<Stores> {
+        &self.stores
     }
 }

@@ -52,12 +52,16 @@ pub fn wasm(name: &str) -> String {
         .to_string()
 }
 
-/// Replaces `{hello}`, `{echo}`, `{probe}` (wasm paths) and `{certs}` in a config template.
+/// Replaces `{hello}`, `{echo}`, `{probe}`, `{counter}`, `{python-counter}`,
+/// `{unknown-import}` (wasm paths) and `{certs}` in a config template.
 pub fn render(template: &str) -> String {
     template
         .replace("{hello}", &wasm("hello"))
         .replace("{echo}", &wasm("echo"))
         .replace("{probe}", &wasm("probe"))
+        .replace("{counter}", &wasm("counter"))
+        .replace("{python-counter}", &wasm("python-counter"))
+        .replace("{unknown-import}", &wasm("unknown-import"))
         .replace("{certs}", &root().join("certs").display().to_string())
 }
 
