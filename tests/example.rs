@@ -100,6 +100,21 @@ async fn the_quick_start_works_twice_and_starts_without_warnings() {
             &ca,
         ]);
         assert_eq!(get("/function/echo/x").await.unwrap().status(), 200);
+        // The two counters share a bucket: each increment is seen by the other.
+        let hits = |t: String| {
+            t.rsplit(": ")
+                .next()
+                .unwrap()
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+        };
+        let rust = hits(get("/counter").await.unwrap().text().await.unwrap());
+        let python = hits(get("/python-counter").await.unwrap().text().await.unwrap());
+        assert_eq!(python, rust + 1, "run {run}");
+        wasmgate(&[
+            "kv", "get", "counters", "hits", "--admin", &admin, "--cacert", &ca,
+        ]);
         let key = common::root().join("tests/fixtures/jwt-rsa.pem");
         let out = wasmgate(&[
             "jwt",

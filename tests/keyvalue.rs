@@ -588,7 +588,18 @@ async fn a_guest_waiting_on_a_store_that_does_not_answer_is_cut_off_by_its_deadl
     // Another process holds the file's write lock: the writer waits on it.
     let lock = rusqlite::Connection::open(dir.path().join("data/keyvalue.db")).unwrap();
     lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    let (status, body) = call(&s, "/alpha?bucket=shared&op=incr&key=held").await;
+    // The writer would wait a minute for the lock; the guest's deadline (1 s) answers
+    // long before, while the lock is still held (bounded: a client that waits 20 s).
+    let r = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(20))
+        .build()
+        .unwrap()
+        .get(s.url("/alpha?bucket=shared&op=incr&key=held"))
+        .send()
+        .await
+        .expect("no answer while the store is held: the guest was not cut off");
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap();
     assert_eq!(status, 504, "{body}");
     lock.execute_batch("ROLLBACK").unwrap();
     drop(lock);

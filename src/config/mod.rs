@@ -1981,6 +1981,58 @@ mod tests {
     }
 
     #[test]
+    fn buckets_and_variables() {
+        let c = parse(&format!(
+            "{BASE}[[bucket]]\nname = \"sessions\"\n[[bucket]]\nname = \"small\"\nmax_bytes = 100\nmax_value_bytes = 10\n\
+             [[function]]\nname = \"f\"\nwasm = \"f.wasm\"\nkeyvalue = [\"sessions\"]\n\
+             variables = {{ api_base = \"https://api.example\" }}\nvariables_env = {{ api_token = \"SECRET\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.buckets[0],
+            BucketConfig {
+                name: "sessions".into(),
+                max_bytes: 64 << 20,
+                max_value_bytes: 1 << 20
+            }
+        );
+        assert_eq!(c.buckets[1].max_bytes, 100);
+        let f = &c.functions[0];
+        assert_eq!(f.keyvalue, vec!["sessions".to_string()]);
+        assert_eq!(
+            f.variables,
+            vec![
+                Variable {
+                    key: "api_base".into(),
+                    value: "https://api.example".into(),
+                    secret: false
+                },
+                Variable {
+                    key: "api_token".into(),
+                    value: "s3cret".into(),
+                    secret: true
+                },
+            ]
+        );
+        // The secret is never printed; the plain variable may be.
+        let shown = format!("{f:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("api_token") && shown.contains("https://api.example"));
+
+        let err = |extra: &str| format!("{:#}", parse(&format!("{BASE}{extra}")).unwrap_err());
+        let e = err("[[function]]\nname = \"f\"\nwasm = \"f.wasm\"\nkeyvalue = [\"nope\"]\n");
+        assert!(e.contains("bucket 'nope' is not declared"), "{e}");
+        let e = err(
+            "[[function]]\nname = \"f\"\nwasm = \"f.wasm\"\nvariables_env = { t = \"UNSET_VAR\" }\n",
+        );
+        assert!(e.contains("UNSET_VAR"), "{e}");
+        let e = err("[[bucket]]\nname = \"b\"\n[[bucket]]\nname = \"b\"\n");
+        assert!(e.contains("defined twice"), "{e}");
+        let e = err("[[bucket]]\nname = \"b\"\nmax_value_bytes = 2000000\n");
+        assert!(e.contains("max_value_bytes"), "{e}");
+    }
+
+    #[test]
     fn tracing_table() {
         assert!(parse(BASE).unwrap().tracing.is_none(), "absent: no tracing");
         let c = parse(&format!(

@@ -19,6 +19,8 @@ use super::{BucketConfig, KvError, Page, Stats, Write, incremented, over_max_byt
 
 /// The most jobs one commit takes.
 const MAX_GROUP: usize = 512;
+/// How long the writer waits for a lock another process holds on the file.
+const WRITER_BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Read connections kept for reuse.
 const MAX_IDLE_READERS: usize = 8;
 
@@ -69,7 +71,9 @@ impl Db {
             Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Only wasmgate writes this file; if something else holds it (a backup), writes
+        // wait for it rather than fail, and guests waiting on them meet their deadline.
+        conn.busy_timeout(WRITER_BUSY_WAIT)?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("cannot create the tables of {}", path.display()))?;
         let (tx, rx) = mpsc::channel();
