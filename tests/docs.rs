@@ -199,6 +199,7 @@ fn debug_values(debug: &str) -> BTreeMap<String, Vec<String>> {
     let name_of = |field: &str| match field {
         "functions" => "function".to_string(),
         "triggers" => "trigger".to_string(),
+        "buckets" => "bucket".to_string(),
         "async_" => "async".to_string(),
         // A trigger's kind holds the kind's own keys, documented as `trigger.<key>`.
         "kind" => String::new(),
@@ -254,6 +255,8 @@ listen = "127.0.0.1:0"
 nats = "nats://127.0.0.1:4222"
 [tracing]
 otlp_endpoint = "http://127.0.0.1:4318"
+[[bucket]]
+name = "b"
 [[function]]
 name = "hello"
 wasm = "hello.wasm"
@@ -310,7 +313,7 @@ topics = ["a.b"]
         match (key, doc) {
             ("trigger.topic_match", "mqtt") => forms.push("Wildcard".into()),
             ("trigger.qos", "1") => forms.push("AtLeastOnce".into()),
-            ("function.env", "{}") => forms.push("[]".into()),
+            ("function.env" | "function.variables", "{}") => forms.push("[]".into()),
             // The parsed form lists the header names only (their values are secrets).
             ("tracing.headers", "{}") => forms.push("[]".into()),
             // "the same as per_second" (5 in the config above).
@@ -334,6 +337,10 @@ topics = ["a.b"]
         (
             "trigger.bearer.tokens.enabled",
             "disabled tokens are dropped at load",
+        ),
+        (
+            "function.variables_env",
+            "merged into function.variables, each marked secret",
         ),
         (
             "trigger.functions",

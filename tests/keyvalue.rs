@@ -696,3 +696,48 @@ async fn three_nodes_share_buckets_and_600_concurrent_increments_end_at_600() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_reload_keeps_the_data_and_applies_new_buckets_and_variables() {
+    let s = start();
+    assert_eq!(
+        call(&s, "/alpha?bucket=shared&op=incr&key=kept").await,
+        (200, "1".into())
+    );
+    // Reload: a new bucket for gamma, new variables for beta, a tighter quota on small.
+    let changed = CONFIG
+        .replace(
+            "[[bucket]]\nname = \"private\"",
+            "[[bucket]]\nname = \"fresh\"\n\n[[bucket]]\nname = \"private\"",
+        )
+        .replace(
+            "name = \"gamma\"\nwasm = \"{counter}\"",
+            "name = \"gamma\"\nwasm = \"{counter}\"\nkeyvalue = [\"fresh\", \"shared\"]",
+        )
+        .replace(
+            "api_base = \"https://api.example\"",
+            "api_base = \"https://v2.example\"",
+        )
+        .replace("max_value_bytes = 1000", "max_value_bytes = 10");
+    std::fs::write(s.dir.join("wasmgate.toml"), s.config_text(&changed)).unwrap();
+    let r = admin(&s, reqwest::Method::POST, "/-/reload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(
+        call(&s, "/gamma?bucket=shared&op=incr&key=kept").await,
+        (200, "2".into())
+    );
+    assert_eq!(
+        call(&s, "/gamma?bucket=fresh&op=incr&key=n").await,
+        (200, "1".into())
+    );
+    assert_eq!(
+        call(&s, "/beta?op=config&key=api_base").await,
+        (200, "https://v2.example".into())
+    );
+    let (status, body) = post(&s, "/alpha?bucket=small&op=set&key=k", "x".repeat(11)).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("quota"), "{body}");
+}
