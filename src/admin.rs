@@ -218,9 +218,7 @@ where
     }
     if method == Method::GET && path == "/metrics" {
         crate::auth::jwks::update_gauges();
-        for b in app.dispatcher.runtime().stores().buckets() {
-            b.refresh_stats().await;
-        }
+        app.dispatcher.runtime().stores().refresh_stats().await;
         let m = &crate::metrics::METRICS;
         m.in_flight.set(app.dispatcher.limits().in_flight() as i64);
         if let Some(q) = app.dispatcher.queue() {
@@ -319,9 +317,9 @@ where
                 "no admin route for {method} /-/buckets"
             )));
         }
+        stores.refresh_stats().await;
         let mut list = Vec::new();
         for b in stores.buckets() {
-            b.refresh_stats().await;
             list.push(serde_json::json!({
                 "name": b.name(),
                 "keys": b.stats().keys(),
@@ -381,7 +379,12 @@ where
         }
         (&Method::PUT, Some(key)) => {
             let limit = bucket.config.max_value_bytes as usize + 1;
-            let value = read_body(body, limit).await?;
+            let value = read_body(body, limit).await.map_err(|_| {
+                crate::kv::KvError::Quota(format!(
+                    "the value is over bucket '{name}''s max_value_bytes ({})",
+                    bucket.config.max_value_bytes
+                ))
+            })?;
             let bytes = value.len();
             bucket
                 .write(

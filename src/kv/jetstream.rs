@@ -7,12 +7,25 @@
 //!   that would pass it and stores nothing. It counts what the stream stores (each entry's
 //!   subject, value and a few dozen bytes of headers), so a cluster bucket holds somewhat
 //!   less than the same bucket on SQLite.
+//!   A reload that lowers `max_bytes` below what the bucket holds sets the stream's limit
+//!   to what it holds instead (JetStream would otherwise delete the oldest keys to fit):
+//!   nothing is lost, the bucket cannot grow, and the lower limit is applied at a later
+//!   reload or start once the bucket holds less.
+//! - A delete purges the key's subject: no delete marker is left to take room.
 //! - `increment` is a compare-and-set on the key's revision, retried when another writer
-//!   got there first; one node's increments of a bucket are serialised so retries happen
-//!   only between nodes.
-//! - A batch is checked whole before anything is written; if a put fails half way, the keys
-//!   already written are set back to what they were. JetStream (2.9) has no multi-subject
-//!   transaction, so a node that dies in the middle of a batch can leave part of it.
+//!   got there first; one node's increments of a key are serialised so retries happen only
+//!   between nodes.
+//! - A batch is checked whole (sizes, keys) before anything is written; if a put fails half
+//!   way, the keys already written are set back to what they were, each only if nobody wrote
+//!   it since (revision-checked), else the call fails as partly applied. JetStream (2.9) has
+//!   no multi-subject transaction, so a node that dies in the middle of a batch can leave
+//!   part of it.
+//! - Durability is JetStream's: a put is acknowledged once stored by the stream's replicas,
+//!   and a server syncs its files to disk on its own schedule (`sync_interval`, 2 minutes by
+//!   default); run three replicas, or `sync_interval: always`, for writes that survive power
+//!   loss.
+//! - `list-keys` reads every key and sorts them; the cursor is a position in that order, so
+//!   keys added or deleted between two pages can shift a page by as many.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -33,6 +46,8 @@ use crate::config::ClusterConfig;
 const CONNECT_WAIT: Duration = Duration::from_secs(5);
 /// Compare-and-set attempts of one `increment` before it gives up.
 const MAX_CAS_ATTEMPTS: usize = 10_000;
+/// Locks that serialise one node's increments, by a hash of bucket and key.
+const INCREMENT_STRIPES: usize = 64;
 
 /// The stream name of a bucket's KV.
 pub fn kv_name(bucket: &str) -> String {
@@ -54,7 +69,7 @@ fn unavailable(e: impl std::fmt::Display) -> KvError {
 /// A put's error: JetStream's refusal at `max_bytes` is the quota, anything else the store.
 fn put_error(config: &BucketConfig, e: impl std::fmt::Display) -> KvError {
     let text = e.to_string();
-    if text.contains("maximum bytes") || text.contains("resource limits") {
+    if text.contains("maximum bytes") {
         KvError::Quota(format!(
             "bucket '{}' is at its max_bytes ({})",
             config.name, config.max_bytes
@@ -71,8 +86,8 @@ pub struct Remote {
     replicas: usize,
     declared: Mutex<HashMap<String, BucketConfig>>,
     opened: Mutex<HashMap<String, kv::Store>>,
-    /// This node's increments, one at a time per bucket.
-    increments: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// This node's increments, one at a time per key (striped).
+    increments: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl Remote {
@@ -86,7 +101,9 @@ impl Remote {
             replicas: cluster.replicas,
             declared: Mutex::default(),
             opened: Mutex::default(),
-            increments: Mutex::default(),
+            increments: (0..INCREMENT_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         });
         let weak = Arc::downgrade(&remote);
         let cluster = cluster.clone();
@@ -139,11 +156,26 @@ impl Remote {
             .ok_or(KvError::NoSuchStore)?;
         let js = self.context().await?;
         let name = kv_name(bucket);
+        let mut max_bytes = config.max_bytes.min(i64::MAX as u64) as i64;
+        // Lowering the limit under what the stream holds would make JetStream delete the
+        // oldest keys: keep it at what is held, so only growth is refused.
+        if let Ok(mut existing) = js.get_stream(format!("KV_{name}")).await
+            && let Ok(info) = existing.info().await
+            && info.state.bytes as i64 > max_bytes
+        {
+            tracing::warn!(
+                bucket,
+                held = info.state.bytes,
+                max_bytes,
+                "the bucket holds more than its max_bytes: its limit stays at what it holds until deletes make room"
+            );
+            max_bytes = info.state.bytes as i64;
+        }
         let stream = jetstream::stream::Config {
             name: format!("KV_{name}"),
             subjects: vec![format!("$KV.{name}.>")],
             max_messages_per_subject: 1,
-            max_bytes: config.max_bytes.min(i64::MAX as u64) as i64,
+            max_bytes,
             max_message_size: (config.max_value_bytes + 4096).min(i32::MAX as u64) as i32,
             storage: jetstream::stream::StorageType::File,
             num_replicas: self.replicas,
@@ -203,6 +235,27 @@ impl Remote {
         })
     }
 
+    /// A value as stored and its revision (`None`: no such key).
+    async fn entry(store: &kv::Store, key: &str) -> Result<Option<(Bytes, u64)>, KvError> {
+        Ok(store
+            .entry(key.to_string())
+            .await
+            .map_err(unavailable)?
+            .filter(|e| e.operation == kv::Operation::Put)
+            .map(|e| (e.value, e.revision)))
+    }
+
+    /// Removes a key and its history, leaving no delete marker behind.
+    async fn purge(store: &kv::Store, key: &str) -> Result<(), KvError> {
+        store
+            .stream
+            .purge()
+            .filter(format!("{}{key}", store.prefix))
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
     pub async fn write(&self, config: &BucketConfig, writes: Vec<Write>) -> Result<(), KvError> {
         let store = self.store(&config.name).await?;
         // What each key held, to set it back if a later put is refused.
@@ -210,34 +263,34 @@ impl Remote {
         if writes.len() > 1 {
             for w in &writes {
                 let k = encode(w.key());
-                let old = store.get(k.clone()).await.map_err(unavailable)?;
+                let old = Self::entry(&store, &k).await?.map(|(v, _)| v);
                 before.push((k, old));
             }
         }
-        for (i, w) in writes.iter().enumerate() {
+        // The revision each write left (a purge leaves none).
+        let mut written: Vec<Option<u64>> = Vec::with_capacity(writes.len());
+        for w in &writes {
             let done = match w {
                 Write::Set(k, v) => store
                     .put(encode(k), Bytes::copy_from_slice(v))
                     .await
-                    .map(|_| ())
+                    .map(Some)
                     .map_err(|e| put_error(config, e)),
-                Write::Delete(k) => store.delete(encode(k)).await.map_err(unavailable),
+                Write::Delete(k) => Self::purge(&store, &encode(k)).await.map(|_| None),
             };
-            if let Err(e) = done {
-                for (k, old) in before.iter().take(i).rev() {
-                    let undo = match old {
-                        Some(v) => store
-                            .put(k, v.clone())
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string()),
-                        None => store.delete(k).await.map_err(|e| e.to_string()),
+            match done {
+                Ok(rev) => written.push(rev),
+                Err(e) => {
+                    return match undo(&store, &before, &written).await {
+                        Ok(()) => Err(e),
+                        Err(u) => {
+                            tracing::error!(bucket = %config.name, "a failed batch could not be set back whole: {u}");
+                            Err(unavailable(format!(
+                                "the batch failed ({e}) and was partly applied: {u}"
+                            )))
+                        }
                     };
-                    if let Err(u) = undo {
-                        tracing::error!(bucket = %config.name, "a failed batch could not be set back: {u}");
-                    }
                 }
-                return Err(e);
             }
         }
         Ok(())
@@ -250,14 +303,13 @@ impl Remote {
         delta: u64,
     ) -> Result<u64, KvError> {
         let store = self.store(&config.name).await?;
-        let lock = self
-            .increments
-            .lock()
-            .map_err(|_| unavailable("poisoned"))?
-            .entry(config.name.clone())
-            .or_default()
-            .clone();
-        let _one_at_a_time = lock.lock().await;
+        let stripe = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&config.name, key).hash(&mut h);
+            h.finish() as usize % INCREMENT_STRIPES
+        };
+        let _one_at_a_time = self.increments[stripe].lock().await;
         let k = encode(key);
         for _ in 0..MAX_CAS_ATTEMPTS {
             let entry = store.entry(k.clone()).await.map_err(unavailable)?;
@@ -270,6 +322,9 @@ impl Remote {
             };
             let value = incremented(old, delta)?;
             let text = Bytes::from(value.to_string());
+            if text.len() as u64 > config.max_value_bytes {
+                return Err(super::value_too_large(config, key, text.len()));
+            }
             let written = match revision {
                 Some(r) => match store.update(&k, text, r).await {
                     Ok(_) => true,
@@ -300,6 +355,45 @@ impl Remote {
             .map_err(unavailable)?;
         let info = stream.info().await.map_err(unavailable)?;
         Ok((info.state.messages, info.state.bytes))
+    }
+}
+
+/// Sets back the keys a failed batch wrote, newest first, each only if it still holds what
+/// the batch wrote.
+async fn undo(
+    store: &kv::Store,
+    before: &[(String, Option<Bytes>)],
+    written: &[Option<u64>],
+) -> Result<(), String> {
+    let mut failed = Vec::new();
+    for ((k, old), rev) in before.iter().zip(written).rev() {
+        let undone = match (old, rev) {
+            (Some(v), Some(rev)) => store
+                .update(k, v.clone(), *rev)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            (None, Some(rev)) => store
+                .delete_expect_revision(k, Some(*rev))
+                .await
+                .map_err(|e| e.to_string()),
+            // A purge cannot be checked against a revision: the value goes back only if the
+            // key is still absent.
+            (Some(v), None) => store
+                .create(k, v.clone())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            (None, None) => Ok(()),
+        };
+        if let Err(e) = undone {
+            failed.push(format!("{}: {e}", decode(k).unwrap_or_default()));
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
     }
 }
 

@@ -28,6 +28,8 @@ pub const MAX_KEY_BYTES: usize = 512;
 pub const PAGE_KEYS: usize = 1000;
 /// The most entries one batch call may name.
 pub const MAX_BATCH: usize = 1000;
+/// The most bytes one `get-many` may read (values can be large and keys repeat).
+pub const MAX_BATCH_READ_BYTES: usize = 32 << 20;
 
 /// Why a bucket operation failed. `wasi:keyvalue` sees every one but `NoSuchStore` as
 /// `error::other(message)`.
@@ -132,15 +134,25 @@ pub fn check_writes(config: &BucketConfig, writes: &[Write]) -> Result<(), KvErr
         if let Write::Set(key, value) = w
             && value.len() as u64 > config.max_value_bytes
         {
-            return Err(KvError::Quota(format!(
-                "the value of '{key}' is {} bytes, over bucket '{}''s max_value_bytes ({})",
-                value.len(),
-                config.name,
-                config.max_value_bytes
-            )));
+            return Err(value_too_large(config, key, value.len()));
         }
     }
     Ok(())
+}
+
+/// The quota error of a value over `max_value_bytes`.
+fn value_too_large(config: &BucketConfig, key: &str, len: usize) -> KvError {
+    KvError::Quota(format!(
+        "the value of '{key}' is {len} bytes, over bucket '{}''s max_value_bytes ({})",
+        config.name, config.max_value_bytes
+    ))
+}
+
+/// The error of a `get-many` that would read more than [`MAX_BATCH_READ_BYTES`].
+fn batch_read_too_large() -> KvError {
+    KvError::Invalid(format!(
+        "get-many would read more than {MAX_BATCH_READ_BYTES} bytes: ask for fewer keys"
+    ))
 }
 
 /// The quota error of a write that would take a bucket to `total` bytes.
@@ -259,11 +271,17 @@ impl Bucket {
                 check_key(k)?;
             }
             match &self.backend {
-                Backend::Sqlite(db) => db.get_many(self.name(), keys),
+                Backend::Sqlite(db) => db.get_many(self.name(), keys).await,
                 Backend::Cluster(r) => {
                     let mut out = Vec::with_capacity(keys.len());
+                    let mut read = 0;
                     for k in keys {
-                        out.push(r.get(self.name(), k).await?);
+                        let v = r.get(self.name(), k).await?;
+                        read += v.as_ref().map_or(0, Vec::len);
+                        if read > MAX_BATCH_READ_BYTES {
+                            return Err(batch_read_too_large());
+                        }
+                        out.push(v);
                     }
                     Ok(out)
                 }
@@ -285,7 +303,7 @@ impl Bucket {
     ) -> Result<Page, KvError> {
         let limit = limit.clamp(1, PAGE_KEYS);
         let r = match &self.backend {
-            Backend::Sqlite(db) => db.list(self.name(), prefix, cursor, limit),
+            Backend::Sqlite(db) => db.list(self.name(), prefix, cursor, limit).await,
             Backend::Cluster(r) => r.list(self.name(), prefix, cursor, limit).await,
             Backend::Closed => Err(closed()),
         };
@@ -413,6 +431,14 @@ impl Stores {
 
     pub fn bucket(&self, name: &str) -> Option<&Arc<Bucket>> {
         self.buckets.get(name)
+    }
+
+    /// Refreshes every bucket's [`Bucket::stats`] that the backend does not keep as it
+    /// writes, all at once and for at most two seconds (an unreachable cluster keeps the
+    /// last figures).
+    pub async fn refresh_stats(&self) {
+        let all = futures::future::join_all(self.buckets.values().map(|b| b.refresh_stats()));
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), all).await;
     }
 
     /// The declared buckets, by name.

@@ -19,6 +19,9 @@ use super::{BucketConfig, KvError, Page, Stats, Write, incremented, over_max_byt
 
 /// The most jobs one commit takes.
 const MAX_GROUP: usize = 512;
+/// The most writes waiting for the writer; past it a write fails at once (unavailable)
+/// instead of queueing without bound behind a stalled disk.
+const MAX_WAITING: usize = 8192;
 /// How long the writer waits for a lock another process holds on the file.
 const WRITER_BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Read connections kept for reuse.
@@ -44,6 +47,7 @@ enum Op {
 struct Job {
     bucket: String,
     max_bytes: u64,
+    max_value_bytes: u64,
     stats: Arc<Stats>,
     op: Op,
     reply: tokio::sync::oneshot::Sender<Result<u64, KvError>>,
@@ -52,7 +56,7 @@ struct Job {
 /// The SQLite file: a writer thread and a pool of readers.
 pub struct Db {
     path: std::path::PathBuf,
-    writer: Mutex<mpsc::Sender<Job>>,
+    writer: mpsc::SyncSender<Job>,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -76,14 +80,14 @@ impl Db {
         conn.busy_timeout(WRITER_BUSY_WAIT)?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("cannot create the tables of {}", path.display()))?;
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(MAX_WAITING);
         std::thread::Builder::new()
             .name("wasmgate-kv-writer".into())
             .spawn(move || writer(conn, rx))
             .context("cannot start the key-value writer")?;
         Ok(Db {
             path: path.to_path_buf(),
-            writer: Mutex::new(tx),
+            writer: tx,
             readers: Mutex::new(Vec::new()),
         })
     }
@@ -137,42 +141,69 @@ impl Db {
         })
     }
 
-    pub fn get_many(&self, bucket: &str, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
-        self.read(|c| {
-            // One snapshot for the whole batch.
-            c.execute_batch("BEGIN")?;
-            let out = (|| {
-                let mut stmt =
-                    c.prepare_cached("SELECT value FROM kv WHERE bucket = ?1 AND key = ?2")?;
-                keys.iter()
-                    .map(|k| stmt.query_row(params![bucket, k], |r| r.get(0)).optional())
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })();
-            c.execute_batch("COMMIT")?;
-            out
+    /// Off the async threads: a batch reads up to [`super::MAX_BATCH_READ_BYTES`].
+    pub async fn get_many(
+        self: &Arc<Self>,
+        bucket: &str,
+        keys: &[String],
+    ) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        let (db, bucket, keys) = (self.clone(), bucket.to_string(), keys.to_vec());
+        let read = tokio::task::spawn_blocking(move || {
+            db.read(|c| {
+                // One snapshot for the whole batch.
+                c.execute_batch("BEGIN")?;
+                let out = (|| {
+                    let mut stmt =
+                        c.prepare_cached("SELECT value FROM kv WHERE bucket = ?1 AND key = ?2")?;
+                    let mut out = Vec::with_capacity(keys.len());
+                    let mut total = 0;
+                    for k in &keys {
+                        let v: Option<Vec<u8>> = stmt
+                            .query_row(params![bucket, k], |r| r.get(0))
+                            .optional()?;
+                        total += v.as_ref().map_or(0, Vec::len);
+                        if total > super::MAX_BATCH_READ_BYTES {
+                            return Ok(None);
+                        }
+                        out.push(v);
+                    }
+                    Ok(Some(out))
+                })();
+                c.execute_batch("COMMIT")?;
+                out
+            })
         })
+        .await
+        .map_err(unavailable)??;
+        read.ok_or_else(super::batch_read_too_large)
     }
 
     /// Keys in the order they were first written; the cursor is the row id of the last one
     /// returned, so a page is stable under concurrent writes.
-    pub fn list(
-        &self,
+    /// Off the async threads: a prefix scans the bucket.
+    pub async fn list(
+        self: &Arc<Self>,
         bucket: &str,
         prefix: &str,
         cursor: Option<u64>,
         limit: usize,
     ) -> Result<Page, KvError> {
         let after = cursor.unwrap_or(0).min(i64::MAX as u64) as i64;
-        let rows: Vec<(i64, String)> = self.read(|c| {
-            c.prepare_cached(
-                "SELECT id, key FROM kv WHERE bucket = ?1 AND id > ?2
-                 AND (?3 = '' OR substr(key, 1, length(?3)) = ?3) ORDER BY id LIMIT ?4",
-            )?
-            .query_map(params![bucket, after, prefix, limit as i64 + 1], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?
-            .collect()
-        })?;
+        let (db, bucket, prefix) = (self.clone(), bucket.to_string(), prefix.to_string());
+        let rows: Vec<(i64, String)> = tokio::task::spawn_blocking(move || {
+            db.read(|c| {
+                c.prepare_cached(
+                    "SELECT id, key FROM kv WHERE bucket = ?1 AND id > ?2
+                     AND (?3 = '' OR substr(key, 1, length(?3)) = ?3) ORDER BY id LIMIT ?4",
+                )?
+                .query_map(params![bucket, after, prefix, limit as i64 + 1], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect()
+            })
+        })
+        .await
+        .map_err(unavailable)??;
         let more = rows.len() > limit;
         let keys: Vec<(i64, String)> = rows.into_iter().take(limit).collect();
         Ok(Page {
@@ -195,15 +226,17 @@ impl Db {
         let job = Job {
             bucket: config.name.clone(),
             max_bytes: config.max_bytes,
+            max_value_bytes: config.max_value_bytes,
             stats: stats.clone(),
             op,
             reply,
         };
-        self.writer
-            .lock()
-            .map_err(|_| unavailable("the writer is gone"))?
-            .send(job)
-            .map_err(|_| unavailable("the writer is gone"))?;
+        self.writer.try_send(job).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => unavailable(format!(
+                "{MAX_WAITING} writes are waiting for the disk already"
+            )),
+            mpsc::TrySendError::Disconnected(_) => unavailable("the writer is gone"),
+        })?;
         answer
             .await
             .map_err(|_| unavailable("the writer stopped"))?
@@ -268,6 +301,8 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
             Err(e) => {
                 tracing::error!("a key-value commit failed: {e}");
                 let _ = conn.execute_batch("ROLLBACK");
+                // What is on disk is not known for sure: totals are read again.
+                committed.clear();
                 for job in jobs {
                     let _ = job
                         .reply
@@ -286,6 +321,12 @@ fn commit_group(
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
+        // A write whose caller is gone (a guest cut off by its deadline while this waited
+        // for the disk: it was answered 504, and may be retried) is not applied late.
+        if job.reply.is_closed() {
+            results.push(Err(unavailable("the caller is gone")));
+            continue;
+        }
         if !working.contains_key(&job.bucket) {
             working.insert(job.bucket.clone(), totals(conn, &job.bucket)?);
         }
@@ -328,7 +369,7 @@ fn apply(
     let config = BucketConfig {
         name: job.bucket.clone(),
         max_bytes: job.max_bytes,
-        max_value_bytes: u64::MAX,
+        max_value_bytes: job.max_value_bytes,
     };
     let (mut keys, mut bytes) = (total.0 as i64, total.1 as i64);
     let grows;
@@ -374,6 +415,9 @@ fn apply(
                 Err(e) => return Ok(Err(e)),
             };
             let text = value.to_string();
+            if text.len() as u64 > job.max_value_bytes {
+                return Ok(Err(super::value_too_large(&config, key, text.len())));
+            }
             let new_size = (key.len() + text.len()) as i64;
             let old_size = old.as_ref().map(|(_, s)| *s as i64).unwrap_or(0);
             keys += i64::from(old.is_none());
