@@ -854,12 +854,12 @@ async fn get_many_will_not_read_more_than_32_mib_for_a_guest() {
         .await,
         (200, "ok".into())
     );
-    let keys = vec!["big"; 40].join(",");
+    let keys = ["big"; 40].join(",");
     let (status, body) = call(&s, &format!("/beta?bucket=private&op=get-many&keys={keys}")).await;
     assert_eq!(status, 500, "{body}");
     assert!(body.contains("more than"), "{body}");
     // Within the bound it reads.
-    let keys = vec!["big"; 3].join(",");
+    let keys = ["big"; 3].join(",");
     let (status, body) = call(&s, &format!("/beta?bucket=private&op=get-many&keys={keys}")).await;
     assert_eq!(status, 200, "{}", &body[..body.len().min(200)]);
 }
