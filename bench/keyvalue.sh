@@ -3,10 +3,13 @@
 #
 # - SQLite (one node, data_dir): the `hello` guest and the `counter` guest with `op=get-set`
 #   (one get, then one set of the same key to `x`) at CONNS connections; the ratio
-#   get-set/hello is the cost of a read and a durable, group-committed write per request.
+#   get-set/hello is what one read and one group-committed write per request cost.
 #   Keys vary: each connection cycles through KEYS keys (k0 .. k999) with a wrk Lua script,
 #   so no single hot row is measured; the hello row sends the same requests (it ignores the
-#   query) so both rows carry the same Lua and request cost on the wrk side.
+#   query) so both rows carry the same Lua and request cost on the wrk side. After the first
+#   pass every set writes the `x` the key already holds, and SQLite then dirties no page: those
+#   commits write nothing and skip the fsync. So a third row, get-set with a new key on every
+#   request (the get finds nothing, the set inserts), measures what durable writes cost.
 # - SQLite `increment` of one key (`op=incr&key=n`) by CLIENTS connections.
 # - With [cluster] on a JetStream nats-server (file store): the same get-set (at CONNS, and at
 #   CLIENTS connections to match the raw loop) and increment rows through wasmgate, and raw
@@ -95,15 +98,22 @@ node nats ./target/release/wasmgate true
 if [ -n "$BASELINE" ]; then node baseline "$BASELINE" false; fi
 for p in "${PORT[@]}"; do wait_port "$p"; done
 
-# Each wrk connection (one thread) cycles through KEYS requests, the URL's path with the key
-# number appended: .../?op=get-set&bucket=bench&key=k0 .. k999.
+# The wrk script: `-- cycle N` makes each connection (one thread) cycle through N requests,
+# the URL's path with 0 .. N-1 appended (.../?op=get-set&bucket=bench&key=k0 .. k999);
+# `-- fresh` appends 1, 2, 3... so that every request names a key not used before (each
+# request is then formatted as it is sent: a little more work for wrk than cycling).
 cat > "$work/keys.lua" <<'LUA'
-local reqs, n, i = {}, 0, 0
+local reqs, n, i, fresh = {}, 0, 0, false
 function init(args)
-  n = tonumber(args[1])
+  if args[1] == "fresh" then fresh = true; return end
+  n = tonumber(args[2])
   for k = 0, n - 1 do reqs[k] = wrk.format("GET", wrk.path .. k) end
 end
 function request()
+  if fresh then
+    i = i + 1
+    return wrk.format("GET", wrk.path .. i)
+  end
   local r = reqs[i]
   i = (i + 1) % n
   return r
@@ -114,26 +124,42 @@ GETSET="?op=get-set&bucket=bench&key=k"
 declare -A URL=(
   [sqlite-hello]="http://127.0.0.1:${PORT[sqlite]}/hello$GETSET"
   [sqlite-get-set]="http://127.0.0.1:${PORT[sqlite]}/counter$GETSET"
+  [sqlite-get-set-new]="http://127.0.0.1:${PORT[sqlite]}/counter?op=get-set&bucket=bench&key=new"
   [sqlite-incr]="http://127.0.0.1:${PORT[sqlite]}/counter?op=incr&bucket=bench&key=n"
   [nats-get-set]="http://127.0.0.1:${PORT[nats]}/counter$GETSET"
   [nats-get-set-c$CLIENTS]="http://127.0.0.1:${PORT[nats]}/counter$GETSET"
   [nats-incr]="http://127.0.0.1:${PORT[nats]}/counter?op=incr&bucket=bench&key=n"
 )
+# Connections per row (else CONNS) and keys: cycle over KEYS, fresh, or the URL's one key.
 declare -A CONN=([sqlite-incr]=$CLIENTS [nats-get-set-c$CLIENTS]=$CLIENTS [nats-incr]=$CLIENTS)
-order=(sqlite-hello sqlite-get-set sqlite-incr nats-get-set "nats-get-set-c$CLIENTS" nats-incr kv-put-raw)
+declare -A KEYMODE=([sqlite-incr]=one [nats-incr]=one [sqlite-get-set-new]=fresh)
+order=(sqlite-hello sqlite-get-set sqlite-get-set-new sqlite-incr nats-get-set "nats-get-set-c$CLIENTS" nats-incr kv-put-raw)
 if [ -n "$BASELINE" ]; then
   URL[baseline-get-set]="http://127.0.0.1:${PORT[baseline]}/counter$GETSET"
   order=(sqlite-hello sqlite-get-set baseline-get-set "${order[@]:2}")
 fi
 
-# Warm-up: one checked request per row, then a short run so every key exists before the
-# rounds (the first get of a key finds nothing) and the cluster bucket's stream is made.
+# wrk_row NAME ROUND SECONDS: one wrk run of that row into $work/wrk.txt. Fresh keys carry
+# the round in their name (new<round>-1, new<round>-2...), so no round reuses a key.
+wrk_row() {
+  local name=$1 url=${URL[$1]} lua=()
+  case ${KEYMODE[$name]:-cycle} in
+    cycle) lua=(-s "$work/keys.lua" "$url" -- cycle "$KEYS") ;;
+    fresh) lua=(-s "$work/keys.lua" "$url$2-" -- fresh) ;;
+    one) lua=("$url") ;;
+  esac
+  wrk -t1 -c"${CONN[$name]:-$CONNS}" -d"$3" --latency "${lua[@]}" > "$work/wrk.txt"
+}
+
+# Warm-up: one checked request per row, then a short run of each row so that every cycled
+# key exists before the rounds (the first get of a key finds nothing) and the cluster
+# bucket's stream is made.
 for name in "${order[@]}"; do
   [ "$name" = kv-put-raw ] && continue
   url=${URL[$name]}
-  case $url in *key=k) url=${url}0 ;; esac
+  case ${KEYMODE[$name]:-cycle} in cycle) url=${url}0 ;; fresh) url=${url}0-0 ;; esac
   curl -s -o /dev/null -w "$name warm-up %{http_code}\n" "$url"
-  case $name in *get-set) wrk -t1 -c"$CONNS" -d2s -s "$work/keys.lua" "${URL[$name]}" -- "$KEYS" >/dev/null ;; esac
+  wrk_row "$name" 0 2s
 done
 
 raw="$work/raw.txt"
@@ -145,11 +171,7 @@ for round in $(seq 1 "$ROUNDS"); do
       p99="$(awk '{print $4}' <<< "$line")ms"
       non2xx=$(sed -n 's/.* \([0-9]*\) failed.*/\1/p' <<< "$line")
     else
-      script=()
-      case ${URL[$name]} in *key=k) script=(-s "$work/keys.lua") ;; esac
-      args=("${URL[$name]}")
-      [ ${#script[@]} -gt 0 ] && args+=(-- "$KEYS")
-      wrk -t1 -c"${CONN[$name]:-$CONNS}" -d"$DURATION" --latency "${script[@]}" "${args[@]}" > "$work/wrk.txt"
+      wrk_row "$name" "$round" "$DURATION"
       rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/wrk.txt")
       p99=$(awk '$1=="99%" {print $2}' "$work/wrk.txt")
       non2xx=$(awk '/Non-2xx/ {print $5}' "$work/wrk.txt")
@@ -176,8 +198,9 @@ get = lambda n: med.get(n, (nan, nan, 0))[0]
 c64 = f"nats-get-set-c{clients}"
 what = {
     "sqlite-hello": ("SQLite node", f"hello guest (same requests as get-set)", conns),
-    "sqlite-get-set": ("SQLite node", f"counter op=get-set, {keys} keys", conns),
-    "baseline-get-set": ("SQLite node, BASELINE binary", f"counter op=get-set, {keys} keys", conns),
+    "sqlite-get-set": ("SQLite node", f"counter op=get-set, {keys} keys (value unchanged: empty commits)", conns),
+    "sqlite-get-set-new": ("SQLite node", "counter op=get-set, a new key each request (every set an fsync'd insert)", conns),
+    "baseline-get-set": ("SQLite node, BASELINE binary", f"counter op=get-set, {keys} keys (value unchanged: empty commits)", conns),
     "sqlite-incr": ("SQLite node", "counter op=incr, one key", clients),
     "nats-get-set": ("[cluster] node", f"counter op=get-set, {keys} keys", conns),
     c64: ("[cluster] node", f"counter op=get-set, {keys} keys", clients),
@@ -195,10 +218,12 @@ for n, (who, op, c) in what.items():
     print(f"| {n} | {who}: {op} | {c} | {r:,.0f} | {p:.2f} | {b} |")
 raw_puts = get("kv-put-raw")
 ratios = [
-    ("SQLite get-set / hello (same node, same connections)", get("sqlite-get-set") / get("sqlite-hello"), 0.7),
+    (f"SQLite get-set, {keys} keys / hello (same node, same connections)", get("sqlite-get-set") / get("sqlite-hello"), 0.7),
+    ("SQLite get-set, a new key each request / hello", get("sqlite-get-set-new") / get("sqlite-hello"), 0.7),
     ("SQLite get-set, this build / BASELINE build", get("sqlite-get-set") / get("baseline-get-set"), None),
     (f"[cluster] get-set writes/s at {clients} connections / raw KV puts/s at {clients} in flight", get(c64) / raw_puts, 0.5),
     (f"[cluster] get-set writes/s at {conns} connections / raw KV puts/s at {clients} in flight", get("nats-get-set") / raw_puts, 0.5),
+    (f"hello (no bucket) requests/s / raw KV puts/s: the most HTTP + wasm alone lets the two ratios above reach", get("sqlite-hello") / raw_puts, None),
     (f"[cluster] get-set / SQLite get-set ({conns} connections)", get("nats-get-set") / get("sqlite-get-set"), None),
 ]
 print("\n| ratio | measured | goal | |")
