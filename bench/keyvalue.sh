@@ -2,14 +2,15 @@
 # Key-value buckets under load, in one run on this machine, interleaved rounds, median of rounds:
 #
 # - SQLite (one node, data_dir): the `hello` guest and the `counter` guest with `op=get-set`
-#   (one get, then one set of the same key to `x`) at CONNS connections; the ratio
-#   get-set/hello is what one read and one group-committed write per request cost.
-#   Keys vary: each connection cycles through KEYS keys (k0 .. k999) with a wrk Lua script,
-#   so no single hot row is measured; the hello row sends the same requests (it ignores the
-#   query) so both rows carry the same Lua and request cost on the wrk side. After the first
-#   pass every set writes the `x` the key already holds, and SQLite then dirties no page: those
-#   commits write nothing and skip the fsync. So a third row, get-set with a new key on every
-#   request (the get finds nothing, the set inserts), measures what durable writes cost.
+#   (a read-modify-write: one get, then one set of the same key to the number it held plus
+#   one, so every set is a real, fsync'd write) at CONNS connections; the ratio get-set/hello
+#   is what one read and one group-committed write per request cost. Keys vary: each
+#   connection cycles through KEYS keys (k0 .. k999) with a wrk Lua script, so no single hot
+#   row is measured; the hello row sends the same requests (it ignores the query) so both
+#   rows carry the same Lua and request cost on the wrk side. A row with a new key on every
+#   request (the get finds nothing, the set inserts) measures inserts; two more split the
+#   cost: the counter guest doing no bucket call (`op=config-all`: the guest's own cost
+#   beside hello) and one get only.
 # - SQLite `increment` of one key (`op=incr&key=n`) by CLIENTS connections.
 # - With [cluster] on a JetStream nats-server (file store): the same get-set (at CONNS, and at
 #   CLIENTS connections to match the raw loop) and increment rows through wasmgate, and raw
@@ -124,6 +125,8 @@ GETSET="?op=get-set&bucket=bench&key=k"
 declare -A URL=(
   [sqlite-hello]="http://127.0.0.1:${PORT[sqlite]}/hello$GETSET"
   [sqlite-get-set]="http://127.0.0.1:${PORT[sqlite]}/counter$GETSET"
+  [sqlite-counter-noop]="http://127.0.0.1:${PORT[sqlite]}/counter?op=config-all&bucket=bench&key=k"
+  [sqlite-get]="http://127.0.0.1:${PORT[sqlite]}/counter?op=get&bucket=bench&key=k"
   [sqlite-get-set-new]="http://127.0.0.1:${PORT[sqlite]}/counter?op=get-set&bucket=bench&key=new"
   [sqlite-incr]="http://127.0.0.1:${PORT[sqlite]}/counter?op=incr&bucket=bench&key=n"
   [nats-get-set]="http://127.0.0.1:${PORT[nats]}/counter$GETSET"
@@ -133,10 +136,10 @@ declare -A URL=(
 # Connections per row (else CONNS) and keys: cycle over KEYS, fresh, or the URL's one key.
 declare -A CONN=([sqlite-incr]=$CLIENTS [nats-get-set-c$CLIENTS]=$CLIENTS [nats-incr]=$CLIENTS)
 declare -A KEYMODE=([sqlite-incr]=one [nats-incr]=one [sqlite-get-set-new]=fresh)
-order=(sqlite-hello sqlite-get-set sqlite-get-set-new sqlite-incr nats-get-set "nats-get-set-c$CLIENTS" nats-incr kv-put-raw)
+order=(sqlite-hello sqlite-counter-noop sqlite-get sqlite-get-set sqlite-get-set-new sqlite-incr nats-get-set "nats-get-set-c$CLIENTS" nats-incr kv-put-raw)
 if [ -n "$BASELINE" ]; then
   URL[baseline-get-set]="http://127.0.0.1:${PORT[baseline]}/counter$GETSET"
-  order=(sqlite-hello sqlite-get-set baseline-get-set "${order[@]:2}")
+  order=(sqlite-hello sqlite-counter-noop sqlite-get sqlite-get-set baseline-get-set "${order[@]:4}")
 fi
 
 # wrk_row NAME ROUND SECONDS: one wrk run of that row into $work/wrk.txt. Fresh keys carry
@@ -198,9 +201,11 @@ get = lambda n: med.get(n, (nan, nan, 0))[0]
 c64 = f"nats-get-set-c{clients}"
 what = {
     "sqlite-hello": ("SQLite node", f"hello guest (same requests as get-set)", conns),
-    "sqlite-get-set": ("SQLite node", f"counter op=get-set, {keys} keys (value unchanged: empty commits)", conns),
+    "sqlite-counter-noop": ("SQLite node", "counter op=config-all (no bucket call)", conns),
+    "sqlite-get": ("SQLite node", f"counter op=get, {keys} keys (a read only)", conns),
+    "sqlite-get-set": ("SQLite node", f"counter op=get-set, {keys} keys (read, then write n+1)", conns),
     "sqlite-get-set-new": ("SQLite node", "counter op=get-set, a new key each request (every set an fsync'd insert)", conns),
-    "baseline-get-set": ("SQLite node, BASELINE binary", f"counter op=get-set, {keys} keys (value unchanged: empty commits)", conns),
+    "baseline-get-set": ("SQLite node, BASELINE binary", f"counter op=get-set, {keys} keys (read, then write n+1)", conns),
     "sqlite-incr": ("SQLite node", "counter op=incr, one key", clients),
     "nats-get-set": ("[cluster] node", f"counter op=get-set, {keys} keys", conns),
     c64: ("[cluster] node", f"counter op=get-set, {keys} keys", clients),
@@ -220,6 +225,8 @@ raw_puts = get("kv-put-raw")
 ratios = [
     (f"SQLite get-set, {keys} keys / hello (same node, same connections)", get("sqlite-get-set") / get("sqlite-hello"), 0.7),
     ("SQLite get-set, a new key each request / hello", get("sqlite-get-set-new") / get("sqlite-hello"), 0.7),
+    ("counter guest, no bucket call / hello: the guest's own cost", get("sqlite-counter-noop") / get("sqlite-hello"), None),
+    ("counter guest, one get / hello", get("sqlite-get") / get("sqlite-hello"), None),
     ("SQLite get-set, this build / BASELINE build", get("sqlite-get-set") / get("baseline-get-set"), None),
     (f"[cluster] get-set writes/s at {clients} connections / raw KV puts/s at {clients} in flight", get(c64) / raw_puts, 0.5),
     (f"[cluster] get-set writes/s at {conns} connections / raw KV puts/s at {clients} in flight", get("nats-get-set") / raw_puts, 0.5),

@@ -14,7 +14,7 @@
 //! | `op=get-many&keys=a,b` | `get-many` | per key a line `key=value`, or `key` when missing |
 //! | `op=set-many` | `set-many` of the body's `key=value` lines | `ok` |
 //! | `op=delete-many&keys=a,b` | `delete-many` | `ok` |
-//! | `op=get-set&key=K` | one `get` of K, then one `set` of K to `x` (the benchmark op) | `ok` |
+//! | `op=get-set&key=K` | one `get` of K, then one `set` of K to the number it held plus one (a read-modify-write: the benchmark op) | the new number |
 //! | `op=config&key=K` | wasi:config `get(K)` | the value, or 404 `not found` |
 //! | `op=config-all` | wasi:config `get-all` | `k=v` lines sorted by key |
 //!
@@ -309,10 +309,17 @@ fn serve(request: &IncomingRequest, query: &Query) -> Result<Reply, Reply> {
             Ok(reply(200, "ok"))
         }
         Some("get-set") => {
+            // A read-modify-write, as a session update is: the value changes every time,
+            // so every set is a real write.
             let key = query.require("key")?;
-            bucket.get(key).map_err(|e| kv_error("get", e))?;
-            bucket.set(key, b"x").map_err(|e| kv_error("set", e))?;
-            Ok(reply(200, "ok"))
+            let old = bucket.get(key).map_err(|e| kv_error("get", e))?;
+            let n = old
+                .and_then(|v| String::from_utf8(v).ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            let next = (n + 1).to_string();
+            bucket.set(key, next.as_bytes()).map_err(|e| kv_error("set", e))?;
+            Ok(reply(200, next))
         }
         Some(other) => Err(reply(400, format!("unknown op: {other}"))),
     }
