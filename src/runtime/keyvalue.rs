@@ -17,7 +17,12 @@ mod generated {
     wasmtime::component::bindgen!({
         path: "wit/keyvalue",
         world: "wasi:keyvalue/imports",
-        imports: { default: async | trappable },
+        // `open` and dropping a bucket never wait on the store: plain calls.
+        imports: {
+            default: async | trappable,
+            "wasi:keyvalue/store.open": trappable,
+            "wasi:keyvalue/store.[drop]bucket": trappable,
+        },
         with: {
             "wasi:keyvalue/store.bucket": super::OpenBucket,
         },
@@ -89,7 +94,7 @@ pub fn add_to_linker<T: Send + 'static>(
 }
 
 impl store::Host for KeyValue<'_> {
-    async fn open(&mut self, identifier: String) -> Result<Resource<OpenBucket>, Error> {
+    fn open(&mut self, identifier: String) -> Result<Resource<OpenBucket>, Error> {
         let bucket = self
             .buckets
             .0
@@ -152,7 +157,7 @@ impl store::HostBucket for KeyValue<'_> {
         })
     }
 
-    async fn drop(&mut self, bucket: Resource<OpenBucket>) -> wasmtime::Result<()> {
+    fn drop(&mut self, bucket: Resource<OpenBucket>) -> wasmtime::Result<()> {
         self.table.delete(bucket)?;
         Ok(())
     }
