@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::TestServer;
 
 const TOKEN: &str = "deploy-admin-token";
@@ -37,17 +35,7 @@ fn start_in(dir: &std::path::Path) -> TestServer {
 }
 
 fn cli(s: &TestServer, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(common::bin())
-        .args(args)
-        .args(["--admin", s.admin.as_deref().unwrap()])
-        .env("WASMGATE_ADMIN_TOKEN", TOKEN)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::admin_cli(s, TOKEN, args)
 }
 
 async fn body(url: String) -> (u16, String) {

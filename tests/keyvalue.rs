@@ -462,20 +462,8 @@ async fn the_admin_api_and_cli_read_write_and_delete_keys() {
     );
 
     // The CLI, on the same routes.
-    let cli = |args: &[&str]| {
-        let out = Command::new(common::bin())
-            .arg("kv")
-            .args(args)
-            .args(["--admin", s.admin.as_deref().unwrap()])
-            .env("WASMGATE_ADMIN_TOKEN", TOKEN)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| common::admin_cli(&s, TOKEN, &[&["kv"], args].concat());
+
     let (ok, _, err) = cli(&["put", "shared", "cli key", "cli value"]);
     assert!(ok, "{err}");
     assert_eq!(

@@ -386,17 +386,12 @@ async fn jwks_url_keys_verify_and_their_fetches_are_counted() {
 
 /// The CLI on the node's admin listener.
 fn deploy(s: &TestServer, wasm: &str, alias: &str) {
-    let out = Command::new(common::bin())
-        .args(["deploy", "greet", &common::wasm(wasm), "--alias", alias])
-        .args(["--admin", s.admin.as_deref().unwrap()])
-        .env("WASMGATE_ADMIN_TOKEN", ADMIN)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (ok, _, err) = common::admin_cli(
+        s,
+        ADMIN,
+        &["deploy", "greet", &common::wasm(wasm), "--alias", alias],
     );
+    assert!(ok, "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -301,6 +301,25 @@ impl Drop for TestServer {
 }
 
 /// An HTTPS client trusting the dev CA (HTTP/2 by ALPN when the server offers it).
+/// Runs `wasmgate ARGS --admin <server's admin URL>` with `token` as the admin token:
+/// (exit success, stdout, stderr).
+pub fn admin_cli(server: &TestServer, token: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .args([
+            "--admin",
+            server.admin.as_deref().expect("an admin listener"),
+        ])
+        .env("WASMGATE_ADMIN_TOKEN", token)
+        .output()
+        .expect("run wasmgate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn client() -> reqwest::Client {
     let ca = std::fs::read(root().join("certs/ca.pem")).expect("ca.pem");
     reqwest::Client::builder()
