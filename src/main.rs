@@ -676,9 +676,9 @@ fn kv(op: KvCommand) -> Result<()> {
                     out,
                     "{:<24} {:>10} {:>14} {:>14}",
                     b["name"].as_str().unwrap_or(""),
-                    b["keys"],
-                    b["bytes"],
-                    b["max_bytes"]
+                    b["keys"].as_u64().unwrap_or(0),
+                    b["bytes"].as_u64().unwrap_or(0),
+                    b["max_bytes"].as_u64().unwrap_or(0)
                 )?;
             }
         }
