@@ -488,14 +488,12 @@ async fn the_admin_api_and_cli_read_write_and_delete_keys() {
     assert!(!ok);
     assert!(err.contains("404"), "{err}");
     let metrics = s.metrics(TOKEN).await;
-    assert!(
-        metrics.contains(
-            r#"wasmgate_kv_operations_total{bucket="shared",op="increment",outcome="ok"}"#
-        ) || metrics.contains(
-            r#"wasmgate_kv_operations_total{bucket="shared",op="admin_put",outcome="ok"}"#
-        ),
-        "{metrics}"
-    );
+    // Two puts and two deletes went through (the API's, then the CLI's).
+    for op in ["admin_put", "admin_delete"] {
+        let line =
+            format!(r#"wasmgate_kv_operations_total{{bucket="shared",op="{op}",outcome="ok"}} 2"#);
+        assert!(metrics.contains(&line), "{line} not in {metrics}");
+    }
     assert!(
         metrics.contains(
             r#"wasmgate_kv_operations_total{bucket="small",op="admin_put",outcome="quota"} 1"#
