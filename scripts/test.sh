@@ -16,7 +16,7 @@ status=0
 cargo test --all-targets --no-fail-fast 2>&1 | tee "$log" || status=$?
 # Every suite that uses the queue or the registry again on the other backend: every server gets
 # a [cluster] on its own JetStream nats-server (tests/common: WASMGATE_TEST_BACKEND).
-WASMGATE_TEST_BACKEND=nats cargo test --no-fail-fast --test async_invocation --test queue_isolation --test deploy \
+WASMGATE_TEST_BACKEND=nats cargo test --no-fail-fast --test async_invocation --test queue_crash --test queue_isolation --test deploy \
   --test events --test sources --test reload --test dispatch --test artifacts --test tracing --test keyvalue 2>&1 \
   | tee -a "$log" || status=$?
 awk '/^test result:/ {p += $4; f += $6} END {printf "tests: %d passed, %d failed\n", p, f}' "$log"

@@ -14,6 +14,12 @@
 //!   runner lives), and NAKs it with a delay to retry later or to wait for its due time.
 //!   A node that dies leaves its messages unacknowledged: after `ack_wait_ms` another node
 //!   takes them (at least once), and the attempt that died counts in the record.
+//! - The runner also writes its node id and a lease (`ack_wait_ms` ahead, renewed with every
+//!   in-progress ack) into the record. JetStream alone is not trusted to deliver a message
+//!   to one node at a time: nats-server 2.9 (Debian's) was seen handing a message that was
+//!   still pending to a second pull request. A node never runs a task it already holds, and
+//!   a task whose record names another node with a live lease waits for that lease instead
+//!   of running beside it.
 //! - A callback is delivered before the message is acknowledged, so a node that dies while
 //!   delivering leaves the task to run again elsewhere (at least once, callback included).
 //!
@@ -48,6 +54,8 @@ pub struct Cluster {
     clock: Arc<dyn Clock>,
     /// Messages this node holds (running or waiting for a worker), by store key.
     inflight: Mutex<HashMap<String, InFlight>>,
+    /// This process's name in the records it runs (new at every start).
+    node: Arc<str>,
     ack_wait: Duration,
     /// Messages in the stream and their bytes, refreshed every second.
     depth: AtomicU64,
@@ -100,6 +108,23 @@ struct Record {
     view: TaskView,
     #[serde(default)]
     stop_requested: bool,
+    /// The node running it (while Running) and until when it promised to be alive (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    runner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lease_ms: Option<i64>,
+}
+
+impl Record {
+    /// The other node still running this task, if its lease is live at `now`.
+    fn held_elsewhere(&self, node: &str, now: i64) -> Option<i64> {
+        match (&self.runner, self.lease_ms) {
+            (Some(r), Some(lease)) if self.view.state == TaskState::Running && r != node => {
+                (lease > now).then_some(lease)
+            }
+            _ => None,
+        }
+    }
 }
 
 fn storage(e: impl std::fmt::Display) -> QueueError {
@@ -120,6 +145,7 @@ impl Cluster {
             conn: OnceLock::new(),
             clock,
             inflight: Mutex::new(HashMap::new()),
+            node: format!("{:016x}", rand::random::<u64>()).into(),
             ack_wait: Duration::from_millis(config.ack_wait_ms),
             depth: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -220,6 +246,8 @@ impl Cluster {
                 callback_attempts: 0,
             },
             stop_requested: false,
+            runner: None,
+            lease_ms: None,
         };
         let value = serde_json::to_vec(&record).map_err(storage)?;
         let revision = match conn.kv.create(&key, value.into()).await {
@@ -578,6 +606,8 @@ impl Cluster {
                     if r.view.state == TaskState::Running {
                         r.view.state = TaskState::Enqueued;
                         r.view.attempts = attempts;
+                        r.runner = None;
+                        r.lease_ms = None;
                     }
                 })
                 .await;
@@ -639,6 +669,13 @@ impl Cluster {
             return;
         };
         let key = task_key(&wire.invocation.trigger, &wire.id);
+        // A second delivery of a message this node holds: its runner is alive (here), so
+        // the attempt goes on and the copy only says so.
+        if self.inflight.lock().is_ok_and(|m| m.contains_key(&key)) {
+            tracing::debug!(task = %key, "a task this node is running was delivered again; not run twice");
+            let _ = acker.ack_with(AckKind::Progress).await;
+            return;
+        }
         let record = match self.read(&key).await {
             Ok(r) => r,
             Err(e) => {
@@ -682,12 +719,24 @@ impl Cluster {
                 .await;
             return;
         }
+        // Another node runs it and is alive: wait for its outcome or its lease to run out.
+        if let Some(lease) = record.held_elsewhere(&self.node, now) {
+            tracing::debug!(task = %key, "a task another node is running was delivered here; it waits");
+            let _ = acker
+                .ack_with(AckKind::Nak(Some(
+                    delay(lease - now).max(Duration::from_millis(200)),
+                )))
+                .await;
+            return;
+        }
         // A record left Running means its runner died mid-attempt: that attempt counts.
         let attempts = view.attempts + u32::from(view.state == TaskState::Running);
         let mut running = record;
         running.view.state = TaskState::Running;
         running.view.attempts = attempts;
         running.view.started_ms = Some(now);
+        running.runner = Some(self.node.to_string());
+        running.lease_ms = Some(now + self.lease_ms());
         let marked = match (self.conn(), serde_json::to_vec(&running)) {
             (Ok(conn), Ok(value)) => conn
                 .kv
@@ -706,12 +755,14 @@ impl Cluster {
         }
         let heartbeat = {
             let (acker, every) = (acker.clone(), self.ack_wait / 3);
+            let (this, key) = (self.clone(), key.clone());
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
                     if let Err(e) = acker.ack_with(AckKind::Progress).await {
                         tracing::debug!("in-progress ack failed: {e}");
                     }
+                    this.renew(&key).await;
                 }
             })
             .abort_handle()
@@ -734,6 +785,28 @@ impl Cluster {
         };
         if handoff.tx.send(task).is_err() {
             self.settle(&key, AckKind::Nak(None)).await;
+        }
+    }
+
+    /// How long a runner's claim on a task lasts without renewal: the time JetStream waits
+    /// before redelivering a message its holder stopped acknowledging.
+    fn lease_ms(&self) -> i64 {
+        i64::try_from(self.ack_wait.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Extends this node's lease on `key` while it still runs it.
+    async fn renew(&self, key: &str) {
+        let until = self.clock.now_ms().saturating_add(self.lease_ms());
+        let node = &*self.node;
+        let renewed = self
+            .modify(key, |r| {
+                if r.view.state == TaskState::Running && r.runner.as_deref() == Some(node) {
+                    r.lease_ms = Some(until);
+                }
+            })
+            .await;
+        if let Err(e) = renewed {
+            tracing::debug!(task = %key, "renewing a task lease failed: {e}");
         }
     }
 
