@@ -8,7 +8,15 @@
 # on JetStream each is delivered once to a node and NAKed with that delay, a cost the cluster
 # numbers include. Each configuration gets a fresh nats-server with an empty store.
 #
+# Ends with the goals table, every figure from this run: the JetStream queue on one node /
+# the raw acknowledged publishes (the ceiling), goal >= 0.50.
+#
 #   bash bench/cluster.sh          DURATION=10s bash bench/cluster.sh
+#   BIN=/path/to/other/wasmgate bash bench/cluster.sh     # another build instead of this tree's
+#   BASELINE=/path/to/other/wasmgate bash bench/cluster.sh
+#                           # also measures that build, each configuration right after this
+#                           # one's, against the same ceiling: a build column in the table and
+#                           # a baseline column in the goals table
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -25,8 +33,20 @@ command -v wrk >/dev/null || need+=(wrk)
 command -v nats-server >/dev/null || need+=(nats-server)
 if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
 bash scripts/build-functions.sh >/dev/null
-cargo build --release --quiet --bin wasmgate --example jspublish
-BIN=./target/release/wasmgate
+BIN=${BIN:-}
+if [ -z "$BIN" ]; then
+  cargo build --release --quiet --bin wasmgate --example jspublish
+  BIN=./target/release/wasmgate
+else
+  cargo build --release --quiet --example jspublish
+fi
+BASELINE=${BASELINE:-}
+# The builds measured: this one, and the baseline when BASELINE is set.
+declare -A BUILD=([wasmgate]="$BIN")
+builds=(wasmgate)
+if [ -n "$BASELINE" ]; then BUILD[baseline]=$BASELINE; builds+=(baseline); fi
+FIGURES=$work/figures.tsv
+: > "$FIGURES"
 HELLO=$PWD/functions/target/wasm32-wasip2/release/hello.wasm
 secs=${DURATION%s}
 
@@ -42,8 +62,8 @@ start_nats() {
 stop_nats() { kill "$NATS" 2>/dev/null || true; wait "$NATS" 2>/dev/null || true; }
 
 NODES=()
-start_node() { # name cluster(true|false) -> appends the port to NODES
-  local name=$1 cluster=$2 port admin
+start_node() { # name cluster(true|false) build -> appends the port to NODES
+  local name=$1 cluster=$2 bin=${BUILD[$3]} port admin
   port=$(free_port); admin=$(free_port)
   mkdir -p "$work/$name"
   cat > "$work/$name/w.toml" <<TOML
@@ -61,7 +81,7 @@ path = "/"
 async = { max_retries = 0 }
 TOML
   if [ "$cluster" = true ]; then printf '[cluster]\nnats = "nats://127.0.0.1:%s"\n' "$NATS_PORT" >> "$work/$name/w.toml"; fi
-  RUST_LOG=warn "$BIN" serve --config "$work/$name/w.toml" >/dev/null 2>"$work/$name/log" &
+  RUST_LOG=warn "$bin" serve --config "$work/$name/w.toml" >/dev/null 2>"$work/$name/log" &
   pids+=($!)
   NODE_PIDS+=($!)
   wait_port "$port"
@@ -108,26 +128,45 @@ PY
 {
 echo "Durable 202/s, $CLIENTS clients, wrk -d$DURATION per node at once, POST with a 1 h delay"
 echo
-echo "| backend | nodes | 202/s | p99 (ms, worst node) | non-202 | of the ceiling |"
-echo "|---|---|---|---|---|---|"
+if [ -n "$BASELINE" ]; then
+  echo "| build | backend | nodes | 202/s | p99 (ms, worst node) | non-202 | of the ceiling |"
+  echo "|---|---|---|---|---|---|---|"
+else
+  echo "| backend | nodes | 202/s | p99 (ms, worst node) | non-202 | of the ceiling |"
+  echo "|---|---|---|---|---|---|"
+fi
 start_nats
 ceiling=$(./target/release/examples/jspublish "nats://127.0.0.1:$NATS_PORT" "$secs" "$CLIENTS" 600 | awk '{print $1}')
 stop_nats
-row() { # backend nodes "rate p99 bad"
+row() { # build backend nodes "rate p99 bad"; prints the table row, records the 1-node JetStream ratio
+  local build=$1 of
+  shift
   set -- "$1" "$2" $3
-  echo "| $1 | $2 | $3 | $4 | $5 | $(python3 -c "print(f'{$3 / $ceiling:.2f}')") |"
+  of=$(python3 -c "print(f'{$3 / $ceiling:.2f}')")
+  if [ "$1 $2" = "JetStream 1" ]; then figure "$build" js1 "$of"; fi
+  if [ -n "$BASELINE" ]; then printf '| %s ' "$build"; fi
+  echo "| $1 | $2 | $3 | $4 | $5 | $of |"
 }
-start_node sqlite false
-row "SQLite (one node)" 1 "$(load)"
-stop_nodes
-for n in 1 2 3; do
-  start_nats
-  for i in $(seq 1 "$n"); do start_node "js$n-$i" true; done
-  row "JetStream" "$n" "$(load)"
+for b in "${builds[@]}"; do
+  start_node "$b-sqlite" false "$b"
+  row "$b" "SQLite (one node)" 1 "$(load)"
   stop_nodes
-  stop_nats
 done
+for n in 1 2 3; do
+  for b in "${builds[@]}"; do
+    start_nats
+    for i in $(seq 1 "$n"); do start_node "$b-js$n-$i" true "$b"; done
+    row "$b" "JetStream" "$n" "$(load)"
+    stop_nodes
+    stop_nats
+  done
+done
+if [ -n "$BASELINE" ]; then printf '| - '; fi
 echo "| JetStream publish loop (ceiling) | - | $ceiling | - | - | 1.00 |"
 echo
 echo "Machine: $(nproc) cores, $(uname -sr); nats-server $(nats-server --version | awk '{print $2}'); every process on the same cores."
+echo
+echo "Goals (every figure from this run)"
+echo
+goals_table "js1|JetStream queue, 1 node / raw acked publishes (ceiling)|>=|0.50|x"
 } > >(tee "$out/cluster.md")

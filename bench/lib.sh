@@ -21,3 +21,67 @@ ensure_wasmtime() {
     chmod +x "$WASMTIME"
   fi
 }
+
+# wrk's figures. wrk_ms: a latency as wrk prints it ("812.00us", "20.77ms", "1.02s", "1.50m")
+# in milliseconds. wrk_ok_rate: the 2xx responses per second of a wrk output file (its
+# Requests/sec less the share of non-2xx).
+wrk_ms() {
+  python3 - "$1" <<'PY'
+import re, sys
+m = re.fullmatch(r"\s*([\d.]+)\s*(us|ms|s|m|h)?\s*", sys.argv[1])
+if not m:
+    sys.exit(f"not a wrk latency: {sys.argv[1]!r}")
+print(f"{float(m.group(1)) * {'us': 1e-3, 'ms': 1.0, None: 1.0, 's': 1e3, 'm': 6e4, 'h': 3.6e6}[m.group(2)]:.3f}")
+PY
+}
+wrk_ok_rate() {
+  python3 - "$1" <<'PY'
+import re, sys
+t = open(sys.argv[1]).read()
+rps = float(re.search(r"^Requests/sec:\s+([\d.]+)", t, re.M).group(1))
+n = int(re.search(r"(\d+) requests in", t).group(1))
+m = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
+bad = int(m.group(1)) if m else 0
+print(f"{rps * (n - bad) / n if n else 0.0:.2f}")
+PY
+}
+
+# The goals table printed at the end of a run. A script records each figure of each build
+# with `figure BUILD KEY VALUE` (BUILD is "wasmgate" for the build under test, "baseline" for
+# $BASELINE) into the file $FIGURES; `goals_table ROW...` then prints one markdown row per
+# ROW, "KEY|what the figure is|>= or <=|goal|x or ms": the figure, the goal, whether the build
+# under test meets it, and with BASELINE set one more column with the baseline's figure.
+figure() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$FIGURES"; }
+goals_table() {
+  python3 - "$FIGURES" "${BASELINE:-}" "$@" <<'PY'
+import math, sys
+figures, baseline, rows = sys.argv[1], sys.argv[2], sys.argv[3:]
+got = {}
+for line in open(figures):
+    build, key, value = line.rstrip("\n").split("\t")
+    try:
+        got[build, key] = float(value)
+    except ValueError:
+        got[build, key] = math.nan
+def fmt(v, unit):
+    if v is None or v != v or math.isinf(v):
+        return "-"
+    return f"{v:.2f}x" if unit == "x" else f"{v:.1f} ms"
+head = "| figure | measured | goal | met |" + (" baseline |" if baseline else "")
+print(head)
+print("|" + "---|" * (head.count("|") - 1))
+for row in rows:
+    key, what, op, goal, unit = row.split("|")
+    v = got.get(("wasmgate", key))
+    g = float(goal)
+    if v is None or v != v or math.isinf(v):
+        met = "-"
+    else:
+        met = "yes" if (v >= g if op == ">=" else v <= g) else "no"
+    goal_s = f"{op} {goal}x" if unit == "x" else f"{op} {goal} ms"
+    line = f"| {what} | {fmt(v, unit)} | {goal_s} | {met} |"
+    if baseline:
+        line += f" {fmt(got.get(('baseline', key)), unit)} |"
+    print(line)
+PY
+}
