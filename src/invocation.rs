@@ -19,10 +19,27 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
-/// A request id: 128 random bits as a UUID-shaped string, unique across nodes and restarts.
+/// A request id: a UUIDv7 (RFC 9562) as a string: 48 bits of Unix milliseconds, then 74
+/// random bits, unique across nodes and restarts. Time-ordered on purpose: a task's id is its
+/// request id unless the client names one, and ids that grow keep the task store's indexes
+/// appending to their last page instead of touching a random page per task.
 pub fn new_request_id() -> Arc<str> {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    format_uuid(v7(ms, rand::random()))
+}
+
+/// The UUIDv7 bits of `ms` (the low 48 bits) with `random` filling the rest.
+fn v7(ms: u64, random: u128) -> u128 {
+    let time = u128::from(ms & 0xffff_ffff_ffff) << 80;
+    let rand_a = (random >> 64) & 0xfff; // 12 bits
+    let rand_b = random & 0x3fff_ffff_ffff_ffff; // 62 bits
+    time | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
+}
+
+fn format_uuid(v: u128) -> Arc<str> {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let v: u128 = rand::random();
     let mut out = [0u8; 36];
     let mut bits = 128;
     for (i, slot) in out.iter_mut().enumerate() {
@@ -350,5 +367,23 @@ mod tests {
         // A queued task keeps the kind of door it came through.
         assert_eq!(again.request.headers()["x-fc-trigger-type"], "http");
         assert_eq!(again.request.headers()["x-fc-async-task-id"], "task-1");
+    }
+}
+
+#[cfg(test)]
+mod request_id_tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_uuid_v7_and_grow_with_time() {
+        let id = format_uuid(v7(0x0190_1234_5678, u128::MAX));
+        assert_eq!(&*id, "01901234-5678-7fff-bfff-ffffffffffff");
+        let id = format_uuid(v7(0x0190_1234_5678, 0));
+        assert_eq!(&*id, "01901234-5678-7000-8000-000000000000");
+        // A later millisecond sorts after, whatever the random bits.
+        let (a, b) = (format_uuid(v7(1_000, u128::MAX)), format_uuid(v7(1_001, 0)));
+        assert!(a < b, "{a} < {b}");
+        let fresh = new_request_id();
+        assert_eq!(fresh.as_bytes()[14], b'7', "{fresh}");
     }
 }

@@ -783,9 +783,14 @@ fn apply(
                 tracing::error!("claiming tasks failed: {e}");
                 Vec::new()
             });
-            Some(Box::new(move |committed| {
-                let _ = reply.send(if committed { tasks } else { Vec::new() });
-            }))
+            // Answered now, before the commit: a claim need not be durable to be run. A
+            // crash before the commit leaves the tasks Enqueued on disk, and they run again
+            // after the restart, as Running ones would. A commit that fails puts them back
+            // to Enqueued while they run; the workers never start a task they are running,
+            // so a later claim of one of them is dropped there. Waiting for the disk here
+            // would keep every freed worker idle for a commit.
+            let _ = reply.send(tasks);
+            None
         }
         Cmd::Update(u, reply) => {
             if let Err(e) = update(tx, &u, book) {
