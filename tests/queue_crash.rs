@@ -249,22 +249,28 @@ fn check(case: usize, lives: &[Life], recorder: &Recorder) -> Result<(), TestCas
             }
             recorder.drain();
             for (id, status) in results.lock().unwrap().iter() {
-                // Well under every bound: a node that answers commits and says 202.
-                prop_assert_eq!(*status, 202, "{} answered {}", id, status);
-                accepted.push(id.clone());
+                // Well under every bound, a node commits and says 202; the one refusal
+                // allowed is 503 (a cluster node whose queue is not connected yet), which
+                // promises nothing.
+                prop_assert!(*status == 202 || *status == 503, "{id} answered {status}");
+                if *status == 202 {
+                    accepted.push(id.clone());
+                }
             }
         }
         let s = TestServer::start_in(dir.path(), &cfg, &[]);
         for id in &accepted {
             let state = wait_succeeded(&client, &s, id).await;
             prop_assert_eq!(state.as_str(), "Succeeded", "task {} was 202'd", id);
+        }
+        drop(s);
+        recorder.drain();
+        for id in &accepted {
             prop_assert!(
                 recorder.finished(id) >= 1,
                 "{id} never reached the recorder"
             );
         }
-        drop(s);
-        recorder.drain();
         let overlaps = recorder.overlaps();
         prop_assert!(overlaps.is_empty(), "ran twice at once: {overlaps:?}");
         Ok(())

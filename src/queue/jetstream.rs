@@ -354,8 +354,17 @@ impl Cluster {
 
     /// Records an attempt's outcome and acknowledges (or NAKs with a delay) its message.
     pub async fn update(&self, u: Update) {
+        let key = match &u {
+            Update::Finish { key, .. }
+            | Update::Reschedule { key, .. }
+            | Update::Callback { key, .. } => key.clone(),
+        };
         if let Err(e) = self.apply(u).await {
             tracing::error!("recording a task update in NATS failed: {e}");
+            // Let go of the message: its heartbeat stops, and JetStream hands it out again
+            // (its record still says Running, so that attempt counts), instead of this
+            // node holding a task it will never finish.
+            self.settle(&key, AckKind::Nak(None)).await;
         }
     }
 
@@ -603,7 +612,11 @@ impl Cluster {
             let attempts = t.attempts;
             let _ = self
                 .modify(&key, |r| {
-                    if r.view.state == TaskState::Running {
+                    // Only a task this node still runs: one whose lease another node took
+                    // over is that node's now.
+                    if r.view.state == TaskState::Running
+                        && r.runner.as_deref().is_none_or(|n| n == &*self.node)
+                    {
                         r.view.state = TaskState::Enqueued;
                         r.view.attempts = attempts;
                         r.runner = None;
@@ -701,6 +714,15 @@ impl Cluster {
             return;
         }
         let now = self.clock.now_ms();
+        // Another node runs it and is alive: wait for its outcome or its lease to run out
+        // (at most `ack_wait`: a lease further ahead is another clock's error, not a
+        // promise). Checked before a pending stop, which is the runner's to record.
+        if let Some(lease) = record.held_elsewhere(&self.node, now) {
+            tracing::debug!(task = %key, "a task another node is running was delivered here; it waits");
+            let wait = delay(lease - now).clamp(Duration::from_millis(200), self.ack_wait);
+            let _ = acker.ack_with(AckKind::Nak(Some(wait))).await;
+            return;
+        }
         if record.stop_requested && !view.state.is_final() {
             let stopped = self
                 .modify(&key, |r| {
@@ -716,16 +738,6 @@ impl Cluster {
         if view.due_ms > now {
             let _ = acker
                 .ack_with(AckKind::Nak(Some(delay(view.due_ms - now))))
-                .await;
-            return;
-        }
-        // Another node runs it and is alive: wait for its outcome or its lease to run out.
-        if let Some(lease) = record.held_elsewhere(&self.node, now) {
-            tracing::debug!(task = %key, "a task another node is running was delivered here; it waits");
-            let _ = acker
-                .ack_with(AckKind::Nak(Some(
-                    delay(lease - now).max(Duration::from_millis(200)),
-                )))
                 .await;
             return;
         }
@@ -762,7 +774,8 @@ impl Cluster {
                     if let Err(e) = acker.ack_with(AckKind::Progress).await {
                         tracing::debug!("in-progress ack failed: {e}");
                     }
-                    this.renew(&key).await;
+                    // Bounded, so a slow NATS never delays the next in-progress ack.
+                    let _ = tokio::time::timeout(every, this.renew(&key)).await;
                 }
             })
             .abort_handle()

@@ -3,8 +3,9 @@
 //!
 //! Every mutation is a command on a channel. The thread takes the first command, then every
 //! command already waiting (up to [`MAX_BATCH`]), runs them all in one transaction and commits
-//! once before answering any of them: concurrent submissions share one fsync (group commit),
-//! and a 202 is only sent after the commit that made its task durable.
+//! once: concurrent submissions share one fsync (group commit), and a 202 is only sent after
+//! the commit that made its task durable. Claims are the one answer sent before the commit
+//! (see `Cmd::Claim` in `apply`): running a task needs no durable mark.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -557,11 +558,12 @@ pub fn run(
             }
         }
         let mut deferred: Vec<Deferred> = Vec::with_capacity(batch.len());
+        let mut state = Batch::default();
         // BEGIN and COMMIT go through the statement cache like everything else.
         let committed = match exec(&conn, "BEGIN", []) {
             Ok(_) => {
                 for cmd in batch {
-                    if let Some(d) = apply(&conn, cmd, &book, bounds, Some(&handoff)) {
+                    if let Some(d) = apply(&conn, cmd, &book, bounds, Some(&handoff), &mut state) {
                         deferred.push(d);
                     }
                 }
@@ -571,6 +573,7 @@ pub fn run(
                         tracing::error!("task database commit failed: {e}");
                         // Nothing of the batch stays (an error may have ended it already).
                         let _ = exec(&conn, "ROLLBACK", []);
+                        remark_claimed(&conn, &state.claimed);
                         false
                     }
                 }
@@ -587,6 +590,18 @@ pub fn run(
             d(committed);
         }
     }
+}
+
+/// What one batch (one transaction) has done so far, for the claims answered inside it.
+#[derive(Default)]
+pub struct Batch {
+    /// Tasks inserted in this batch: not claimable until their commit, since their
+    /// submitters hear of it only then (a claim skips them; the post-commit wake claims them).
+    inserted: std::collections::HashSet<String>,
+    /// Tasks claimed in this batch and already handed to the workers, with their start time:
+    /// marked Running again if the batch does not commit, so no later claim takes them while
+    /// they run.
+    claimed: Vec<(String, i64)>,
 }
 
 /// The way from the writer straight to the workers for tasks due now (see `Cmd::Insert`).
@@ -695,12 +710,41 @@ fn over_bounds(t: &NewTask, size: u64, book: &Book, bounds: Bounds) -> Option<St
     None
 }
 
+/// Marks the tasks a failed batch had claimed (and the workers run) Running again, in a
+/// transaction of their own, so that no later claim hands them out while they run. If this
+/// fails too, the disk is failing: they may run again after their attempt ends.
+fn remark_claimed(conn: &Connection, claimed: &[(String, i64)]) {
+    if claimed.is_empty() {
+        return;
+    }
+    let remarked = (|| -> rusqlite::Result<()> {
+        exec(conn, "BEGIN", [])?;
+        for (key, started_ms) in claimed {
+            exec(
+                conn,
+                "UPDATE tasks SET state = 'Running', started_ms = ?2
+                 WHERE key = ?1 AND state IN ('Enqueued', 'Retrying')",
+                params![key, started_ms],
+            )?;
+        }
+        exec(conn, "COMMIT", []).map(|_| ())
+    })();
+    if let Err(e) = remarked {
+        let _ = exec(conn, "ROLLBACK", []);
+        tracing::error!(
+            "marking {} claimed tasks Running again failed: {e}",
+            claimed.len()
+        );
+    }
+}
+
 fn apply(
     tx: &Connection,
     cmd: Cmd,
     book: &Book,
     bounds: Bounds,
     handoff: Option<&Handoff>,
+    batch: &mut Batch,
 ) -> Option<Deferred> {
     match cmd {
         Cmd::Insert(t, invocation, reply) => {
@@ -743,6 +787,7 @@ fn apply(
             let result = match r {
                 Ok(_) => {
                     book.add(&t.invocation.trigger, size);
+                    batch.inserted.insert(t.key());
                     Ok(())
                 }
                 Err(rusqlite::Error::SqliteFailure(e, _))
@@ -779,16 +824,19 @@ fn apply(
             limit,
             reply,
         } => {
-            let tasks = claim(tx, now_ms, limit, book).unwrap_or_else(|e| {
+            let tasks = claim(tx, now_ms, limit, book, &batch.inserted).unwrap_or_else(|e| {
                 tracing::error!("claiming tasks failed: {e}");
                 Vec::new()
             });
-            // Answered now, before the commit: a claim need not be durable to be run. A
-            // crash before the commit leaves the tasks Enqueued on disk, and they run again
-            // after the restart, as Running ones would. A commit that fails puts them back
-            // to Enqueued while they run; the workers never start a task they are running,
-            // so a later claim of one of them is dropped there. Waiting for the disk here
-            // would keep every freed worker idle for a commit.
+            // Answered now, before the commit: a claim need not be durable to be run. Every
+            // task it hands out was committed Enqueued or Retrying by an earlier batch (the
+            // ones inserted in this batch are skipped), so a crash before this commit leaves
+            // them claimable on disk, and they run again after the restart, as Running ones
+            // would. A commit that fails marks them Running again at once (see `run`).
+            // Waiting for the disk here would keep every freed worker idle for a commit.
+            batch
+                .claimed
+                .extend(tasks.iter().map(|t| (t.new.key(), now_ms)));
             let _ = reply.send(tasks);
             None
         }
@@ -871,7 +919,14 @@ fn apply(
     }
 }
 
-fn claim(tx: &Connection, now_ms: i64, limit: usize, book: &Book) -> rusqlite::Result<Vec<Task>> {
+/// Up to `limit` due tasks, marked Running; none of `skip` (inserted in the open batch).
+fn claim(
+    tx: &Connection,
+    now_ms: i64,
+    limit: usize,
+    book: &Book,
+    skip: &std::collections::HashSet<String>,
+) -> rusqlite::Result<Vec<Task>> {
     let mut stmt = tx.prepare_cached(
         "SELECT id, invocation, body, callback_url, created_ms, due_ms, attempts, key
          FROM tasks WHERE state IN ('Enqueued', 'Retrying') AND due_ms <= ?1 ORDER BY due_ms LIMIT ?2",
@@ -888,8 +943,12 @@ fn claim(tx: &Connection, now_ms: i64, limit: usize, book: &Book) -> rusqlite::R
         key: String,
     }
     let rows: Vec<Row> = stmt
-        .query_map(params![now_ms, limit as i64], |r| {
-            Ok(Row {
+        .query_map(params![now_ms, (limit + skip.len()) as i64], |r| {
+            let key: String = r.get(7)?;
+            if skip.contains(&key) {
+                return Ok(None);
+            }
+            Ok(Some(Row {
                 id: r.get(0)?,
                 invocation: r.get(1)?,
                 body: r.get(2)?,
@@ -897,9 +956,11 @@ fn claim(tx: &Connection, now_ms: i64, limit: usize, book: &Book) -> rusqlite::R
                 created_ms: r.get(4)?,
                 due_ms: r.get(5)?,
                 attempts: r.get(6)?,
-                key: r.get(7)?,
-            })
+                key,
+            }))
         })?
+        .filter_map(|r| r.transpose())
+        .take(limit)
         .collect::<rusqlite::Result<_>>()?;
     let mut tasks = Vec::with_capacity(rows.len());
     for Row {
@@ -1196,7 +1257,7 @@ mod tests {
         }
         let (conn, book) = open(&path, 100, &|t| format!("{t}-alias")).unwrap();
         assert_eq!(book.open.load(Ordering::Relaxed), 1);
-        let tasks = claim(&conn, 100, 10, &book).unwrap();
+        let tasks = claim(&conn, 100, 10, &book, &Default::default()).unwrap();
         assert_eq!(tasks.len(), 1);
         let t = &tasks[0];
         assert_eq!(t.attempts, 2);
@@ -1277,7 +1338,14 @@ mod tests {
     fn insert(tx: &Connection, t: NewTask, book: &Book, bounds: Bounds) -> Result<(), InsertError> {
         let (reply, mut rx) = oneshot::channel();
         let invocation = serde_json::to_string(&t.invocation);
-        if let Some(d) = apply(tx, Cmd::Insert(t, invocation, reply), book, bounds, None) {
+        if let Some(d) = apply(
+            tx,
+            Cmd::Insert(t, invocation, reply),
+            book,
+            bounds,
+            None,
+            &mut Batch::default(),
+        ) {
             d(true);
         }
         rx.try_recv().unwrap()
@@ -1325,6 +1393,39 @@ mod tests {
         insert(&conn, new_task("c", "5", 4000, None), &book, bounds).unwrap();
     }
 
+    /// A claim is answered before its batch commits, so it must not hand out a task whose
+    /// own insert is in that batch (its submitter has no 202 yet; a failed commit would
+    /// leave a task running that was never stored). The task is claimable once committed.
+    #[test]
+    fn a_claim_skips_tasks_inserted_in_its_own_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, book) = open(&dir.path().join("t.db"), 0, &|_| "LATEST".into()).unwrap();
+        let bounds = Bounds {
+            max_tasks: 10,
+            max_bytes: 1 << 20,
+        };
+        insert(&conn, new_task("a", "old", 10, None), &book, bounds).unwrap();
+        let mut batch = Batch::default();
+        let (reply, _rx) = oneshot::channel();
+        let t = new_task("a", "new", 10, None);
+        let invocation = serde_json::to_string(&t.invocation);
+        let _ = apply(
+            &conn,
+            Cmd::Insert(t, invocation, reply),
+            &book,
+            bounds,
+            None,
+            &mut batch,
+        );
+        let claimed = claim(&conn, 0, 10, &book, &batch.inserted).unwrap();
+        let ids: Vec<_> = claimed.iter().map(|t| t.new.id.as_str()).collect();
+        assert_eq!(ids, ["old"]);
+        // The next batch may take it.
+        let claimed = claim(&conn, 0, 10, &book, &Default::default()).unwrap();
+        let ids: Vec<_> = claimed.iter().map(|t| t.new.id.as_str()).collect();
+        assert_eq!(ids, ["new"]);
+    }
+
     #[test]
     fn a_stop_during_a_reschedule_finishes_the_task() {
         let dir = tempfile::tempdir().unwrap();
@@ -1334,7 +1435,12 @@ mod tests {
             max_bytes: 1 << 20,
         };
         insert(&conn, new_task("a", "1", 10, None), &book, bounds).unwrap();
-        assert_eq!(claim(&conn, 0, 10, &book).unwrap().len(), 1);
+        assert_eq!(
+            claim(&conn, 0, 10, &book, &Default::default())
+                .unwrap()
+                .len(),
+            1
+        );
         // The stop lands while the attempt runs; then the attempt asks for a retry.
         let v = stop(&conn, &task_key("a", "1"), 5, &book).unwrap();
         assert_eq!(v.state, TaskState::Running);
@@ -1356,6 +1462,10 @@ mod tests {
         assert_eq!(v.finished_ms, Some(7));
         assert_eq!(book.open.load(Ordering::Relaxed), 0);
         // Final: never claimed again, and prunable.
-        assert!(claim(&conn, 1000, 10, &book).unwrap().is_empty());
+        assert!(
+            claim(&conn, 1000, 10, &book, &Default::default())
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -101,27 +101,14 @@ pub async fn run(
     // Tasks handed over while no worker was free, still waiting for a permit: the offer
     // below leaves room for them first.
     let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    // The tasks this loop is running, by store key: one is never started twice at once,
-    // whatever the store hands over (see the claim in `store`).
-    let running: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
     // Runs one attempt once it holds a worker permit; a freed worker is announced.
     let start = |task: Task, permit: Permit| {
-        let key = task.new.key();
-        let fresh = running.lock().is_ok_and(|mut r| r.insert(key.clone()));
-        if !fresh {
-            tracing::warn!(task = %key, "a task already running here was handed over again; not started twice");
-            return;
-        }
         let (executor, queue, client) = (executor.clone(), queue.clone(), client.clone());
-        let (freed, running) = (freed.clone(), running.clone());
+        let freed = freed.clone();
         tokio::spawn(async move {
-            if let Ok(permit) = permit.await {
-                execute(&*executor, &queue, &client, task).await;
-                drop(permit);
-            }
-            if let Ok(mut r) = running.lock() {
-                r.remove(&key);
-            }
+            let Ok(permit) = permit.await else { return };
+            execute(&*executor, &queue, &client, task).await;
+            drop(permit);
             freed.notify_one();
         });
     };
