@@ -762,6 +762,7 @@ fn apply(
             } else {
                 ("Enqueued", None)
             };
+            let key = t.key();
             let r = match invocation {
                 Ok(invocation) => exec(tx,
                     "INSERT INTO tasks (key, id, request_id, trigger_name, function, state, invocation, body, callback_url, created_ms, due_ms, size, started_ms)
@@ -776,7 +777,7 @@ fn apply(
                         t.callback_url,
                         t.created_ms,
                         t.due_ms,
-                        t.key(),
+                        &key,
                         size as i64,
                         state,
                         started_ms
@@ -787,7 +788,7 @@ fn apply(
             let result = match r {
                 Ok(_) => {
                     book.add(&t.invocation.trigger, size);
-                    batch.inserted.insert(t.key());
+                    batch.inserted.insert(key);
                     Ok(())
                 }
                 Err(rusqlite::Error::SqliteFailure(e, _))
