@@ -183,8 +183,8 @@ fn benches(c: &mut Criterion) {
         })
     });
 
-    // The server's writer: a non-blocking writer thread, here writing to nowhere.
-    let (writer, _guard) = tracing_appender::non_blocking(std::io::sink());
+    // The server's writer: the batching writer thread, here writing to nowhere.
+    let (writer, _guard) = wasmgate::log_writer::LogWriter::start(std::io::sink()).unwrap();
     wasmgate::access_log::install(wasmgate::access_log::Format::Json, writer);
     let subscriber = tracing_subscriber::fmt()
         .with_writer(std::io::sink)

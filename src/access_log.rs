@@ -10,7 +10,6 @@
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
@@ -23,13 +22,13 @@ pub enum Format {
 
 struct Sink {
     format: Format,
-    writer: tracing_appender::non_blocking::NonBlocking,
+    writer: crate::log_writer::LogWriter,
 }
 
 static SINK: OnceLock<Sink> = OnceLock::new();
 
 /// Sends access lines to `writer` in `format` from now on (once per process).
-pub fn install(format: Format, writer: tracing_appender::non_blocking::NonBlocking) {
+pub fn install(format: Format, writer: crate::log_writer::LogWriter) {
     let _ = SINK.set(Sink { format, writer });
 }
 
@@ -87,15 +86,36 @@ pub fn record(entry: &Entry<'_>) {
             Format::Json => json_line(&mut line, entry),
             Format::Text => text_line(&mut line, entry),
         }
-        // One write is one line for the non-blocking writer (it is lossy under pressure:
-        // a full queue drops lines rather than stalling requests).
-        let _ = sink.writer.clone().write_all(line.as_bytes());
+        // Appended whole to the log's batch (lossy under pressure: past its bound lines are
+        // dropped and counted rather than stalling requests).
+        sink.writer.append(line.as_bytes());
     });
 }
 
+thread_local! {
+    /// The last second formatted on this thread (`YYYY-MM-DDTHH:MM:SS`) and its Unix time.
+    static SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC), as `tracing`'s formatter writes it; the date and
+/// time are formatted once a second per thread, the microseconds every line.
 fn timestamp(out: &mut String) {
     let now = chrono::Utc::now();
-    let _ = write!(out, "{}", now.format("%Y-%m-%dT%H:%M:%S%.6fZ"));
+    let secs = now.timestamp();
+    let micros = now.timestamp_subsec_micros().min(999_999);
+    SECOND.with(|cell| {
+        let Ok(mut cached) = cell.try_borrow_mut() else {
+            let _ = write!(out, "{}", now.format("%Y-%m-%dT%H:%M:%S%.6fZ"));
+            return;
+        };
+        if cached.0 != secs {
+            cached.1.clear();
+            let _ = write!(cached.1, "{}", now.format("%Y-%m-%dT%H:%M:%S"));
+            cached.0 = secs;
+        }
+        out.push_str(&cached.1);
+    });
+    let _ = write!(out, ".{micros:06}Z");
 }
 
 fn json_line(out: &mut String, e: &Entry<'_>) {
@@ -241,5 +261,34 @@ mod tests {
             "{line}"
         );
         assert_eq!(line.matches('\n').count(), 1);
+    }
+
+    #[test]
+    fn timestamps_match_the_formatters_and_follow_the_clock_across_seconds() {
+        let mut seen = std::collections::BTreeSet::new();
+        // Bounded: a few seconds at most, until three different seconds were formatted.
+        for _ in 0..400 {
+            let before = chrono::Utc::now();
+            let mut ts = String::new();
+            timestamp(&mut ts);
+            let after = chrono::Utc::now();
+            let parsed = chrono::DateTime::parse_from_rfc3339(&ts)
+                .unwrap_or_else(|e| panic!("{ts}: {e}"))
+                .with_timezone(&chrono::Utc);
+            // Microseconds are truncated, as the formatters do.
+            let (b, p, a) = (
+                before.timestamp_micros(),
+                parsed.timestamp_micros(),
+                after.timestamp_micros(),
+            );
+            assert!(b <= p && p <= a, "{ts} not in [{before}, {after}]");
+            assert_eq!(ts.len(), "2026-12-07T02:17:47.537366Z".len(), "{ts}");
+            seen.insert(ts[..19].to_string());
+            if seen.len() == 3 {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the clock did not move across two seconds: {seen:?}");
     }
 }

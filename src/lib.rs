@@ -20,6 +20,7 @@ pub mod dispatch;
 pub mod error;
 pub mod invocation;
 pub mod kv;
+pub mod log_writer;
 pub mod metrics;
 pub mod netguard;
 pub mod pipeline;

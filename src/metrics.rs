@@ -76,6 +76,7 @@ pub struct Metrics {
     pub jwks_age: Family<TriggerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub trace_spans_exported: Counter,
     pub trace_spans_dropped: Counter,
+    pub log_lines_dropped: Counter,
     pub kv_operations: Family<KvLabels, Counter>,
     pub kv_bytes: Family<BucketLabels, Gauge>,
     registry: Registry,
@@ -98,6 +99,7 @@ impl Metrics {
         let jwks_age = Family::<TriggerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let trace_spans_exported = Counter::default();
         let trace_spans_dropped = Counter::default();
+        let log_lines_dropped = Counter::default();
         let kv_operations = Family::<KvLabels, Counter>::default();
         let kv_bytes = Family::<BucketLabels, Gauge>::default();
         let mut registry = Registry::with_prefix("wasmgate");
@@ -168,6 +170,11 @@ impl Metrics {
             "Spans dropped: the export queue was full, or the collector failed or was too slow",
             trace_spans_dropped.clone(),
         );
+        registry.register(
+            "log_lines_dropped",
+            "Log lines (access log included) dropped because stderr did not keep up",
+            log_lines_dropped.clone(),
+        );
         Metrics {
             requests,
             duration,
@@ -182,6 +189,7 @@ impl Metrics {
             jwks_age,
             trace_spans_exported,
             trace_spans_dropped,
+            log_lines_dropped,
             kv_operations,
             kv_bytes,
             registry,
