@@ -12,7 +12,10 @@
 //! (1000); KEEP_MEM / KEEP_TABLE bytes kept resident per slot (0); NOCOW=1 turns
 //! copy-on-write memory images off; PAGEMAP=1 resets dirty pages with `PAGEMAP_SCAN`;
 //! EPOCH=1 compiles the guest with epoch interruption, as the gateway does for its
-//! deadlines (the deadline itself never comes: only the checks' cost is added).
+//! deadlines (the deadline itself never comes: only the checks' cost is added); GWENGINE=1
+//! uses the gateway's own engine (`runtime::engine::build_engine` for a one-function config:
+//! its pool sizes, reservations, epochs), to tell the engine's settings from the rest;
+//! STATIC=1 answers without any guest (what hyper alone costs).
 
 use std::sync::Arc;
 
@@ -87,7 +90,20 @@ async fn main() -> Result<()> {
     }
     let epoch = env("EPOCH", 0) == 1;
     cfg.epoch_interruption(epoch);
-    let engine = Engine::new(&cfg)?;
+    let engine = if env("GWENGINE", 0) == 1 {
+        let config = wasmgate::config::Config::parse(
+            &format!("[server]\nlisten = \"127.0.0.1:0\"\n[[function]]\nname = \"hello\"\nwasm = \"{wasm}\"\n"),
+            std::path::Path::new("wasmgate.toml"),
+            &|_| None,
+        )
+        .map_err(|e| wasmtime::format_err!("{e}"))?;
+        wasmgate::runtime::engine::build_engine(&config)
+            .map_err(|e| wasmtime::format_err!("{e}"))?
+    } else {
+        Engine::new(&cfg)?
+    };
+    let epoch = epoch || env("GWENGINE", 0) == 1;
+    let static_answer = env("STATIC", 0) == 1;
     let component = Component::from_file(&engine, wasm)?;
     let mut linker: Linker<Host> = Linker::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -104,6 +120,13 @@ async fn main() -> Result<()> {
             let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let (pre, engine) = (pre.clone(), engine.clone());
                 async move {
+                    if static_answer {
+                        return Ok::<_, wasmtime::Error>(hyper::Response::new(
+                            wasmgate::body::full(bytes::Bytes::from_static(
+                                b"hello from wasmgate\n",
+                            )),
+                        ));
+                    }
                     let mut store = Store::new(
                         &engine,
                         Host {
