@@ -201,6 +201,8 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
+        // Appended while the writer gathers a batch: the guard must still write it.
+        writer.append(b"thread 9 line last\n");
         drop(flush);
         let writes = out.0.lock().unwrap();
         let all: Vec<u8> = writes.concat();
@@ -208,9 +210,10 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines.len(),
-            8000,
-            "every line is written once, none after the flush is lost"
+            8001,
+            "every line is written once, none is lost at the flush"
         );
+        assert_eq!(lines.last(), Some(&"thread 9 line last"));
         for t in 0..4 {
             let mine: Vec<usize> = lines
                 .iter()
