@@ -853,10 +853,10 @@ fn serve(config: PathBuf) -> Result<()> {
 /// freed heap in the allocator's per-thread arenas; hand it back to the system before
 /// serving, so an idle node's resident size is what it uses.
 fn release_startup_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free memory to the system; it has no preconditions.
+    // SAFETY: mi_collect only frees and returns memory the allocator no longer uses; it has
+    // no preconditions. `true` also takes over what exited threads (the compiler's) left.
     unsafe {
-        libc::malloc_trim(0);
+        libmimalloc_sys::mi_collect(true);
     }
 }
 
