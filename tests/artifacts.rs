@@ -88,11 +88,7 @@ async fn a_swapped_compiled_artifact_is_not_trusted() {
     let s = TestServer::start_in(dir.path(), CONFIG, &[]);
     let (status, body) = get(&s, "/greet").await;
     assert_eq!((status, body.as_str()), (200, "hello from wasmgate\n"));
-    assert!(
-        s.stderr_text().contains("recompiling"),
-        "{}",
-        s.stderr_text()
-    );
+    assert!(s.wait_for_log("recompiling"), "{}", s.stderr_text());
 }
 
 /// The MAC of a compiled artifact is bound to the component it was compiled from: another
@@ -121,11 +117,7 @@ async fn a_renamed_artifact_with_its_own_mac_is_not_trusted() {
     let s = TestServer::start_in(dir.path(), CONFIG, &[]);
     let (status, body) = get(&s, "/greet").await;
     assert_eq!((status, body.as_str()), (200, "hello from wasmgate\n"));
-    assert!(
-        s.stderr_text().contains("recompiling"),
-        "{}",
-        s.stderr_text()
-    );
+    assert!(s.wait_for_log("recompiling"), "{}", s.stderr_text());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -240,11 +232,7 @@ async fn config_functions_start_from_the_compiled_cache_and_a_swapped_artifact_i
         "{}",
         s.stderr_text()
     );
-    assert!(
-        s.stderr_text().contains("recompiling"),
-        "{}",
-        s.stderr_text()
-    );
+    assert!(s.wait_for_log("recompiling"), "{}", s.stderr_text());
     assert_eq!(
         get(&s, "/greet").await,
         (200, "hello from wasmgate\n".into())

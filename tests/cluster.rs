@@ -399,8 +399,7 @@ async fn a_deploy_and_an_alias_move_on_one_node_are_served_by_the_others() {
         "{listed}"
     );
     assert!(
-        c.stderr_text()
-            .contains("a version deployed in the cluster is served here"),
+        c.wait_for_log("a version deployed in the cluster is served here"),
         "{}",
         c.stderr_text()
     );

@@ -305,10 +305,7 @@ async fn an_issuer_unreachable_at_start_answers_503_then_serves_without_a_restar
             .is_some_and(|d| d.iter().any(|x| x == "api")),
         "{ready}"
     );
-    assert!(
-        s.stderr_text().contains(&issuer),
-        "the warning names the issuer"
-    );
+    assert!(s.wait_for_log(&issuer), "the warning names the issuer");
     // Without the admin token the reason is withheld.
     let public: serde_json::Value = common::client()
         .get(s.admin_url("/readyz"))

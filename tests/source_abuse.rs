@@ -472,7 +472,7 @@ async = {{ max_retries = 10 }}
         "the MQTT intake buffered the flood: peak RSS grew by {grown} KiB"
     );
     assert!(
-        s.stderr_text().contains("holding a message: "),
+        s.wait_for_log("holding a message: "),
         "the flood never met the full queue:\n{}",
         s.stderr_text()
     );
@@ -583,8 +583,7 @@ function = "hello"
         "{state}"
     );
     assert!(
-        s.stderr_text()
-            .contains("a message could not be enqueued: a message of 102400 bytes"),
+        s.wait_for_log("a message could not be enqueued: a message of 102400 bytes"),
         "the drop was not logged:\n{}",
         s.stderr_text()
     );

@@ -347,7 +347,7 @@ function = "echo"
         .await
         .unwrap();
     assert_eq!(sources["sources"]["locked"]["state"], "failed");
-    assert!(s.stderr_text().contains("refused the connection"));
+    assert!(s.wait_for_log("refused the connection"));
 }
 
 /// A mosquitto password file for user `edge` (password `right`), made with
