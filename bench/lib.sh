@@ -85,3 +85,20 @@ for row in rows:
     print(line)
 PY
 }
+
+# hello_config PORT DATA_DIR: a config serving the hello guest ($HELLO) at / on PORT, as
+# every bench's node starts from; callers append what else they need (admin_listen, async).
+hello_config() {
+  cat <<TOML
+[server]
+listen = "127.0.0.1:$1"
+data_dir = "$2"
+[[function]]
+name = "hello"
+wasm = "$HELLO"
+[[trigger]]
+name = "hello"
+function = "hello"
+path = "/"
+TOML
+}

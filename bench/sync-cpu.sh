@@ -40,18 +40,7 @@ for v in $VARIANTS; do
   else
     [ "$bin" = wasmgate ] && bin=./target/release/wasmgate
     mkdir -p "$work/$name"
-    cat > "$work/$name/w.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-data_dir = "$work/$name/data"
-[[function]]
-name = "hello"
-wasm = "$HELLO"
-[[trigger]]
-name = "hello"
-function = "hello"
-path = "/"
-TOML
+    hello_config "$port" "$work/$name/data" > "$work/$name/w.toml"
     env "${env_list[@]}" "$bin" serve --config "$work/$name/w.toml" >/dev/null 2>"$work/$name/log" &
   fi
   PID[$name]=$!
