@@ -8,9 +8,12 @@
 #   bash bench/sync-cpu.sh
 #   BASELINE=/path/to/other/wasmgate ROUNDS=8 bash bench/sync-cpu.sh
 #   VARIANTS="floor-static:STATIC=1:floor wasmgate-quiet:RUST_LOG=warn:wasmgate" bash bench/sync-cpu.sh
+#   VARIANTS="wasmgate::wasmgate traced:SAMPLE=1.0:wasmgate traced-1pct:SAMPLE=0.01:wasmgate" bash bench/sync-cpu.sh
 #
 # A variant is name:ENV=V,ENV2=V2:floor|wasmgate|/path/to/binary. The floor's knobs are in
 # examples/floor.rs (GWENGINE=1: the gateway's own engine settings; STATIC=1: no guest at all).
+# SAMPLE=r is the script's own: that node gets `[tracing]` with `sample_ratio = r`, exporting
+# to an nginx collector (`return 200` on every path) the script starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -29,11 +32,31 @@ tick=$(getconf CLK_TCK)
 VARIANTS=${VARIANTS:-"floor::floor wasmgate::wasmgate"}
 [ -n "${BASELINE:-}" ] && VARIANTS="$VARIANTS baseline::$BASELINE"
 
+collector=""
+start_collector() {
+  local nginx
+  nginx=$(command -v nginx || echo /usr/sbin/nginx)
+  [ -x "$nginx" ] || { apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; }
+  collector=$(free_port)
+  cat > "$work/nginx.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 1024; }
+http { access_log off; server { listen 127.0.0.1:$collector; location / { return 200; } } }
+NGINX
+  "$nginx" -c "$work/nginx.conf" -p "$work" -g 'daemon off;' &
+  pids+=($!)
+  wait_port "$collector"
+}
+
 declare -A PID URL
 for v in $VARIANTS; do
   name=${v%%:*}; rest=${v#*:}; envs=${rest%%:*}; bin=${rest#*:}
   port=$(free_port)
   read -r -a env_list <<< "${envs//,/ }"
+  sample=""
+  for e in "${env_list[@]}"; do [ "${e%%=*}" = SAMPLE ] && sample=${e#SAMPLE=}; done
   if [ "$bin" = floor ]; then
     env KEEP_MEM=16777216 KEEP_TABLE=1048576 NOCOW=1 PAGEMAP=1 "${env_list[@]}" \
       ./target/release/examples/floor "$HELLO" "127.0.0.1:$port" 2>/dev/null &
@@ -41,6 +64,10 @@ for v in $VARIANTS; do
     [ "$bin" = wasmgate ] && bin=./target/release/wasmgate
     mkdir -p "$work/$name"
     hello_config "$port" "$work/$name/data" > "$work/$name/w.toml"
+    if [ -n "$sample" ]; then
+      [ -n "$collector" ] || start_collector
+      printf '[tracing]\notlp_endpoint = "http://127.0.0.1:%s"\nsample_ratio = %s\n' "$collector" "$sample" >> "$work/$name/w.toml"
+    fi
     env "${env_list[@]}" "$bin" serve --config "$work/$name/w.toml" >/dev/null 2>"$work/$name/log" &
   fi
   PID[$name]=$!
