@@ -103,6 +103,17 @@ print("| server | requests/s (median) | CPU µs per request (median) | (min) | c
 print("|---|---|---|---|---|")
 for name, r in rows.items():
     print(f"| {name} | {st.median(x[0] for x in r):,.0f} | {st.median(x[1] for x in r):.1f} | {min(x[1] for x in r):.1f} | {st.median(x[2] for x in r):.2f} |")
+# Paired by round: each round runs every variant back to back, so a round's ratio to the first
+# variant leaves out most of the machine's drift between rounds.
+names = list(rows)
+if len(names) > 1:
+    first = names[0]
+    print()
+    print(f"| server | requests/s vs {first} (median of rounds) | CPU per request vs {first} |")
+    print("|---|---|---|")
+    for name in names[1:]:
+        pairs = list(zip(rows[first], rows[name]))
+        print(f"| {name} | {st.median(b[0] / a[0] for a, b in pairs):.3f}x | {st.median(b[1] / a[1] for a, b in pairs):.3f}x |")
 if "floor" in rows:
     floor = st.median(x[1] for x in rows["floor"])
     print()

@@ -144,8 +144,10 @@ fn json_line(out: &mut String, e: &Entry<'_>) {
         let _ = write!(out, ",\"bytes\":{b}");
     }
     if let Some(t) = e.trace_id {
-        out.push_str(",\"trace_id\":");
-        json_str(out, t);
+        // Lowercase hex: nothing to escape.
+        out.push_str(",\"trace_id\":\"");
+        out.push_str(t);
+        out.push('"');
     }
     out.push_str("},\"target\":\"wasmgate::access\"}\n");
 }
@@ -176,27 +178,28 @@ fn text_line(out: &mut String, e: &Entry<'_>) {
     out.push('\n');
 }
 
-/// `s` as a JSON string literal.
+/// `s` as a JSON string literal. Scanned as bytes: only `"`, `\\` and control characters
+/// are escaped, and every byte of a multi-byte character is at least 0x80.
 fn json_str(out: &mut String, s: &str) {
     out.push('"');
     let mut start = 0;
-    for (i, c) in s.char_indices() {
-        let escape = match c {
-            '"' => "\\\"",
-            '\\' => "\\\\",
-            '\n' => "\\n",
-            '\r' => "\\r",
-            '\t' => "\\t",
-            c if (c as u32) < 0x20 => "",
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..0x20 => "",
             _ => continue,
         };
         out.push_str(&s[start..i]);
         if escape.is_empty() {
-            let _ = write!(out, "\\u{:04x}", c as u32);
+            let _ = write!(out, "\\u{:04x}", b);
         } else {
             out.push_str(escape);
         }
-        start = i + c.len_utf8();
+        start = i + 1;
     }
     out.push_str(&s[start..]);
     out.push('"');

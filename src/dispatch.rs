@@ -126,7 +126,7 @@ impl Dispatcher {
     {
         use crate::trace::{self, Context, Kind};
         let parent = inv.request.extensions().get::<Context>().cloned();
-        let mut admit = trace::start("admit", Kind::Internal, parent.as_ref());
+        let mut admit = trace::child("admit", Kind::Internal, parent.as_ref());
         let admitted = self.resolve(&inv.target).and_then(|function| {
             let admission = self
                 .limits

@@ -153,7 +153,8 @@ impl<B> Invocation<B> {
     /// `X-Fc-Event-Id`; for a queued task `X-Fc-Async-Task-Id`. Values the gateway sets replace whatever was there.
     pub fn stamp(&mut self) {
         let headers = self.request.headers_mut();
-        headers.reserve(8);
+        // The gateway headers, and room for `traceparent` and `tracestate` (tracing on).
+        headers.reserve(10);
         set(headers, &names::REQUEST_ID, &self.request_id);
         set(headers, &names::FUNCTION_NAME, &self.target.function);
         set(headers, &names::TRIGGER_NAME, &self.trigger);

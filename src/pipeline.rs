@@ -90,6 +90,8 @@ struct Record {
     qualifier: Option<String>,
     /// The function and qualifier the request was aimed at (for its span).
     target: Option<crate::invocation::Target>,
+    /// The request's span is recorded (its trace is sampled).
+    recording: bool,
 }
 
 impl App {
@@ -124,6 +126,7 @@ impl App {
         if let Some(ctx) = span.context() {
             parts.extensions.insert(ctx.clone());
         }
+        record.recording = span.is_recording();
         // Whatever stage reads the body (authentication, read-ahead, the async store, the
         // function itself), its last byte is due `request_timeout_ms` after the head came.
         let due = tokio::time::Instant::now()
@@ -236,7 +239,7 @@ impl App {
             status: response.status().as_u16(),
             duration_us: started.elapsed().as_micros() as u64,
             bytes: http_body::Body::size_hint(response.body()).exact(),
-            trace_id: trace_id.as_deref(),
+            trace_id: trace_id.as_ref().map(crate::trace::TraceIdHex::as_str),
         });
         response
     }
@@ -293,7 +296,7 @@ impl App {
         let mut auth_span = if matches!(trigger.config.auth, crate::config::AuthConfig::Anonymous) {
             crate::trace::Span::off()
         } else {
-            crate::trace::start(
+            crate::trace::child(
                 "authenticate",
                 crate::trace::Kind::Internal,
                 parts.extensions.get::<crate::trace::Context>(),
@@ -367,7 +370,7 @@ impl App {
             record.qualifier = Some(q.clone());
             target.qualifier = q;
         }
-        if crate::trace::enabled() {
+        if record.recording {
             record.target = Some(target.clone());
         }
         let inv = invocation(

@@ -4,18 +4,18 @@
 //! Every door and stage reaches the one tracer of the process through [`start`]; with no
 //! `[tracing]` table there is none, [`start`] gives a span that is off (no ids, nothing
 //! recorded) and the callers leave `traceparent` alone. A span that is not sampled still has
-//! ids, so the context propagates; only a sampled one is recorded, and it is handed to the
-//! exporter, encoded, when it is dropped. The exporter runs off the request path: a bounded
-//! queue (a full one drops the span and counts it), batches of up to [`MAX_BATCH`] spans,
-//! one export in flight; a slow or absent collector costs dropped spans, never a request's
-//! time.
+//! ids, so the context propagates; only a sampled one is recorded, and it is encoded when it
+//! is dropped, on the thread that ends it, into that thread's spool. The exporter runs off
+//! the request path: every 200 ms (sooner when a spool holds a batch) it takes what every
+//! spool holds and sends it as one request, one export in flight. Memory is bounded per
+//! thread ([`SPOOL_BYTES`]; a span past it is dropped and counted); a slow or absent
+//! collector costs dropped spans, never a request's time.
 //!
 //! The protobuf is written by hand ([`otlp`]: the few OTLP messages a span export needs,
-//! with the field numbers of `opentelemetry/proto/trace/v1/trace.proto`): each span on the
-//! thread that ends it, into that thread's buffer, and the exporter frames the slices into
-//! one request; the tests decode it with the `opentelemetry-proto` crate's own types. With
-//! `prost` structs in between (a copy of every id, name and attribute first), encoding cost
-//! a tenth of a core at 70,000 spans a second on this machine kind.
+//! with the field numbers of `opentelemetry/proto/trace/v1/trace.proto`); the tests decode it
+//! with the `opentelemetry-proto` crate's own types. With `prost` structs in between (a copy
+//! of every id, name and attribute first), encoding cost a tenth of a core at 70,000 spans a
+//! second on this machine kind.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,13 +26,14 @@ use http::{HeaderMap, HeaderValue};
 
 use crate::config::TracingConfig;
 
-/// The most spans waiting for the exporter; more are dropped and counted.
-pub const QUEUE_CAPACITY: usize = 8192;
-/// The most spans in one export.
-pub const MAX_BATCH: usize = 512;
-/// How often the exporter looks at its queue; it is woken sooner only when a whole batch
-/// is waiting. A span never wakes it by itself: a wake-up per span (another thread's task
-/// to poll, a timer to arm) cost more than the span.
+/// The most encoded span bytes one thread holds for the exporter; a span past that is
+/// dropped and counted.
+pub const SPOOL_BYTES: usize = 1 << 20;
+/// A thread's spool wakes the exporter when it grows past this.
+const BATCH_BYTES: usize = 128 << 10;
+/// How often the exporter collects the spools; it is woken sooner only when one holds a
+/// batch. A span never wakes it by itself: a wake-up per span (another thread's task to
+/// poll, a timer to arm) cost more than the span.
 const BATCH_DELAY: Duration = Duration::from_millis(200);
 /// One export's time limit.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,16 +109,9 @@ impl Context {
 
     /// The `traceparent` value, written into a fixed buffer.
     fn traceparent_bytes(&self) -> [u8; 55] {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        for (i, b) in self.trace_id.iter().enumerate() {
-            out[3 + 2 * i] = HEX[usize::from(b >> 4)];
-            out[4 + 2 * i] = HEX[usize::from(b & 15)];
-        }
-        for (i, b) in self.span_id.iter().enumerate() {
-            out[36 + 2 * i] = HEX[usize::from(b >> 4)];
-            out[37 + 2 * i] = HEX[usize::from(b & 15)];
-        }
+        hex_into(&mut out[3..35], &self.trace_id);
+        hex_into(&mut out[36..52], &self.span_id);
         if self.sampled {
             out[54] = b'1';
         }
@@ -147,8 +141,40 @@ impl Context {
         }
     }
 
-    pub fn trace_id_hex(&self) -> String {
-        String::from_utf8_lossy(&self.traceparent_bytes()[3..35]).into_owned()
+    /// The trace id in lowercase hex, without an allocation.
+    pub fn trace_id_hex(&self) -> TraceIdHex {
+        let mut out = [0u8; 32];
+        hex_into(&mut out, &self.trace_id);
+        TraceIdHex(out)
+    }
+}
+
+/// Each byte's two lowercase hex digits.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 15]];
+        i += 1;
+    }
+    t
+};
+
+/// `bytes` in lowercase hex into `out` (twice as long).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
+    }
+}
+
+/// A trace id in lowercase hex (the access log's `trace_id`).
+pub struct TraceIdHex([u8; 32]);
+
+impl TraceIdHex {
+    pub fn as_str(&self) -> &str {
+        // Only hex digits are ever written into it.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
@@ -229,6 +255,16 @@ pub struct Recording {
     links: Vec<Context>,
 }
 
+impl Recording {
+    fn attribute(&mut self, key: &'static str, value: Value) {
+        if self.attributes.capacity() == 0 {
+            // Room for the most any span here sets, in one allocation.
+            self.attributes.reserve_exact(8);
+        }
+        self.attributes.push((key, value));
+    }
+}
+
 /// A span: off (no tracer), not sampled (ids only, so the context propagates), or
 /// recording. Ends when dropped.
 pub struct Span {
@@ -257,14 +293,14 @@ impl Span {
     /// Sets an attribute (kept only when the span is recorded).
     pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
         if let Some(r) = &mut self.rec {
-            r.attributes.push((key, value.into()));
+            r.attribute(key, value.into());
         }
     }
 
     /// Like [`Span::set`], for values that cost something to build.
     pub fn set_with<V: Into<Value>>(&mut self, key: &'static str, value: impl FnOnce() -> V) {
         if let Some(r) = &mut self.rec {
-            r.attributes.push((key, value().into()));
+            r.attribute(key, value().into());
         }
     }
 
@@ -279,8 +315,7 @@ impl Span {
     /// or 5xx, is in error (OpenTelemetry's HTTP conventions).
     pub fn set_status(&mut self, status: u16) {
         if let Some(r) = &mut self.rec {
-            r.attributes
-                .push(("http.response.status_code", Value::Int(status.into())));
+            r.attribute("http.response.status_code", Value::Int(status.into()));
             let failed = status >= 500 || (r.kind == Kind::Client && status >= 400);
             if failed && r.error.is_none() {
                 r.error = Some(format!("HTTP {status}"));
@@ -305,7 +340,7 @@ impl Drop for Span {
             rec.end_ns = now_ns();
             // To the tracer of now: a span that outlives a reload goes to the new exporter
             // (or nowhere when tracing was turned off).
-            with_tracer(|t| t.submit(ctx, rec));
+            with_tracer(|t| t.submit(&ctx, &rec));
         }
     }
 }
@@ -316,13 +351,42 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-fn random_id<const N: usize>() -> [u8; N] {
+thread_local! {
+    /// This thread's id generator (wyrand), seeded from the OS's generator on first use.
+    static IDS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// 64 random bits for span and trace ids. Ids must be unpredictable enough not to collide
+/// (W3C trace context: random), not secret: a per-thread wyrand seeded from the OS costs a
+/// multiply where `rand::random` cost a ChaCha block now and then and a thread-local
+/// handle every time (three ids a request).
+fn random_u64() -> u64 {
+    IDS.with(|state| {
+        let mut s = state.get();
+        if s == 0 {
+            s = rand::random::<u64>() | 1;
+        }
+        s = s.wrapping_add(0xa076_1d64_78bd_642f);
+        state.set(s);
+        let t = u128::from(s).wrapping_mul(u128::from(s ^ 0xe703_7ed1_a0b4_28db));
+        ((t >> 64) ^ t) as u64
+    })
+}
+
+fn random_span_id() -> [u8; 8] {
     loop {
-        let id: [u8; N] = rand::random();
-        if id != [0; N] {
-            return id;
+        let id = random_u64();
+        if id != 0 {
+            return id.to_be_bytes();
         }
     }
+}
+
+fn random_trace_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&random_u64().to_be_bytes());
+    id[8..].copy_from_slice(&random_span_id());
+    id
 }
 
 /// The process's tracer: the sampling rule and the exporter's queue.
@@ -331,7 +395,6 @@ pub struct Tracer {
     /// Traces whose id's low 63 bits fall below this are sampled (OpenTelemetry's
     /// `TraceIdRatioBased`): every node decides the same for the same trace.
     bound: u64,
-    queue: tokio::sync::mpsc::Sender<bytes::Bytes>,
     /// The exporter's signals.
     signals: Arc<Signals>,
 }
@@ -339,7 +402,7 @@ pub struct Tracer {
 /// What wakes an exporter besides its clock.
 #[derive(Default)]
 struct Signals {
-    /// A whole batch is waiting.
+    /// A spool holds a batch.
     full: tokio::sync::Notify,
     /// Send what is queued and stop.
     stop: tokio::sync::Notify,
@@ -358,12 +421,12 @@ impl Tracer {
     /// sampled when the parent is (a client's "not sampled" is kept) and its trace id falls
     /// within `sample_ratio`.
     pub fn start(&self, name: &'static str, kind: Kind, parent: Option<&Context>) -> Span {
-        let trace_id = parent.map_or_else(random_id::<16>, |p| p.trace_id);
+        let trace_id = parent.map_or_else(random_trace_id, |p| p.trace_id);
         let low = u64::from_be_bytes(trace_id[8..].try_into().unwrap_or_default()) >> 1;
         let sampled = parent.is_none_or(|p| p.sampled) && low < self.bound;
         let ctx = Context {
             trace_id,
-            span_id: random_id::<8>(),
+            span_id: random_span_id(),
             sampled,
             state: parent.and_then(|p| p.state.clone()),
             remote: false,
@@ -387,18 +450,73 @@ impl Tracer {
         }
     }
 
-    /// Queues the span, encoded here: the span and its attributes are freed on the thread
-    /// that made them, and what crosses to the exporter is one slice of a thread's buffer
-    /// (freeing a span's pieces on the exporter's thread contended for glibc's arenas).
-    fn submit(&self, ctx: Context, rec: Box<Recording>) {
-        let encoded = otlp::framed_span(&ctx, &rec);
-        drop(rec);
-        if self.queue.try_send(encoded).is_err() {
-            crate::metrics::METRICS.trace_spans_dropped.inc();
-        } else if self.queue.capacity() + MAX_BATCH <= QUEUE_CAPACITY {
+    /// Hands the span to the exporter: encoded here, into this thread's spool.
+    fn submit(&self, ctx: &Context, rec: &Recording) {
+        let m = &crate::metrics::METRICS;
+        let batch_waiting = SPOOL.with(|spool| {
+            let mut spool = spool.0.lock().ok()?;
+            if spool.bytes.len() >= SPOOL_BYTES {
+                m.trace_spans_dropped.inc();
+                return None;
+            }
+            let before = spool.bytes.len();
+            if spool.bytes.capacity() - before < 1024 {
+                spool.bytes.reserve(16 * 1024);
+            }
+            otlp::frame(&mut spool.bytes, ctx, rec);
+            spool.spans += 1;
+            Some(before < BATCH_BYTES && spool.bytes.len() >= BATCH_BYTES)
+        });
+        if batch_waiting == Some(true) {
             self.signals.full.notify_one();
         }
     }
+}
+
+/// Where one thread's finished spans wait for the exporter, encoded and framed as
+/// `ScopeSpans.spans` holds them. Each thread writes only its own (its lock is uncontended
+/// but for the exporter's collection every 200 ms); a shared queue cost a handful of atomic
+/// operations per span on lines both cores write, and as much again to take each span out.
+struct Spool(std::sync::Mutex<Spooled>);
+
+#[derive(Default)]
+struct Spooled {
+    bytes: bytes::BytesMut,
+    spans: u64,
+}
+
+/// Every thread's spool, for the exporter; a spool leaves when its thread is gone and it is
+/// empty.
+static SPOOLS: std::sync::Mutex<Vec<Arc<Spool>>> = std::sync::Mutex::new(Vec::new());
+
+thread_local! {
+    static SPOOL: Arc<Spool> = {
+        let spool = Arc::new(Spool(std::sync::Mutex::new(Spooled::default())));
+        if let Ok(mut all) = SPOOLS.lock() {
+            all.push(spool.clone());
+        }
+        spool
+    };
+}
+
+/// Takes what every spool holds: the chunks of framed spans and how many spans they are.
+fn collect_spools() -> (Vec<bytes::Bytes>, u64) {
+    let mut chunks = Vec::new();
+    let mut spans = 0;
+    if let Ok(mut all) = SPOOLS.lock() {
+        all.retain(|spool| {
+            let Ok(mut s) = spool.0.lock() else {
+                return false;
+            };
+            if s.spans > 0 {
+                chunks.push(s.bytes.split().freeze());
+                spans += std::mem::take(&mut s.spans);
+            }
+            // Only the list holds it: its thread has exited.
+            Arc::strong_count(spool) > 1
+        });
+    }
+    (chunks, spans)
 }
 
 static CURRENT: RwLock<Option<Arc<Tracer>>> = RwLock::new(None);
@@ -440,6 +558,16 @@ pub fn start(name: &'static str, kind: Kind, parent: Option<&Context>) -> Span {
     with_tracer(|t| t.start(name, kind, parent)).unwrap_or_else(Span::off)
 }
 
+/// Starts a span whose context nobody is handed (authentication, admission): recorded
+/// under a sampled parent, and off otherwise, since an unsampled one would only cost its ids.
+pub fn child(name: &'static str, kind: Kind, parent: Option<&Context>) -> Span {
+    if parent.is_some_and(|p| p.sampled) {
+        start(name, kind, parent)
+    } else {
+        Span::off()
+    }
+}
+
 /// A context a request's first span links to (in request extensions): the request that
 /// posted an event whose own trace the event's deliveries continue.
 #[derive(Clone, Debug)]
@@ -477,18 +605,17 @@ pub fn install(config: Option<&TracingConfig>) {
     };
     let previous = current.take();
     *current = config.and_then(|c| {
-        let (queue, signals) = match previous.as_ref().filter(|t| same_exporter(t, c)) {
-            Some(t) => (t.queue.clone(), t.signals.clone()),
+        let signals = match previous.as_ref().filter(|t| same_exporter(t, c)) {
+            Some(t) => t.signals.clone(),
             None => match Exporter::new(c) {
                 Ok(exporter) => {
-                    let (tx, rx) = tokio::sync::mpsc::channel(QUEUE_CAPACITY);
                     let signals = Arc::new(Signals::default());
-                    let task = tokio::spawn(exporter.run(rx, signals.clone()));
+                    let task = tokio::spawn(exporter.run(signals.clone()));
                     if let Ok(mut e) = EXPORTERS.lock() {
                         e.retain(|t| !t.is_finished());
                         e.push(task);
                     }
-                    (tx, signals)
+                    signals
                 }
                 Err(e) => {
                     tracing::error!("tracing is off: the OTLP exporter could not be built: {e}");
@@ -504,7 +631,6 @@ pub fn install(config: Option<&TracingConfig>) {
         Some(Arc::new(Tracer {
             config: c.clone(),
             bound,
-            queue,
             signals,
         }))
     });
@@ -545,7 +671,7 @@ struct Exporter {
     client: reqwest::Client,
     url: String,
     headers: HeaderMap,
-    service_name: String,
+    preamble: otlp::Preamble,
 }
 
 impl Exporter {
@@ -570,52 +696,37 @@ impl Exporter {
             client,
             url: c.traces_url.clone(),
             headers,
-            service_name: c.service_name.clone(),
+            preamble: otlp::Preamble::new(&c.service_name),
         })
     }
 
-    async fn run(self, mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>, signals: Arc<Signals>) {
+    async fn run(self, signals: Arc<Signals>) {
         let mut warned: Option<tokio::time::Instant> = None;
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        let mut buffer = bytes::BytesMut::new();
         let mut stopping = false;
-        let mut closed = false;
-        // A whole batch went out (or the exporter is stopping): look again at once.
-        let mut more = false;
         loop {
-            if !more && !stopping && !closed {
+            if !stopping {
                 tokio::select! {
                     _ = tokio::time::sleep(BATCH_DELAY) => {}
                     _ = signals.full.notified() => {}
                     _ = signals.stop.notified() => stopping = true,
                 }
             }
-            // What is queued now, a batch at a time.
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(s) => batch.push(s),
-                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
-                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
-                        closed = true;
-                        break;
-                    }
-                }
-            }
-            if batch.is_empty() {
-                if stopping || closed {
+            let (chunks, n) = collect_spools();
+            if n == 0 {
+                if stopping {
                     return;
                 }
-                more = false;
                 continue;
             }
-            more = batch.len() == MAX_BATCH || stopping || closed;
-            let n = batch.len() as u64;
-            let body = otlp::encode(&mut buffer, &self.service_name, batch.drain(..));
+            let body = ExportBody::new(
+                otlp::head(&self.preamble, chunks.iter().map(bytes::Bytes::len).sum()),
+                chunks,
+            );
             let result = self
                 .client
                 .post(&self.url)
                 .headers(self.headers.clone())
-                .body(body)
+                .body(reqwest::Body::wrap(body))
                 .send()
                 .await
                 .and_then(reqwest::Response::error_for_status);
@@ -637,90 +748,199 @@ impl Exporter {
                     }
                 }
             }
+            if stopping {
+                return;
+            }
         }
+    }
+}
+
+/// An export request's body: its head and the spools' chunks, sent as they are (its exact
+/// length is known, so it goes with a `content-length`).
+struct ExportBody {
+    parts: std::collections::VecDeque<bytes::Bytes>,
+    left: u64,
+}
+
+impl ExportBody {
+    fn new(head: bytes::Bytes, chunks: Vec<bytes::Bytes>) -> ExportBody {
+        let mut parts = std::collections::VecDeque::with_capacity(chunks.len() + 1);
+        parts.push_back(head);
+        parts.extend(chunks);
+        let left = parts.iter().map(|p| p.len() as u64).sum();
+        ExportBody { parts, left }
+    }
+}
+
+impl http_body::Body for ExportBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let next = self.parts.pop_front();
+        if let Some(part) = &next {
+            self.left -= part.len() as u64;
+        }
+        std::task::Poll::Ready(next.map(|part| Ok(http_body::Frame::data(part))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
     }
 }
 
 /// OTLP's protobuf, written by hand: one `ExportTraceServiceRequest` with one resource and
 /// one scope (`opentelemetry/proto/{collector/trace,trace,common,resource}/v1`).
+///
+/// Each message is written by one function generic over a [`Sink`]: run over a [`Count`]
+/// it gives the message's length, run over a [`Write`] it fills bytes reserved to that
+/// exact length. So every length is known before its message, nothing is moved afterwards,
+/// and the writes are plain stores into a slice.
 mod otlp {
     use bytes::{Bytes, BytesMut};
 
     use super::{Context, Recording, Value};
 
-    const VARINT: u32 = 0;
-    const FIXED64: u32 = 1;
-    const LEN: u32 = 2;
-    const FIXED32: u32 = 5;
+    const VARINT: u8 = 0;
+    const FIXED64: u8 = 1;
+    const LEN: u8 = 2;
+    const FIXED32: u8 = 5;
 
-    fn varint(buf: &mut BytesMut, mut v: u64) {
-        while v >= 0x80 {
-            buf.extend_from_slice(&[(v as u8) | 0x80]);
-            v >>= 7;
-        }
-        buf.extend_from_slice(&[v as u8]);
-    }
+    trait Sink {
+        fn byte(&mut self, b: u8);
+        fn slice(&mut self, s: &[u8]);
 
-    fn key(buf: &mut BytesMut, field: u32, wire: u32) {
-        varint(buf, u64::from((field << 3) | wire));
-    }
-
-    fn bytes(buf: &mut BytesMut, field: u32, b: &[u8]) {
-        key(buf, field, LEN);
-        varint(buf, b.len() as u64);
-        buf.extend_from_slice(b);
-    }
-
-    fn fixed64(buf: &mut BytesMut, field: u32, v: u64) {
-        key(buf, field, FIXED64);
-        buf.extend_from_slice(&v.to_le_bytes());
-    }
-
-    fn fixed32(buf: &mut BytesMut, field: u32, v: u32) {
-        key(buf, field, FIXED32);
-        buf.extend_from_slice(&v.to_le_bytes());
-    }
-
-    /// A nested message: room for the longest length varint is kept in front while `f`
-    /// writes it, then the length goes there and the unused room is closed up.
-    fn nested(buf: &mut BytesMut, field: u32, f: impl FnOnce(&mut BytesMut)) {
-        key(buf, field, LEN);
-        let at = buf.len();
-        buf.extend_from_slice(&[0; 5]);
-        f(buf);
-        let len = buf.len() - at - 5;
-        let mut prefix = [0u8; 5];
-        let mut n = 0;
-        let mut v = len as u64;
-        loop {
-            if v < 0x80 {
-                prefix[n] = v as u8;
-                n += 1;
-                break;
+        #[inline(always)]
+        fn varint(&mut self, mut v: u64) {
+            while v >= 0x80 {
+                self.byte((v as u8) | 0x80);
+                v >>= 7;
             }
-            prefix[n] = (v as u8) | 0x80;
-            v >>= 7;
-            n += 1;
+            self.byte(v as u8);
         }
-        buf[at..at + n].copy_from_slice(&prefix[..n]);
-        buf.copy_within(at + 5.., at + n);
-        buf.truncate(buf.len() - (5 - n));
+
+        #[inline(always)]
+        fn key(&mut self, field: u8, wire: u8) {
+            self.varint(u64::from(field) << 3 | u64::from(wire));
+        }
+
+        #[inline(always)]
+        fn bytes(&mut self, field: u8, b: &[u8]) {
+            self.key(field, LEN);
+            self.varint(b.len() as u64);
+            self.slice(b);
+        }
+
+        #[inline(always)]
+        fn fixed64(&mut self, field: u8, v: u64) {
+            self.key(field, FIXED64);
+            self.slice(&v.to_le_bytes());
+        }
+
+        #[inline(always)]
+        fn fixed32(&mut self, field: u8, v: u32) {
+            self.key(field, FIXED32);
+            self.slice(&v.to_le_bytes());
+        }
     }
 
-    /// `KeyValue { key = 1; AnyValue value = 2 }`, `AnyValue { string_value = 1; int_value = 3 }`.
-    fn attribute(buf: &mut BytesMut, field: u32, k: &str, v: &Value) {
-        nested(buf, field, |buf| {
-            bytes(buf, 1, k.as_bytes());
-            nested(buf, 2, |buf| match v {
-                Value::Str(s) => bytes(buf, 1, s.as_bytes()),
-                Value::Shared(s) => bytes(buf, 1, s.as_bytes()),
-                Value::Static(s) => bytes(buf, 1, s.as_bytes()),
-                Value::Int(i) => {
-                    key(buf, 3, VARINT);
-                    varint(buf, *i as u64);
-                }
-            });
-        });
+    /// Counts the bytes a message takes.
+    struct Count(usize);
+
+    impl Sink for Count {
+        #[inline(always)]
+        fn byte(&mut self, _: u8) {
+            self.0 += 1;
+        }
+        #[inline(always)]
+        fn slice(&mut self, s: &[u8]) {
+            self.0 += s.len();
+        }
+        #[inline(always)]
+        fn varint(&mut self, v: u64) {
+            self.0 += varint_len(v);
+        }
+        #[inline(always)]
+        fn key(&mut self, field: u8, _: u8) {
+            self.0 += if field < 16 { 1 } else { 2 };
+        }
+    }
+
+    /// Writes into bytes reserved for exactly what is written.
+    struct Write<'a> {
+        out: &'a mut [u8],
+        at: usize,
+    }
+
+    impl Sink for Write<'_> {
+        #[inline(always)]
+        fn byte(&mut self, b: u8) {
+            self.out[self.at] = b;
+            self.at += 1;
+        }
+        #[inline(always)]
+        fn slice(&mut self, s: &[u8]) {
+            self.out[self.at..self.at + s.len()].copy_from_slice(s);
+            self.at += s.len();
+        }
+    }
+
+    /// How many bytes `write` writes.
+    fn len_of(write: impl FnOnce(&mut Count)) -> usize {
+        let mut count = Count(0);
+        write(&mut count);
+        count.0
+    }
+
+    /// A length-delimited field's key and length.
+    fn head_of<S: Sink>(sink: &mut S, field: u8, len: usize) {
+        sink.key(field, LEN);
+        sink.varint(len as u64);
+    }
+
+    /// How many bytes `v` takes as a varint.
+    fn varint_len(v: u64) -> usize {
+        (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+    }
+
+    /// How many bytes a length-delimited field (number below 16) of `n` bytes takes.
+    fn len_field(n: usize) -> usize {
+        1 + varint_len(n as u64) + n
+    }
+
+    /// `KeyValue { key = 1; AnyValue value = 2 }`,
+    /// `AnyValue { string_value = 1; int_value = 3 }`: its lengths are worked out here, so
+    /// counting an attribute is arithmetic, not a pass over it.
+    fn attribute<S: Sink>(sink: &mut S, field: u8, k: &str, v: &Value) {
+        let text = match v {
+            Value::Str(s) => Some(s.as_str()),
+            Value::Shared(s) => Some(&**s),
+            Value::Static(s) => Some(*s),
+            Value::Int(_) => None,
+        };
+        let any = match (text, v) {
+            (Some(s), _) => len_field(s.len()),
+            (None, Value::Int(i)) => 1 + varint_len(*i as u64),
+            (None, _) => 0,
+        };
+        head_of(sink, field, len_field(k.len()) + len_field(any));
+        sink.bytes(1, k.as_bytes());
+        head_of(sink, 2, any);
+        match (text, v) {
+            (Some(s), _) => sink.bytes(1, s.as_bytes()),
+            (None, Value::Int(i)) => {
+                sink.key(3, VARINT);
+                sink.varint(*i as u64);
+            }
+            (None, _) => {}
+        }
     }
 
     /// A span's or link's `flags`: the W3C trace flags (sampled) in the low byte, then
@@ -731,102 +951,141 @@ mod otlp {
         0x100 | remote | u32::from(sampled)
     }
 
-    fn span(buf: &mut BytesMut, ctx: &Context, r: &Recording) {
-        bytes(buf, 1, &ctx.trace_id);
-        bytes(buf, 2, &ctx.span_id);
+    /// `Link { trace_id = 1; span_id = 2; trace_state = 3; flags = 6 }`
+    fn link<S: Sink>(sink: &mut S, l: &Context) {
+        sink.bytes(1, &l.trace_id);
+        sink.bytes(2, &l.span_id);
+        if let Some(state) = &l.state {
+            sink.bytes(3, state.as_bytes());
+        }
+        sink.fixed32(6, flags(l.sampled, l.remote));
+    }
+
+    /// `Status { message = 2; code = 3 }` (2: error)
+    fn error<S: Sink>(sink: &mut S, message: &str) {
+        sink.bytes(2, message.as_bytes());
+        sink.key(3, VARINT);
+        sink.varint(2);
+    }
+
+    fn span<S: Sink>(sink: &mut S, ctx: &Context, r: &Recording) {
+        sink.bytes(1, &ctx.trace_id);
+        sink.bytes(2, &ctx.span_id);
         if let Some(state) = &ctx.state {
-            bytes(buf, 3, state.as_bytes());
+            sink.bytes(3, state.as_bytes());
         }
         if let Some(parent) = &r.parent {
-            bytes(buf, 4, parent);
+            sink.bytes(4, parent);
         }
-        bytes(buf, 5, r.name.as_bytes());
-        key(buf, 6, VARINT);
-        varint(buf, r.kind as u64);
-        fixed64(buf, 7, r.start_ns);
-        fixed64(buf, 8, r.end_ns.max(r.start_ns));
+        sink.bytes(5, r.name.as_bytes());
+        sink.key(6, VARINT);
+        sink.varint(r.kind as u64);
+        sink.fixed64(7, r.start_ns);
+        sink.fixed64(8, r.end_ns.max(r.start_ns));
         for (k, v) in &r.attributes {
-            attribute(buf, 9, k, v);
+            attribute(sink, 9, k, v);
         }
         for l in &r.links {
-            // Link { trace_id = 1; span_id = 2; trace_state = 3; flags = 6 }
-            nested(buf, 13, |buf| {
-                bytes(buf, 1, &l.trace_id);
-                bytes(buf, 2, &l.span_id);
-                if let Some(state) = &l.state {
-                    bytes(buf, 3, state.as_bytes());
-                }
-                fixed32(buf, 6, flags(l.sampled, l.remote));
-            });
+            head_of(sink, 13, len_of(|c| link(c, l)));
+            link(sink, l);
         }
         if let Some(message) = &r.error {
-            // Status { message = 2; code = 3 } (2: error)
-            nested(buf, 15, |buf| {
-                bytes(buf, 2, message.as_bytes());
-                key(buf, 3, VARINT);
-                varint(buf, 2);
-            });
+            head_of(sink, 15, len_of(|c| error(c, message)));
+            error(sink, message);
         }
-        fixed32(buf, 16, flags(ctx.sampled, r.parent_remote));
+        sink.fixed32(16, flags(ctx.sampled, r.parent_remote));
     }
 
-    thread_local! {
-        /// Where this thread encodes its spans; each span is a slice of it, and the memory
-        /// goes back when the exporter has sent the last slice of a block.
-        static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+    /// Appends `len` bytes to `buf` and has `write` fill them.
+    fn append(buf: &mut BytesMut, len: usize, write: impl FnOnce(&mut Write<'_>)) {
+        let start = buf.len();
+        buf.resize(start + len, 0);
+        let mut sink = Write {
+            out: &mut buf[start..],
+            at: 0,
+        };
+        write(&mut sink);
+        debug_assert_eq!(sink.at, len);
     }
 
-    /// One span as `ScopeSpans.spans` (field 2) holds it: its key, length and message.
-    pub fn framed_span(ctx: &Context, r: &Recording) -> Bytes {
-        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-            Ok(mut buf) => {
-                if buf.capacity() < 1024 {
-                    buf.reserve(16 * 1024);
-                }
-                nested(&mut buf, 2, |buf| span(buf, ctx, r));
-                buf.split().freeze()
-            }
-            Err(_) => {
-                let mut buf = BytesMut::with_capacity(512);
-                nested(&mut buf, 2, |buf| span(buf, ctx, r));
-                buf.freeze()
-            }
-        })
-    }
-
-    /// One export request holding `spans` (each from [`framed_span`]).
-    /// `buf` is reused from one export to the next: its memory comes back once the previous
-    /// request's body is gone (freeing a large buffer each time made glibc consolidate its
-    /// heap at every batch).
-    pub fn encode(
-        buf: &mut BytesMut,
-        service_name: &str,
-        spans: impl Iterator<Item = Bytes>,
-    ) -> Bytes {
-        buf.clear();
-        buf.reserve(64 * 1024);
-        let version = env!("CARGO_PKG_VERSION");
-        // ExportTraceServiceRequest { repeated ResourceSpans resource_spans = 1 }
-        nested(buf, 1, |buf| {
-            // ResourceSpans { Resource resource = 1; repeated ScopeSpans scope_spans = 2 }
-            // Resource { repeated KeyValue attributes = 1 }
-            nested(buf, 1, |buf| {
-                attribute(buf, 1, "service.name", &Value::Str(service_name.into()));
-                attribute(buf, 1, "service.version", &Value::Str(version.into()));
-                attribute(buf, 1, "telemetry.sdk.name", &Value::Str("wasmgate".into()));
-            });
-            // ScopeSpans { InstrumentationScope scope = 1; repeated Span spans = 2 }
-            nested(buf, 2, |buf| {
-                nested(buf, 1, |buf| {
-                    bytes(buf, 1, b"wasmgate");
-                    bytes(buf, 2, version.as_bytes());
-                });
-                for framed in spans {
-                    buf.extend_from_slice(&framed);
-                }
-            });
+    /// Appends one span as `ScopeSpans.spans` (field 2) holds it: its key, length and
+    /// message.
+    pub fn frame(buf: &mut BytesMut, ctx: &Context, r: &Recording) {
+        let len = len_of(|c| span(c, ctx, r));
+        let framed = len_of(|c| head_of(c, 2, len)) + len;
+        append(buf, framed, |sink| {
+            head_of(sink, 2, len);
+            span(sink, ctx, r);
         });
-        buf.split().freeze()
+    }
+
+    /// What every export request of one exporter starts its `ResourceSpans` with: the
+    /// `Resource` (field 1) and, inside `ScopeSpans`, the `InstrumentationScope` (field 1).
+    pub struct Preamble {
+        resource: Bytes,
+        scope: Bytes,
+    }
+
+    impl Preamble {
+        pub fn new(service_name: &str) -> Preamble {
+            let version = env!("CARGO_PKG_VERSION");
+            // Resource { repeated KeyValue attributes = 1 }
+            let attributes = [
+                ("service.name", Value::Str(service_name.into())),
+                ("service.version", Value::Static(version)),
+                ("telemetry.sdk.name", Value::Static("wasmgate")),
+            ];
+            let len = attributes
+                .iter()
+                .map(|(k, v)| len_of(|c| attribute(c, 1, k, v)))
+                .sum();
+            let mut resource = Vec::new();
+            head_of(&mut resource, 1, len);
+            for (k, v) in &attributes {
+                attribute(&mut resource, 1, k, v);
+            }
+            // InstrumentationScope { name = 1; version = 2 }
+            let scope_of = |sink: &mut dyn FnMut(u8, &[u8])| {
+                sink(1, b"wasmgate");
+                sink(2, version.as_bytes());
+            };
+            let mut len = 0;
+            scope_of(&mut |f, b| len += len_of(|c| c.bytes(f, b)));
+            let mut scope = Vec::new();
+            head_of(&mut scope, 1, len);
+            scope_of(&mut |f, b| scope.bytes(f, b));
+            Preamble {
+                resource: resource.into(),
+                scope: scope.into(),
+            }
+        }
+    }
+
+    /// Writes what it is given at the end (preambles and heads, built rarely).
+    impl Sink for Vec<u8> {
+        fn byte(&mut self, b: u8) {
+            self.push(b);
+        }
+        fn slice(&mut self, s: &[u8]) {
+            self.extend_from_slice(s);
+        }
+    }
+
+    /// The head of one export request holding `spans` bytes of framed spans (from
+    /// [`frame`]): the spans follow it as they are, uncopied.
+    pub fn head(preamble: &Preamble, spans: usize) -> Bytes {
+        // ExportTraceServiceRequest { repeated ResourceSpans resource_spans = 1 }
+        // ResourceSpans { Resource resource = 1; repeated ScopeSpans scope_spans = 2 }
+        // ScopeSpans { InstrumentationScope scope = 1; repeated Span spans = 2 }
+        let scope_spans = preamble.scope.len() + spans;
+        let resource_spans =
+            preamble.resource.len() + len_of(|c| head_of(c, 2, scope_spans)) + scope_spans;
+        let mut out = Vec::with_capacity(32 + preamble.resource.len() + preamble.scope.len());
+        head_of(&mut out, 1, resource_spans);
+        out.slice(&preamble.resource);
+        head_of(&mut out, 2, scope_spans);
+        out.slice(&preamble.scope);
+        out.into()
     }
 }
 
@@ -848,7 +1107,9 @@ mod tests {
             state: Some("vendor=1".into()),
             remote: false,
         };
-        let long = "x".repeat(300);
+        // A 300-byte value takes a two-byte length; the third span's 20,000-byte one makes
+        // that span's own length three bytes long.
+        let long = |i: u8| "x".repeat(if i == 3 { 20_000 } else { 300 });
         let spans = (1..=3u8).map(|i| {
             let rec = Box::new(Recording {
                 parent: (i > 1).then_some([i - 1; 8]),
@@ -859,7 +1120,7 @@ mod tests {
                 end_ns: 2_000,
                 attributes: vec![
                     ("wasmgate.trigger", Value::Shared("t".into())),
-                    ("long", Value::Str(long.clone())),
+                    ("long", Value::Str(long(i))),
                     ("http.response.status_code", Value::Int(503)),
                     ("negative", Value::Int(-5)),
                 ],
@@ -868,12 +1129,24 @@ mod tests {
             });
             (ctx(i, true), rec)
         });
-        let mut buf = bytes::BytesMut::new();
-        let bytes = otlp::encode(
-            &mut buf,
-            "edge-1",
-            spans.map(|(ctx, rec)| otlp::framed_span(&ctx, &rec)),
-        );
+        // Framed one at a time and in a run of two: the export takes either.
+        let mut run = bytes::BytesMut::new();
+        let mut framed = Vec::new();
+        for (i, (ctx, rec)) in spans.enumerate() {
+            otlp::frame(&mut run, &ctx, &rec);
+            if i != 1 {
+                framed.push(run.split().freeze());
+            }
+        }
+        let mut body = otlp::head(
+            &otlp::Preamble::new("edge-1"),
+            framed.iter().map(bytes::Bytes::len).sum(),
+        )
+        .to_vec();
+        for f in &framed {
+            body.extend_from_slice(f);
+        }
+        let bytes = bytes::Bytes::from(body);
         let req = ExportTraceServiceRequest::decode(bytes).unwrap();
         let rs = &req.resource_spans[0];
         let service = &rs.resource.as_ref().unwrap().attributes[0];
@@ -906,7 +1179,7 @@ mod tests {
                 values,
                 vec![
                     ("wasmgate.trigger", Some(Any::StringValue("t".into()))),
-                    ("long", Some(Any::StringValue(long.clone()))),
+                    ("long", Some(Any::StringValue(long(n)))),
                     ("http.response.status_code", Some(Any::IntValue(503))),
                     ("negative", Some(Any::IntValue(-5))),
                 ]
