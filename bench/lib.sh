@@ -102,3 +102,23 @@ function = "hello"
 path = "/"
 TOML
 }
+
+# start_collector: starts nginx answering 200 on every path on a free port (an OTLP collector
+# that costs next to nothing), as `$collector`, its pid in `pids` and its files in `$work`
+# (both the caller's); installs nginx-light if missing.
+start_collector() {
+  local nginx
+  nginx=$(command -v nginx || echo /usr/sbin/nginx)
+  [ -x "$nginx" ] || { apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; }
+  collector=$(free_port)
+  cat > "$work/nginx.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 1024; }
+http { access_log off; server { listen 127.0.0.1:$collector; location / { return 200; } } }
+NGINX
+  "$nginx" -c "$work/nginx.conf" -p "$work" -g 'daemon off;' &
+  pids+=($!)
+  wait_port "$collector"
+}

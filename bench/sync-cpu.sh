@@ -33,23 +33,6 @@ VARIANTS=${VARIANTS:-"floor::floor wasmgate::wasmgate"}
 [ -n "${BASELINE:-}" ] && VARIANTS="$VARIANTS baseline::$BASELINE"
 
 collector=""
-start_collector() {
-  local nginx
-  nginx=$(command -v nginx || echo /usr/sbin/nginx)
-  [ -x "$nginx" ] || { apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; }
-  collector=$(free_port)
-  cat > "$work/nginx.conf" <<NGINX
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-events { worker_connections 1024; }
-http { access_log off; server { listen 127.0.0.1:$collector; location / { return 200; } } }
-NGINX
-  "$nginx" -c "$work/nginx.conf" -p "$work" -g 'daemon off;' &
-  pids+=($!)
-  wait_port "$collector"
-}
-
 declare -A PID URL
 for v in $VARIANTS; do
   name=${v%%:*}; rest=${v#*:}; envs=${rest%%:*}; bin=${rest#*:}
