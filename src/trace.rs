@@ -361,7 +361,7 @@ thread_local! {
 /// multiply where `rand::random` cost a ChaCha block now and then and a thread-local
 /// handle every time (three ids a request).
 fn random_u64() -> u64 {
-    IDS.with(|state| {
+    IDS.try_with(|state| {
         let mut s = state.get();
         if s == 0 {
             s = rand::random::<u64>() | 1;
@@ -371,6 +371,7 @@ fn random_u64() -> u64 {
         let t = u128::from(s).wrapping_mul(u128::from(s ^ 0xe703_7ed1_a0b4_28db));
         ((t >> 64) ^ t) as u64
     })
+    .unwrap_or_else(|_| rand::random())
 }
 
 fn random_span_id() -> [u8; 8] {
@@ -453,7 +454,8 @@ impl Tracer {
     /// Hands the span to the exporter: encoded here, into this thread's spool.
     fn submit(&self, ctx: &Context, rec: &Recording) {
         let m = &crate::metrics::METRICS;
-        let batch_waiting = SPOOL.with(|spool| {
+        // `try_with`: a span dropped while its thread is being torn down is let go.
+        let batch_waiting = SPOOL.try_with(|spool| {
             let mut spool = spool.0.lock().ok()?;
             if spool.bytes.len() >= SPOOL_BYTES {
                 m.trace_spans_dropped.inc();
@@ -467,7 +469,7 @@ impl Tracer {
             spool.spans += 1;
             Some(before < BATCH_BYTES && spool.bytes.len() >= BATCH_BYTES)
         });
-        if batch_waiting == Some(true) {
+        if batch_waiting == Ok(Some(true)) {
             self.signals.full.notify_one();
         }
     }
