@@ -64,10 +64,7 @@ SOURCES=127.0.0.2-127.0.0.41
 CLIENT_SOURCE=127.0.0.100
 out=bench/results
 mkdir -p "$out"
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+bench_scratch
 
 if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
   apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null
@@ -93,13 +90,7 @@ cat > "$work/wasmgate.toml" <<TOML
 [server]
 listen = "127.0.0.1:$PORT_wasmgate"
 data_dir = "$work/data"
-[[function]]
-name = "hello"
-wasm = "$HELLO"
-[[trigger]]
-name = "hello"
-function = "hello"
-path = "/hello"
+$(hello_tables /hello)
 TOML
 RUST_LOG=${RUST_LOG:-info} ./target/release/wasmgate serve --config "$work/wasmgate.toml" \
   >/dev/null 2>"$out/abuse-wasmgate.log" &

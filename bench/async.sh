@@ -21,10 +21,7 @@ source bench/lib.sh
 DURATION=${DURATION:-5s}
 out=bench/results
 mkdir -p "$out"
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+bench_scratch
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 bash scripts/build-functions.sh >/dev/null
 BIN=${BIN:-}
@@ -52,13 +49,7 @@ admin_listen = "127.0.0.1:$ADMIN"
 data_dir = "$work/$name/data"
 [queue]
 group_commit = $gc
-[[function]]
-name = "hello"
-wasm = "$HELLO"
-[[trigger]]
-name = "hello"
-function = "hello"
-path = "/"
+$(hello_tables)
 async = { max_retries = 0 }
 TOML
   RUST_LOG=warn "$bin" serve --config "$work/$name/w.toml" >/dev/null 2>"$work/$name/log" &

@@ -24,10 +24,7 @@ DURATION=${DURATION:-5s}
 CLIENTS=${CLIENTS:-64}
 out=bench/results
 mkdir -p "$out"
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+bench_scratch
 need=()
 command -v wrk >/dev/null || need+=(wrk)
 command -v nats-server >/dev/null || need+=(nats-server)
@@ -71,13 +68,7 @@ start_node() { # name cluster(true|false) build -> appends the port to NODES
 listen = "127.0.0.1:$port"
 admin_listen = "127.0.0.1:$admin"
 data_dir = "$work/$name/data"
-[[function]]
-name = "hello"
-wasm = "$HELLO"
-[[trigger]]
-name = "hello"
-function = "hello"
-path = "/"
+$(hello_tables)
 async = { max_retries = 0 }
 TOML
   if [ "$cluster" = true ]; then printf '[cluster]\nnats = "nats://127.0.0.1:%s"\n' "$NATS_PORT" >> "$work/$name/w.toml"; fi

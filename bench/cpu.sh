@@ -14,10 +14,7 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 DURATION=${DURATION:-5s}
 MODES=${MODES:-sync delayed now}
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+bench_scratch
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 bash scripts/build-functions.sh >/dev/null
 BIN=${BIN:-}
@@ -51,13 +48,7 @@ for mode in $MODES; do
 listen = "127.0.0.1:$port"
 admin_listen = "127.0.0.1:$admin"
 data_dir = "$work/data"
-[[function]]
-name = "hello"
-wasm = "$HELLO"
-[[trigger]]
-name = "hello"
-function = "hello"
-path = "/"
+$(hello_tables)
 async = { max_retries = 0 }
 TOML
   RUST_LOG=warn "$BIN" serve --config "$work/w.toml" >/dev/null 2>"$work/log" &

@@ -21,10 +21,7 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 N=${N:-1000}
 VARIANTS=${VARIANTS:-"plain traced traced-1pct"}
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+bench_scratch
 need=()
 command -v valgrind >/dev/null || need+=(valgrind)
 command -v curl >/dev/null || need+=(curl)

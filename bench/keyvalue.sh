@@ -36,10 +36,7 @@ KEYS=${KEYS:-1000}
 BASELINE=${BASELINE:-}
 out=bench/results
 mkdir -p "$out"
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+bench_scratch
 
 need_apt=()
 command -v wrk >/dev/null || need_apt+=(wrk)

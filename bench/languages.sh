@@ -11,10 +11,7 @@ source bench/lib.sh
 DURATION=${DURATION:-5s}
 out=bench/results
 mkdir -p "$out"
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+bench_scratch
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 bash scripts/build-functions.sh >/dev/null
 cargo build --release --quiet

@@ -86,20 +86,36 @@ for row in rows:
 PY
 }
 
-# hello_config PORT DATA_DIR: a config serving the hello guest ($HELLO) at / on PORT, as
-# every bench's node starts from; callers append what else they need (admin_listen, async).
-hello_config() {
+# bench_scratch: a scratch directory `$work` and a list `pids` of what the bench started;
+# at exit every pid is killed and the directory removed.
+bench_scratch() {
+  work=$(mktemp -d)
+  pids=()
+  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+}
+
+# hello_tables [PATH]: the hello function ($HELLO) and a trigger for it at PATH (default /);
+# lines that follow it in a config belong to that trigger (async = { ... }).
+hello_tables() {
   cat <<TOML
-[server]
-listen = "127.0.0.1:$1"
-data_dir = "$2"
 [[function]]
 name = "hello"
 wasm = "$HELLO"
 [[trigger]]
 name = "hello"
 function = "hello"
-path = "/"
+path = "${1:-/}"
+TOML
+}
+
+# hello_config PORT DATA_DIR: a config serving the hello guest at / on PORT, as every bench's
+# node starts from; callers append what else they need (admin_listen, async).
+hello_config() {
+  cat <<TOML
+[server]
+listen = "127.0.0.1:$1"
+data_dir = "$2"
+$(hello_tables)
 TOML
 }
 

@@ -30,10 +30,7 @@ DURATION=${DURATION:-6s}
 CONNS=${CONNS:-32}
 out=bench/results
 mkdir -p "$out"
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+bench_scratch
 
 need_apt=()
 command -v wrk >/dev/null || need_apt+=(wrk)
@@ -66,13 +63,7 @@ for mode in plain tls; do
 [server]
 listen = "127.0.0.1:$port"
 $tls_line
-[[function]]
-name = "hello"
-wasm = "$HELLO"
-[[trigger]]
-name = "hello"
-function = "hello"
-path = "/"
+$(hello_tables)
 [[trigger]]
 name = "signed"
 function = "hello"

@@ -18,10 +18,7 @@ DURATION=${DURATION:-20}
 CONNS=${CONNS:-600}
 out=bench/results
 mkdir -p "$out"
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+bench_scratch
 
 need_apt=()
 command -v wrk >/dev/null || need_apt+=(wrk)
@@ -47,13 +44,7 @@ header_read_timeout_ms = 10000
 body_read_timeout_ms = 10000
 idle_timeout_ms = 60000
 max_connections_per_ip = 100000
-[[function]]
-name = "hello"
-wasm = "$HELLO"
-[[trigger]]
-name = "hello"
-function = "hello"
-path = "/"
+$(hello_tables)
 TOML
 ./target/release/wasmgate serve --config "$work/wasmgate.toml" >/dev/null 2>"$work/wasmgate.log" &
 pids+=($!)

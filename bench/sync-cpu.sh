@@ -19,10 +19,7 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 ROUNDS=${ROUNDS:-6}
 DURATION=${DURATION:-3}
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+bench_scratch
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 bash scripts/build-functions.sh >/dev/null
 cargo build --release --quiet --bin wasmgate --example floor
