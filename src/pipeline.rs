@@ -218,9 +218,10 @@ impl App {
             if let Some(t) = &record.trigger {
                 span.set("wasmgate.trigger", t);
             }
-            if let Some(t) = &record.target {
-                span.set("wasmgate.function", &t.function);
-                span.set("wasmgate.qualifier", &t.qualifier);
+            // Kept for this span alone: its names move into it.
+            if let Some(t) = record.target.take() {
+                span.set("wasmgate.function", t.function);
+                span.set("wasmgate.qualifier", t.qualifier);
             }
             if let Some(p) = &record.principal {
                 span.set("wasmgate.principal", p);
