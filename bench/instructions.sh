@@ -12,6 +12,7 @@
 #   bash bench/instructions.sh                    # off, tracing at 1.0 and 0.01
 #   N=2000 VARIANTS="plain" bash bench/instructions.sh
 #   BIN=/path/to/other/wasmgate bash bench/instructions.sh
+#   KEEP=/tmp/cg bash bench/instructions.sh       # keep the callgrind dumps (callgrind_annotate)
 #
 # Variants: plain (no [tracing]), traced (sample_ratio 1.0), traced-1pct (0.01); the traced
 # nodes export to an nginx collector (`return 200`) the script starts. Under valgrind the
@@ -53,6 +54,7 @@ for v in $VARIANTS; do
   callgrind_control -d "$vp" >/dev/null
   kill "$vp"; wait "$vp" 2>/dev/null || true
   dump=$(ls -t "$work"/cg."$v".*.1 | head -1)
+  [ -z "${KEEP:-}" ] || { mkdir -p "$KEEP"; cp "$dump" "$KEEP/callgrind.$v"; }
   ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
   echo "$v: $ir instructions over $N requests"
   printf '| %s | %s |\n' "$v" "$((ir / N))" >> "$work/table"

@@ -147,11 +147,23 @@ impl Dispatcher {
             run.set("wasmgate.function", &inv.target.function);
             run.set("wasmgate.qualifier", &inv.target.qualifier);
         }
-        if run.context().is_some() {
-            // The runtime ends it when the guest is done, and parents outbound calls on it.
-            inv.request
-                .extensions_mut()
-                .insert(trace::Handoff::new(run));
+        // The runtime parents outbound calls on the run span's context, found where the
+        // request's was (overwritten in place: no allocation), and ends a recorded run span
+        // when the guest is done. An unrecorded one has nothing to end: it is not handed on.
+        let ext = inv.request.extensions_mut();
+        if let Some(ctx) = run.context() {
+            match ext.get_mut::<Context>() {
+                Some(slot) => slot.clone_from(ctx),
+                None => {
+                    ext.insert(ctx.clone());
+                }
+            }
+        } else if parent.is_some() {
+            // Tracing was turned off since the request came in.
+            ext.remove::<Context>();
+        }
+        if run.is_recording() {
+            ext.insert(trace::Handoff::new(run));
         }
         Ok(function
             .invoke(inv.request, inv.request_id, admission)

@@ -203,7 +203,7 @@ impl App {
             span.set("wasmgate.request_id", &request_id);
             span.set(
                 "http.request.method",
-                crate::trace::Value::Static(match method {
+                crate::trace::Value::Str(match method {
                     http::Method::GET => "GET",
                     http::Method::POST => "POST",
                     http::Method::PUT => "PUT",
@@ -218,10 +218,9 @@ impl App {
             if let Some(t) = &record.trigger {
                 span.set("wasmgate.trigger", t);
             }
-            // Kept for this span alone: its names move into it.
-            if let Some(t) = record.target.take() {
-                span.set("wasmgate.function", t.function);
-                span.set("wasmgate.qualifier", t.qualifier);
+            if let Some(t) = &record.target {
+                span.set("wasmgate.function", &t.function);
+                span.set("wasmgate.qualifier", &t.qualifier);
             }
             if let Some(p) = &record.principal {
                 span.set("wasmgate.principal", p);

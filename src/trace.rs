@@ -188,54 +188,46 @@ pub enum Kind {
     Consumer = 5,
 }
 
-/// An attribute's value.
-#[derive(Clone, Debug)]
-pub enum Value {
-    Str(String),
-    /// A string the request holds anyway (its id, its trigger's name): no copy.
-    Shared(Arc<str>),
-    Static(&'static str),
+/// An attribute's value. Encoded the moment it is set (see [`Recording`]), so borrowed: a
+/// name the request holds anyway is never copied to become an attribute.
+#[derive(Clone, Copy, Debug)]
+pub enum Value<'a> {
+    Str(&'a str),
     Int(i64),
 }
 
-impl From<&str> for Value {
-    fn from(s: &str) -> Value {
-        Value::Str(s.to_string())
-    }
-}
-
-impl From<String> for Value {
-    fn from(s: String) -> Value {
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(s: &'a str) -> Value<'a> {
         Value::Str(s)
     }
 }
 
-impl From<&String> for Value {
-    fn from(s: &String) -> Value {
-        Value::Str(s.clone())
+impl<'a> From<&'a String> for Value<'a> {
+    fn from(s: &'a String) -> Value<'a> {
+        Value::Str(s)
     }
 }
 
-impl From<&Arc<str>> for Value {
-    fn from(s: &Arc<str>) -> Value {
-        Value::Shared(s.clone())
+impl<'a> From<&'a Arc<str>> for Value<'a> {
+    fn from(s: &'a Arc<str>) -> Value<'a> {
+        Value::Str(s)
     }
 }
 
-impl From<i64> for Value {
-    fn from(v: i64) -> Value {
+impl From<i64> for Value<'_> {
+    fn from(v: i64) -> Self {
         Value::Int(v)
     }
 }
 
-impl From<u32> for Value {
-    fn from(v: u32) -> Value {
+impl From<u32> for Value<'_> {
+    fn from(v: u32) -> Self {
         Value::Int(v.into())
     }
 }
 
-impl From<u16> for Value {
-    fn from(v: u16) -> Value {
+impl From<u16> for Value<'_> {
+    fn from(v: u16) -> Self {
         Value::Int(v.into())
     }
 }
@@ -249,19 +241,22 @@ pub struct Recording {
     kind: Kind,
     start_ns: u64,
     end_ns: u64,
-    attributes: Vec<(&'static str, Value)>,
+    /// The attributes, already encoded as the span's `attributes` (field 9) entries: an
+    /// attribute is written once, when it is set, instead of kept as a value to be copied,
+    /// counted and written again when the span ends.
+    attributes: Vec<u8>,
     /// `Some(message)`: the span ended in error.
     error: Option<String>,
     links: Vec<Context>,
 }
 
 impl Recording {
-    fn attribute(&mut self, key: &'static str, value: Value) {
+    fn attribute(&mut self, key: &str, value: Value<'_>) {
         if self.attributes.capacity() == 0 {
-            // Room for the most any span here sets, in one allocation.
-            self.attributes.reserve_exact(8);
+            // Room for what any span here sets, in one allocation.
+            self.attributes.reserve(512);
         }
-        self.attributes.push((key, value));
+        otlp::attribute(&mut self.attributes, key, &value);
     }
 }
 
@@ -291,16 +286,16 @@ impl Span {
     }
 
     /// Sets an attribute (kept only when the span is recorded).
-    pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
+    pub fn set<'a>(&mut self, key: &'static str, value: impl Into<Value<'a>>) {
         if let Some(r) = &mut self.rec {
             r.attribute(key, value.into());
         }
     }
 
     /// Like [`Span::set`], for values that cost something to build.
-    pub fn set_with<V: Into<Value>>(&mut self, key: &'static str, value: impl FnOnce() -> V) {
+    pub fn set_with<S: AsRef<str>>(&mut self, key: &'static str, value: impl FnOnce() -> S) {
         if let Some(r) = &mut self.rec {
-            r.attribute(key, value().into());
+            r.attribute(key, Value::Str(value().as_ref()));
         }
     }
 
@@ -815,7 +810,7 @@ mod otlp {
     const LEN: u8 = 2;
     const FIXED32: u8 = 5;
 
-    trait Sink {
+    pub trait Sink {
         fn byte(&mut self, b: u8);
         fn slice(&mut self, s: &[u8]);
 
@@ -917,31 +912,47 @@ mod otlp {
         1 + varint_len(n as u64) + n
     }
 
-    /// `KeyValue { key = 1; AnyValue value = 2 }`,
-    /// `AnyValue { string_value = 1; int_value = 3 }`: its lengths are worked out here, so
-    /// counting an attribute is arithmetic, not a pass over it.
-    fn attribute<S: Sink>(sink: &mut S, field: u8, k: &str, v: &Value) {
-        let text = match v {
-            Value::Str(s) => Some(s.as_str()),
-            Value::Shared(s) => Some(&**s),
-            Value::Static(s) => Some(*s),
-            Value::Int(_) => None,
+    /// The lengths of `KeyValue { key = 1; AnyValue value = 2 }` and of its
+    /// `AnyValue { string_value = 1; int_value = 3 }`: arithmetic, not a pass over it.
+    fn attribute_lens(k: &str, v: &Value<'_>) -> (usize, usize) {
+        let any = match v {
+            Value::Str(s) => len_field(s.len()),
+            Value::Int(i) => 1 + varint_len(*i as u64),
         };
-        let any = match (text, v) {
-            (Some(s), _) => len_field(s.len()),
-            (None, Value::Int(i)) => 1 + varint_len(*i as u64),
-            (None, _) => 0,
-        };
-        head_of(sink, field, len_field(k.len()) + len_field(any));
+        (len_field(k.len()) + len_field(any), any)
+    }
+
+    /// One attribute as a `Span.attributes` entry (field 9), or `Resource.attributes` (1).
+    fn attribute_in<S: Sink>(sink: &mut S, field: u8, k: &str, v: &Value<'_>) {
+        let (kv, any) = attribute_lens(k, v);
+        head_of(sink, field, kv);
         sink.bytes(1, k.as_bytes());
         head_of(sink, 2, any);
-        match (text, v) {
-            (Some(s), _) => sink.bytes(1, s.as_bytes()),
-            (None, Value::Int(i)) => {
+        match v {
+            Value::Str(s) => sink.bytes(1, s.as_bytes()),
+            Value::Int(i) => {
                 sink.key(3, VARINT);
                 sink.varint(*i as u64);
             }
-            (None, _) => {}
+        }
+    }
+
+    /// One attribute as a `Span.attributes` entry (field 9), appended to `out`.
+    pub fn attribute(out: &mut Vec<u8>, k: &str, v: &Value<'_>) {
+        let (kv, any) = attribute_lens(k, v);
+        match v {
+            // Every length fits in one byte (the usual case): four pieces, no varint loops.
+            Value::Str(s) if kv < 0x80 => {
+                out.reserve(2 + kv);
+                out.extend_from_slice(&[9 << 3 | LEN, kv as u8, 1 << 3 | LEN, k.len() as u8]);
+                out.extend_from_slice(k.as_bytes());
+                out.extend_from_slice(&[2 << 3 | LEN, any as u8, 1 << 3 | LEN, s.len() as u8]);
+                out.extend_from_slice(s.as_bytes());
+            }
+            _ => {
+                out.reserve(len_field(kv));
+                attribute_in(out, 9, k, v);
+            }
         }
     }
 
@@ -984,9 +995,7 @@ mod otlp {
         sink.varint(r.kind as u64);
         sink.fixed64(7, r.start_ns);
         sink.fixed64(8, r.end_ns.max(r.start_ns));
-        for (k, v) in &r.attributes {
-            attribute(sink, 9, k, v);
-        }
+        sink.slice(&r.attributes);
         for l in &r.links {
             head_of(sink, 13, len_of(|c| link(c, l)));
             link(sink, l);
@@ -1033,18 +1042,18 @@ mod otlp {
             let version = env!("CARGO_PKG_VERSION");
             // Resource { repeated KeyValue attributes = 1 }
             let attributes = [
-                ("service.name", Value::Str(service_name.into())),
-                ("service.version", Value::Static(version)),
-                ("telemetry.sdk.name", Value::Static("wasmgate")),
+                ("service.name", Value::Str(service_name)),
+                ("service.version", Value::Str(version)),
+                ("telemetry.sdk.name", Value::Str("wasmgate")),
             ];
             let len = attributes
                 .iter()
-                .map(|(k, v)| len_of(|c| attribute(c, 1, k, v)))
+                .map(|(k, v)| len_of(|c| attribute_in(c, 1, k, v)))
                 .sum();
             let mut resource = Vec::new();
             head_of(&mut resource, 1, len);
             for (k, v) in &attributes {
-                attribute(&mut resource, 1, k, v);
+                attribute_in(&mut resource, 1, k, v);
             }
             // InstrumentationScope { name = 1; version = 2 }
             let scope_of = |sink: &mut dyn FnMut(u8, &[u8])| {
@@ -1063,11 +1072,14 @@ mod otlp {
         }
     }
 
-    /// Writes what it is given at the end (preambles and heads, built rarely).
+    /// Writes what it is given at the end (a span's attributes as they are set; preambles
+    /// and heads, built rarely).
     impl Sink for Vec<u8> {
+        #[inline(always)]
         fn byte(&mut self, b: u8) {
             self.push(b);
         }
+        #[inline(always)]
         fn slice(&mut self, s: &[u8]) {
             self.extend_from_slice(s);
         }
@@ -1113,22 +1125,21 @@ mod tests {
         // that span's own length three bytes long.
         let long = |i: u8| "x".repeat(if i == 3 { 20_000 } else { 300 });
         let spans = (1..=3u8).map(|i| {
-            let rec = Box::new(Recording {
+            let mut rec = Box::new(Recording {
                 parent: (i > 1).then_some([i - 1; 8]),
                 parent_remote: i == 2,
                 name: "run",
                 kind: Kind::Client,
                 start_ns: 1_000 + u64::from(i),
                 end_ns: 2_000,
-                attributes: vec![
-                    ("wasmgate.trigger", Value::Shared("t".into())),
-                    ("long", Value::Str(long(i))),
-                    ("http.response.status_code", Value::Int(503)),
-                    ("negative", Value::Int(-5)),
-                ],
+                attributes: Vec::new(),
                 error: (i == 2).then(|| "HTTP 503".to_string()),
                 links: vec![ctx(9, false)],
             });
+            rec.attribute("wasmgate.trigger", Value::from(&Arc::<str>::from("t")));
+            rec.attribute("long", Value::Str(&long(i)));
+            rec.attribute("http.response.status_code", Value::Int(503));
+            rec.attribute("negative", Value::Int(-5));
             (ctx(i, true), rec)
         });
         // Framed one at a time and in a run of two: the export takes either.

@@ -85,9 +85,11 @@ type SendResult = wasmtime_wasi_http::Result<(
 
 impl WasiHttpHooks for OutboundPolicy {
     /// The default set, checked directly: the trait's default builds an `Arc`'d closure for
-    /// every header of every request to ask the same question.
+    /// every header of every request to ask the same question, and the set is a `const`
+    /// (each use builds its nine names and drops them again), so it is read from a static.
     fn is_forbidden_header(&mut self, name: &http::HeaderName) -> bool {
-        wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
+        static FORBIDDEN: [http::HeaderName; 9] = wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS;
+        FORBIDDEN.contains(name)
     }
 
     fn send_request(
@@ -205,11 +207,15 @@ impl Function {
         let timeout = std::time::Duration::from_millis(self.config.timeout_ms.get());
         let deadline = Instant::now() + timeout;
         let log = GuestLog::new(request_id, self.name.clone());
-        // The run span (tracing on): ended when the guest is done, in error if it failed.
+        // The run span, when recorded: ended when the guest is done, in error if it failed.
+        // Its context (recorded or not) is the one the request carries.
         let mut run_span = request
             .extensions_mut()
             .remove::<crate::trace::Handoff>()
             .and_then(|h| h.take());
+        let run_context = crate::trace::enabled()
+            .then(|| request.extensions().get::<crate::trace::Context>().cloned())
+            .flatten();
 
         let mut wasi = WasiCtxBuilder::new();
         wasi.envs(&self.env)
@@ -221,7 +227,7 @@ impl Function {
             table: ResourceTable::new(),
             outbound: OutboundPolicy {
                 allowed: self.outbound_hosts.clone(),
-                trace: run_span.as_ref().and_then(|s| s.context()).cloned(),
+                trace: run_context,
             },
             limits: StoreLimitsBuilder::new()
                 .memory_size((self.config.memory_mb.get() as usize) << 20)
