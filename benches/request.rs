@@ -217,7 +217,12 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             rt.block_on(async {
                 let out = hello
-                    .invoke(request("/", &[]), request_id.clone(), ())
+                    .invoke(
+                        request("/", &[]),
+                        request_id.clone(),
+                        (),
+                        wasmgate::trace::Span::off(),
+                    )
                     .await
                     .unwrap();
                 out.response.into_body().collect().await.unwrap().to_bytes()

@@ -159,6 +159,7 @@ fn benches(c: &mut Criterion) {
                 },
                 request_id: request_id.clone(),
                 request: http::Request::from_parts(plain.clone(), ()),
+                trace: None,
             };
             inv.stamp();
             inv

@@ -124,8 +124,8 @@ impl Dispatcher {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        use crate::trace::{self, Context, Kind};
-        let parent = inv.request.extensions().get::<Context>().cloned();
+        use crate::trace::{self, Kind};
+        let parent = inv.trace.take();
         let mut admit = trace::child("admit", Kind::Internal, parent.as_ref());
         let admitted = self.resolve(&inv.target).and_then(|function| {
             let admission = self
@@ -147,26 +147,9 @@ impl Dispatcher {
             run.set("wasmgate.function", &inv.target.function);
             run.set("wasmgate.qualifier", &inv.target.qualifier);
         }
-        // The runtime parents outbound calls on the run span's context, found where the
-        // request's was (overwritten in place: no allocation), and ends a recorded run span
-        // when the guest is done. An unrecorded one has nothing to end: it is not handed on.
-        let ext = inv.request.extensions_mut();
-        if let Some(ctx) = run.context() {
-            match ext.get_mut::<Context>() {
-                Some(slot) => slot.clone_from(ctx),
-                None => {
-                    ext.insert(ctx.clone());
-                }
-            }
-        } else if parent.is_some() {
-            // Tracing was turned off since the request came in.
-            ext.remove::<Context>();
-        }
-        if run.is_recording() {
-            ext.insert(trace::Handoff::new(run));
-        }
+        // The runtime parents outbound calls on the run span and ends it when the guest is done.
         Ok(function
-            .invoke(inv.request, inv.request_id, admission)
+            .invoke(inv.request, inv.request_id, admission, run)
             .await?)
     }
 
@@ -187,11 +170,8 @@ impl Dispatcher {
             .unwrap_or_else(|| inv.request_id.to_string());
         // The task carries its trace in its stored `traceparent`, naming this span: its
         // attempts and callbacks are children of it, on whichever node and after restarts.
-        let mut span = crate::trace::start(
-            "enqueue",
-            crate::trace::Kind::Producer,
-            inv.request.extensions().get::<crate::trace::Context>(),
-        );
+        let mut span =
+            crate::trace::start("enqueue", crate::trace::Kind::Producer, inv.trace.as_ref());
         if let Some(ctx) = span.context() {
             ctx.inject(inv.request.headers_mut());
         }
@@ -252,9 +232,7 @@ impl Dispatcher {
             crate::trace::Kind::Consumer,
             crate::trace::Context::from_headers(inv.request.headers()).as_ref(),
         );
-        if let Some(ctx) = span.context() {
-            inv.request.extensions_mut().insert(ctx.clone());
-        }
+        inv.trace = span.context().cloned();
         if span.is_recording() {
             span.set("wasmgate.task_id", &task.new.id);
             span.set("wasmgate.attempt", task.attempts + 1);

@@ -132,6 +132,9 @@ pub struct Invocation<B> {
     pub request_id: Arc<str>,
     /// The request as the function will see it (path already relative to the trigger).
     pub request: http::Request<B>,
+    /// The span this invocation continues (tracing on): the client request's, a message's,
+    /// an async attempt's. Its first span of its own is a child of it.
+    pub trace: Option<crate::trace::Context>,
 }
 
 impl<B> Invocation<B> {
@@ -143,6 +146,7 @@ impl<B> Invocation<B> {
             source: self.source,
             request_id: self.request_id,
             request: self.request.map(f),
+            trace: self.trace,
         }
     }
 
@@ -305,6 +309,7 @@ impl StoredInvocation {
             },
             request_id: self.request_id.as_str().into(),
             request,
+            trace: None,
         })
     }
 }
@@ -333,6 +338,7 @@ mod tests {
             },
             request_id: "rid".into(),
             request,
+            trace: None,
         }
     }
 

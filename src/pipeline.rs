@@ -122,10 +122,7 @@ impl App {
             .get(header::ORIGIN)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let (mut parts, body) = req.into_parts();
-        if let Some(ctx) = span.context() {
-            parts.extensions.insert(ctx.clone());
-        }
+        let (parts, body) = req.into_parts();
         record.recording = span.is_recording();
         // Whatever stage reads the body (authentication, read-ahead, the async store, the
         // function itself), its last byte is due `request_timeout_ms` after the head came.
@@ -135,7 +132,14 @@ impl App {
         // The body stays here until a stage reads it: a refusal before that is "early".
         let mut unread = Some(body);
         let result = self
-            .run(parts, &mut unread, conn, &request_id, &mut record)
+            .run(
+                parts,
+                &mut unread,
+                conn,
+                &request_id,
+                &mut record,
+                span.context(),
+            )
             .await;
         let result = if expired.load(Ordering::SeqCst) {
             Err(GatewayError::RequestTimeout(format!(
@@ -251,6 +255,7 @@ impl App {
         conn: &ConnInfo,
         request_id: &Arc<str>,
         record: &mut Record,
+        trace: Option<&crate::trace::Context>,
     ) -> Result<Response<ResponseBody>, GatewayError>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
@@ -296,11 +301,7 @@ impl App {
         let mut auth_span = if matches!(trigger.config.auth, crate::config::AuthConfig::Anonymous) {
             crate::trace::Span::off()
         } else {
-            crate::trace::child(
-                "authenticate",
-                crate::trace::Kind::Internal,
-                parts.extensions.get::<crate::trace::Context>(),
-            )
+            crate::trace::child("authenticate", crate::trace::Kind::Internal, trace)
         };
         let (principal, read, body_digest, claimed) = authenticate(
             self,
@@ -360,7 +361,8 @@ impl App {
                 )
                 .into());
             }
-            return crate::sources::event::publish(self, trigger, &parts, body, request_id).await;
+            return crate::sources::event::publish(self, trigger, &parts, body, request_id, trace)
+                .await;
         }
         let mut target = routed
             .target
@@ -382,6 +384,7 @@ impl App {
             request_id,
             &routed.function_path,
             authority.as_deref(),
+            trace,
         )?;
         if invocation_type == InvocationType::Async {
             return enqueue(self, trigger, inv).await;
@@ -860,6 +863,7 @@ where
         source,
         request_id,
         request,
+        trace,
     } = inv;
     let (mut parts, body) = request.into_parts();
     let header = |name: &str| -> Result<Option<String>, GatewayError> {
@@ -927,6 +931,7 @@ where
         source,
         request_id,
         request: Request::from_parts(parts, body),
+        trace,
     };
     let task_id = app
         .dispatcher
@@ -964,6 +969,7 @@ where
         source,
         request_id,
         request,
+        trace,
     } = inv;
     let (parts, body) = request.into_parts();
     let tail = parts
@@ -977,6 +983,7 @@ where
         source,
         request_id,
         request: Request::from_parts(parts, body),
+        trace,
     };
     let outcome = app.dispatcher.run(inv).await;
     if too_large.load(Ordering::SeqCst) {
@@ -1097,6 +1104,7 @@ fn invocation<B>(
     request_id: &Arc<str>,
     function_path: &str,
     authority: Option<&str>,
+    trace: Option<&crate::trace::Context>,
 ) -> Result<Invocation<B>, GatewayError> {
     let original = parts
         .uri
@@ -1152,6 +1160,7 @@ fn invocation<B>(
         },
         request_id: request_id.clone(),
         request: Request::from_parts(parts, body),
+        trace: trace.cloned(),
     })
 }
 

@@ -67,6 +67,7 @@ fn invocation(function: &str, path: &str, id: &str) -> Invocation<Bytes> {
         request: http::Request::post(format!("http://localhost{path}"))
             .body(Bytes::new())
             .unwrap(),
+        trace: None,
     }
 }
 

@@ -193,11 +193,14 @@ impl Function {
     /// Runs one request in a fresh instance. `permits` are held until the guest is done
     /// (including streaming its body), whatever the outcome. The scheme the guest sees is
     /// the request URI's; where the request came from is none of the runtime's business.
+    /// `run` is the run's span (tracing on): outbound calls are its children, and it ends,
+    /// in error if the guest failed, when the guest is done.
     pub async fn invoke<B, P>(
         &self,
-        mut request: http::Request<B>,
+        request: http::Request<B>,
         request_id: Arc<str>,
         permits: P,
+        run: crate::trace::Span,
     ) -> Result<Outcome, RuntimeError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -207,15 +210,6 @@ impl Function {
         let timeout = std::time::Duration::from_millis(self.config.timeout_ms.get());
         let deadline = Instant::now() + timeout;
         let log = GuestLog::new(request_id, self.name.clone());
-        // The run span, when recorded: ended when the guest is done, in error if it failed.
-        // Its context (recorded or not) is the one the request carries.
-        let mut run_span = request
-            .extensions_mut()
-            .remove::<crate::trace::Handoff>()
-            .and_then(|h| h.take());
-        let run_context = crate::trace::enabled()
-            .then(|| request.extensions().get::<crate::trace::Context>().cloned())
-            .flatten();
 
         let mut wasi = WasiCtxBuilder::new();
         wasi.envs(&self.env)
@@ -227,7 +221,7 @@ impl Function {
             table: ResourceTable::new(),
             outbound: OutboundPolicy {
                 allowed: self.outbound_hosts.clone(),
-                trace: run_context,
+                trace: run.context().cloned(),
             },
             limits: StoreLimitsBuilder::new()
                 .memory_size((self.config.memory_mb.get() as usize) << 20)
@@ -266,11 +260,12 @@ impl Function {
             .map_err(internal)?;
 
         let pre = self.pre.clone();
+        let run_span = run;
         let (finished_tx, finished) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let _permits = permits;
             let _finished = finished_tx;
-            let mut span = run_span.take();
+            let mut span = run_span;
             let run = async {
                 let started = Instant::now();
                 let proxy = pre.instantiate_async(&mut store).await?;
@@ -288,12 +283,10 @@ impl Function {
                 Ok(Err(e)) => GuestEnd::Failed(describe(&e)),
                 Err(_) => GuestEnd::Timeout,
             };
-            if let Some(span) = &mut span {
-                match &end {
-                    GuestEnd::Returned => {}
-                    GuestEnd::Timeout => span.set_error("the function's deadline passed"),
-                    GuestEnd::Failed(msg) => span.set_error(msg.clone()),
-                }
+            match &end {
+                GuestEnd::Returned => {}
+                GuestEnd::Timeout => span.set_error("the function's deadline passed"),
+                GuestEnd::Failed(msg) => span.set_error(msg.clone()),
             }
             end
         });

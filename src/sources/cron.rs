@@ -262,6 +262,7 @@ async fn fire(
         source: Source::Cron { scheduled: at },
         request_id: crate::invocation::new_request_id(),
         request,
+        trace: None,
     };
     let options = EnqueueOptions {
         task_id: Some(id.clone()),

@@ -305,18 +305,16 @@ fn from_binary(
 /// Puts a delivery in its trace: the event's own context when it carries one (linked to the
 /// request that posted it), else the posting request's.
 fn traced<B>(inv: &mut Invocation<B>, event: &Event, request: Option<&crate::trace::Context>) {
-    let ext = inv.request.extensions_mut();
     match (&event.trace, request) {
         (Some(own), request) => {
-            ext.insert(own.clone());
+            inv.trace = Some(own.clone());
             if let Some(r) = request {
-                ext.insert(crate::trace::Link(r.clone()));
+                inv.request
+                    .extensions_mut()
+                    .insert(crate::trace::Link(r.clone()));
             }
         }
-        (None, Some(r)) => {
-            ext.insert(r.clone());
-        }
-        (None, None) => {}
+        (None, request) => inv.trace = request.cloned(),
     }
 }
 
@@ -382,6 +380,7 @@ fn delivery(
         },
         request_id: crate::invocation::new_request_id(),
         request,
+        trace: None,
     })
 }
 
@@ -392,6 +391,7 @@ pub async fn publish(
     parts: &http::request::Parts,
     body: Bytes,
     request_id: &str,
+    trace: Option<&crate::trace::Context>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let policy = app
         .dispatcher
@@ -402,8 +402,7 @@ pub async fn publish(
     let targets = subscribers(app, trigger, &event.event_type);
     let ce = Bytes::from(cloudevent(&event).to_string());
     if event.synchronous {
-        let ctx = parts.extensions.get::<crate::trace::Context>();
-        return run_now(app, trigger, &event, targets, &ce, request_id, ctx).await;
+        return run_now(app, trigger, &event, targets, &ce, request_id, trace).await;
     }
     let delay_ms = (event.due - now).num_milliseconds().max(0);
     let mut tasks = Vec::with_capacity(targets.len());
@@ -411,11 +410,7 @@ pub async fn publish(
     for target in targets.iter().cloned() {
         let task_id = event_task_id(&event.id, &target.function);
         let mut inv = delivery(trigger, target, &event, &ce)?;
-        traced(
-            &mut inv,
-            &event,
-            parts.extensions.get::<crate::trace::Context>(),
-        );
+        traced(&mut inv, &event, trace);
         let options = EnqueueOptions {
             task_id: Some(task_id.clone()),
             delay_ms,

@@ -163,17 +163,15 @@ pub async fn submit_message(
     let mut ids = Vec::with_capacity(targets.len());
     for target in targets {
         let request_id = crate::invocation::new_request_id();
-        let mut request = post_root(payload.clone(), content_type).map_err(SubmitError::Failed)?;
-        // A message that carries a trace context (NATS headers) continues it.
-        if let Some(ctx) = trace {
-            request.extensions_mut().insert(ctx.clone());
-        }
+        let request = post_root(payload.clone(), content_type).map_err(SubmitError::Failed)?;
         let inv = Invocation {
             target,
             trigger: trigger_name.into(),
             source: source.clone(),
             request_id,
             request,
+            // A message that carries a trace context (NATS headers) continues it.
+            trace: trace.cloned(),
         };
         match app.dispatcher.enqueue(inv, EnqueueOptions::default()).await {
             Ok(id) => ids.push(id),
