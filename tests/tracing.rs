@@ -383,6 +383,18 @@ async fn an_async_task_keeps_its_trace_across_a_restart() {
         attr(&m["callback"], "http.response.status_code").as_deref(),
         Some("200")
     );
+    // The webhook's host, never its URL (a webhook URL often carries its credential).
+    assert_eq!(
+        attr(&m["callback"], "server.address").as_deref(),
+        Some("127.0.0.1")
+    );
+    let named_path: Vec<_> = m["callback"]
+        .attributes
+        .iter()
+        .filter(|kv| format!("{:?}", kv.value).contains("/done"))
+        .map(|kv| kv.key.clone())
+        .collect();
+    assert!(named_path.is_empty(), "{named_path:?}");
     // The callback's receiver continues the trace from the delivery's span.
     assert_eq!(
         cb.header("traceparent"),
