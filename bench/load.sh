@@ -225,7 +225,9 @@ for n in ["wasmgate-http", "wasmgate-baseline", "wasmgate-http-traced", "wasmgat
     if n not in med:
         continue
     r, p, b = med[n]
-    print(f"| {n} | {r:,.0f} | {p:.2f} | {b} | {r/floor:.2f}x | {r/base:.2f}x | {r/ceiling:.2f}x |")
+    # A reference left out of this run (ONLY=) has no ratio.
+    vs = lambda ref: "-" if ref != ref else f"{r/ref:.2f}x"
+    print(f"| {n} | {r:,.0f} | {p:.2f} | {b} | {vs(floor)} | {vs(base)} | {vs(ceiling)} |")
 http, https = get("wasmgate-http"), get("wasmgate-https")
 goals = [
     ("tracing on, every trace sampled / off", get("wasmgate-http-traced") / http, 0.95),
