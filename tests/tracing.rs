@@ -294,6 +294,14 @@ async fn a_client_trace_continues_through_the_run_span_to_an_outbound_call() {
         attr(&m["request"], "wasmgate.principal").as_deref(),
         Some("token:ci")
     );
+    // The principal's id, never its credential, in any span.
+    let leaked: Vec<_> = m
+        .values()
+        .flat_map(|s| &s.attributes)
+        .filter(|kv| format!("{:?}", kv.value).contains("0123456789abcdef"))
+        .map(|kv| kv.key.clone())
+        .collect();
+    assert!(leaked.is_empty(), "{leaked:?}");
 
     // Trace headers the client names in `Connection` are hop-by-hop: not continued.
     const HOP: &str = "66666666666666666666666666666666";
