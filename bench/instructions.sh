@@ -10,6 +10,7 @@
 # one moved the traced count by 2%).
 #
 #   bash bench/instructions.sh                    # off, tracing at 1.0 and 0.01
+#   VARIANTS="floor plain" bash bench/instructions.sh   # the gateway's own work: plain - floor
 #   N=2000 VARIANTS="plain" bash bench/instructions.sh
 #   BIN=/path/to/other/wasmgate bash bench/instructions.sh
 #   KEEP=/tmp/cg bash bench/instructions.sh       # keep the callgrind dumps (callgrind_annotate)
@@ -17,7 +18,9 @@
 # Variants: plain (no [tracing]), traced (sample_ratio 1.0), traced-1pct (0.01); the traced
 # nodes export to an nginx collector (`return 200`) the script starts. The exporter's column
 # is its periodic work (one export each 200 ms) spread over the requests valgrind's pace
-# fits in that time; "the rest" is what a request costs at any rate. Under valgrind the
+# fits in that time; "the rest" is what a request costs at any rate. `floor` is the bare
+# engine host (examples/floor.rs, with load.sh's settings and a pool of 4 slots): plain minus
+# floor is what the gateway itself costs a request. Under valgrind the
 # node runs with max_in_flight = 4 (the pooling allocator's reservation must fit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +34,7 @@ command -v curl >/dev/null || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
 bash scripts/build-functions.sh >/dev/null
 [ -n "${BIN:-}" ] || { cargo build --release --quiet --bin wasmgate; BIN=./target/release/wasmgate; }
+case " $VARIANTS " in *" floor "*) cargo build --release --quiet --example floor ;; esac
 HELLO=$PWD/functions/target/wasm32-wasip2/release/hello.wasm
 
 start_collector
@@ -46,8 +50,14 @@ for v in $VARIANTS; do
     *) ratio= ;;
   esac
   [ -z "$ratio" ] || printf '[tracing]\notlp_endpoint = "http://127.0.0.1:%s"\nsample_ratio = %s\n' "$collector" "$ratio" >> "$work/$v.toml"
-  valgrind --tool=callgrind --smc-check=all-non-file --callgrind-out-file="$work/cg.$v.%p" \
-    "$BIN" serve --config "$work/$v.toml" >/dev/null 2>"$work/$v.log" &
+  if [ "$v" = floor ]; then
+    KEEP_MEM=16777216 KEEP_TABLE=1048576 NOCOW=1 PAGEMAP=1 POOL=4 \
+      valgrind --tool=callgrind --smc-check=all-non-file --callgrind-out-file="$work/cg.$v.%p" \
+      ./target/release/examples/floor "$HELLO" "127.0.0.1:$port" >/dev/null 2>"$work/$v.log" &
+  else
+    valgrind --tool=callgrind --smc-check=all-non-file --callgrind-out-file="$work/cg.$v.%p" \
+      "$BIN" serve --config "$work/$v.toml" >/dev/null 2>"$work/$v.log" &
+  fi
   vp=$!
   for _ in $(seq 1 240); do curl -s -m 5 -o /dev/null "http://127.0.0.1:$port/" && break; sleep 1; done
   curl -s -o /dev/null "http://127.0.0.1:$port/?warm=[1-300]"

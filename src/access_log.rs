@@ -115,7 +115,50 @@ fn timestamp(out: &mut String) {
         }
         out.push_str(&cached.1);
     });
-    let _ = write!(out, ".{micros:06}Z");
+    // Six digits, zero-padded.
+    let mut digits = *b".000000Z";
+    let mut m = micros;
+    for d in digits[1..7].iter_mut().rev() {
+        *d = b'0' + (m % 10) as u8;
+        m /= 10;
+    }
+    out.push_str(std::str::from_utf8(&digits).unwrap_or(".000000Z"));
+}
+
+/// Appends an integer in decimal (no formatter: `write!` costs several times as much).
+pub(crate) fn push_int(out: &mut String, v: impl itoa::Integer) {
+    out.push_str(itoa::Buffer::new().format(v));
+}
+
+/// Appends an IP address as `Display` writes it; an IPv4 one without the formatter.
+pub(crate) fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_int(out, octet);
+            }
+        }
+        std::net::IpAddr::V6(_) => {
+            let _ = write!(out, "{ip}");
+        }
+    }
+}
+
+/// Appends a socket address as `Display` writes it (`[v6]:port` for IPv6).
+fn push_peer(out: &mut String, peer: SocketAddr) {
+    match peer {
+        SocketAddr::V4(a) => {
+            push_ip(out, std::net::IpAddr::V4(*a.ip()));
+            out.push(':');
+            push_int(out, a.port());
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(out, "{peer}");
+        }
+    }
 }
 
 fn json_line(out: &mut String, e: &Entry<'_>) {
@@ -123,7 +166,9 @@ fn json_line(out: &mut String, e: &Entry<'_>) {
     timestamp(out);
     out.push_str("\",\"level\":\"INFO\",\"fields\":{\"message\":\"request\",\"request_id\":");
     json_str(out, e.request_id);
-    let _ = write!(out, ",\"peer\":\"{}\",\"method\":", e.peer);
+    out.push_str(",\"peer\":\"");
+    push_peer(out, e.peer);
+    out.push_str("\",\"method\":");
     json_str(out, e.method.as_str());
     out.push_str(",\"path\":");
     json_str(out, e.path);
@@ -135,13 +180,13 @@ fn json_line(out: &mut String, e: &Entry<'_>) {
         out.push_str(",\"qualifier\":");
         json_str(out, q);
     }
-    let _ = write!(
-        out,
-        ",\"status\":{},\"duration_us\":{}",
-        e.status, e.duration_us
-    );
+    out.push_str(",\"status\":");
+    push_int(out, e.status);
+    out.push_str(",\"duration_us\":");
+    push_int(out, e.duration_us);
     if let Some(b) = e.bytes {
-        let _ = write!(out, ",\"bytes\":{b}");
+        out.push_str(",\"bytes\":");
+        push_int(out, b);
     }
     if let Some(t) = e.trace_id {
         // Lowercase hex: nothing to escape.
@@ -247,6 +292,30 @@ mod tests {
         assert_eq!(f["bytes"], 20);
         let ts = v["timestamp"].as_str().unwrap();
         assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok(), "{ts}");
+    }
+
+    #[test]
+    fn addresses_and_numbers_are_written_as_display_writes_them() {
+        for peer in [
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.9.100.1:80",
+            "[::1]:8443",
+            "[2001:db8::7]:1",
+        ] {
+            let peer: SocketAddr = peer.parse().unwrap();
+            let mut out = String::new();
+            push_peer(&mut out, peer);
+            assert_eq!(out, peer.to_string());
+            out.clear();
+            push_ip(&mut out, peer.ip());
+            assert_eq!(out, peer.ip().to_string());
+        }
+        for n in [0u64, 7, 10, 999_999, u64::MAX] {
+            let mut out = String::new();
+            push_int(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
     }
 
     #[test]

@@ -169,7 +169,9 @@ impl<B> Invocation<B> {
         set(headers, &names::QUALIFIER, &self.target.qualifier);
         match &self.source {
             Source::Http { peer, https } => {
-                set(headers, &names::FORWARDED_FOR, &peer.ip().to_string());
+                let mut ip = String::with_capacity(15);
+                crate::access_log::push_ip(&mut ip, peer.ip());
+                set(headers, &names::FORWARDED_FOR, &ip);
                 headers.insert(
                     names::FORWARDED_PROTO.clone(),
                     HeaderValue::from_static(if *https { "https" } else { "http" }),

@@ -460,7 +460,9 @@ async fn connection(
             async move {
                 let mut guard = InProgress::begin(activity, started);
                 let response = match conn.listener {
-                    Listener::Admin => crate::admin::handle(&gateway, req).await,
+                    // Boxed: the admin's future is larger than a request's, and hyper moves
+                    // this one into its slot for every request.
+                    Listener::Admin => Box::pin(crate::admin::handle(&gateway, req)).await,
                     _ => gateway.app().handle(req, &conn).await,
                 };
                 // From here the head waits for the client to take it.
