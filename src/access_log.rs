@@ -13,6 +13,8 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
+use crate::text::{push_int, push_ip};
+
 /// How lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -123,28 +125,6 @@ fn timestamp(out: &mut String) {
         m /= 10;
     }
     out.push_str(std::str::from_utf8(&digits).unwrap_or(".000000Z"));
-}
-
-/// Appends an integer in decimal (no formatter: `write!` costs several times as much).
-pub(crate) fn push_int(out: &mut String, v: impl itoa::Integer) {
-    out.push_str(itoa::Buffer::new().format(v));
-}
-
-/// Appends an IP address as `Display` writes it; an IPv4 one without the formatter.
-pub(crate) fn push_ip(out: &mut String, ip: std::net::IpAddr) {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                push_int(out, octet);
-            }
-        }
-        std::net::IpAddr::V6(_) => {
-            let _ = write!(out, "{ip}");
-        }
-    }
 }
 
 /// Appends a socket address as `Display` writes it (`[v6]:port` for IPv6).

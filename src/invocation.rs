@@ -170,7 +170,7 @@ impl<B> Invocation<B> {
         match &self.source {
             Source::Http { peer, https } => {
                 let mut ip = String::with_capacity(15);
-                crate::access_log::push_ip(&mut ip, peer.ip());
+                crate::text::push_ip(&mut ip, peer.ip());
                 set(headers, &names::FORWARDED_FOR, &ip);
                 headers.insert(
                     names::FORWARDED_PROTO.clone(),

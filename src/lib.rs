@@ -32,6 +32,7 @@ pub mod server;
 pub mod source_state;
 pub mod sources;
 pub mod supervisor;
+pub mod text;
 pub mod throttle;
 pub mod trace;
 
