@@ -39,19 +39,17 @@ fn v7(ms: u64, random: u128) -> u128 {
 }
 
 fn format_uuid(v: u128) -> Arc<str> {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 36];
-    let mut bits = 128;
-    for (i, slot) in out.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            *slot = b'-';
-            continue;
-        }
-        bits -= 4;
-        *slot = HEX[((v >> bits) & 0xf) as usize];
+    /// Word-aligned, so the UTF-8 check takes its two-words-at-a-time path.
+    #[repr(align(8))]
+    struct Text([u8; 36]);
+    let mut out = Text(*b"00000000-0000-0000-0000-000000000000");
+    let bytes = v.to_be_bytes();
+    // Groups of 4, 2, 2, 2 and 6 bytes in hex, each after its dash.
+    for (from, to, at) in [(0, 4, 0), (4, 6, 9), (6, 8, 14), (8, 10, 19), (10, 16, 24)] {
+        crate::text::hex_into(&mut out.0[at..at + 2 * (to - from)], &bytes[from..to]);
     }
     // Only ASCII hex digits and dashes were written.
-    std::str::from_utf8(&out).unwrap_or_default().into()
+    std::str::from_utf8(&out.0).unwrap_or_default().into()
 }
 
 /// Which function, and which of its versions.

@@ -110,8 +110,8 @@ impl Context {
     /// The `traceparent` value, written into a fixed buffer.
     fn traceparent_bytes(&self) -> [u8; 55] {
         let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        hex_into(&mut out[3..35], &self.trace_id);
-        hex_into(&mut out[36..52], &self.span_id);
+        crate::text::hex_into(&mut out[3..35], &self.trace_id);
+        crate::text::hex_into(&mut out[36..52], &self.span_id);
         if self.sampled {
             out[54] = b'1';
         }
@@ -144,27 +144,8 @@ impl Context {
     /// The trace id in lowercase hex, without an allocation.
     pub fn trace_id_hex(&self) -> TraceIdHex {
         let mut out = [0u8; 32];
-        hex_into(&mut out, &self.trace_id);
+        crate::text::hex_into(&mut out, &self.trace_id);
         TraceIdHex(out)
-    }
-}
-
-/// Each byte's two lowercase hex digits.
-static HEX_PAIRS: [[u8; 2]; 256] = {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut t = [[0u8; 2]; 256];
-    let mut i = 0;
-    while i < 256 {
-        t[i] = [HEX[i >> 4], HEX[i & 15]];
-        i += 1;
-    }
-    t
-};
-
-/// `bytes` in lowercase hex into `out` (twice as long).
-fn hex_into(out: &mut [u8], bytes: &[u8]) {
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }
 }
 
