@@ -132,9 +132,11 @@ async fn idle_connections_are_closed_and_never_starve_anyone() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(served, "a normal request was never answered");
-    // Every idle connection is closed by the server, after the configured 1.5 s: the
-    // bound of 6 s sits below the default (10 s), so a server that ignored the keys fails.
-    const CUT: Duration = Duration::from_secs(6);
+    // Every idle connection is closed by the server, after the configured 1.5 s (a
+    // connection still in the backlog gets its 1.5 s once accepted): the bound of 9 s sits
+    // below the default (10 s), so a server that ignored the keys fails, with room for a
+    // loaded machine (6 s was once missed with builds running beside the suite).
+    const CUT: Duration = Duration::from_secs(9);
     for s in tls.iter_mut() {
         assert!(
             closed_within(s, CUT).await,
