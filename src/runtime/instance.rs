@@ -193,14 +193,14 @@ impl Function {
     /// Runs one request in a fresh instance. `permits` are held until the guest is done
     /// (including streaming its body), whatever the outcome. The scheme the guest sees is
     /// the request URI's; where the request came from is none of the runtime's business.
-    /// `run` is the run's span (tracing on): outbound calls are its children, and it ends,
-    /// in error if the guest failed, when the guest is done.
+    /// `run_span` is the run's span (tracing on): outbound calls are its children, and it
+    /// ends, in error if the guest failed, when the guest is done.
     pub async fn invoke<B, P>(
         &self,
         request: http::Request<B>,
         request_id: Arc<str>,
         permits: P,
-        run: crate::trace::Span,
+        run_span: crate::trace::Span,
     ) -> Result<Outcome, RuntimeError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -221,7 +221,7 @@ impl Function {
             table: ResourceTable::new(),
             outbound: OutboundPolicy {
                 allowed: self.outbound_hosts.clone(),
-                trace: run.context().cloned(),
+                trace: run_span.context().cloned(),
             },
             limits: StoreLimitsBuilder::new()
                 .memory_size((self.config.memory_mb.get() as usize) << 20)
@@ -260,7 +260,6 @@ impl Function {
             .map_err(internal)?;
 
         let pre = self.pre.clone();
-        let run_span = run;
         let (finished_tx, finished) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let _permits = permits;
