@@ -20,7 +20,14 @@
 #   SERVERS=wasmgate FLOODS=zerowindow DURATION=60 bash bench/abuse.sh   # a part of it
 #   FLOOD_NICE=19 bash bench/abuse.sh         # the flood's processes at the lowest CPU priority
 #   FLOOD_NICE=19 FLOOD_CPUS=1 bash bench/abuse.sh   # ... and held to CPU 1
+#   FLOOD_SCHED=idle bash bench/abuse.sh      # the flood under SCHED_IDLE (chrt --idle)
 #   CLIENT=rust bash bench/abuse.sh           # the normal client compiled (examples/abuse_client.rs)
+#   ROUNDS=3 SERVERS=wasmgate bash bench/abuse.sh   # unloaded, then each flood, three times over
+#
+# ROUNDS (default 1): each round runs the unloaded client and then every flood. A p99 of a
+# few thousand requests under a millisecond moves by half between runs on a shared machine, so
+# with more rounds the table gives the median of each round's p99 and of each round's ratio to
+# that round's unloaded p99, with every round's ratio beside it.
 #
 # CLIENT (default python): the normal client. python is bench/abuse/abuse.py client; rust is
 # examples/abuse_client.rs, the same schedule and the same JSON, compiled: its latencies do not
@@ -30,7 +37,10 @@
 # server and the normal client; a real flood comes from other machines. With FLOOD_NICE=19
 # they get only what the server and the client leave, which isolates what the server's own
 # handling of the flood costs the client from what the attacker's CPU costs it; FLOOD_CPUS
-# (a taskset list) also keeps them off the other cores.
+# (a taskset list) also keeps them off the other cores. FLOOD_SCHED=idle runs them under
+# SCHED_IDLE, below every nice level: they run only on a core nothing else wants, the nearest
+# this machine comes to an attacker on machines of its own (the kernel's work for their
+# packets and connections still lands on the shared cores).
 #
 # Installs what it needs: nginx-light (apt). The floods and the client are bench/abuse/abuse.py
 # (Python 3 standard library; raw HTTP/2 frames). Writes bench/results/abuse.md, and the
@@ -55,10 +65,12 @@ RAMP=${RAMP:-5}
 CLIENT_CONC=${CLIENT_CONC:-8}
 RATE=${RATE:-200}
 REQS_PER_CONN=${REQS_PER_CONN:-0}
+ROUNDS=${ROUNDS:-1}
 SERVERS=${SERVERS:-wasmgate nginx}
 FLOODS=${FLOODS:-zerowindow trickle}
 export FLOOD_NICE=${FLOOD_NICE:-0}
 export FLOOD_CPUS=${FLOOD_CPUS:-}
+export FLOOD_SCHED=${FLOOD_SCHED:-}
 export CLIENT=${CLIENT:-python}
 SOURCES=127.0.0.2-127.0.0.41
 CLIENT_SOURCE=127.0.0.100
@@ -81,6 +93,9 @@ cargo build --release --quiet --bin wasmgate --example abuse_client
 HELLO=$PWD/functions/target/wasm32-wasip2/release/hello.wasm
 ABUSE=(python3 bench/abuse/abuse.py)
 FLOOD=(nice -n "$FLOOD_NICE" python3 bench/abuse/abuse.py)
+if [ "$FLOOD_SCHED" = idle ]; then
+  FLOOD=(chrt --idle 0 "${FLOOD[@]}")
+fi
 if [ -n "$FLOOD_CPUS" ]; then
   FLOOD=(taskset -c "$FLOOD_CPUS" "${FLOOD[@]}")
 fi
@@ -132,6 +147,7 @@ POST_nginx=/upload
 for p in "$PORT_wasmgate" "$PORT_nginx" "$H2PORT_nginx"; do wait_port "$p"; done
 
 raw="$work/raw.txt"
+for round in $(seq "$ROUNDS"); do
 for server in $SERVERS; do
   port_var=PORT_$server h2_var=H2PORT_$server post_var=POST_$server
   for mode in none $FLOODS; do
@@ -163,53 +179,71 @@ for server in $SERVERS; do
         --duration "$DURATION" > "$work/client.json"
     fi
     [ -n "$fpid" ] && { wait "$fpid" || true; }
-    echo "$server $mode $(tr -d ' ' < "$work/client.json") $(tr -d ' ' < "$work/flood.json")" | tee -a "$raw"
+    echo "$server $mode $round $(tr -d ' ' < "$work/client.json") $(tr -d ' ' < "$work/flood.json")" | tee -a "$raw"
     sleep 3  # the flood's sockets are closed; let the server let go of them
   done
+done
 done
 grep -c 'worker_connections are not enough' "$work/nginx-error.log" > "$work/nginx-full.txt" || true
 
 python3 - "$raw" "$CONNS" "$DURATION" "$STREAMS" "$INTERVAL" "$CLIENT_CONC" "$RATE" "$REQS_PER_CONN" \
   "$(cat "$work/nginx-full.txt")" <<'PY' | tee "$out/abuse.md"
-import json, sys
+import json, os, statistics, sys
 raw, conns, dur, streams, interval, conc, rate, rpc, nginx_full = sys.argv[1:]
 rows = []
 for line in open(raw):
-    server, mode, client, flood = line.split(" ", 3)
-    rows.append((server, mode, json.loads(client), json.loads(flood)))
+    server, mode, rnd, client, flood = line.split(" ", 4)
+    rows.append((server, mode, int(rnd), json.loads(client), json.loads(flood)))
+rounds = max(r[2] for r in rows)
+env = os.environ
 print(f"Floods from 127.0.0.2-127.0.0.41, {conns} connections from each ({40 * int(conns)}): "
       f"zero-window = h2c, INITIAL_WINDOW_SIZE 0, {streams} GETs per connection; trickle = POST "
       f"with Content-Length 1000000, one byte every {interval} s. Normal client from 127.0.0.100: "
       f"GET /hello over {conc} HTTP/1.1 keep-alive connections, {rate} requests/s, {dur} s per run"
       + (f", a new connection every {rpc} requests" if rpc != "0" else "")
       + ". p99 over the 2xx answers; a request that fails or takes over 5 s is not a success."
-      + f" The normal client is the {__import__('os').environ.get('CLIENT', 'python')} one."
-      + f" The flood's processes run at nice {__import__('os').environ.get('FLOOD_NICE', '0')}"
-      + (f", on CPUs {__import__('os').environ['FLOOD_CPUS']}" if __import__('os').environ.get('FLOOD_CPUS') else "")
-      + ".\n")
-print("| server | flood | flood connections held (peak) | normal requests | success | p99 | p99 / unloaded |")
-print("|---|---|---|---|---|---|---|")
-base = {}
-for server, mode, c, f in rows:
-    if mode == "none":
-        base[server] = c.get("p99_ms")
-    p99 = c.get("p99_ms")
-    ratio = f"{p99 / base[server]:.2f}x" if p99 and base.get(server) else "n/a"
-    held = f"{f['peak_held']:,}" if f else "-"
-    fail = dict(c.get("other_statuses", {}), **c.get("errors", {}))
+      + f" The normal client is the {env.get('CLIENT', 'python')} one."
+      + f" The flood's processes run at nice {env.get('FLOOD_NICE', '0')}"
+      + (f", on CPUs {env['FLOOD_CPUS']}" if env.get('FLOOD_CPUS') else "")
+      + (", under SCHED_IDLE" if env.get('FLOOD_SCHED') == "idle" else "")
+      + "."
+      + (f" {rounds} rounds: p99 and ratio are the medians over the rounds, each round's ratio "
+         "taken against that round's unloaded p99." if rounds > 1 else "")
+      + "\n")
+print("| server | flood | flood connections held (peak) | normal requests | success | p99 | p99 / unloaded |"
+      + (" each round |" if rounds > 1 else ""))
+print("|---|---|---|---|---|---|---|" + ("---|" if rounds > 1 else ""))
+base = {(s, r): c.get("p99_ms") for s, m, r, c, f in rows if m == "none"}
+groups = {}
+for server, mode, rnd, c, f in rows:
+    groups.setdefault((server, mode), []).append((rnd, c, f))
+for (server, mode), runs in groups.items():
+    p99s = [c["p99_ms"] for _, c, _ in runs if c.get("p99_ms") is not None]
+    ratios = [c["p99_ms"] / base[(server, rnd)] for rnd, c, _ in runs
+              if c.get("p99_ms") and base.get((server, rnd))]
+    requests = sum(c["requests"] for _, c, _ in runs)
+    ok = sum(c["ok"] for _, c, _ in runs)
+    fail = {}
+    for _, c, _ in runs:
+        for k, v in list(c.get("other_statuses", {}).items()) + list(c.get("errors", {}).items()):
+            fail[k] = fail.get(k, 0) + v
     failed = "" if not fail else " (" + ", ".join(f"{k}: {v}" for k, v in sorted(fail.items())) + ")"
-    p99s = f"{p99:.1f} ms" if p99 is not None else "n/a"
-    print(f"| {server} | {'unloaded' if mode == 'none' else mode} | {held} | {c['requests']:,} | "
-          f"{c['success_pct']:.2f}%{failed} | {p99s} | {ratio} |")
+    held = max((f["peak_held"] for _, _, f in runs if f), default=None)
+    held = f"{held:,}" if held is not None else "-"
+    p99 = f"{statistics.median(p99s):.1f} ms" if p99s else "n/a"
+    ratio = f"{statistics.median(ratios):.2f}x" if ratios else "n/a"
+    each = (" " + ", ".join(f"{x:.2f}x" for x in ratios) + " |") if rounds > 1 else ""
+    print(f"| {server} | {'unloaded' if mode == 'none' else mode} | {held} | {requests:,} | "
+          f"{100.0 * ok / max(requests, 1):.2f}%{failed} | {p99} | {ratio} |{each}")
 print("\nFlood detail (connections opened, closed by the server, median lifetime of a closed one, "
       "what the server said):\n")
-for server, mode, c, f in rows:
+for server, mode, rnd, c, f in rows:
     if f:
         said = ", ".join(f"{k}: {v}" for k, v in sorted(f["statuses"].items())) or "-"
-        print(f"- {server} {mode}: {f['connects']:,} connects ({f['connect_errors']} failed), "
+        print(f"- {server} {mode}" + (f" (round {rnd})" if rounds > 1 else "") + f": {f['connects']:,} connects ({f['connect_errors']} failed), "
               f"{f['closed_by_server']:,} closed by the server, median lifetime "
               f"{f['median_lifetime_s']} s, {f['responses']:,} response heads, "
               f"{f['resets']:,} stream resets; {said}")
-if any(r[0] == "nginx" and r[3] for r in rows):
+if any(r[0] == "nginx" and r[4] for r in rows):
     print(f"- nginx error log: {nginx_full or 0} 'worker_connections are not enough' alerts")
 PY

@@ -336,6 +336,30 @@ const ADMIN_TOKEN: &str = "abuse-admin-token";
 
 /// Two execution slots, a trigger whose callbacks go to a host that never answers, and one
 /// without callbacks.
+/// A node with the admin listener and one trigger `t` (echo) taking async requests, no
+/// retries, callbacks allowed to `callback_host` only.
+fn one_async_trigger(callback_host: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+admin_token = "{ADMIN_TOKEN}"
+data_dir = "data"
+
+[[function]]
+name = "echo"
+wasm = "{{echo}}"
+memory_mb = 16
+
+[[trigger]]
+name = "t"
+function = "echo"
+async = {{ max_retries = 0, callback_hosts = ["{callback_host}"] }}
+"#
+    )
+}
+
 fn callback_config(silent: &SilentHost, queue: &str) -> String {
     format!(
         r#"
@@ -562,29 +586,14 @@ async fn fill_trigger(s: &TestServer, path: &str) -> (usize, Option<(u16, String
 async fn tasks_read_back_from_the_queue_are_checked_like_requests() {
     let (listed, unlisted) = (common::Receiver::start(200), common::Receiver::start(200));
     let dir = tempfile::tempdir().unwrap();
-    let cfg = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-admin_token = "{ADMIN_TOKEN}"
-data_dir = "data"
-
-[[function]]
-name = "echo"
-wasm = "{{echo}}"
-memory_mb = 16
-
-[[trigger]]
-name = "t"
-function = "echo"
-async = {{ max_retries = 0, callback_hosts = ["{listed}"] }}
-"#,
-        listed = listed.addr
-    );
+    let cfg = one_async_trigger(&listed.addr);
     let mut s = TestServer::start_in(dir.path(), &cfg, &[]);
     let client = reqwest::Client::new();
-    for (id, callback) in [("big", None), ("moved", Some(listed.url("/cb")))] {
+    for (id, callback) in [
+        ("big", None),
+        ("moved", Some(listed.url("/cb"))),
+        ("misnamed", None),
+    ] {
         let mut req = client
             .post(s.url("/t"))
             .header("x-fc-invocation-type", "Async")
@@ -614,14 +623,24 @@ async = {{ max_retries = 0, callback_hosts = ["{listed}"] }}
             )
             .unwrap();
         assert_eq!(n, 1);
+        // A stored header no client could have sent: a name with a space in it.
+        let n = db
+            .execute(
+                "UPDATE tasks SET invocation = json_set(invocation, '$.headers[0][0]', 'bad name'),
+                 due_ms = 0 WHERE id = 'misnamed'",
+                [],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
     }
     let s = TestServer::start_in(dir.path(), &cfg, &[]);
     let (ok, t) = poll_task(&s, "big", 400, |t| t["state"] == "Failed").await;
     assert!(ok, "an oversized stored body was run: {t}");
     assert!(
-        t["last_error"].as_str().unwrap_or("").contains("not valid")
-            || s.stderr_text().contains("a stored task set aside"),
-        "{t}"
+        s.stderr_text()
+            .contains("a stored task set aside: its body of 10000000 bytes"),
+        "{t}\n{}",
+        s.stderr_text()
     );
     let (ok, t) = poll_task(&s, "moved", 400, |t| {
         t["callback_status"]
@@ -642,6 +661,16 @@ async = {{ max_retries = 0, callback_hosts = ["{listed}"] }}
         "a callback reached a host callback_hosts does not list"
     );
     assert!(listed.next(Duration::from_millis(10)).is_none());
+    let (ok, t) = poll_task(&s, "misnamed", 400, |t| t["state"] == "Failed").await;
+    assert!(ok, "a task with an invalid stored header was run: {t}");
+    assert!(
+        s.stderr_text().contains("stored header 'bad name'"),
+        "{}",
+        s.stderr_text()
+    );
+    // The node still serves.
+    let r = client.post(s.url("/t")).body("after").send().await.unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 /// A node of the JetStream server `broker`, with an admin listener and one async trigger.
@@ -913,11 +942,14 @@ function = "probe"
     );
 }
 
-/// Finding 15: `/readyz` without the admin token names a failing source and its state, not
-/// the broker's error text (which names hosts and accounts); with the token, the reason.
+/// Finding 15: `/readyz` without the admin token names a failing source, and a JWT trigger
+/// whose keys cannot be fetched, with their states, not the error text (which names hosts
+/// and accounts); with the token, the reasons.
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_without_the_token_withholds_error_text() {
     let port = common::free_port();
+    // Nothing listens here either: the JWT trigger's key fetches fail with the address.
+    let keys_port = common::free_port();
     let s = TestServer::start(&format!(
         r#"
 [server]
@@ -937,6 +969,15 @@ kind = "mqtt"
 function = "echo"
 broker = "mqtt://127.0.0.1:{port}"
 topics = ["x/#"]
+
+[[trigger]]
+name = "api"
+function = "echo"
+path = "/api"
+auth = "jwt"
+[trigger.jwt]
+jwks_url = "http://127.0.0.1:{keys_port}/jwks"
+algorithms = ["RS256"]
 "#
     ));
     let client = reqwest::Client::new();
@@ -954,28 +995,42 @@ topics = ["x/#"]
                 .unwrap()
         }
     };
-    // Bounded: until the source has failed to connect at least once.
+    // Bounded: until the source has failed to connect at least once and the first key fetch
+    // has failed.
     let mut full = serde_json::Value::Null;
     for _ in 0..200 {
         full = ready(true).await;
-        if full["sources"]["sensors"]["detail"]
+        let source_failed = full["sources"]["sensors"]["detail"]
             .as_str()
-            .is_some_and(|d| !d.is_empty())
-        {
+            .is_some_and(|d| !d.is_empty());
+        let keys_failed = full["jwt_keys"]["api"]["problem"].is_string();
+        if source_failed && keys_failed {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(full["degraded"].to_string().contains("sensors"), "{full}");
+    assert!(full["degraded"].to_string().contains("api"), "{full}");
     let detail = full["sources"]["sensors"]["detail"].as_str().unwrap_or("");
     assert!(!detail.is_empty(), "{full}");
+    let problem = full["jwt_keys"]["api"]["problem"].as_str().unwrap_or("");
+    assert!(problem.contains(&keys_port.to_string()), "{full}");
     let public = ready(false).await;
     assert!(
         public["degraded"].to_string().contains("sensors"),
         "{public}"
     );
+    assert!(public["degraded"].to_string().contains("api"), "{public}");
     assert_eq!(public["sources"]["sensors"]["detail"], "", "{public}");
+    assert_eq!(
+        public["jwt_keys"]["api"]["problem"], "details with the admin token",
+        "{public}"
+    );
     assert!(!public.to_string().contains(&port.to_string()), "{public}");
+    assert!(
+        !public.to_string().contains(&keys_port.to_string()),
+        "{public}"
+    );
 }
 
 /// Finding 2, the bytes one connection holds: HTTP/2 streams share
@@ -1268,4 +1323,60 @@ token_lookup = "header:Authorization:Bearer ,form:jwt"
     assert_eq!(code, 408, "{text}");
     assert!(text.contains("RequestTimeout"), "{text}");
     assert!(text.contains("not received within 2000 ms"), "{text}");
+}
+
+/// Finding 17: a webhook URL is a secret (its query or userinfo often carries the token), so
+/// the log line of a failed delivery names the host and path only. Before, the whole URL
+/// was logged.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_callback_is_logged_without_its_credentials() {
+    let hook = common::Receiver::start(500);
+    let s = TestServer::start(&one_async_trigger("127.0.0.1"));
+    let url = format!(
+        "http://hookuser:pw-s3cret@{}/hooks/orders?token=q-s3cret#frag-s3cret",
+        hook.addr
+    );
+    let resp = reqwest::Client::new()
+        .post(s.url("/t"))
+        .header("x-fc-invocation-type", "Async")
+        .header("x-fc-async-task-id", "hooked")
+        .header("x-callback-url", &url)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let got = hook
+        .next(Duration::from_secs(30))
+        .expect("the callback was sent");
+    assert_eq!(got.path, "/hooks/orders?token=q-s3cret");
+    let (done, t) = poll_task(&s, "hooked", 400, |t| {
+        t["callback_status"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("Failed"))
+    })
+    .await;
+    assert!(done, "{t}");
+    // Bounded: the warning is written by the log thread after the record.
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = s.stderr_text();
+        if log.contains("callback failed") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let line = log
+        .lines()
+        .find(|l| l.contains("callback failed"))
+        .unwrap_or_else(|| panic!("no failed-callback line in the log:\n{log}"));
+    assert!(
+        line.contains(&format!("http://{}/hooks/orders?...", hook.addr)),
+        "{line}"
+    );
+    assert!(
+        !log.contains("s3cret"),
+        "a credential reached the log:\n{log}"
+    );
+    assert!(!log.contains("hookuser"), "{log}");
 }

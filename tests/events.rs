@@ -305,6 +305,13 @@ async fn every_bad_event_field_is_a_400_that_names_it() {
         (json!({"type": 5}), "type"),
         (json!({"type": "x", "delay": -1}), "delay"),
         (json!({"type": "x", "delay": 601}), "delay"),
+        // Finding 10 of the abuse review: these overflowed the time arithmetic and panicked.
+        (json!({"type": "x", "delay": 1e13}), "delay"),
+        (json!({"type": "x", "delay": 1.7e308}), "delay"),
+        (
+            json!({"type": "x", "timestamp": 8210298412799999_i64, "delay": 1}),
+            "timestamp",
+        ),
         (json!({"type": "x", "timestamp": "yesterday"}), "timestamp"),
         (
             json!({"type": "x", "isSynchronous": true, "delay": 1}),
@@ -591,6 +598,66 @@ async fn an_async_event_nobody_subscribes_to_is_accepted_with_no_tasks() {
     );
     assert_eq!(body["tasks"], json!([]), "{body}");
     assert!(tasks(&s, "events").await.is_empty());
+}
+
+/// Finding 12 of the abuse review: a task id is made of the event id and the function's
+/// name, and two different pairs must never give the same one. With `-` between them,
+/// event `p-a` for function `x` and event `p` for function `a-x` were both `evt-p-a-x`: the
+/// second publish found the first's task and one subscriber never got its event.
+#[tokio::test]
+async fn event_task_ids_never_collide_across_event_ids_and_function_names() {
+    let s = TestServer::start(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+data_dir = "data"
+
+[[function]]
+name = "x"
+wasm = "{echo}"
+events = ["t"]
+
+[[function]]
+name = "a-x"
+wasm = "{echo}"
+events = ["t"]
+
+[[trigger]]
+name = "events"
+kind = "event"
+path = "/events"
+async = { max_event_age_s = 3600 }
+"#,
+    );
+    let mut all = Vec::new();
+    for id in ["p-a", "p"] {
+        // Delayed, so both stay queued while the test reads them back.
+        let r = client()
+            .post(s.url("/events"))
+            .json(&json!({"type": "t", "id": id, "delay": 600}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{id}");
+        let body: Value = r.json().await.unwrap();
+        let ids = body["tasks"].as_array().cloned().unwrap_or_default();
+        assert_eq!(ids.len(), 2, "{id}: {body}");
+        all.extend(
+            ids.into_iter()
+                .map(|t| t.as_str().unwrap_or("").to_string()),
+        );
+    }
+    all.sort();
+    let mut distinct = all.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4, "{all:?}");
+    let queued: Vec<String> = tasks(&s, "events")
+        .await
+        .iter()
+        .map(|t| t["id"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(queued.len(), 4, "{queued:?}");
 }
 
 /// `X-Fc-Event-Id` reaches the subscriber: the published id, or the one the gateway made
