@@ -118,8 +118,33 @@ impl Dispatcher {
 
     /// Runs an invocation now: resolve its target (404), admit it against the function's
     /// and the node's capacity (429/503, before any instance exists), set the headers the
-    /// function sees, and run it in a fresh instance.
-    pub async fn run<B>(&self, mut inv: Invocation<B>) -> Result<Outcome, GatewayError>
+    /// function sees, and run it in a fresh instance. All of that but waiting for the
+    /// response is done when this is called; the future holds no part of the request (see
+    /// [`crate::runtime::Function::invoke`]).
+    pub fn run<B>(
+        &self,
+        inv: Invocation<B>,
+    ) -> impl std::future::Future<Output = Result<Outcome, GatewayError>> + Send + use<B>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        use futures::TryFutureExt;
+        // Not an async block: it would keep the `Result` it starts from beside the future it
+        // awaits.
+        match self.start(inv) {
+            Ok(running) => futures::future::Either::Left(running.err_into()),
+            Err(e) => futures::future::Either::Right(std::future::ready(Err(e))),
+        }
+    }
+
+    fn start<B>(
+        &self,
+        mut inv: Invocation<B>,
+    ) -> Result<
+        impl std::future::Future<Output = Result<Outcome, crate::runtime::RuntimeError>> + Send + use<B>,
+        GatewayError,
+    >
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
@@ -148,9 +173,7 @@ impl Dispatcher {
             run.set("wasmgate.qualifier", &inv.target.qualifier);
         }
         // The runtime parents outbound calls on the run span and ends it when the guest is done.
-        Ok(function
-            .invoke(inv.request, inv.request_id, admission, run)
-            .await?)
+        Ok(function.invoke(inv.request, inv.request_id, admission, run))
     }
 
     /// Makes an invocation durable (committed before this returns) and gives its task id.

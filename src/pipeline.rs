@@ -297,24 +297,27 @@ impl App {
         } else {
             invocation_type
         };
-        // An anonymous trigger authenticates nobody: no span for it.
-        let mut auth_span = if matches!(trigger.config.auth, crate::config::AuthConfig::Anonymous) {
-            crate::trace::Span::off()
+        // An anonymous trigger authenticates nobody: no span and no await for it. The others
+        // are boxed: their future (a JWT trigger's may fetch keys) would otherwise take room
+        // in every request's future, anonymous ones included.
+        let (principal, read, body_digest, claimed) = if trigger.auth.is_anonymous() {
+            (Principal::Anonymous(conn.peer.ip()), None, None, None)
         } else {
-            crate::trace::child("authenticate", crate::trace::Kind::Internal, trace)
+            let mut auth_span =
+                crate::trace::child("authenticate", crate::trace::Kind::Internal, trace);
+            let authenticated = Box::pin(authenticate(
+                self,
+                trigger,
+                &mut parts,
+                unread,
+                conn,
+                &routed.function_path,
+            ))
+            .await
+            .inspect_err(|e| auth_span.set_error(e.to_string()))?;
+            auth_span.set_with("wasmgate.principal", || authenticated.0.id());
+            authenticated
         };
-        let (principal, read, body_digest, claimed) = authenticate(
-            self,
-            trigger,
-            &mut parts,
-            unread,
-            conn,
-            &routed.function_path,
-        )
-        .await
-        .inspect_err(|e| auth_span.set_error(e.to_string()))?;
-        auth_span.set_with("wasmgate.principal", || principal.id());
-        drop(auth_span);
         record.principal = Some(principal.id());
         record.anonymous = matches!(principal, Principal::Anonymous(_));
         throttle(self, trigger, &principal, conn).inspect_err(|e| {
@@ -344,25 +347,18 @@ impl App {
         };
         let (body, hash_mismatch) = check_body_hash(body, body_digest.as_ref())?;
         if is_event {
-            let limit = self.config.limits.max_async_body_bytes;
-            let body = collect_limited(body, limit)
-                .await
-                .map_err(|e| {
-                    GatewayError::InvalidArgument(format!("cannot read the request body: {e}"))
-                })?
-                .ok_or_else(|| {
-                    GatewayError::EntityTooLarge(format!(
-                        "event body is over the limit of {limit} bytes"
-                    ))
-                })?;
-            if hash_mismatch.load(Ordering::SeqCst) {
-                return Err(crate::auth::AuthError::SignatureNotMatch(
-                    "the request body does not match x-acs-content-sha256".into(),
-                )
-                .into());
-            }
-            return crate::sources::event::publish(self, trigger, &parts, body, request_id, trace)
-                .await;
+            // Boxed, like the async path below: rare next to sync requests, and their futures
+            // would otherwise take room in every request's.
+            return Box::pin(publish_event(
+                self,
+                trigger,
+                &parts,
+                body,
+                hash_mismatch,
+                request_id,
+                trace,
+            ))
+            .await;
         }
         let mut target = routed
             .target
@@ -387,7 +383,7 @@ impl App {
             trace,
         )?;
         if invocation_type == InvocationType::Async {
-            return enqueue(self, trigger, inv).await;
+            return Box::pin(enqueue(self, trigger, inv)).await;
         }
         run_sync(self, inv, hash_mismatch).await.inspect_err(|e| {
             if let GatewayError::Throttle(t) = e {
@@ -395,6 +391,37 @@ impl App {
             }
         })
     }
+}
+
+/// The event API's request: its body read whole (within the async body limit), its
+/// signed digest checked, and the event published to its subscribers.
+async fn publish_event<B>(
+    app: &App,
+    trigger: &Trigger,
+    parts: &http::request::Parts,
+    body: B,
+    hash_mismatch: Arc<std::sync::atomic::AtomicBool>,
+    request_id: &Arc<str>,
+    trace: Option<&crate::trace::Context>,
+) -> Result<Response<ResponseBody>, GatewayError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let limit = app.config.limits.max_async_body_bytes;
+    let body = collect_limited(body, limit)
+        .await
+        .map_err(|e| GatewayError::InvalidArgument(format!("cannot read the request body: {e}")))?
+        .ok_or_else(|| {
+            GatewayError::EntityTooLarge(format!("event body is over the limit of {limit} bytes"))
+        })?;
+    if hash_mismatch.load(Ordering::SeqCst) {
+        return Err(crate::auth::AuthError::SignatureNotMatch(
+            "the request body does not match x-acs-content-sha256".into(),
+        )
+        .into());
+    }
+    crate::sources::event::publish(app, trigger, parts, body, request_id, trace).await
 }
 
 /// The client's trace context, unless its `Connection` header names the trace headers as
@@ -954,15 +981,17 @@ where
 
 /// Stage 7 (sync): the dispatcher resolves, admits and runs the invocation; the body is
 /// counted as it streams; the function's response is shaped for the client.
-pub async fn run_sync<B>(
+pub fn run_sync<B>(
     app: &App,
     inv: Invocation<B>,
     hash_mismatch: Arc<std::sync::atomic::AtomicBool>,
-) -> Result<Response<ResponseBody>, GatewayError>
+) -> impl std::future::Future<Output = Result<Response<ResponseBody>, GatewayError>> + Send + use<B>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
+    // Everything up to the guest's start is done here, not in the future: it holds only
+    // what it needs after the response head (see `Function::invoke`).
     let Invocation {
         target,
         trigger,
@@ -976,7 +1005,8 @@ where
         .headers
         .get(&X_FC_LOG_TYPE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"tail"));
-    let (body, too_large) = LimitedBody::new(body, app.config.limits.max_body_bytes);
+    let max_body_bytes = app.config.limits.max_body_bytes;
+    let (body, too_large) = LimitedBody::new(body, max_body_bytes);
     let inv = Invocation {
         target,
         trigger,
@@ -985,27 +1015,41 @@ where
         request: Request::from_parts(parts, body),
         trace,
     };
-    let outcome = app.dispatcher.run(inv).await;
-    if too_large.load(Ordering::SeqCst) {
-        return Err(GatewayError::EntityTooLarge(format!(
-            "request body is over the limit of {} bytes",
-            app.config.limits.max_body_bytes
-        )));
-    }
-    if hash_mismatch.load(Ordering::SeqCst) {
-        return Err(crate::auth::AuthError::SignatureNotMatch(
-            "the request body does not match x-acs-content-sha256".into(),
-        )
-        .into());
-    }
-    let outcome = outcome?;
-    let mut response = if tail {
-        with_log_tail(outcome).await?
-    } else {
-        outcome.response
+    let running = app.dispatcher.run(inv);
+    // What follows the response head, without an async block around the guest's future
+    // (it would keep a second copy of it); only a log tail, rare, waits for more.
+    let checked = move |outcome: Result<crate::runtime::Outcome, GatewayError>| {
+        if too_large.load(Ordering::SeqCst) {
+            return Err(GatewayError::EntityTooLarge(format!(
+                "request body is over the limit of {max_body_bytes} bytes"
+            )));
+        }
+        if hash_mismatch.load(Ordering::SeqCst) {
+            return Err(crate::auth::AuthError::SignatureNotMatch(
+                "the request body does not match x-acs-content-sha256".into(),
+            )
+            .into());
+        }
+        outcome
     };
-    strip_hop_by_hop(response.headers_mut());
-    Ok(response)
+    use futures::FutureExt;
+    if tail {
+        futures::future::Either::Right(
+            async move {
+                let outcome = checked(running.await)?;
+                let mut response = with_log_tail(outcome).await?;
+                strip_hop_by_hop(response.headers_mut());
+                Ok(response)
+            }
+            .boxed(),
+        )
+    } else {
+        futures::future::Either::Left(running.map(move |outcome| {
+            let mut response = checked(outcome)?.response;
+            strip_hop_by_hop(response.headers_mut());
+            Ok(response)
+        }))
+    }
 }
 
 /// How much of a refused request's body is read and thrown away, and for how long, so the

@@ -189,6 +189,11 @@ impl TriggerAuth {
 
     /// Whether this request's check looks into the body (a JWT form field). A signature's
     /// body hash is not read here: it is checked as the body streams, after the signature.
+    /// Whether it authenticates nobody: every request is its client address's.
+    pub fn is_anonymous(&self) -> bool {
+        matches!(self.authenticator, Authenticator::Anonymous)
+    }
+
     pub fn needs_body(&self, parts: &http::request::Parts) -> bool {
         match &self.authenticator {
             Authenticator::Jwt(j) => j.needs_body(parts),

@@ -195,13 +195,38 @@ impl Function {
     /// the request URI's; where the request came from is none of the runtime's business.
     /// `run_span` is the run's span (tracing on): outbound calls are its children, and it
     /// ends, in error if the guest failed, when the guest is done.
-    pub async fn invoke<B, P>(
+    ///
+    /// The instance is set up and its task spawned when this is called; the future returned
+    /// only waits for the response head. It holds none of the request: futures are moved
+    /// whole on every request (hyper moves the service's future into its slot), so what
+    /// each level of the request path keeps across its awaits is paid for by every request.
+    pub fn invoke<B, P>(
         &self,
         request: http::Request<B>,
         request_id: Arc<str>,
         permits: P,
         run_span: crate::trace::Span,
-    ) -> Result<Outcome, RuntimeError>
+    ) -> impl std::future::Future<Output = Result<Outcome, RuntimeError>> + Send + use<B, P>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+        P: Send + 'static,
+    {
+        // Not an async block: it would keep the `Result` it starts from beside the future it
+        // awaits.
+        match self.start(request, request_id, permits, run_span) {
+            Ok(running) => futures::future::Either::Left(running.response()),
+            Err(e) => futures::future::Either::Right(std::future::ready(Err(e))),
+        }
+    }
+
+    fn start<B, P>(
+        &self,
+        request: http::Request<B>,
+        request_id: Arc<str>,
+        permits: P,
+        run_span: crate::trace::Span,
+    ) -> Result<Running, RuntimeError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
@@ -289,16 +314,44 @@ impl Function {
             }
             end
         });
-        let mut task = AbortOnDrop(Some(task));
+        Ok(Running {
+            name: self.name.clone(),
+            timeout,
+            deadline,
+            rx,
+            task: AbortOnDrop(Some(task)),
+            log,
+            finished,
+        })
+    }
+}
 
+/// A guest whose task is running: what waiting for its response head needs, and no more.
+struct Running {
+    name: Arc<str>,
+    timeout: std::time::Duration,
+    deadline: Instant,
+    rx: tokio::sync::oneshot::Receiver<
+        Result<
+            hyper::Response<HyperOutgoingBody>,
+            wasmtime_wasi_http::p2::bindings::http::types::ErrorCode,
+        >,
+    >,
+    task: AbortOnDrop,
+    log: GuestLog,
+    finished: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Running {
+    async fn response(mut self) -> Result<Outcome, RuntimeError> {
+        let (name, timeout, mut task) = (&self.name, self.timeout, self.task);
         let timed_out = || {
             RuntimeError::Timeout(format!(
-                "function '{}' did not finish within {} ms",
-                self.name,
+                "function '{name}' did not finish within {} ms",
                 timeout.as_millis()
             ))
         };
-        match tokio::time::timeout_at(deadline.into(), rx).await {
+        match tokio::time::timeout_at(self.deadline.into(), &mut self.rx).await {
             Err(_) => {
                 // Stop the guest and wait until it is gone, so its permits are back before
                 // the client hears 504 (a looping guest reaches a yield point every tick).
@@ -318,19 +371,17 @@ impl Function {
                     .sum();
                 if header_bytes > MAX_RESPONSE_HEADER_BYTES {
                     return Err(RuntimeError::BadResponse(format!(
-                        "function '{}' answered with {header_bytes} bytes of headers (limit {MAX_RESPONSE_HEADER_BYTES})",
-                        self.name
+                        "function '{name}' answered with {header_bytes} bytes of headers (limit {MAX_RESPONSE_HEADER_BYTES})"
                     )));
                 }
                 Ok(Outcome {
                     response,
-                    log,
-                    finished,
+                    log: self.log,
+                    finished: self.finished,
                 })
             }
             Ok(Ok(Err(code))) => Err(RuntimeError::Failed(format!(
-                "function '{}' reported an error: {code:?}",
-                self.name
+                "function '{name}' reported an error: {code:?}"
             ))),
             Ok(Err(_)) => {
                 // The guest dropped its response outparam: find out how it ended.
@@ -341,13 +392,11 @@ impl Function {
                 };
                 match end {
                     Ok(GuestEnd::Returned) => Err(RuntimeError::BadResponse(format!(
-                        "function '{}' returned without setting a response",
-                        self.name
+                        "function '{name}' returned without setting a response"
                     ))),
                     Ok(GuestEnd::Timeout) => Err(timed_out()),
                     Ok(GuestEnd::Failed(msg)) => Err(RuntimeError::Failed(format!(
-                        "function '{}' failed: {msg}",
-                        self.name
+                        "function '{name}' failed: {msg}"
                     ))),
                     Err(e) => Err(RuntimeError::Host(format!("guest task failed: {e}"))),
                 }
