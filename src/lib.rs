@@ -61,6 +61,8 @@ use crate::throttle::{Limits, RateLimit};
 #[derive(Debug)]
 pub struct Trigger {
     pub config: TriggerConfig,
+    /// `config.name`, shared by every invocation it makes.
+    pub name: Arc<str>,
     pub auth: TriggerAuth,
     /// The function and qualifier its invocations target (`None` when the function is
     /// chosen per request or message: routes by name, topic routing, the event API).
@@ -426,6 +428,7 @@ impl App {
                 router.insert(t.host.as_deref(), prefix, i);
             }
             triggers.push(Trigger {
+                name: t.name.as_str().into(),
                 config: t.clone(),
                 auth,
                 target: t.function.as_ref().map(|f| Target {

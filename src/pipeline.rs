@@ -1150,22 +1150,36 @@ fn invocation<B>(
     authority: Option<&str>,
     trace: Option<&crate::trace::Context>,
 ) -> Result<Invocation<B>, GatewayError> {
-    let original = parts
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    let stripped = match parts.uri.query() {
-        Some(q) => format!("{function_path}?{q}"),
-        None => function_path.to_string(),
+    let original = parts.uri.path_and_query().cloned();
+    // The path as the function sees it: the client's when routing kept it whole (the
+    // common case: no copy), else the part after the trigger's prefix, with the query.
+    let stripped = match &original {
+        Some(pq) if pq.path() == function_path => pq.clone(),
+        _ => {
+            let query = parts.uri.query();
+            let mut s =
+                String::with_capacity(function_path.len() + query.map_or(0, |q| q.len() + 1));
+            s.push_str(function_path);
+            if let Some(q) = query {
+                s.push('?');
+                s.push_str(q);
+            }
+            http::uri::PathAndQuery::from_maybe_shared(Bytes::from(s)).map_err(|e| {
+                GatewayError::InvalidArgument(format!("invalid request target: {e}"))
+            })?
+        }
     };
     let authority = authority.unwrap_or("localhost");
-    let scheme = if conn.https { "https" } else { "http" };
+    let scheme = if conn.https {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    };
     // Never the original target: a URI that cannot be rebuilt from checked parts is refused.
     parts.uri = http::Uri::builder()
         .scheme(scheme)
         .authority(authority)
-        .path_and_query(stripped.as_str())
+        .path_and_query(stripped)
         .build()
         .map_err(|e| GatewayError::InvalidArgument(format!("invalid request target: {e}")))?;
     let headers = &mut parts.headers;
@@ -1192,12 +1206,12 @@ fn invocation<B>(
     for k in dropped {
         headers.remove(&k);
     }
-    if let Ok(v) = HeaderValue::from_str(&original) {
+    if let Ok(v) = HeaderValue::from_str(original.as_ref().map_or("/", |pq| pq.as_str())) {
         headers.insert(X_FC_ORIGINAL_PATH.clone(), v);
     }
     Ok(Invocation {
         target,
-        trigger: trigger.config.name.as_str().into(),
+        trigger: trigger.name.clone(),
         source: Source::Http {
             peer: conn.peer,
             https: conn.https,

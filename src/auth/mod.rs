@@ -81,13 +81,23 @@ pub enum Principal {
 impl Principal {
     /// A stable identifier for logs and rate-limit keys.
     pub fn id(&self) -> String {
-        match self {
-            Principal::Anonymous(ip) => format!("ip:{ip}"),
-            Principal::AccessKey(k) => format!("key:{k}"),
-            Principal::User(u) => format!("user:{u}"),
-            Principal::Subject(s) => format!("sub:{s}"),
-            Principal::Token(t) => format!("token:{t}"),
-        }
+        let (kind, name) = match self {
+            Principal::Anonymous(ip) => {
+                // Every anonymous request has one: written without the formatter.
+                let mut id = String::with_capacity(3 + 39);
+                id.push_str("ip:");
+                crate::text::push_ip(&mut id, *ip);
+                return id;
+            }
+            Principal::AccessKey(k) => ("key:", k),
+            Principal::User(u) => ("user:", u),
+            Principal::Subject(s) => ("sub:", s),
+            Principal::Token(t) => ("token:", t),
+        };
+        let mut id = String::with_capacity(kind.len() + name.len());
+        id.push_str(kind);
+        id.push_str(name);
+        id
     }
 }
 
@@ -281,6 +291,27 @@ impl TriggerAuth {
 mod tests {
     use super::*;
     use crate::config::Config;
+
+    #[test]
+    fn principal_ids_name_their_kind() {
+        let cases = [
+            (
+                Principal::Anonymous("10.1.2.3".parse().unwrap()),
+                "ip:10.1.2.3",
+            ),
+            (
+                Principal::Anonymous("2001:db8::1".parse().unwrap()),
+                "ip:2001:db8::1",
+            ),
+            (Principal::AccessKey("AK1".into()), "key:AK1"),
+            (Principal::User("ann".into()), "user:ann"),
+            (Principal::Subject("u-42".into()), "sub:u-42"),
+            (Principal::Token("ci".into()), "token:ci"),
+        ];
+        for (p, id) in cases {
+            assert_eq!(p.id(), id);
+        }
+    }
 
     fn triggers() -> Vec<TriggerAuth> {
         let jwks = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwks.json");
