@@ -11,6 +11,7 @@
 #
 #   bash bench/async.sh          DURATION=10s bash bench/async.sh
 #   BIN=/path/to/other/wasmgate bash bench/async.sh     # another build (for an A/B)
+#   WORKERS=64 bash bench/async.sh      # [queue] workers for every node (default: unset, 16)
 #   BASELINE=/path/to/other/wasmgate bash bench/async.sh
 #                           # also measures that build, interleaved with this one in the same
 #                           # run: a build column in the tables and a baseline column in the
@@ -49,6 +50,7 @@ admin_listen = "127.0.0.1:$ADMIN"
 data_dir = "$work/$name/data"
 [queue]
 group_commit = $gc
+${WORKERS:+workers = $WORKERS}
 $(hello_tables)
 async = { max_retries = 0 }
 TOML

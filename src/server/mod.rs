@@ -52,9 +52,7 @@ pub async fn run(gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> R
     let mut listeners = Vec::new();
     let mut announce = Vec::new();
     for (addr, role) in bound {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
+        let listener = listen(addr).with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
         let name = match role {
             Listener::Public => "public",
@@ -392,6 +390,26 @@ impl http_body::Body for Watched {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Connections the kernel completes and holds for a listener while every slot is taken
+/// (`max_connections`): the accept loop takes one only when a slot frees, so past the slots
+/// clients wait here, costing no memory of ours. `std`'s default of 128 is soon full under
+/// a burst or a flood; a client whose handshake the kernel cannot queue has its SYN dropped
+/// and waits out a retransmission (1 s, then 2, 4, ...) before its turn. nginx uses 511;
+/// the kernel caps this at `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted node rebinds while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn accept_loop(
