@@ -189,11 +189,11 @@ fn benches(c: &mut Criterion) {
         .unwrap();
     let _enter = rt.enter();
     let (app, _data) = app();
-    let conn = ConnInfo {
-        peer: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 40000),
-        listener: Listener::Public,
-        https: false,
-    };
+    let conn = ConnInfo::new(
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 40000),
+        Listener::Public,
+        false,
+    );
 
     let engine = app.dispatcher.runtime().engine().clone();
     let mut linker: Linker<Bare> = Linker::new(&engine);

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::Empty;
 use wasmgate::config::{Config, Listener};
-use wasmgate::invocation::{Invocation, Source, Target};
+use wasmgate::invocation::{Invocation, Source};
 use wasmgate::{App, ConnInfo, pipeline, router};
 
 const SECRET: &str = "bench-signature-secret";
@@ -86,11 +86,11 @@ fn benches(c: &mut Criterion) {
         .unwrap();
     let _enter = rt.enter();
     let (app, _data) = app();
-    let conn = ConnInfo {
-        peer: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 40000),
-        listener: Listener::Public,
-        https: false,
-    };
+    let conn = ConnInfo::new(
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 40000),
+        Listener::Public,
+        false,
+    );
     let plain = parts("/", &[]);
 
     c.bench_function("stage/request_id", |b| {
@@ -145,14 +145,19 @@ fn benches(c: &mut Criterion) {
     });
 
     let request_id: Arc<str> = "0f8e6b2a-1c3d-4e5f-8a9b-0c1d2e3f4a5b".into();
+    // As the HTTP door stamps: the trigger's values built once, the connection's address
+    // formatted once, the request id's value shared with the response.
+    let prebuilt = wasmgate::invocation::Prebuilt {
+        trigger: Some(app.triggers[0].values.clone()),
+        request_id: http::HeaderValue::from_str(&request_id).ok(),
+        forwarded_for: Some(conn.peer_ip.clone()),
+    };
+    let target = app.triggers[0].target.clone().unwrap();
     c.bench_function("stage/stamp", |b| {
         b.iter(|| {
             let mut inv = Invocation {
-                target: Target {
-                    function: "hello".into(),
-                    qualifier: "LATEST".into(),
-                },
-                trigger: "anonymous".into(),
+                target: target.clone(),
+                trigger: app.triggers[0].name.clone(),
                 source: Source::Http {
                     peer: conn.peer,
                     https: false,
@@ -160,6 +165,7 @@ fn benches(c: &mut Criterion) {
                 request_id: request_id.clone(),
                 request: http::Request::from_parts(plain.clone(), ()),
                 trace: None,
+                prebuilt: prebuilt.clone(),
             };
             inv.stamp();
             inv
@@ -167,21 +173,8 @@ fn benches(c: &mut Criterion) {
     });
 
     c.bench_function("stage/metrics", |b| {
-        let m = &wasmgate::metrics::METRICS;
-        b.iter(|| {
-            m.requests
-                .get_or_create(&wasmgate::metrics::RequestLabels {
-                    trigger: "anonymous".to_string(),
-                    status: 200,
-                    auth: "anonymous",
-                })
-                .inc();
-            m.duration
-                .get_or_create(&wasmgate::metrics::TriggerLabels {
-                    trigger: "anonymous".to_string(),
-                })
-                .observe(0.000_05);
-        })
+        let t = &app.triggers[0];
+        b.iter(|| t.series.record(&t.name, 200, "anonymous", 0.000_05))
     });
 
     // The server's writer: the batching writer thread, here writing to nowhere.
@@ -198,6 +191,7 @@ fn benches(c: &mut Criterion) {
             wasmgate::access_log::record(&wasmgate::access_log::Entry {
                 request_id: &request_id,
                 peer: conn.peer,
+                peer_ip: conn.peer_ip(),
                 method: &method,
                 path: "/",
                 trigger: Some("anonymous"),

@@ -38,6 +38,8 @@ pub fn install(format: Format, writer: crate::log_writer::LogWriter) {
 pub struct Entry<'a> {
     pub request_id: &'a str,
     pub peer: SocketAddr,
+    /// `peer`'s IP address as text (formatted once per connection).
+    pub peer_ip: &'a str,
     pub method: &'a http::Method,
     pub path: &'a str,
     pub trigger: Option<&'a str>,
@@ -127,11 +129,16 @@ fn timestamp(out: &mut String) {
     out.push_str(std::str::from_utf8(&digits).unwrap_or(".000000Z"));
 }
 
-/// Appends a socket address as `Display` writes it (`[v6]:port` for IPv6).
-fn push_peer(out: &mut String, peer: SocketAddr) {
+/// Appends a socket address as `Display` writes it (`[v6]:port` for IPv6), its IPv4
+/// address from `ip` (the address as text) when that is one.
+fn push_peer(out: &mut String, peer: SocketAddr, ip: &str) {
     match peer {
         SocketAddr::V4(a) => {
-            push_ip(out, std::net::IpAddr::V4(*a.ip()));
+            if ip.is_empty() {
+                push_ip(out, std::net::IpAddr::V4(*a.ip()));
+            } else {
+                out.push_str(ip);
+            }
             out.push(':');
             push_int(out, a.port());
         }
@@ -147,7 +154,7 @@ fn json_line(out: &mut String, e: &Entry<'_>) {
     out.push_str("\",\"level\":\"INFO\",\"fields\":{\"message\":\"request\",\"request_id\":");
     json_str(out, e.request_id);
     out.push_str(",\"peer\":\"");
-    push_peer(out, e.peer);
+    push_peer(out, e.peer, e.peer_ip);
     out.push_str("\",\"method\":");
     json_str(out, e.method.as_str());
     out.push_str(",\"path\":");
@@ -238,6 +245,7 @@ mod tests {
         Entry {
             request_id: "0f8e-1",
             peer: "127.0.0.1:4000".parse().unwrap(),
+            peer_ip: "127.0.0.1",
             method,
             path: "/a\"b",
             trigger: Some("hello"),
@@ -285,7 +293,13 @@ mod tests {
         ] {
             let peer: SocketAddr = peer.parse().unwrap();
             let mut out = String::new();
-            push_peer(&mut out, peer);
+            push_peer(&mut out, peer, "");
+            assert_eq!(out, peer.to_string());
+            // With the address a connection formatted once.
+            let conn = crate::ConnInfo::new(peer, crate::config::Listener::Public, false);
+            assert_eq!(conn.peer_ip(), peer.ip().to_string());
+            out.clear();
+            push_peer(&mut out, peer, conn.peer_ip());
             assert_eq!(out, peer.to_string());
             out.clear();
             push_ip(&mut out, peer.ip());

@@ -133,6 +133,42 @@ pub struct Invocation<B> {
     /// The span this invocation continues (tracing on): the client request's, a message's,
     /// an async attempt's. Its first span of its own is a child of it.
     pub trace: Option<crate::trace::Context>,
+    /// Header values built before [`Invocation::stamp`] (the HTTP door's).
+    pub prebuilt: Prebuilt,
+}
+
+/// Header values built ahead of [`Invocation::stamp`]: once per trigger (its name, function
+/// and qualifier), per connection (the client's address) or per request (its id, shared with
+/// the response's header). Cloning one is a reference count; building one checks and copies
+/// its text. `stamp` uses a trigger's or a request's value only when its bytes are the text
+/// it stands for (a qualifier a claim chose, a target the router picked), so a stale or
+/// missing one costs a build, never a wrong header.
+#[derive(Debug, Clone, Default)]
+pub struct Prebuilt {
+    pub trigger: Option<Arc<TriggerValues>>,
+    pub request_id: Option<HeaderValue>,
+    /// `X-Forwarded-For` for a [`Source::Http`] invocation: its peer's address, from the
+    /// same [`crate::ConnInfo`] as the source.
+    pub forwarded_for: Option<HeaderValue>,
+}
+
+/// A trigger's name and target as header values.
+#[derive(Debug, Default)]
+pub struct TriggerValues {
+    name: Option<HeaderValue>,
+    function: Option<HeaderValue>,
+    qualifier: Option<HeaderValue>,
+}
+
+impl TriggerValues {
+    pub fn new(name: &str, target: Option<&Target>) -> TriggerValues {
+        let value = |s: &str| HeaderValue::from_str(s).ok();
+        TriggerValues {
+            name: value(name),
+            function: target.and_then(|t| value(&t.function)),
+            qualifier: target.and_then(|t| value(&t.qualifier)),
+        }
+    }
 }
 
 impl<B> Invocation<B> {
@@ -145,6 +181,7 @@ impl<B> Invocation<B> {
             request_id: self.request_id,
             request: self.request.map(f),
             trace: self.trace,
+            prebuilt: self.prebuilt,
         }
     }
 
@@ -154,22 +191,52 @@ impl<B> Invocation<B> {
     /// `X-Fc-Scheduled-Time`; for a broker message `X-Topic`; for an event
     /// `X-Fc-Event-Id`; for a queued task `X-Fc-Async-Task-Id`. Values the gateway sets replace whatever was there.
     pub fn stamp(&mut self) {
+        let pre = &self.prebuilt;
+        let values = pre.trigger.as_deref();
         let headers = self.request.headers_mut();
         // The gateway headers, and room for `traceparent` and `tracestate` (tracing on).
         headers.reserve(10);
-        set(headers, &names::REQUEST_ID, &self.request_id);
-        set(headers, &names::FUNCTION_NAME, &self.target.function);
-        set(headers, &names::TRIGGER_NAME, &self.trigger);
+        set(
+            headers,
+            &names::REQUEST_ID,
+            pre.request_id.as_ref(),
+            &self.request_id,
+        );
+        set(
+            headers,
+            &names::FUNCTION_NAME,
+            values.and_then(|v| v.function.as_ref()),
+            &self.target.function,
+        );
+        set(
+            headers,
+            &names::TRIGGER_NAME,
+            values.and_then(|v| v.name.as_ref()),
+            &self.trigger,
+        );
         headers.insert(
             names::TRIGGER_TYPE.clone(),
             HeaderValue::from_static(self.source.kind().as_str()),
         );
-        set(headers, &names::QUALIFIER, &self.target.qualifier);
+        set(
+            headers,
+            &names::QUALIFIER,
+            values.and_then(|v| v.qualifier.as_ref()),
+            &self.target.qualifier,
+        );
         match &self.source {
             Source::Http { peer, https } => {
-                let mut ip = String::with_capacity(15);
-                crate::text::push_ip(&mut ip, peer.ip());
-                set(headers, &names::FORWARDED_FOR, &ip);
+                let forwarded = match &pre.forwarded_for {
+                    Some(v) => Some(v.clone()),
+                    None => {
+                        let mut ip = String::with_capacity(15);
+                        crate::text::push_ip(&mut ip, peer.ip());
+                        HeaderValue::from_str(&ip).ok()
+                    }
+                };
+                if let Some(v) = forwarded {
+                    headers.insert(names::FORWARDED_FOR.clone(), v);
+                }
                 headers.insert(
                     names::FORWARDED_PROTO.clone(),
                     HeaderValue::from_static(if *https { "https" } else { "http" }),
@@ -178,12 +245,13 @@ impl<B> Invocation<B> {
             Source::Cron { scheduled } => set(
                 headers,
                 &names::SCHEDULED_TIME,
+                None,
                 &scheduled.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             ),
-            Source::Mqtt { topic } => set(headers, &names::TOPIC, topic),
-            Source::Nats { subject } => set(headers, &names::TOPIC, subject),
-            Source::Event { event_id } => set(headers, &names::EVENT_ID, event_id),
-            Source::Queue { task_id, .. } => set(headers, &names::ASYNC_TASK_ID, task_id),
+            Source::Mqtt { topic } => set(headers, &names::TOPIC, None, topic),
+            Source::Nats { subject } => set(headers, &names::TOPIC, None, subject),
+            Source::Event { event_id } => set(headers, &names::EVENT_ID, None, event_id),
+            Source::Queue { task_id, .. } => set(headers, &names::ASYNC_TASK_ID, None, task_id),
         }
     }
 }
@@ -204,10 +272,16 @@ pub(crate) mod names {
     pub static ASYNC_TASK_ID: HeaderName = HeaderName::from_static("x-fc-async-task-id");
 }
 
-fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(name.clone(), v);
-    }
+/// Sets `name` to `value`: `prebuilt` when it holds exactly that text, else built from it.
+fn set(headers: &mut HeaderMap, name: &HeaderName, prebuilt: Option<&HeaderValue>, value: &str) {
+    let v = match prebuilt {
+        Some(v) if v.as_bytes() == value.as_bytes() => v.clone(),
+        _ => match HeaderValue::from_str(value) {
+            Ok(v) => v,
+            Err(_) => return,
+        },
+    };
+    headers.insert(name.clone(), v);
 }
 
 /// A header value as stored: text when it is UTF-8, else base64.
@@ -310,6 +384,7 @@ impl StoredInvocation {
             request_id: self.request_id.as_str().into(),
             request,
             trace: None,
+            prebuilt: Prebuilt::default(),
         })
     }
 }
@@ -339,6 +414,7 @@ mod tests {
             request_id: "rid".into(),
             request,
             trace: None,
+            prebuilt: Prebuilt::default(),
         }
     }
 
@@ -354,6 +430,42 @@ mod tests {
         assert_eq!(h["x-fc-request-id"], "rid");
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn stamp_uses_a_prebuilt_value_only_for_the_text_it_stands_for() {
+        // The trigger's values name another function and qualifier than the invocation's
+        // (a route by name, a qualifier chosen by a claim): those are built from the target.
+        let stale = Target {
+            function: "other".into(),
+            qualifier: "prod".into(),
+        };
+        let mut inv = invocation();
+        inv.prebuilt = Prebuilt {
+            trigger: Some(Arc::new(TriggerValues::new("t", Some(&stale)))),
+            request_id: Some(HeaderValue::from_static("another-id")),
+            forwarded_for: Some(HeaderValue::from_static("10.1.2.3")),
+        };
+        inv.stamp();
+        let h = inv.request.headers();
+        assert_eq!(h["x-fc-function-name"], "echo");
+        assert_eq!(h["x-fc-qualifier"], "LATEST");
+        assert_eq!(h["x-fc-request-id"], "rid");
+        assert_eq!(h["x-fc-trigger-name"], "t");
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        // Matching values are the prebuilt ones (the same bytes, shared).
+        let mut inv = invocation();
+        let values = TriggerValues::new("t", Some(&inv.target));
+        let function = values.function.clone().unwrap();
+        inv.prebuilt.trigger = Some(Arc::new(values));
+        inv.stamp();
+        let h = inv.request.headers();
+        assert_eq!(h["x-fc-function-name"], function);
+        assert_eq!(
+            h["x-fc-function-name"].as_bytes().as_ptr(),
+            function.as_bytes().as_ptr()
+        );
+        assert_eq!(h["x-fc-qualifier"], "LATEST");
     }
 
     #[test]

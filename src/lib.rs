@@ -68,14 +68,41 @@ pub struct Trigger {
     /// chosen per request or message: routes by name, topic routing, the event API).
     pub target: Option<Target>,
     pub rate_limit: Option<RateLimit>,
+    /// Its request series, resolved once.
+    pub series: crate::metrics::TriggerSeries,
+    /// The gateway header values its invocations carry, built once.
+    pub values: Arc<crate::invocation::TriggerValues>,
 }
 
 /// Where a request came in.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub listener: Listener,
     pub https: bool,
+    /// The peer's IP address as text, formatted once a connection: `X-Forwarded-For`, the
+    /// anonymous principal's id and the access line's peer are made from it.
+    pub peer_ip: http::HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, listener: Listener, https: bool) -> ConnInfo {
+        let mut ip = String::with_capacity(39);
+        crate::text::push_ip(&mut ip, peer.ip());
+        ConnInfo {
+            peer,
+            listener,
+            https,
+            // An address is digits, dots, colons and hex: always a valid header value.
+            peer_ip: http::HeaderValue::from_str(&ip)
+                .unwrap_or_else(|_| http::HeaderValue::from_static("")),
+        }
+    }
+
+    /// [`ConnInfo::peer_ip`] as text.
+    pub fn peer_ip(&self) -> &str {
+        self.peer_ip.to_str().unwrap_or_default()
+    }
 }
 
 /// How a generation is built.
@@ -427,15 +454,26 @@ impl App {
             for prefix in t.prefixes() {
                 router.insert(t.host.as_deref(), prefix, i);
             }
+            let target = t.function.as_ref().map(|f| Target {
+                function: f.clone(),
+                qualifier: t.qualifier.clone(),
+            });
+            let ok_auth = if auth.is_anonymous() {
+                "anonymous"
+            } else {
+                "ok"
+            };
             triggers.push(Trigger {
                 name: t.name.as_str().into(),
                 config: t.clone(),
                 auth,
-                target: t.function.as_ref().map(|f| Target {
-                    function: f.clone(),
-                    qualifier: t.qualifier.clone(),
-                }),
+                values: Arc::new(crate::invocation::TriggerValues::new(
+                    &t.name,
+                    target.as_ref(),
+                )),
+                target,
                 rate_limit: t.rate_limit.as_ref().map(|r| RateLimit::new(&t.name, r)),
+                series: crate::metrics::TriggerSeries::new(&t.name, ok_auth),
             });
         }
         let registry = match (mode, artifacts) {

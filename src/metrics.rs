@@ -208,3 +208,63 @@ impl Metrics {
 
 /// The process's metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// One trigger's request series, resolved when the trigger is built: a request that ends
+/// the usual way (200, authenticated as the trigger authenticates) counts itself without
+/// hashing its labels or copying the trigger's name. Any other outcome goes through the
+/// families. The handles share the families' series: `/metrics` sees one count.
+#[derive(Debug, Clone)]
+pub struct TriggerSeries {
+    /// `requests{trigger, status="200", auth=ok_auth}`.
+    ok: Counter,
+    ok_auth: &'static str,
+    /// `request_duration_seconds{trigger}`.
+    duration: Histogram,
+}
+
+impl TriggerSeries {
+    /// The series of trigger `name`, whose successful requests are counted with `ok_auth`
+    /// (`anonymous` or `ok`).
+    pub fn new(name: &str, ok_auth: &'static str) -> TriggerSeries {
+        let m = &METRICS;
+        TriggerSeries {
+            ok: m
+                .requests
+                .get_or_create(&RequestLabels {
+                    trigger: name.to_string(),
+                    status: 200,
+                    auth: ok_auth,
+                })
+                .clone(),
+            ok_auth,
+            duration: m
+                .duration
+                .get_or_create(&TriggerLabels {
+                    trigger: name.to_string(),
+                })
+                .clone(),
+        }
+    }
+
+    /// Counts one request of this trigger.
+    pub fn record(&self, name: &str, status: u16, auth: &'static str, seconds: f64) {
+        if status == 200 && auth == self.ok_auth {
+            self.ok.inc();
+        } else {
+            record_request(name, status, auth);
+        }
+        self.duration.observe(seconds);
+    }
+}
+
+/// Counts one request through the families (`trigger` empty when none was routed).
+pub fn record_request(trigger: &str, status: u16, auth: &'static str) {
+    METRICS
+        .requests
+        .get_or_create(&RequestLabels {
+            trigger: trigger.to_string(),
+            status,
+            auth,
+        })
+        .inc();
+}

@@ -77,8 +77,7 @@ pub use crate::invocation::new_request_id;
 /// What the access log and the metrics record for one request.
 #[derive(Default)]
 struct Record {
-    trigger: Option<String>,
-    /// The trigger's index, once routed (for its CORS table).
+    /// The trigger's index, once routed (its name, series and CORS table).
     index: Option<usize>,
     /// The request was a CORS preflight answered by the gateway.
     preflight: bool,
@@ -103,6 +102,8 @@ impl App {
     {
         let started = Instant::now();
         let request_id = new_request_id();
+        // Built once: the function's `X-Fc-Request-Id` and the response's share it.
+        let request_id_value = HeaderValue::from_str(&request_id).ok();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let http1 = req.version() <= http::Version::HTTP_11;
@@ -136,7 +137,7 @@ impl App {
                 parts,
                 &mut unread,
                 conn,
-                &request_id,
+                (&request_id, request_id_value.as_ref()),
                 &mut record,
                 span.context(),
             )
@@ -170,33 +171,39 @@ impl App {
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
+        if let Some(v) = request_id_value {
             response
                 .headers_mut()
                 .insert(crate::invocation::names::REQUEST_ID.clone(), v);
         }
-        let m = &crate::metrics::METRICS;
-        let trigger = record.trigger.clone().unwrap_or_default();
-        let auth = match (&record.trigger, &record.principal) {
+        // The trigger the request was routed to, if it was.
+        let routed = record.index.and_then(|i| self.triggers.get(i));
+        let auth = match (routed, &record.principal) {
             (None, _) => "none",
             (Some(_), Some(_)) if record.anonymous => "anonymous",
             (Some(_), Some(_)) => "ok",
             (Some(_), None) => "refused",
         };
-        m.requests
-            .get_or_create(&crate::metrics::RequestLabels {
-                trigger: trigger.clone(),
-                status: response.status().as_u16(),
-                auth,
-            })
-            .inc();
-        m.duration
-            .get_or_create(&crate::metrics::TriggerLabels { trigger })
-            .observe(started.elapsed().as_secs_f64());
+        let status = response.status().as_u16();
+        match routed {
+            Some(t) => t
+                .series
+                .record(&t.name, status, auth, started.elapsed().as_secs_f64()),
+            None => {
+                crate::metrics::record_request("", status, auth);
+                crate::metrics::METRICS
+                    .duration
+                    .get_or_create(&crate::metrics::TriggerLabels {
+                        trigger: String::new(),
+                    })
+                    .observe(started.elapsed().as_secs_f64());
+            }
+        }
+        let m = &crate::metrics::METRICS;
         if let Some(reason) = record.throttled {
             m.throttled
                 .get_or_create(&crate::metrics::ThrottleLabels {
-                    trigger: record.trigger.clone().unwrap_or_default(),
+                    trigger: routed.map_or_else(String::new, |t| t.config.name.clone()),
                     reason,
                 })
                 .inc();
@@ -219,8 +226,8 @@ impl App {
                 }),
             );
             span.set("url.path", path.as_str());
-            if let Some(t) = &record.trigger {
-                span.set("wasmgate.trigger", t);
+            if let Some(t) = routed {
+                span.set("wasmgate.trigger", &t.name);
             }
             if let Some(t) = &record.target {
                 span.set("wasmgate.function", &t.function);
@@ -235,9 +242,10 @@ impl App {
         crate::access_log::record(&crate::access_log::Entry {
             request_id: &request_id,
             peer: conn.peer,
+            peer_ip: conn.peer_ip(),
             method: &method,
             path: &path,
-            trigger: record.trigger.as_deref(),
+            trigger: routed.map(|t| &*t.name),
             principal: record.principal.as_deref(),
             qualifier: record.qualifier.as_deref(),
             status: response.status().as_u16(),
@@ -253,7 +261,8 @@ impl App {
         mut parts: http::request::Parts,
         unread: &mut Option<B>,
         conn: &ConnInfo,
-        request_id: &Arc<str>,
+        // The request's id, and the same as a header value when it is one.
+        (request_id, request_id_value): (&Arc<str>, Option<&HeaderValue>),
         record: &mut Record,
         trace: Option<&crate::trace::Context>,
     ) -> Result<Response<ResponseBody>, GatewayError>
@@ -272,7 +281,6 @@ impl App {
             router::normalize_path(parts.uri.path()).map_err(GatewayError::InvalidArgument)?;
         let routed = route(self, &parts, authority.as_deref(), &path)?;
         let trigger = routed.trigger;
-        record.trigger = Some(trigger.config.name.clone());
         record.index = Some(routed.index);
         listener_policy(trigger, conn)?;
         if let Some(cors) = &trigger.config.cors
@@ -318,7 +326,10 @@ impl App {
             auth_span.set_with("wasmgate.principal", || authenticated.0.id());
             authenticated
         };
-        record.principal = Some(principal.id());
+        record.principal = Some(match principal {
+            Principal::Anonymous(_) => Principal::anonymous_id(conn.peer_ip()),
+            _ => principal.id(),
+        });
         record.anonymous = matches!(principal, Principal::Anonymous(_));
         throttle(self, trigger, &principal, conn).inspect_err(|e| {
             record.throttled = Some(e.reason());
@@ -377,7 +388,7 @@ impl App {
             parts,
             body,
             conn,
-            request_id,
+            (request_id, request_id_value),
             &routed.function_path,
             authority.as_deref(),
             trace,
@@ -891,6 +902,7 @@ where
         request_id,
         request,
         trace,
+        prebuilt,
     } = inv;
     let (mut parts, body) = request.into_parts();
     let header = |name: &str| -> Result<Option<String>, GatewayError> {
@@ -959,6 +971,7 @@ where
         request_id,
         request: Request::from_parts(parts, body),
         trace,
+        prebuilt,
     };
     let task_id = app
         .dispatcher
@@ -992,29 +1005,19 @@ where
 {
     // Everything up to the guest's start is done here, not in the future: it holds only
     // what it needs after the response head (see `Function::invoke`).
-    let Invocation {
-        target,
-        trigger,
-        source,
-        request_id,
-        request,
-        trace,
-    } = inv;
-    let (parts, body) = request.into_parts();
-    let tail = parts
-        .headers
+    let tail = inv
+        .request
+        .headers()
         .get(&X_FC_LOG_TYPE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"tail"));
     let max_body_bytes = app.config.limits.max_body_bytes;
-    let (body, too_large) = LimitedBody::new(body, max_body_bytes);
-    let inv = Invocation {
-        target,
-        trigger,
-        source,
-        request_id,
-        request: Request::from_parts(parts, body),
-        trace,
-    };
+    let mut too_large = None;
+    let inv = inv.map_body(|body| {
+        let (body, flag) = LimitedBody::new(body, max_body_bytes);
+        too_large = Some(flag);
+        body
+    });
+    let too_large = too_large.unwrap_or_default();
     let running = app.dispatcher.run(inv);
     // What follows the response head, without an async block around the guest's future
     // (it would keep a second copy of it); only a log tail, rare, waits for more.
@@ -1145,7 +1148,7 @@ fn invocation<B>(
     mut parts: http::request::Parts,
     body: B,
     conn: &ConnInfo,
-    request_id: &Arc<str>,
+    (request_id, request_id_value): (&Arc<str>, Option<&HeaderValue>),
     function_path: &str,
     authority: Option<&str>,
     trace: Option<&crate::trace::Context>,
@@ -1176,16 +1179,20 @@ fn invocation<B>(
         http::uri::Scheme::HTTP
     };
     // Never the original target: a URI that cannot be rebuilt from checked parts is refused.
-    parts.uri = http::Uri::builder()
-        .scheme(scheme)
-        .authority(authority)
-        .path_and_query(stripped)
-        .build()
-        .map_err(|e| GatewayError::InvalidArgument(format!("invalid request target: {e}")))?;
+    let invalid = |e: &dyn std::fmt::Display| {
+        GatewayError::InvalidArgument(format!("invalid request target: {e}"))
+    };
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(scheme);
+    uri.authority = Some(authority.parse().map_err(|e| invalid(&e))?);
+    uri.path_and_query = Some(stripped);
+    parts.uri = http::Uri::from_parts(uri).map_err(|e| invalid(&e))?;
     let headers = &mut parts.headers;
     // In absolute form the URI's authority wins over `Host` (RFC 9112 section 3.2.2): the
     // function sees the one the router saw.
-    if headers.contains_key(header::HOST)
+    if headers
+        .get(header::HOST)
+        .is_some_and(|h| h.as_bytes() != authority.as_bytes())
         && let Ok(v) = HeaderValue::from_str(authority)
     {
         headers.insert(header::HOST, v);
@@ -1219,6 +1226,11 @@ fn invocation<B>(
         request_id: request_id.clone(),
         request: Request::from_parts(parts, body),
         trace: trace.cloned(),
+        prebuilt: crate::invocation::Prebuilt {
+            trigger: Some(trigger.values.clone()),
+            request_id: request_id_value.cloned(),
+            forwarded_for: Some(conn.peer_ip.clone()),
+        },
     })
 }
 
@@ -1271,8 +1283,8 @@ pub fn normalize_authority(raw: &[u8]) -> Option<String> {
             Some((h, p)) => (h, Some(p)),
             None => (s, None),
         };
-        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~');
-        if host.is_empty() || host.len() > 253 || !host.chars().all(ok) {
+        let ok = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+        if host.is_empty() || host.len() > 253 || !host.bytes().all(ok) {
             return None;
         }
         (host, port)

@@ -68,6 +68,7 @@ fn invocation(function: &str, path: &str, id: &str) -> Invocation<Bytes> {
             .body(Bytes::new())
             .unwrap(),
         trace: None,
+        prebuilt: Default::default(),
     }
 }
 

@@ -22,11 +22,11 @@ fn app() -> App {
 }
 
 fn conn() -> ConnInfo {
-    ConnInfo {
-        peer: "127.0.0.1:5000".parse::<SocketAddr>().unwrap(),
-        listener: Listener::Public,
-        https: false,
-    }
+    ConnInfo::new(
+        "127.0.0.1:5000".parse::<SocketAddr>().unwrap(),
+        Listener::Public,
+        false,
+    )
 }
 
 fn get(path: &str) -> http::Request<Full<bytes::Bytes>> {

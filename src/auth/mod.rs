@@ -83,11 +83,9 @@ impl Principal {
     pub fn id(&self) -> String {
         let (kind, name) = match self {
             Principal::Anonymous(ip) => {
-                // Every anonymous request has one: written without the formatter.
-                let mut id = String::with_capacity(3 + 39);
-                id.push_str("ip:");
-                crate::text::push_ip(&mut id, *ip);
-                return id;
+                let mut ip_text = String::with_capacity(39);
+                crate::text::push_ip(&mut ip_text, *ip);
+                return Principal::anonymous_id(&ip_text);
             }
             Principal::AccessKey(k) => ("key:", k),
             Principal::User(u) => ("user:", u),
@@ -97,6 +95,15 @@ impl Principal {
         let mut id = String::with_capacity(kind.len() + name.len());
         id.push_str(kind);
         id.push_str(name);
+        id
+    }
+
+    /// The id of an anonymous principal whose address, as text, is `ip` (every anonymous
+    /// request has one: the HTTP door passes the address its connection formatted once).
+    pub fn anonymous_id(ip: &str) -> String {
+        let mut id = String::with_capacity(3 + ip.len());
+        id.push_str("ip:");
+        id.push_str(ip);
         id
     }
 }

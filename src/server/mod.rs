@@ -462,18 +462,14 @@ async fn connection(
 ) {
     let started = tokio::time::Instant::now();
     let deadline = started + state.first_request;
-    let conn = ConnInfo {
-        peer,
-        listener: state.role,
-        https: state.tls.is_some(),
-    };
+    let conn = ConnInfo::new(peer, state.role, state.tls.is_some());
     let activity = Arc::new(Activity::default());
     let budget =
         crate::body::ReadBudget::new(state.gateway.app().config.limits.connection_buffer_bytes);
     let service = {
         let (gateway, activity) = (state.gateway.clone(), activity.clone());
         hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            let (gateway, activity) = (gateway.clone(), activity.clone());
+            let (gateway, activity, conn) = (gateway.clone(), activity.clone(), conn.clone());
             req.extensions_mut().insert(budget.clone());
             async move {
                 let mut guard = InProgress::begin(activity, started);

@@ -263,6 +263,7 @@ async fn fire(
         request_id: crate::invocation::new_request_id(),
         request,
         trace: None,
+        prebuilt: Default::default(),
     };
     let options = EnqueueOptions {
         task_id: Some(id.clone()),

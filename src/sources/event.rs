@@ -381,6 +381,10 @@ fn delivery(
         request_id: crate::invocation::new_request_id(),
         request,
         trace: None,
+        prebuilt: crate::invocation::Prebuilt {
+            trigger: Some(trigger.values.clone()),
+            ..Default::default()
+        },
     })
 }
 

@@ -172,6 +172,7 @@ pub async fn submit_message(
             request,
             // A message that carries a trace context (NATS headers) continues it.
             trace: trace.cloned(),
+            prebuilt: Default::default(),
         };
         match app.dispatcher.enqueue(inv, EnqueueOptions::default()).await {
             Ok(id) => ids.push(id),
