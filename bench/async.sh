@@ -12,6 +12,8 @@
 #   bash bench/async.sh          DURATION=10s bash bench/async.sh
 #   BIN=/path/to/other/wasmgate bash bench/async.sh     # another build (for an A/B)
 #   WORKERS=64 bash bench/async.sh      # [queue] workers for every node (default: unset, 16)
+#   E2E_ONLY=1 ROUNDS=3 bash bench/async.sh   # only end to end, in interleaved rounds (the goal
+#                           # is their median; one run of it moves with the machine by a third)
 #   BASELINE=/path/to/other/wasmgate bash bench/async.sh
 #                           # also measures that build, interleaved with this one in the same
 #                           # run: a build column in the tables and a baseline column in the
@@ -78,6 +80,7 @@ wrk.headers["X-Fc-Async-Delay"] = "3600"
 LUA
 
 {
+if [ -z "${E2E_ONLY:-}" ]; then
 echo "Durable submissions (202 after commit), wrk -t1 -d$DURATION, POST with a 1 h delay"
 echo
 if [ -n "$BASELINE" ]; then
@@ -106,11 +109,13 @@ for b in "${builds[@]}"; do
   figure "$b" group-commit "$(python3 -c "print(${AT64[$b-true]} / ${AT64[$b-false]} if ${AT64[$b-false]} else 'nan')")"
 done
 echo
+fi
 # End to end: 64 clients submit tasks due now for $DURATION while the workers run them; the
 # rate is the tasks accepted over the time until the last one is recorded. The same node's
 # synchronous rate on the same guest is the reference (goal: at least half of it).
+for round in $(seq 1 "${ROUNDS:-1}"); do
 for b in "${builds[@]}"; do
-  start "$b-e2e" true "$b"
+  start "$b-e2e-$round" true "$b"
   wrk -t1 -c64 -d"$DURATION" -s "$work/sync.lua" "http://127.0.0.1:$PORT/" > "$work/sync.txt"
   sync=$(awk '/^Requests\/sec:/ {print $2}' "$work/sync.txt")
   t0=$(date +%s.%N)
@@ -127,6 +132,7 @@ for b in "${builds[@]}"; do
   done_n=$(curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^wasmgate_async_attempts_total\{.*outcome="succeeded"/ {s+=$2} END {print s+0}')
   label=""
   if [ -n "$BASELINE" ]; then label=" ($b)"; fi
+  if [ "${ROUNDS:-1}" != 1 ]; then label="$label, round $round"; fi
   python3 - "$n" "${bad:-0}" "$t0" "$t1" "$t2" "$sync" "$done_n" "$label" "$FIGURES" "$b" <<'PY'
 import sys
 n, bad, t0, t1, t2, sync, done = int(sys.argv[1]), int(sys.argv[2]), *map(float, sys.argv[3:7]), sys.argv[7]
@@ -141,6 +147,7 @@ with open(figures, "a") as f:
     f.write(f"{build}\te2e\t{e2e / sync}\n")
 PY
   stop_gateway
+done
 done
 echo
 echo "Goals (every figure from this run)"

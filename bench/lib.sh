@@ -48,7 +48,8 @@ PY
 
 # The goals table printed at the end of a run. A script records each figure of each build
 # with `figure BUILD KEY VALUE` (BUILD is "wasmgate" for the build under test, "baseline" for
-# $BASELINE) into the file $FIGURES; `goals_table ROW...` then prints one markdown row per
+# $BASELINE) into the file $FIGURES (a figure recorded more than once, in rounds, counts as
+# the median of its values); `goals_table ROW...` then prints one markdown row per
 # ROW, "KEY|what the figure is|>= or <=|goal|x or ms": the figure, the goal, whether the build
 # under test meets it, and with BASELINE set one more column with the baseline's figure.
 figure() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$FIGURES"; }
@@ -56,13 +57,16 @@ goals_table() {
   python3 - "$FIGURES" "${BASELINE:-}" "$@" <<'PY'
 import math, sys
 figures, baseline, rows = sys.argv[1], sys.argv[2], sys.argv[3:]
-got = {}
+import statistics
+values = {}
 for line in open(figures):
     build, key, value = line.rstrip("\n").split("\t")
     try:
-        got[build, key] = float(value)
+        values.setdefault((build, key), []).append(float(value))
     except ValueError:
-        got[build, key] = math.nan
+        values.setdefault((build, key), []).append(math.nan)
+# A figure measured in several rounds is their median.
+got = {k: statistics.median(v) for k, v in values.items()}
 def fmt(v, unit):
     if v is None or v != v or math.isinf(v):
         return "-"

@@ -191,6 +191,9 @@ impl Default for AsyncConfig {
     }
 }
 
+/// `[queue] workers` when the config does not set it (and `max_in_flight` allows it).
+const DEFAULT_WORKERS: NonZeroUsize = NonZeroUsize::new(64).expect("non-zero");
+
 /// What `{:?}` shows in place of a secret.
 const REDACTED: &str = "<redacted>";
 
@@ -760,8 +763,14 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Fn(&str) -> Option<String>) -
     let q = raw.queue;
     let queue = QueueConfig {
         group_commit: q.group_commit.unwrap_or(true),
-        workers: NonZeroUsize::new(q.workers.unwrap_or(16) as usize)
-            .ok_or_else(|| anyhow!("key `queue.workers`: must be greater than 0"))?,
+        // 64 by default: with fewer, a backlog drains at the pace of each freed worker's
+        // claim behind the writer's batch (README, "Benchmarks"); never more than the
+        // node's execution slots.
+        workers: match q.workers {
+            Some(n) => NonZeroUsize::new(n as usize)
+                .ok_or_else(|| anyhow!("key `queue.workers`: must be greater than 0"))?,
+            None => limits.max_in_flight.min(DEFAULT_WORKERS),
+        },
         retention_s: q.retention_s.unwrap_or(7 * 86400),
         max_tasks: q.max_tasks.unwrap_or(1_000_000),
         max_queue_bytes: q.max_queue_bytes.unwrap_or(1 << 30),
@@ -1791,6 +1800,15 @@ mod tests {
         assert_eq!(c.functions[0].memory_mb.get(), 128);
         assert_eq!(c.limits.max_body_bytes, 32 * 1024 * 1024);
         assert_eq!(c.server.data_dir, Path::new("dir/data"));
+        assert_eq!(c.queue.workers.get(), 64);
+        // Never more workers by default than the node has execution slots.
+        let small = parse(&format!("{BASE}[limits]\nmax_in_flight = 8\n")).unwrap();
+        assert_eq!(small.queue.workers.get(), 8);
+        let set = parse(&format!(
+            "{BASE}[limits]\nmax_in_flight = 8\n[queue]\nworkers = 20\n"
+        ))
+        .unwrap();
+        assert_eq!(set.queue.workers.get(), 20);
     }
 
     #[test]
