@@ -11,6 +11,8 @@
 #                                                          # "wasmgate-baseline", for A/B runs
 #   ONLY="wasmgate-http wasmgate-http-traced wasmgate-http-traced-1pct" bash bench/load.sh
 #                                                          # a subset of the rows
+#   PROFILE=dist bash bench/load.sh   # the gateway and the floor both built as released
+#                                     # (`--profile dist`: fat LTO, stripped); default release
 #
 # Tracing: two more plain HTTP nodes export spans over OTLP to nginx (`return 200` on
 # /v1/traces, so the collector costs next to nothing), one sampling every trace
@@ -28,6 +30,8 @@ source bench/lib.sh
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-6s}
 CONNS=${CONNS:-32}
+PROFILE=${PROFILE:-release}
+T=./target/$PROFILE
 out=bench/results
 mkdir -p "$out"
 bench_scratch
@@ -50,7 +54,7 @@ ISSUER="http://127.0.0.1:$PORT_idp"
 start_idp() { node tests/oidc/provider.mjs "$PORT_idp" "$ISSUER" "$work/idp-keys.json" "$1" >>"$work/idp.log" 2>&1 & IDP_PID=$!; pids+=($IDP_PID); wait_port "$PORT_idp"; }
 start_idp k1
 idp_token() { curl -s -u wasmgate-test:wasmgate-test-secret -d grant_type=client_credentials -d scope=api "$ISSUER/token" | python3 -c 'import sys, json; print(json.load(sys.stdin)["access_token"])'; }
-cargo build --release --quiet --bin wasmgate --example floor
+cargo build --profile "$PROFILE" --quiet --bin wasmgate --example floor
 HELLO=$PWD/functions/target/wasm32-wasip2/release/hello.wasm
 
 
@@ -83,7 +87,7 @@ path = "/jwks"
 auth = "jwt"
 jwt = { jwks_url = "$ISSUER/jwks", algorithms = ["RS256"], issuer = "$ISSUER", audience = ["wasmgate"] }
 TOML
-  ./target/release/wasmgate serve --config "$work/$mode.toml" >/dev/null 2>"$work/$mode.log" &
+  "$T"/wasmgate serve --config "$work/$mode.toml" >/dev/null 2>"$work/$mode.log" &
   pids+=($!)
   eval "PORT_$mode=$port"
 done
@@ -103,14 +107,14 @@ for variant in traced:1.0 traced-1pct:0.01; do
   port=$(free_port)
   sed "s/127.0.0.1:$PORT_plain/127.0.0.1:$port/" "$work/plain.toml" > "$work/$name.toml"
   printf '[tracing]\notlp_endpoint = "http://127.0.0.1:%s"\nsample_ratio = %s\n' "$PORT_nginx" "$ratio" >> "$work/$name.toml"
-  ./target/release/wasmgate serve --config "$work/$name.toml" >/dev/null 2>"$work/$name.log" &
+  "$T"/wasmgate serve --config "$work/$name.toml" >/dev/null 2>"$work/$name.log" &
   pids+=($!)
   eval "PORT_${name//-/_}=$port"
 done
 
 PORT_floor=$(free_port)
 KEEP_MEM=16777216 KEEP_TABLE=1048576 NOCOW=1 PAGEMAP=1 \
-  ./target/release/examples/floor "$HELLO" "127.0.0.1:$PORT_floor" 2>"$work/floor.log" &
+  "$T"/examples/floor "$HELLO" "127.0.0.1:$PORT_floor" 2>"$work/floor.log" &
 pids+=($!)
 
 PORT_wasmtime=$(free_port)
@@ -146,8 +150,8 @@ declare -A URL=(
 )
 # One signature and one token for the whole run (both stay valid for its duration).
 export BENCH_SECRET=bench-signature-secret
-mapfile -t SIGNED < <(./target/release/wasmgate sign --key-id AK1 --secret-env BENCH_SECRET "${URL[wasmgate-https-signed]}")
-JWT=$(./target/release/wasmgate jwt --key tests/fixtures/jwt-rsa.pem --kid rsa-1 --sub bench --iss https://issuer.example --aud wasmgate)
+mapfile -t SIGNED < <("$T"/wasmgate sign --key-id AK1 --secret-env BENCH_SECRET "${URL[wasmgate-https-signed]}")
+JWT=$("$T"/wasmgate jwt --key tests/fixtures/jwt-rsa.pem --kid rsa-1 --sub bench --iss https://issuer.example --aud wasmgate)
 IDP_JWT=$(idp_token)
 declare -A HDR1=([wasmgate-https-signed]="${SIGNED[0]}" [wasmgate-https-jwt]="Authorization: Bearer $JWT" [wasmgate-https-jwks]="Authorization: Bearer $IDP_JWT")
 declare -A HDR2=([wasmgate-https-signed]="${SIGNED[1]}" [wasmgate-https-jwt]="X-Bench: 1" [wasmgate-https-jwks]="X-Bench: 1")
