@@ -32,7 +32,9 @@ const RFC3986: &AsciiSet = &NON_ALPHANUMERIC
 
 /// A signature trigger's keys and window.
 pub struct SignatureAuth {
-    keys: Vec<(String, Vec<u8>)>,
+    /// Each key id with its secret's HMAC state, keyed once: a request's MAC starts from a
+    /// copy of it instead of hashing the secret's inner and outer pads again.
+    keys: Vec<(String, HmacSha256)>,
     window_s: i64,
 }
 
@@ -122,10 +124,20 @@ pub fn hmac_hex(secret: &[u8], data: &[u8]) -> String {
     hex::encode(hmac_raw(secret, data))
 }
 
-fn hmac_raw(secret: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
+fn hmac_raw(secret: &[u8], data: &[u8]) -> [u8; 32] {
+    keyed_mac(&keyed(secret), data)
+}
+
+/// The HMAC state for `secret`, before any data.
+fn keyed(secret: &[u8]) -> HmacSha256 {
+    HmacSha256::new_from_slice(secret).expect("HMAC takes any key length")
+}
+
+/// The MAC of `data` from a keyed state.
+fn keyed_mac(key: &HmacSha256, data: &[u8]) -> [u8; 32] {
+    let mut mac = key.clone();
     mac.update(data);
-    mac.finalize().into_bytes().to_vec()
+    mac.finalize().into_bytes().into()
 }
 
 fn header_str<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
@@ -154,17 +166,17 @@ impl SignatureAuth {
         SignatureAuth {
             keys: keys
                 .iter()
-                .map(|(id, s)| (id.clone(), s.as_bytes().to_vec()))
+                .map(|(id, s)| (id.clone(), keyed(s.as_bytes())))
                 .collect(),
             window_s: i64::try_from(window_s).unwrap_or(i64::MAX),
         }
     }
 
-    fn secret(&self, key_id: &str) -> Result<&[u8], AuthError> {
+    fn secret(&self, key_id: &str) -> Result<&HmacSha256, AuthError> {
         self.keys
             .iter()
             .find(|(id, _)| id == key_id)
-            .map(|(_, s)| s.as_slice())
+            .map(|(_, key)| key)
             .ok_or_else(|| {
                 AuthError::InvalidAccessKeyId(format!(
                     "the access key id '{key_id}' is not valid for this trigger"
@@ -270,8 +282,13 @@ impl SignatureAuth {
                 &names,
                 payload.unwrap_or(""),
             );
-            let string_to_sign = acs3_string_to_sign(&canonical);
-            let computed = hmac_raw(secret, string_to_sign.as_bytes());
+            // The string to sign (`acs3_string_to_sign`) fed to the MAC in its two parts.
+            let mut hash = [0u8; 64];
+            crate::text::hex_into(&mut hash, &Sha256::digest(canonical.as_bytes()));
+            let mut mac = secret.clone();
+            mac.update(b"ACS3-HMAC-SHA256\n");
+            mac.update(&hash);
+            let computed: [u8; 32] = mac.finalize().into_bytes().into();
             if bool::from(computed.ct_eq(&expected)) {
                 let body_digest = payload
                     .filter(|p| !p.eq_ignore_ascii_case("UNSIGNED-PAYLOAD"))
@@ -306,7 +323,7 @@ impl SignatureAuth {
         let pairs = req.query.map(decoded_pairs).unwrap_or_default();
         let string_to_sign = fc_string_to_sign(req, date, &pairs);
         let expected = B64.decode(signature.trim()).map_err(|_| mismatch())?;
-        let computed = hmac_raw(secret, string_to_sign.as_bytes());
+        let computed = keyed_mac(secret, string_to_sign.as_bytes());
         if bool::from(computed.ct_eq(&expected)) {
             Ok(Verified {
                 key_id: key_id.to_string(),
@@ -363,7 +380,7 @@ impl SignatureAuth {
             .collect();
         let string_to_sign = fc_string_to_sign(req, &expires, &resource_pairs);
         let expected = B64.decode(signature.trim()).map_err(|_| mismatch())?;
-        let computed = hmac_raw(secret, string_to_sign.as_bytes());
+        let computed = keyed_mac(secret, string_to_sign.as_bytes());
         if bool::from(computed.ct_eq(&expected)) {
             Ok(Verified {
                 key_id,
@@ -385,41 +402,57 @@ pub fn acs3_canonical_request(
     signed: &[String],
     hashed_payload: &str,
 ) -> String {
-    let mut pairs: Vec<(&str, String)> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (k, utf8_percent_encode(&form_decode(v), RFC3986).to_string())
-        })
-        .collect();
-    pairs.sort();
-    let canonical_query = pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
-    let mut sorted: Vec<&String> = signed.iter().collect();
-    sorted.sort();
-    sorted.dedup();
-    let mut canonical_headers = String::new();
-    for name in sorted {
-        let values: Vec<&str> = headers
-            .get_all(name.as_str())
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::trim)
+    // Built in one buffer: this runs for every signed request.
+    let mut out = String::with_capacity(256 + query.len() + hashed_payload.len());
+    out.push_str(method);
+    out.push('\n');
+    out.push_str(if path.is_empty() { "/" } else { path });
+    out.push('\n');
+    if !query.is_empty() {
+        let mut pairs: Vec<(&str, String)> = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                (k, utf8_percent_encode(&form_decode(v), RFC3986).to_string())
+            })
             .collect();
-        canonical_headers.push_str(name);
-        canonical_headers.push(':');
-        canonical_headers.push_str(&values.join(","));
-        canonical_headers.push('\n');
+        pairs.sort();
+        for (i, (k, v)) in pairs.iter().enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            out.push_str(k);
+            out.push('=');
+            out.push_str(v);
+        }
     }
-    let path = if path.is_empty() { "/" } else { path };
-    format!(
-        "{method}\n{path}\n{canonical_query}\n{canonical_headers}\n{}\n{hashed_payload}",
-        signed.join(";")
-    )
+    out.push('\n');
+    let mut sorted: Vec<&str> = signed.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    for name in sorted {
+        out.push_str(name);
+        out.push(':');
+        let values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+        for (i, v) in values.enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(v.trim());
+        }
+        out.push('\n');
+    }
+    out.push('\n');
+    for (i, name) in signed.iter().enumerate() {
+        if i > 0 {
+            out.push(';');
+        }
+        out.push_str(name);
+    }
+    out.push('\n');
+    out.push_str(hashed_payload);
+    out
 }
 
 /// `ACS3-HMAC-SHA256\n` + hex(sha256(canonical request)).
