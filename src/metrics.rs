@@ -257,8 +257,19 @@ impl TriggerSeries {
     }
 }
 
+/// Counts one request that reached no trigger (its trigger label is empty).
+pub fn record_unrouted(status: u16, auth: &'static str, seconds: f64) {
+    record_request("", status, auth);
+    METRICS
+        .duration
+        .get_or_create(&TriggerLabels {
+            trigger: String::new(),
+        })
+        .observe(seconds);
+}
+
 /// Counts one request through the families (`trigger` empty when none was routed).
-pub fn record_request(trigger: &str, status: u16, auth: &'static str) {
+fn record_request(trigger: &str, status: u16, auth: &'static str) {
     METRICS
         .requests
         .get_or_create(&RequestLabels {

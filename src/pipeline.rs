@@ -189,15 +189,7 @@ impl App {
             Some(t) => t
                 .series
                 .record(&t.name, status, auth, started.elapsed().as_secs_f64()),
-            None => {
-                crate::metrics::record_request("", status, auth);
-                crate::metrics::METRICS
-                    .duration
-                    .get_or_create(&crate::metrics::TriggerLabels {
-                        trigger: String::new(),
-                    })
-                    .observe(started.elapsed().as_secs_f64());
-            }
+            None => crate::metrics::record_unrouted(status, auth, started.elapsed().as_secs_f64()),
         }
         let m = &crate::metrics::METRICS;
         if let Some(reason) = record.throttled {

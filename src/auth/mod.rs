@@ -83,9 +83,11 @@ impl Principal {
     pub fn id(&self) -> String {
         let (kind, name) = match self {
             Principal::Anonymous(ip) => {
-                let mut ip_text = String::with_capacity(39);
-                crate::text::push_ip(&mut ip_text, *ip);
-                return Principal::anonymous_id(&ip_text);
+                // Written in place, as `anonymous_id` writes it from the address's text.
+                let mut id = String::with_capacity(3 + 39);
+                id.push_str("ip:");
+                crate::text::push_ip(&mut id, *ip);
+                return id;
             }
             Principal::AccessKey(k) => ("key:", k),
             Principal::User(u) => ("user:", u),
@@ -317,6 +319,15 @@ mod tests {
         ];
         for (p, id) in cases {
             assert_eq!(p.id(), id);
+            // The HTTP door's form, from the address its connection formatted once.
+            if let Principal::Anonymous(ip) = p {
+                let conn = crate::ConnInfo::new(
+                    std::net::SocketAddr::new(ip, 443),
+                    crate::config::Listener::Public,
+                    true,
+                );
+                assert_eq!(Principal::anonymous_id(conn.peer_ip()), id);
+            }
         }
     }
 
