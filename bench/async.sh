@@ -18,6 +18,8 @@
 #                           # also measures that build, interleaved with this one in the same
 #                           # run: a build column in the tables and a baseline column in the
 #                           # goals table
+#   PERF=/tmp/prof bash bench/async.sh   # also records each measured phase with perf (bench/lib.sh
+#                           # perf_start); that run's rates are slowed by the recording
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -118,17 +120,19 @@ for b in "${builds[@]}"; do
   start "$b-e2e-$round" true "$b"
   wrk -t1 -c64 -d"$DURATION" -s "$work/sync.lua" "http://127.0.0.1:$PORT/" > "$work/sync.txt"
   sync=$(awk '/^Requests\/sec:/ {print $2}' "$work/sync.txt")
+  perf_start "async-e2e-$b-$round"
   t0=$(date +%s.%N)
   wrk -t1 -c64 -d"$DURATION" -s "$work/now.lua" "http://127.0.0.1:$PORT/" > "$work/now.txt"
   t1=$(date +%s.%N)
   n=$(awk '/requests in/ {print $1}' "$work/now.txt")
   bad=$(awk '/Non-2xx/ {print $5}' "$work/now.txt")
   while :; do
-    depth=$(curl -s "http://127.0.0.1:$ADMIN/readyz" | python3 -c 'import sys,json; print(json.load(sys.stdin)["queue_depth"])')
+    depth=$(queue_depth "$ADMIN")
     [ "$depth" = "0" ] && break
     sleep 0.05
   done
   t2=$(date +%s.%N)
+  perf_stop
   done_n=$(curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^wasmgate_async_attempts_total\{.*outcome="succeeded"/ {s+=$2} END {print s+0}')
   label=""
   if [ -n "$BASELINE" ]; then label=" ($b)"; fi

@@ -17,6 +17,8 @@
 #                           # also measures that build, each configuration right after this
 #                           # one's, against the same ceiling: a build column in the table and
 #                           # a baseline column in the goals table
+#   PERF=/tmp/prof bash bench/cluster.sh   # also records each measured phase with perf (bench/lib.sh
+#                           # perf_start); that run's rates are slowed by the recording
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -127,7 +129,9 @@ else
   echo "|---|---|---|---|---|---|"
 fi
 start_nats
+perf_start ceiling
 ceiling=$(./target/release/examples/jspublish "nats://127.0.0.1:$NATS_PORT" "$secs" "$CLIENTS" 600 | awk '{print $1}')
+perf_stop
 stop_nats
 row() { # build backend nodes "rate p99 bad"; prints the table row, records the 1-node JetStream ratio
   local build=$1 of
@@ -147,7 +151,10 @@ for n in 1 2 3; do
   for b in "${builds[@]}"; do
     start_nats
     for i in $(seq 1 "$n"); do start_node "$b-js$n-$i" true "$b"; done
-    row "$b" "JetStream" "$n" "$(load)"
+    perf_start "jetstream-$n-$b"
+    js=$(load)
+    perf_stop
+    row "$b" "JetStream" "$n" "$js"
     stop_nodes
     stop_nats
   done

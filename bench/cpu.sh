@@ -60,7 +60,7 @@ TOML
   c0=$(cpu "/proc/$gw/stat"); q0=$(cpu "/proc/$gw/task/$writer/stat"); t0=$(date +%s.%N)
   wrk -t1 -c64 -d"$DURATION" -s "$work/$mode.lua" "http://127.0.0.1:$port/" > "$work/wrk.txt"
   if [ "$mode" = now ]; then
-    until [ "$(curl -s "http://127.0.0.1:$admin/readyz" | python3 -c 'import sys,json; print(json.load(sys.stdin)["queue_depth"])')" = 0 ]; do sleep 0.05; done
+    until [ "$(queue_depth "$admin")" = 0 ]; do sleep 0.05; done
   fi
   t1=$(date +%s.%N); c1=$(cpu "/proc/$gw/stat"); q1=$(cpu "/proc/$gw/task/$writer/stat")
   n=$(awk '/requests in/ {print $1}' "$work/wrk.txt")

@@ -90,6 +90,16 @@ for row in rows:
 PY
 }
 
+# queue_depth ADMIN_PORT: the node's queue depth from /readyz (0 without a queue). Benches poll
+# it during a measurement on the cores the node uses, so it runs curl and grep, not a Python
+# interpreter: python3 through a version shim takes about 80 ms of CPU a start, which polled
+# every 10-50 ms took a fifth to a half of a core from the node being measured.
+queue_depth() {
+  local d
+  d=$(curl -s "http://127.0.0.1:$1/readyz" | grep -o '"queue_depth":[0-9]*' | cut -d: -f2)
+  echo "${d:-0}"
+}
+
 # bench_scratch: a scratch directory `$work` and a list `pids` of what the bench started;
 # at exit every pid is killed and the directory removed.
 bench_scratch() {
@@ -141,4 +151,24 @@ NGINX
   "$nginx" -c "$work/nginx.conf" -p "$work" -g 'daemon off;' &
   pids+=($!)
   wait_port "$collector"
+}
+
+# perf_start NAME / perf_stop: with PERF=<dir>, the phase between them is recorded by
+# `perf record` on every CPU (the node, the broker and the load generator share the cores)
+# with DWARF call graphs, into <dir>/NAME.data; without PERF both do nothing. Read one with
+# `perf report -i <dir>/NAME.data --sort comm,dso` (who takes the cores) and
+# `perf report -i <dir>/NAME.data --children --comm wasmgate` (where the node's time goes).
+perf_start() {
+  [ -n "${PERF:-}" ] || return 0
+  command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf >/dev/null; }
+  mkdir -p "$PERF"
+  perf record -a -F 499 --call-graph dwarf,16384 -o "$PERF/$1.data" >/dev/null 2>"$PERF/$1.log" &
+  PERF_PID=$!
+  sleep 0.5
+}
+perf_stop() {
+  [ -n "${PERF_PID:-}" ] || return 0
+  kill -INT "$PERF_PID" 2>/dev/null || true
+  wait "$PERF_PID" 2>/dev/null || true
+  PERF_PID=
 }

@@ -23,6 +23,8 @@
 #                           # also measures that build, interleaved with this one in the same
 #                           # run (against the same broker ceiling): a build column in the
 #                           # tables and a baseline column in the goals table
+#   PERF=/tmp/prof bash bench/sources.sh   # also records each measured phase with perf (bench/lib.sh
+#                           # perf_start); that run's rates are slowed by the recording
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -137,8 +139,11 @@ TOML
   echo "the MQTT source never ran" >&2; exit 1
 }
 stop_gateway() { kill "$GW"; wait "$GW" 2>/dev/null || true; }
-delivered() { curl -s "http://127.0.0.1:$ADMIN/-/sources" | python3 -c 'import json,sys; print(json.load(sys.stdin)["sources"]["sensors"]["delivered"])'; }
-depth() { curl -s "http://127.0.0.1:$ADMIN/readyz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["queue_depth"] or 0)'; }
+# Polled every 10 ms during a measurement: curl and grep only (see queue_depth in bench/lib.sh).
+delivered() {
+  curl -s "http://127.0.0.1:$ADMIN/-/sources" | grep -o '"sensors":{[^}]*' | grep -o '"delivered":[0-9]*' | cut -d: -f2
+}
+depth() { queue_depth "$ADMIN"; }
 wait_until() { # command target
   for _ in $(seq 1 12000); do [ "$($1)" -ge "$2" ] && return 0; sleep 0.01; done
   echo "gave up waiting for $1 >= $2" >&2; exit 1
@@ -161,9 +166,11 @@ for n in 1 64; do
   ceiling=$(rate "$MESSAGES" "$t0" "$t1")
   for b in "${builds[@]}"; do
     start_gateway "$b"
+    perf_start "mqtt-$n-$b"
     t0=$(now); publish "$n" "bench/x"; wait_until delivered "$MESSAGES"; t1=$(now)
     committed=$(rate "$MESSAGES" "$t0" "$t1")
     wait_empty; t2=$(now)
+    perf_stop
     done_rate=$(rate "$MESSAGES" "$t0" "$t2")
     ratio=$(div "$committed" "$ceiling")
     echo "$(col "$b")| $n | $ceiling | $committed | $ratio | $done_rate |"
@@ -185,8 +192,10 @@ declare -A EVENT64  # build -> the event API's 202/s at 64 connections
 for c in 1 64; do
   for b in "${builds[@]}"; do
     start_gateway "$b"
+    perf_start "event-$c-$b"
     t0=$(now)
     wrk -t1 -c"$c" -d"$DURATION" --latency -s "$work/event.lua" "http://127.0.0.1:$PORT/events" > "$work/wrk.txt"
+    perf_stop
     wait_empty; t1=$(now)
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/wrk.txt")
     total=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
@@ -219,7 +228,9 @@ for t in sync async; do
   for b in "${builds[@]}"; do
     start_gateway "$b"
     if [ "$t" = sync ]; then path=/hello script=sync.lua; else path=/async script=now.lua; fi
+    perf_start "reference-$t-$b"
     wrk -t1 -c64 -d"$DURATION" --latency -s "$work/$script" "http://127.0.0.1:$PORT$path" > "$work/wrk.txt"
+    perf_stop
     if [ "$t" = async ]; then wait_empty; fi
     ok=$(wrk_ok_rate "$work/wrk.txt")
     p99=$(awk '$1=="99%" {print $2}' "$work/wrk.txt")
