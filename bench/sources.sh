@@ -23,6 +23,7 @@
 #                           # also measures that build, interleaved with this one in the same
 #                           # run (against the same broker ceiling): a build column in the
 #                           # tables and a baseline column in the goals table
+#   MQTT_INFLIGHT=1000 bash bench/sources.sh   # the broker's QoS 1 window per client (default 20)
 #   PERF=/tmp/prof bash bench/sources.sh   # also records each measured phase with perf (bench/lib.sh
 #                           # perf_start); that run's rates are slowed by the recording
 set -euo pipefail
@@ -60,6 +61,10 @@ MQTT=$(free_port)
 # No cap on the messages queued for a slow QoS 1 subscriber (mosquitto's default, 1000, drops
 # the rest): every message published must arrive, at the broker's pace or the gateway's.
 printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n' "$MQTT" > "$work/mosquitto.conf"
+# The broker's window of QoS 1 messages sent to a client and not yet acknowledged
+# (mosquitto's max_inflight_messages, 20 unless MQTT_INFLIGHT is set): a subscriber that
+# acknowledges only after a commit gets at most this many a commit.
+if [ -n "${MQTT_INFLIGHT:-}" ]; then echo "max_inflight_messages $MQTT_INFLIGHT" >> "$work/mosquitto.conf"; fi
 mosquitto -c "$work/mosquitto.conf" >/dev/null 2>&1 &
 pids+=($!)
 wait_port "$MQTT"
