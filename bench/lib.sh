@@ -157,13 +157,16 @@ NGINX
 # `perf record` on every CPU (the node, the broker and the load generator share the cores)
 # with DWARF call graphs, into <dir>/NAME.data; without PERF both do nothing. Read one with
 # `perf report -i <dir>/NAME.data --sort comm,dso` (who takes the cores) and
-# `perf report -i <dir>/NAME.data --children --comm wasmgate` (where the node's time goes).
+# `perf report -i <dir>/NAME.data --children --comm tokio-rt-worker,wasmgate-queue` (where
+# the node's runtime and task-store writer threads spend it). The recorder is in `pids`, so
+# it stops with the bench.
 perf_start() {
   [ -n "${PERF:-}" ] || return 0
   command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf >/dev/null; }
   mkdir -p "$PERF"
   perf record -a -F 499 --call-graph dwarf,16384 -o "$PERF/$1.data" >/dev/null 2>"$PERF/$1.log" &
   PERF_PID=$!
+  pids+=("$PERF_PID")
   sleep 0.5
 }
 perf_stop() {

@@ -44,7 +44,7 @@ const IN_FLIGHT: usize = 512;
 /// always taken, whatever its size): 64 messages at the default `max_async_body_bytes`.
 const IN_FLIGHT_BYTES: usize = 8 << 20;
 
-/// The messages being made durable: how many, and their payload bytes.
+/// The messages being made durable: how many, and the bytes of their payloads and topics.
 #[derive(Debug, Default)]
 struct Window {
     messages: usize,
