@@ -2,6 +2,20 @@
 //! `versions`.
 
 use std::path::PathBuf;
+
+/// `println!` for what a command prints. A reader that has gone away (`wasmgate versions f
+/// | head -1`) is not worth a panic: the line is dropped and the command ends normally;
+/// another error writing standard output is reported on standard error.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                eprintln!("error: cannot write to standard output: {e}");
+            }
+        }
+    }};
+}
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -398,9 +412,9 @@ fn version() -> Result<()> {
         &|_| None,
     )?;
     let engine = wasmgate::runtime::engine::build_engine(&config)?;
-    println!("wasmgate {}", env!("CARGO_PKG_VERSION"));
-    println!("wasmtime {}", wasmgate::runtime::engine::WASMTIME_VERSION);
-    println!(
+    out!("wasmgate {}", env!("CARGO_PKG_VERSION"));
+    out!("wasmtime {}", wasmgate::runtime::engine::WASMTIME_VERSION);
+    out!(
         "engine {} ({})",
         wasmgate::runtime::engine::engine_key(&engine),
         std::env::consts::ARCH
@@ -466,7 +480,7 @@ fn jwt(
     header.kid = kid;
     let token = jsonwebtoken::encode(&header, &body, &encoding)
         .map_err(|e| anyhow::anyhow!("signing failed: {e}"))?;
-    println!("{token}");
+    out!("{token}");
     Ok(())
 }
 
@@ -526,7 +540,7 @@ fn jwks_of(key: &std::path::Path, alg: &str, kid: Option<String>) -> Result<()> 
     if let Some(kid) = kid {
         jwk["kid"] = kid.into();
     }
-    println!(
+    out!(
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({ "keys": [jwk] }))?
     );
@@ -544,12 +558,12 @@ fn check(config: PathBuf) -> Result<()> {
     for w in app.warnings.iter().chain(&app.pending) {
         eprintln!("warning: {w}");
     }
-    print!("{}", app.route_table());
-    println!(
+    out!("{}", app.route_table().trim_end_matches('\n'));
+    out!(
         "engine {} (compiled artifacts are keyed on it)",
         wasmgate::runtime::engine::engine_key(app.dispatcher.runtime().engine())
     );
-    println!(
+    out!(
         "{}: ok ({} functions, {} triggers)",
         config.display(),
         app.config.functions.len(),
@@ -575,7 +589,7 @@ fn sign(key_id: &str, secret_env: &str, method: &str, url: &str) -> Result<()> {
         chrono::Utc::now(),
     );
     for (name, value) in headers {
-        println!("{name}: {value}");
+        out!("{name}: {value}");
     }
     Ok(())
 }
@@ -759,7 +773,7 @@ fn deploy(
         bytes,
     )?;
     let version = v["version"].as_u64().unwrap_or(0);
-    println!(
+    out!(
         "{name} version {version} sha256 {} ({} bytes)",
         v["sha256"].as_str().unwrap_or(""),
         v["size"]
@@ -774,7 +788,7 @@ fn deploy(
             &format!("/-/functions/{name}/aliases/{alias}"),
             body,
         )?;
-        println!("{name} alias {alias} -> version {version}");
+        out!("{name} alias {alias} -> version {version}");
     }
     Ok(())
 }
@@ -786,9 +800,9 @@ fn versions(name: &str, admin: &AdminArgs) -> Result<()> {
         &format!("/-/functions/{name}"),
         Vec::new(),
     )?;
-    println!("{:<8} {:<66} {:>10}  CREATED", "VERSION", "SHA256", "SIZE");
+    out!("{:<8} {:<66} {:>10}  CREATED", "VERSION", "SHA256", "SIZE");
     for ver in v["versions"].as_array().into_iter().flatten() {
-        println!(
+        out!(
             "{:<8} {:<66} {:>10}  {}",
             ver["version"].to_string(),
             ver["sha256"].as_str().unwrap_or(""),
@@ -798,11 +812,13 @@ fn versions(name: &str, admin: &AdminArgs) -> Result<()> {
     }
     for (alias, a) in v["aliases"].as_object().into_iter().flatten() {
         match a.get("additional") {
-            Some(x) => println!(
+            Some(x) => out!(
                 "alias {alias} -> version {} ({} to version {})",
-                a["version"], x["weight"], x["version"]
+                a["version"],
+                x["weight"],
+                x["version"]
             ),
-            None => println!("alias {alias} -> version {}", a["version"]),
+            None => out!("alias {alias} -> version {}", a["version"]),
         }
     }
     Ok(())

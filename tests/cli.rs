@@ -262,3 +262,47 @@ fn jwt_jwks_prints_the_public_key_of_each_kind() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("jwt-rsa.pem"));
 }
+
+/// Standard output whose reader has gone (`wasmgate versions f | head -1`): the write end of
+/// a pipe whose read end is already closed, so every write fails with EPIPE.
+fn closed_stdout() -> std::process::Stdio {
+    use std::os::fd::FromRawFd as _;
+    let mut fds = [0; 2];
+    // SAFETY: `pipe` fills both descriptors; the read end is closed at once and the write
+    // end is owned by the returned `Stdio`.
+    unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        libc::close(fds[0]);
+        std::process::Stdio::from(std::os::fd::OwnedFd::from_raw_fd(fds[1]))
+    }
+}
+
+/// A reader that goes away early is not an error worth a panic: the commands that print
+/// end normally, without a backtrace.
+#[test]
+fn a_reader_that_goes_away_is_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ok.toml");
+    std::fs::write(
+        &config,
+        common::render(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[function]]\nname = \"hello\"\nwasm = \"{hello}\"\n[[trigger]]\nname = \"hi\"\nfunction = \"hello\"\npath = \"/greet\"\n",
+        ),
+    )
+    .unwrap();
+    let runs: [Vec<std::ffi::OsString>; 2] = [
+        vec!["--version".into()],
+        vec!["check".into(), "--config".into(), config.into_os_string()],
+    ];
+    for args in runs {
+        let out = Command::new(common::bin())
+            .args(&args)
+            .stdout(closed_stdout())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
+}

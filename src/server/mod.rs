@@ -88,10 +88,14 @@ pub async fn run(gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> R
             "the cluster's registry is not reachable yet; serving the configured functions, deployed ones once it is"
         );
     }
-    for line in announce {
-        println!("{line}");
+    // A standard output nobody reads (closed) does not stop the node.
+    {
+        let mut stdout = std::io::stdout().lock();
+        for line in announce {
+            let _ = writeln!(stdout, "{line}");
+        }
+        let _ = stdout.flush();
     }
-    let _ = std::io::stdout().flush();
 
     let detect = http_builder(&app);
     let builders = Arc::new(Builders {
