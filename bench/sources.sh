@@ -5,9 +5,12 @@
 #    acknowledged to the broker only after its task is in SQLite), with 1 and 64 publishers,
 #    and until every task has run (the hello guest). The ceiling is the broker itself: the
 #    same publishers into `mosquitto_sub -q 1`, in the same run.
-# 2. The event API: 202/s from wrk at 1 and 64 connections (each 202 after one durable task
+# 2. NATS (core): messages per second from one publisher to committed tasks, and until
+#    every task has run; the ceiling is the server delivering them to one subscriber
+#    (examples/natspub.rs). Reported, not a goal.
+# 3. The event API: 202/s from wrk at 1 and 64 connections (each 202 after one durable task
 #    per subscriber), and deliveries per second until every event has run.
-# 3. The references on the same gateway config, each on a freshly started gateway: plain HTTP
+# 4. The references on the same gateway config, each on a freshly started gateway: plain HTTP
 #    requests/s on the hello function (trigger /hello, wrk -t1 -c64, POST "x"), and async
 #    submissions due now on it (trigger /async, `X-Fc-Invocation-Type: Async`, 202/s at 64
 #    connections; the queue is then drained before the gateway stops).
@@ -39,6 +42,8 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk 
 bash scripts/build-functions.sh >/dev/null
 BIN=${BIN:-}
 if [ -z "$BIN" ]; then cargo build --release --quiet; BIN=./target/release/wasmgate; fi
+cargo build --release --quiet --example natspub
+NATSPUB=./target/release/examples/natspub
 BASELINE=${BASELINE:-}
 HELLO=$PWD/functions/target/wasm32-wasip2/release/hello.wasm
 # The builds measured: this one, and the baseline when BASELINE is set.
@@ -68,6 +73,10 @@ if [ -n "${MQTT_INFLIGHT:-}" ]; then echo "max_inflight_messages $MQTT_INFLIGHT"
 mosquitto -c "$work/mosquitto.conf" >/dev/null 2>&1 &
 pids+=($!)
 wait_port "$MQTT"
+NATS=$(free_port)
+nats-server -a 127.0.0.1 -p "$NATS" >/dev/null 2>&1 &
+pids+=($!)
+wait_port "$NATS"
 
 now() { date +%s.%N; }
 rate() { python3 -c "print(f'{$1 / ($3 - $2):.0f}')"; }
@@ -119,6 +128,13 @@ topics = ["bench/#"]
 function = "hello"
 async = { max_retries = 0 }
 [[trigger]]
+name = "bench-nats"
+kind = "nats"
+broker = "nats://127.0.0.1:$NATS"
+topics = ["natsbench.>"]
+function = "hello"
+async = { max_retries = 0 }
+[[trigger]]
 name = "events"
 kind = "event"
 path = "/events"
@@ -138,16 +154,18 @@ TOML
   pids+=($GW)
   wait_port "$PORT"
   for _ in $(seq 1 200); do
-    curl -s "http://127.0.0.1:$ADMIN/-/sources" | grep -q '"state":"running"' && return 0
+    # Both broker triggers (MQTT and NATS) subscribed.
+    [ "$(curl -s "http://127.0.0.1:$ADMIN/-/sources" | grep -o '"state":"running"' | wc -l)" -ge 2 ] && return 0
     sleep 0.05
   done
-  echo "the MQTT source never ran" >&2; exit 1
+  echo "the MQTT and NATS sources never both ran" >&2; exit 1
 }
 stop_gateway() { kill "$GW"; wait "$GW" 2>/dev/null || true; }
 # Polled every 10 ms during a measurement: curl and grep only (see queue_depth in bench/lib.sh).
-delivered() {
-  curl -s "http://127.0.0.1:$ADMIN/-/sources" | grep -o '"sensors":{[^}]*' | grep -o '"delivered":[0-9]*' | cut -d: -f2
+delivered() { # trigger (default: the MQTT one)
+  curl -s "http://127.0.0.1:$ADMIN/-/sources" | grep -o "\"${1:-sensors}\":{[^}]*" | grep -o '"delivered":[0-9]*' | cut -d: -f2
 }
+nats_delivered() { delivered bench-nats; }
 depth() { queue_depth "$ADMIN"; }
 wait_until() { # command target
   for _ in $(seq 1 12000); do [ "$($1)" -ge "$2" ] && return 0; sleep 0.01; done
@@ -183,6 +201,25 @@ for n in 1 64; do
     DONE[$b-$n]=$done_rate
     stop_gateway
   done
+done
+echo
+echo "NATS (core), $MESSAGES messages of ~20 bytes from one publisher, nats-server $(nats-server --version | awk '{print $2}') on loopback"
+echo
+hdr "server only (one subscriber), msg/s | wasmgate: committed tasks/s | ratio | wasmgate: run to completion, tasks/s"
+"$NATSPUB" sub "nats://127.0.0.1:$NATS" ceiling.x "$MESSAGES" > "$work/natssub.txt" &
+sub=$!
+for _ in $(seq 1 200); do grep -q ready "$work/natssub.txt" && break; sleep 0.05; done
+t0=$(now); "$NATSPUB" pub "nats://127.0.0.1:$NATS" ceiling.x "$MESSAGES"; wait "$sub"; t1=$(now)
+ceiling=$(rate "$MESSAGES" "$t0" "$t1")
+for b in "${builds[@]}"; do
+  start_gateway "$b"
+  perf_start "nats-$b"
+  t0=$(now); "$NATSPUB" pub "nats://127.0.0.1:$NATS" natsbench.x "$MESSAGES"; wait_until nats_delivered "$MESSAGES"; t1=$(now)
+  committed=$(rate "$MESSAGES" "$t0" "$t1")
+  wait_empty; t2=$(now)
+  perf_stop
+  echo "$(col "$b")| $ceiling | $committed | $(div "$committed" "$ceiling") | $(rate "$MESSAGES" "$t0" "$t2") |"
+  stop_gateway
 done
 echo
 echo "Event API: wrk -t1 -d$DURATION, POST {\"type\":\"bench.tick\"}, one subscriber (hello)"

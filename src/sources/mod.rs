@@ -28,6 +28,39 @@ use crate::error::GatewayError;
 use crate::invocation::{Invocation, Source, Target};
 pub use crate::source_state::{Phase, State, States};
 
+/// Messages a broker trigger (MQTT, NATS) makes durable at once, at most.
+const IN_FLIGHT: usize = 512;
+
+/// Bytes (payloads and topics) held by a trigger's messages in flight, at most (one message
+/// is always taken, whatever its size): 64 messages at the default `max_async_body_bytes`.
+const IN_FLIGHT_BYTES: usize = 8 << 20;
+
+/// The messages a broker trigger is making durable: how many, and the bytes of their
+/// payloads and topics. A message waits for its commit, so the window over the commit time
+/// bounds a trigger's rate, and it bounds the memory the messages hold.
+#[derive(Debug, Default)]
+struct Window {
+    messages: usize,
+    bytes: usize,
+}
+
+impl Window {
+    /// Whether another message may be taken (an empty window takes one of any size).
+    fn open(&self) -> bool {
+        self.messages < IN_FLIGHT && self.bytes < IN_FLIGHT_BYTES
+    }
+
+    fn take(&mut self, bytes: usize) {
+        self.messages += 1;
+        self.bytes += bytes;
+    }
+
+    fn give_back(&mut self, bytes: usize) {
+        self.messages -= 1;
+        self.bytes -= bytes;
+    }
+}
+
 /// The supervisor's name for a trigger's source.
 fn service_name(trigger: &str) -> String {
     format!("source:{trigger}")
@@ -216,4 +249,41 @@ pub(crate) fn backoff(attempt: u32) -> std::time::Duration {
     let base = 250u64.saturating_mul(1 << attempt.min(7)).min(30_000);
     let jitter = rand::random::<u64>() % (base / 4 + 1);
     std::time::Duration::from_millis(base + jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Small messages fill the window up to its count, large ones up to its bytes, and one
+    /// message is always taken, however large.
+    #[test]
+    fn the_window_bounds_messages_and_bytes_in_flight() {
+        let mut w = Window::default();
+        for _ in 0..IN_FLIGHT {
+            assert!(w.open());
+            w.take(20);
+        }
+        assert!(!w.open(), "{w:?}");
+        w.give_back(20);
+        assert!(w.open());
+
+        let mut w = Window::default();
+        let large = 128 * 1024;
+        let mut taken = 0;
+        while w.open() {
+            w.take(large);
+            taken += 1;
+        }
+        assert_eq!(taken, IN_FLIGHT_BYTES / large);
+        w.give_back(large);
+        assert!(w.open());
+
+        let mut w = Window::default();
+        assert!(w.open());
+        w.take(IN_FLIGHT_BYTES * 4);
+        assert!(!w.open());
+        w.give_back(IN_FLIGHT_BYTES * 4);
+        assert!(w.open());
+    }
 }

@@ -14,7 +14,10 @@
 //! [`INTAKE`] between the connection and the worker, and when that is full the connection
 //! is not read until the worker takes one, so a flood (QoS 0 has no flow control of its
 //! own) waits in the broker and the kernel's socket buffers, not here. The worker makes
-//! up to [`IN_FLIGHT`] messages durable at once, holding at most [`IN_FLIGHT_BYTES`].
+//! as many messages durable at once as a [`super::Window`] holds. A QoS 1 message is
+//! acknowledged after its commit, so a trigger takes at most that many a commit from the
+//! broker (and the broker sends at most its own window unacknowledged: 20 by default on
+//! mosquitto, `max_inflight_messages`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,40 +36,6 @@ use crate::Gateway;
 use crate::config::BrokerConfig;
 use crate::config::kinds::Transport as Tls;
 use crate::invocation::Source;
-
-/// Messages being made durable at once (their acknowledgements wait in order). A QoS 1
-/// message is acknowledged after its commit, so a trigger takes at most this many a commit
-/// from the broker (and the broker sends at most its own window unacknowledged: 20 by
-/// default on mosquitto, `max_inflight_messages`).
-const IN_FLIGHT: usize = 512;
-
-/// Bytes (payloads and topics) held by the messages in flight, at most (one message is
-/// always taken, whatever its size): 64 messages at the default `max_async_body_bytes`.
-const IN_FLIGHT_BYTES: usize = 8 << 20;
-
-/// The messages being made durable: how many, and the bytes of their payloads and topics.
-#[derive(Debug, Default)]
-struct Window {
-    messages: usize,
-    bytes: usize,
-}
-
-impl Window {
-    /// Whether another message may be taken (an empty window takes one of any size).
-    fn open(&self) -> bool {
-        self.messages < IN_FLIGHT && self.bytes < IN_FLIGHT_BYTES
-    }
-
-    fn take(&mut self, bytes: usize) {
-        self.messages += 1;
-        self.bytes += bytes;
-    }
-
-    fn give_back(&mut self, bytes: usize) {
-        self.messages -= 1;
-        self.bytes -= bytes;
-    }
-}
 
 /// Messages read from the broker and waiting for the worker; beyond this the connection
 /// is not read.
@@ -337,8 +306,8 @@ pub async fn run(
     states.remove(&trigger);
 }
 
-/// Makes messages durable, as many at once as the [`Window`] allows, and acknowledges them
-/// in order.
+/// Makes messages durable, as many at once as the [`super::Window`] allows, and acknowledges
+/// them in order.
 async fn deliver(
     gateway: Arc<Gateway>,
     trigger: String,
@@ -349,7 +318,7 @@ async fn deliver(
     stop: watch::Receiver<bool>,
 ) {
     let mut pending = FuturesOrdered::new();
-    let mut window = Window::default();
+    let mut window = super::Window::default();
     let mut open = true;
     while open || !pending.is_empty() {
         tokio::select! {
@@ -525,41 +494,4 @@ fn tls_config(broker: &BrokerConfig) -> Result<rustls::ClientConfig, String> {
         .map_err(|e| format!("TLS: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Small messages fill the window up to its count, large ones up to its bytes, and one
-    /// message is always taken, however large.
-    #[test]
-    fn the_window_bounds_messages_and_bytes_in_flight() {
-        let mut w = Window::default();
-        for _ in 0..IN_FLIGHT {
-            assert!(w.open());
-            w.take(20);
-        }
-        assert!(!w.open(), "{w:?}");
-        w.give_back(20);
-        assert!(w.open());
-
-        let mut w = Window::default();
-        let large = 128 * 1024;
-        let mut taken = 0;
-        while w.open() {
-            w.take(large);
-            taken += 1;
-        }
-        assert_eq!(taken, IN_FLIGHT_BYTES / large);
-        w.give_back(large);
-        assert!(w.open());
-
-        let mut w = Window::default();
-        assert!(w.open());
-        w.take(IN_FLIGHT_BYTES * 4);
-        assert!(!w.open());
-        w.give_back(IN_FLIGHT_BYTES * 4);
-        assert!(w.open());
-    }
 }

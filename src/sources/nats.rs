@@ -8,7 +8,9 @@
 //! the trigger's `reply_prefix` (`_INBOX.`), never a `$` subject (JetStream, KV buckets,
 //! object store) or the cluster's `wasmgate.` ones, nor the trigger's own subjects; any
 //! other reply subject is logged (cut short) and the message is handled without a reply.
-//! Core NATS delivers at most once; the queue takes over from there.
+//! Core NATS delivers at most once; the queue takes over from there. Messages are made
+//! durable as many at once as a [`super::Window`] holds; core NATS has no flow control, so
+//! what arrives meanwhile waits in the client's subscription buffer.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,9 +27,6 @@ use crate::config::kinds;
 use crate::config::kinds::Transport as Tls;
 use crate::error::GatewayError;
 use crate::invocation::Source;
-
-/// Messages being made durable at once.
-const IN_FLIGHT: usize = 64;
 
 pub async fn run(
     gateway: Arc<Gateway>,
@@ -90,13 +89,22 @@ pub async fn run(
     }
     let mut messages = futures::stream::select_all(subscribers);
     let mut pending = FuturesUnordered::new();
+    let mut window = super::Window::default();
     loop {
         tokio::select! {
-            m = messages.next(), if pending.len() < IN_FLIGHT => match m {
-                Some(m) => pending.push(handle(&gateway, &trigger, &broker, &client, m)),
+            m = messages.next(), if window.open() => match m {
+                Some(m) => {
+                    let held = m.payload.len() + m.subject.len();
+                    window.take(held);
+                    let handled = handle(&gateway, &trigger, &broker, &client, m);
+                    pending.push(async move {
+                        handled.await;
+                        held
+                    });
+                }
                 None => break,
             },
-            Some(()) = pending.next(), if !pending.is_empty() => {}
+            Some(held) = pending.next(), if !pending.is_empty() => window.give_back(held),
             _ = stop.wait_for(|s| *s) => break,
         }
     }
