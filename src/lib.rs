@@ -5,11 +5,13 @@
 //! compiled functions); [`App::handle`] runs one request through the pipeline of
 //! [`pipeline`]. The [`server`] module only accepts connections and calls it.
 
-// One audited exception: loading wasmtime's own compiled artifacts (registry.rs).
+// Two audited exceptions: loading wasmtime's own compiled artifacts (runtime/artifacts.rs)
+// and the global allocator (alloc.rs).
 #![deny(unsafe_code)]
 
 pub mod access_log;
 pub mod admin;
+pub mod alloc;
 pub mod auth;
 pub mod body;
 pub mod client;

@@ -26,9 +26,10 @@ use wasmgate::config::Config;
 
 /// mimalloc instead of the system allocator: requests allocate on one worker thread and free
 /// on another, which glibc's per-arena locks turn into futex waits and context switches
-/// (measured in README, "Performance": about a fifth of a sync request's CPU).
+/// (measured in README, "Performance": about a fifth of a sync request's CPU). Wrapped so
+/// that only layouts that need it take mimalloc's aligned path (`wasmgate::alloc`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: wasmgate::alloc::Allocator = wasmgate::alloc::Allocator;
 
 #[derive(Parser)]
 #[command(
