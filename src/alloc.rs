@@ -35,41 +35,39 @@ fn aligned(p: *mut c_void, align: usize) -> bool {
     (p as usize) & (align - 1) == 0
 }
 
+/// A block of `size` bytes aligned to `align`: from `plain` when mimalloc's own alignment is
+/// enough (or happens to be), else from `with_alignment`.
+#[inline(always)]
+unsafe fn block(
+    size: usize,
+    align: usize,
+    plain: unsafe extern "C" fn(usize) -> *mut c_void,
+    with_alignment: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+) -> *mut u8 {
+    unsafe {
+        if align <= WORD {
+            return plain(size).cast();
+        }
+        if align <= TRY_PLAIN {
+            let p = plain(size);
+            if aligned(p, align) {
+                return p.cast();
+            }
+            mi_free(p);
+        }
+        with_alignment(size, align).cast()
+    }
+}
+
 unsafe impl GlobalAlloc for Allocator {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let (size, align) = (layout.size(), layout.align());
-        unsafe {
-            if align <= WORD {
-                return mi_malloc(size).cast();
-            }
-            if align <= TRY_PLAIN {
-                let p = mi_malloc(size);
-                if aligned(p, align) {
-                    return p.cast();
-                }
-                mi_free(p);
-            }
-            mi_malloc_aligned(size, align).cast()
-        }
+        unsafe { block(layout.size(), layout.align(), mi_malloc, mi_malloc_aligned) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let (size, align) = (layout.size(), layout.align());
-        unsafe {
-            if align <= WORD {
-                return mi_zalloc(size).cast();
-            }
-            if align <= TRY_PLAIN {
-                let p = mi_zalloc(size);
-                if aligned(p, align) {
-                    return p.cast();
-                }
-                mi_free(p);
-            }
-            mi_zalloc_aligned(size, align).cast()
-        }
+        unsafe { block(layout.size(), layout.align(), mi_zalloc, mi_zalloc_aligned) }
     }
 
     #[inline]
