@@ -194,8 +194,7 @@ impl<B> Invocation<B> {
         let pre = &self.prebuilt;
         let values = pre.trigger.as_deref();
         let headers = self.request.headers_mut();
-        // The gateway headers, and room for `traceparent` and `tracestate` (tracing on).
-        headers.reserve(10);
+        headers.reserve(GATEWAY_HEADERS);
         set(
             headers,
             &names::REQUEST_ID,
@@ -255,6 +254,10 @@ impl<B> Invocation<B> {
         }
     }
 }
+
+/// How many headers [`Invocation::stamp`] may add: the gateway's eight, and `traceparent`
+/// and `tracestate` (tracing on).
+pub const GATEWAY_HEADERS: usize = 10;
 
 /// The names [`Invocation::stamp`] sets, parsed once.
 pub(crate) mod names {

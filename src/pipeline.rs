@@ -185,11 +185,13 @@ impl App {
             (Some(_), None) => "refused",
         };
         let status = response.status().as_u16();
+        // One clock read for the metrics and the access line.
+        let elapsed = started.elapsed();
         match routed {
             Some(t) => t
                 .series
-                .record(&t.name, status, auth, started.elapsed().as_secs_f64()),
-            None => crate::metrics::record_unrouted(status, auth, started.elapsed().as_secs_f64()),
+                .record(&t.name, status, auth, elapsed.as_secs_f64()),
+            None => crate::metrics::record_unrouted(status, auth, elapsed.as_secs_f64()),
         }
         let m = &crate::metrics::METRICS;
         if let Some(reason) = record.throttled {
@@ -241,7 +243,7 @@ impl App {
             principal: record.principal.as_deref(),
             qualifier: record.qualifier.as_deref(),
             status: response.status().as_u16(),
-            duration_us: started.elapsed().as_micros() as u64,
+            duration_us: elapsed.as_micros() as u64,
             bytes: http_body::Body::size_hint(response.body()).exact(),
             trace_id: trace_id.as_ref().map(crate::trace::TraceIdHex::as_str),
         });
@@ -1205,6 +1207,9 @@ fn invocation<B>(
     for k in dropped {
         headers.remove(&k);
     }
+    // Room, once, for this header and those `Invocation::stamp` adds (the map hyper built
+    // holds the client's headers only: growing it header by header rehashes it twice).
+    headers.reserve(crate::invocation::GATEWAY_HEADERS + 1);
     if let Ok(v) = HeaderValue::from_str(original.as_ref().map_or("/", |pq| pq.as_str())) {
         headers.insert(X_FC_ORIGINAL_PATH.clone(), v);
     }

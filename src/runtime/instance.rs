@@ -317,7 +317,6 @@ impl Function {
         Ok(Running {
             name: self.name.clone(),
             timeout,
-            deadline,
             rx,
             task: AbortOnDrop(Some(task)),
             log,
@@ -330,7 +329,6 @@ impl Function {
 struct Running {
     name: Arc<str>,
     timeout: std::time::Duration,
-    deadline: Instant,
     rx: tokio::sync::oneshot::Receiver<
         Result<
             hyper::Response<HyperOutgoingBody>,
@@ -343,6 +341,10 @@ struct Running {
 }
 
 impl Running {
+    /// The guest's response head. The guest's task is what enforces the deadline (its
+    /// timer for a guest waiting on the host, the epoch callback for one computing): a guest
+    /// past it is stopped, its store and permits dropped, and the response's sender with
+    /// them, so this waits on no timer of its own (one timer a request instead of two).
     async fn response(mut self) -> Result<Outcome, RuntimeError> {
         let (name, timeout, mut task) = (&self.name, self.timeout, self.task);
         let timed_out = || {
@@ -351,17 +353,8 @@ impl Running {
                 timeout.as_millis()
             ))
         };
-        match tokio::time::timeout_at(self.deadline.into(), &mut self.rx).await {
-            Err(_) => {
-                // Stop the guest and wait until it is gone, so its permits are back before
-                // the client hears 504 (a looping guest reaches a yield point every tick).
-                if let Some(h) = task.0.take() {
-                    h.abort();
-                    let _ = h.await;
-                }
-                Err(timed_out())
-            }
-            Ok(Ok(Ok(response))) => {
+        match (&mut self.rx).await {
+            Ok(Ok(response)) => {
                 // The guest keeps running to stream its body; it is no longer ours to abort.
                 task.0.take();
                 let header_bytes: usize = response
@@ -380,11 +373,12 @@ impl Running {
                     finished: self.finished,
                 })
             }
-            Ok(Ok(Err(code))) => Err(RuntimeError::Failed(format!(
+            Ok(Err(code)) => Err(RuntimeError::Failed(format!(
                 "function '{name}' reported an error: {code:?}"
             ))),
-            Ok(Err(_)) => {
-                // The guest dropped its response outparam: find out how it ended.
+            Err(_) => {
+                // The guest dropped its response outparam (or was stopped at its deadline):
+                // find out how it ended.
                 let handle = task.0.take();
                 let end = match handle {
                     Some(h) => h.await,
