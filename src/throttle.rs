@@ -241,6 +241,10 @@ impl Limits {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
         };
+        // Looked up by `&str` first: a name is allocated once, when first seen.
+        if let Some(slots) = map.get(name) {
+            return slots.clone();
+        }
         map.entry(name.to_string())
             .or_insert_with(|| Slots::new(max))
             .clone()
