@@ -290,7 +290,9 @@ impl Function {
             let _permits = permits;
             let _finished = finished_tx;
             let mut span = run_span;
-            let run = async {
+            // Boxed: instantiation's and the call's futures are large, and the task's
+            // future is copied whole into its cell and its stages (spawn, output, taken).
+            let run = Box::pin(async {
                 let started = Instant::now();
                 let proxy = pre.instantiate_async(&mut store).await?;
                 crate::metrics::METRICS
@@ -300,7 +302,7 @@ impl Function {
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, req, out)
                     .await
-            };
+            });
             let end = match tokio::time::timeout_at(deadline.into(), run).await {
                 Ok(Ok(())) => GuestEnd::Returned,
                 Ok(Err(e)) if e.downcast_ref::<DeadlineExceeded>().is_some() => GuestEnd::Timeout,
