@@ -492,3 +492,48 @@ async fn a_listener_at_max_connections_serves_the_next_only_when_one_goes() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("hello from wasmgate"), "{answer}");
 }
+
+/// A returning TLS client resumes its session (no certificate signature, no key exchange of
+/// the server's) however many clients came in between: the server hands out tickets it can
+/// read back instead of keeping each client's session in a bounded cache (rustls's default
+/// keeps 256 sessions, two per client, so the 129th client evicted the first).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_session_resumes_after_hundreds_of_other_clients() {
+    let s = TestServer::start(&config(5000, 10_000));
+    let addr = s.addr();
+    let name = || rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    // A request and its answer on a new connection: the session tickets come after the
+    // handshake, and are read with the answer.
+    async fn get(
+        connector: &tokio_rustls::TlsConnector,
+        addr: &str,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::HandshakeKind> {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut tls = connector.connect(name, stream).await.unwrap();
+        tls.write_all(b"GET /hello HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_response(&mut tls, Duration::from_secs(20)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        tls.get_ref().1.handshake_kind()
+    }
+    let addr = addr.as_str();
+    let resumed = |c: tokio_rustls::TlsConnector| async move {
+        get(&c, addr, name()).await == Some(rustls::HandshakeKind::Resumed)
+    };
+    let returning = tls_connector(b"http/1.1");
+    assert!(!resumed(returning.clone()).await, "a first connection");
+    assert!(
+        resumed(returning.clone()).await,
+        "a client's second connection right after its first"
+    );
+    // 300 other clients, each with a session cache of its own.
+    for _ in 0..300 {
+        assert!(!resumed(tls_connector(b"http/1.1")).await, "a new client");
+    }
+    assert!(
+        resumed(returning).await,
+        "the first client, after 300 others"
+    );
+}
