@@ -509,13 +509,21 @@ async fn a_tls_session_resumes_after_hundreds_of_other_clients() {
         addr: &str,
         name: rustls::pki_types::ServerName<'static>,
     ) -> Option<rustls::HandshakeKind> {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let mut tls = connector.connect(name, stream).await.unwrap();
+        let bound = Duration::from_secs(20);
+        let stream = tokio::time::timeout(bound, TcpStream::connect(addr))
+            .await
+            .expect("connected within 20 s")
+            .unwrap();
+        let mut tls = tokio::time::timeout(bound, connector.connect(name, stream))
+            .await
+            .expect("a TLS handshake within 20 s")
+            .unwrap();
         tls.write_all(b"GET /hello HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             .await
             .unwrap();
-        let answer = read_response(&mut tls, Duration::from_secs(20)).await;
+        let answer = read_response(&mut tls, bound).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("hello from wasmgate"), "{answer}");
         tls.get_ref().1.handshake_kind()
     }
     let addr = addr.as_str();
