@@ -651,7 +651,10 @@ impl Broker {
         let extra = extra.replace("{dir}", &dir.path().display().to_string());
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\npersistence false\n{extra}\n"),
+            // `user root`: started as root, mosquitto would otherwise drop to its own user
+            // before it reads the TLS files, and a checkout under a directory only its owner
+            // may enter (`mktemp -d`) is closed to that user. Ignored when not root.
+            format!("listener {port} 127.0.0.1\npersistence false\nuser root\n{extra}\n"),
         )
         .expect("write mosquitto.conf");
         let (out, err) = broker_log(dir.path());
