@@ -5,6 +5,11 @@
 # `return 200` (the ceiling), interleaved, in one run on this machine. Prints the figures and
 # the ratios the performance goals are stated in.
 #
+# TLS: nginx serves `return 200` over TLS too (nginx-https, OpenSSL), and each wrk run's own
+# CPU is taken (bash `time`): the client shares the two cores, so what TLS costs a request
+# (the last table) is split into the client's part and the server's, for wasmgate (rustls)
+# and for nginx, against what the 0.95x goal leaves.
+#
 #   bash bench/load.sh            # 3 rounds of 6 s per server, 32 connections
 #   ROUNDS=5 DURATION=8s CONNS=64 bash bench/load.sh
 #   BASELINE=/path/to/other/wasmgate bash bench/load.sh   # adds that build (plain HTTP) as
@@ -102,6 +107,7 @@ fi
 
 # Tracing on: the plain node's config, exporting to nginx's port.
 PORT_nginx=$(free_port)
+PORT_nginx_tls=$(free_port)
 for variant in traced:1.0 traced-1pct:0.01; do
   name=${variant%%:*} ratio=${variant##*:}
   port=$(free_port)
@@ -129,12 +135,18 @@ events { worker_connections 4096; }
 http {
   access_log off;
   server { listen 127.0.0.1:$PORT_nginx; location / { return 200 "hello\n"; } }
+  server {
+    listen 127.0.0.1:$PORT_nginx_tls ssl;
+    ssl_certificate $PWD/certs/localhost.pem;
+    ssl_certificate_key $PWD/certs/localhost-key.pem;
+    location / { return 200 "hello\n"; }
+  }
 }
 NGINX
 "$NGINX" -c "$work/nginx.conf" -p "$work" -g 'daemon off;' &
 pids+=($!)
 
-for p in "$PORT_plain" "$PORT_tls" "$PORT_traced" "$PORT_traced_1pct" "$PORT_floor" "$PORT_wasmtime" "$PORT_nginx" ${PORT_baseline:-}; do wait_port "$p"; done
+for p in "$PORT_plain" "$PORT_tls" "$PORT_traced" "$PORT_traced_1pct" "$PORT_floor" "$PORT_wasmtime" "$PORT_nginx" "$PORT_nginx_tls" ${PORT_baseline:-}; do wait_port "$p"; done
 
 declare -A URL=(
   [wasmgate-http]="http://127.0.0.1:$PORT_plain/"
@@ -147,6 +159,7 @@ declare -A URL=(
   [floor]="http://127.0.0.1:$PORT_floor/"
   [wasmtime-serve]="http://127.0.0.1:$PORT_wasmtime/"
   [nginx]="http://127.0.0.1:$PORT_nginx/"
+  [nginx-https]="https://127.0.0.1:$PORT_nginx_tls/"
 )
 # One signature and one token for the whole run (both stay valid for its duration).
 export BENCH_SECRET=bench-signature-secret
@@ -156,7 +169,7 @@ IDP_JWT=$(idp_token)
 declare -A HDR1=([wasmgate-https-signed]="${SIGNED[0]}" [wasmgate-https-jwt]="Authorization: Bearer $JWT" [wasmgate-https-jwks]="Authorization: Bearer $IDP_JWT")
 declare -A HDR2=([wasmgate-https-signed]="${SIGNED[1]}" [wasmgate-https-jwt]="X-Bench: 1" [wasmgate-https-jwks]="X-Bench: 1")
 hdr_args() { local n=$1; if [ -n "${HDR1[$n]:-}" ]; then printf '%s\0' -H "${HDR1[$n]}" -H "${HDR2[$n]}"; fi; }
-order=(wasmgate-http floor wasmtime-serve nginx wasmgate-https wasmgate-https-signed wasmgate-https-jwt wasmgate-https-jwks wasmgate-http-traced wasmgate-http-traced-1pct)
+order=(wasmgate-http floor wasmtime-serve nginx nginx-https wasmgate-https wasmgate-https-signed wasmgate-https-jwt wasmgate-https-jwks wasmgate-http-traced wasmgate-http-traced-1pct)
 if [ -n "$BASELINE" ]; then
   URL[wasmgate-baseline]="http://127.0.0.1:$PORT_baseline/"
   order=(wasmgate-http wasmgate-baseline "${order[@]:1}")
@@ -173,11 +186,14 @@ raw="$work/raw.txt"
 for round in $(seq 1 "$ROUNDS"); do
   for name in "${order[@]}"; do
     mapfile -d '' -t H < <(hdr_args "$name")
-    wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${H[@]}" "${URL[$name]}" > "$work/wrk.txt"
+    # The client's own CPU (user + system seconds): it shares the two cores with the server.
+    { TIMEFORMAT='%U %S'; time wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${H[@]}" "${URL[$name]}" > "$work/wrk.txt"; } 2> "$work/wrk-cpu.txt"
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/wrk.txt")
     p99=$(awk '$1=="99%" {print $2}' "$work/wrk.txt")
     non2xx=$(awk '/Non-2xx/ {print $5}' "$work/wrk.txt")
-    echo "$name $round $rps $p99 ${non2xx:-0}" | tee -a "$raw"
+    n=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
+    client_us=$(awk -v n="$n" '{printf "%.2f", ($1 + $2) * 1e6 / n}' "$work/wrk-cpu.txt")
+    echo "$name $round $rps $p99 ${non2xx:-0} $client_us" | tee -a "$raw"
   done
 done
 
@@ -214,24 +230,25 @@ def ms(s):
     return float(s)
 rows = {}
 for line in open(raw):
-    name, _, rps, p99, bad = line.split()
-    rows.setdefault(name, []).append((float(rps), ms(p99), int(bad)))
-med = {n: (statistics.median(r for r, _, _ in v), statistics.median(p for _, p, _ in v), sum(b for _, _, b in v)) for n, v in rows.items()}
+    name, _, rps, p99, bad, client = line.split()
+    rows.setdefault(name, []).append((float(rps), ms(p99), int(bad), float(client)))
+med = {n: (statistics.median(r for r, _, _, _ in v), statistics.median(p for _, p, _, _ in v), sum(b for _, _, b, _ in v), statistics.median(c for _, _, _, c in v)) for n, v in rows.items()}
 nan = float("nan")
-get = lambda n: med.get(n, (nan, nan, 0))[0]
+get = lambda n: med.get(n, (nan, nan, 0, nan))[0]
+client = lambda n: med.get(n, (nan, nan, 0, nan))[3]
 base = get("wasmtime-serve")
 floor = get("floor")
 ceiling = get("nginx")
 print(f"wrk -t1 -c{conns} -d{dur} --latency, {rounds} interleaved rounds, median of rounds\n")
-print("| server | requests/s | p99 (ms) | non-2xx | vs floor | vs wasmtime serve | vs nginx |")
-print("|---|---|---|---|---|---|---|")
-for n in ["wasmgate-http", "wasmgate-baseline", "wasmgate-http-traced", "wasmgate-http-traced-1pct", "wasmgate-https", "wasmgate-https-signed", "wasmgate-https-jwt", "wasmgate-https-jwks", "floor", "wasmtime-serve", "nginx"]:
+print("| server | requests/s | p99 (ms) | non-2xx | vs floor | vs wasmtime serve | vs nginx | client CPU µs a request |")
+print("|---|---|---|---|---|---|---|---|")
+for n in ["wasmgate-http", "wasmgate-baseline", "wasmgate-http-traced", "wasmgate-http-traced-1pct", "wasmgate-https", "wasmgate-https-signed", "wasmgate-https-jwt", "wasmgate-https-jwks", "floor", "wasmtime-serve", "nginx", "nginx-https"]:
     if n not in med:
         continue
-    r, p, b = med[n]
+    r, p, b, c = med[n]
     # A reference left out of this run (ONLY=) has no ratio.
     vs = lambda ref: "-" if ref != ref else f"{r/ref:.2f}x"
-    print(f"| {n} | {r:,.0f} | {p:.2f} | {b} | {vs(floor)} | {vs(base)} | {vs(ceiling)} |")
+    print(f"| {n} | {r:,.0f} | {p:.2f} | {b} | {vs(floor)} | {vs(base)} | {vs(ceiling)} | {c:.2f} |")
 http, https = get("wasmgate-http"), get("wasmgate-https")
 goals = [
     ("tracing on, every trace sampled / off", get("wasmgate-http-traced") / http, 0.95),
@@ -249,6 +266,22 @@ for name, got, goal in goals:
     if got != got:
         continue
     print(f"| {name} | {got:.2f}x | >= {goal:.2f}x | {'met' if got >= goal else 'not met'} |")
+# What TLS costs a request on this machine, for wasmgate (rustls) and for nginx (OpenSSL),
+# with the same client: the wall time it adds a request, the client's own CPU it adds (wrk
+# shares the two cores), and the server's CPU it adds, estimated as the two cores' time a
+# request less the client's. The 0.95x goal leaves the first of these 1/0.95 - 1 of the plain
+# request's wall time.
+pairs = [(a, b) for a, b in (("wasmgate-http", "wasmgate-https"), ("nginx", "nginx-https")) if a in med and b in med]
+if pairs:
+    print("\n| TLS on this machine | plain requests/s | TLS requests/s | TLS / plain | wall µs added a request | of which the 0.95x goal allows | client CPU µs added | server CPU µs added (est.) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for a, b in pairs:
+        ra, rb = get(a), get(b)
+        wall = 1e6 / rb - 1e6 / ra
+        allowed = 1e6 / (0.95 * ra) - 1e6 / ra
+        dc = client(b) - client(a)
+        ds = (2e6 / rb - client(b)) - (2e6 / ra - client(a))
+        print(f"| {b} | {ra:,.0f} | {rb:,.0f} | {rb/ra:.2f}x | {wall:.2f} | {allowed:.2f} | {dc:.2f} | {ds:.2f} |")
 _, rps, non2xx, first = open(rotation).read().split()
 if rps != "-":
   print(f"\nRotation under load (jwks_url trigger, the provider restarted signing with a new key): "
