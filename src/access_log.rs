@@ -52,6 +52,9 @@ pub struct Entry<'a> {
     pub bytes: Option<u64>,
     /// The request's trace id (hex), when tracing is on.
     pub trace_id: Option<&'a str>,
+    /// The line's time (the request's end): the pipeline has it from the clock reads it
+    /// makes anyway (its start's wall time plus its duration).
+    pub at: std::time::SystemTime,
 }
 
 thread_local! {
@@ -103,8 +106,8 @@ thread_local! {
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC), as `tracing`'s formatter writes it; the date and
 /// time are formatted once a second per thread, the microseconds every line.
-fn timestamp(out: &mut String) {
-    let now = chrono::Utc::now();
+fn timestamp(out: &mut String, at: std::time::SystemTime) {
+    let now = chrono::DateTime::<chrono::Utc>::from(at);
     let secs = now.timestamp();
     let micros = now.timestamp_subsec_micros().min(999_999);
     SECOND.with(|cell| {
@@ -150,7 +153,7 @@ fn push_peer(out: &mut String, peer: SocketAddr, ip: &str) {
 
 fn json_line(out: &mut String, e: &Entry<'_>) {
     out.push_str("{\"timestamp\":\"");
-    timestamp(out);
+    timestamp(out, e.at);
     out.push_str("\",\"level\":\"INFO\",\"fields\":{\"message\":\"request\",\"request_id\":");
     json_str(out, e.request_id);
     out.push_str(",\"peer\":\"");
@@ -185,7 +188,7 @@ fn json_line(out: &mut String, e: &Entry<'_>) {
 }
 
 fn text_line(out: &mut String, e: &Entry<'_>) {
-    timestamp(out);
+    timestamp(out, e.at);
     let _ = write!(
         out,
         "  INFO wasmgate::access: request request_id={} peer={} method={} path={:?} trigger={} principal={:?} status={} duration_us={}",
@@ -284,6 +287,7 @@ mod tests {
             duration_us: 81,
             bytes: Some(20),
             trace_id: None,
+            at: std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_796_600_267_537_366),
         }
     }
 
@@ -307,8 +311,8 @@ mod tests {
         assert_eq!(f["status"], 200);
         assert_eq!(f["duration_us"], 81);
         assert_eq!(f["bytes"], 20);
-        let ts = v["timestamp"].as_str().unwrap();
-        assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok(), "{ts}");
+        // The entry's time, not the clock's.
+        assert_eq!(v["timestamp"], "2026-12-06T23:37:47.537366Z");
     }
 
     #[test]
@@ -402,7 +406,7 @@ mod tests {
         for _ in 0..400 {
             let before = chrono::Utc::now();
             let mut ts = String::new();
-            timestamp(&mut ts);
+            timestamp(&mut ts, std::time::SystemTime::now());
             let after = chrono::Utc::now();
             let parsed = chrono::DateTime::parse_from_rfc3339(&ts)
                 .unwrap_or_else(|e| panic!("{ts}: {e}"))

@@ -24,7 +24,12 @@ use serde::{Deserialize, Serialize};
 /// request id unless the client names one, and ids that grow keep the task store's indexes
 /// appending to their last page instead of touching a random page per task.
 pub fn new_request_id() -> Arc<str> {
-    let ms = std::time::SystemTime::now()
+    request_id_at(std::time::SystemTime::now())
+}
+
+/// A request id for a request that arrived at `now` (a caller that read the clock already).
+pub fn request_id_at(now: std::time::SystemTime) -> Arc<str> {
+    let ms = now
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     format_uuid(v7(ms, rand::random()))

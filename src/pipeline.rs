@@ -100,8 +100,12 @@ impl App {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
+        // The clock is read twice for a request: here (wall and monotonic) and at its end.
+        // The request id's time, the body's deadline and the access line's time derive
+        // from these.
+        let wall = std::time::SystemTime::now();
         let started = Instant::now();
-        let request_id = new_request_id();
+        let request_id = crate::invocation::request_id_at(wall);
         // Built once: the function's `X-Fc-Request-Id` and the response's share it.
         let request_id_value = HeaderValue::from_str(&request_id).ok();
         let method = req.method().clone();
@@ -127,7 +131,7 @@ impl App {
         record.recording = span.is_recording();
         // Whatever stage reads the body (authentication, read-ahead, the async store, the
         // function itself), its last byte is due `request_timeout_ms` after the head came.
-        let due = tokio::time::Instant::now()
+        let due = tokio::time::Instant::from_std(started)
             + std::time::Duration::from_millis(self.config.limits.request_timeout_ms.get());
         let (body, expired) = crate::body::Deadline::new(body, due);
         // The body stays here until a stage reads it: a refusal before that is "early".
@@ -246,6 +250,7 @@ impl App {
             duration_us: elapsed.as_micros() as u64,
             bytes: http_body::Body::size_hint(response.body()).exact(),
             trace_id: trace_id.as_ref().map(crate::trace::TraceIdHex::as_str),
+            at: wall.checked_add(elapsed).unwrap_or(wall),
         });
         response
     }
@@ -1263,43 +1268,54 @@ fn request_authority(parts: &http::request::Parts) -> Result<Option<String>, Gat
 /// `~`) or a bracketed IPv6 address and port is at most 65535. `None` for anything else:
 /// userinfo, a path, percent-escapes, spaces, control bytes.
 pub fn normalize_authority(raw: &[u8]) -> Option<String> {
-    let s = std::str::from_utf8(raw).ok()?;
-    if s.is_empty() || s.len() > 261 {
+    if raw.is_empty() || raw.len() > 261 {
         return None;
     }
-    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let (v6, after) = rest.split_once(']')?;
+    // One pass over the bytes for the common name or IPv4 form; the host is copied
+    // lowercased as it is checked.
+    let (host, port) = if raw[0] == b'[' {
+        let s = std::str::from_utf8(raw).ok()?;
+        let (v6, after) = s[1..].split_once(']')?;
         v6.parse::<std::net::Ipv6Addr>().ok()?;
         let port = match after {
             "" => None,
-            p => Some(p.strip_prefix(':')?),
+            p => Some(p.strip_prefix(':')?.as_bytes()),
         };
-        (&s[..v6.len() + 2], port)
+        (&raw[..v6.len() + 2], port)
     } else {
-        let (host, port) = match s.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (s, None),
+        let (host, port) = match raw.iter().rposition(|&b| b == b':') {
+            Some(i) => (&raw[..i], Some(&raw[i + 1..])),
+            None => (raw, None),
         };
-        let ok = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
-        if host.is_empty() || host.len() > 253 || !host.bytes().all(ok) {
+        let ok = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+        if host.is_empty() || host.len() > 253 || !host.iter().all(ok) {
             return None;
         }
         (host, port)
     };
-    let mut out = host.to_ascii_lowercase();
-    match port {
-        None | Some("") => {}
+    let port = match port {
+        None | Some(b"") => None,
         Some(p) => {
-            if p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            if p.len() > 5 || !p.iter().all(u8::is_ascii_digit) {
                 return None;
             }
-            let n: u32 = p.parse().ok()?;
+            let n = p.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
             if n > 65535 {
                 return None;
             }
-            out.push(':');
-            out.push_str(p);
+            Some(p)
         }
+    };
+    // Every byte kept is ASCII (letters, digits, `-._~`, or an IPv6 address and its
+    // brackets; the port's digits), so these checks take their ASCII fast path.
+    let host = std::str::from_utf8(host).ok()?;
+    let port = port.map(std::str::from_utf8).transpose().ok()?;
+    let mut out = String::with_capacity(host.len() + port.map_or(0, |p| p.len() + 1));
+    out.push_str(host);
+    out.make_ascii_lowercase();
+    if let Some(p) = port {
+        out.push(':');
+        out.push_str(p);
     }
     Some(out)
 }
@@ -1356,10 +1372,30 @@ mod tests {
             );
         }
         for raw in [
-            "", "a b", "%", "a%41", "a/b", "u@h", "h:65536", "h:1a", "h:123456", ":80", "[::1",
-            "[zz]", "[::1]x", "a\tb", "h:80:80", "a?b", "a#b",
+            "",
+            "a b",
+            "%",
+            "a%41",
+            "a/b",
+            "u@h",
+            "h:65536",
+            "h:1a",
+            "h:123456",
+            ":80",
+            "[::1",
+            "[zz]",
+            "[::1]x",
+            "a\tb",
+            "h:80:80",
+            "a?b",
+            "a#b",
+            "h\u{e9}",
+            "h:\u{661}",
         ] {
             assert_eq!(normalize_authority(raw.as_bytes()), None, "{raw:?}");
+        }
+        for raw in [&b"h\xff"[..], b"h:8\xff", b"[::1]\xff"] {
+            assert_eq!(normalize_authority(raw), None, "{raw:?}");
         }
     }
 
