@@ -138,11 +138,13 @@ impl Digest {
 pub struct HashChecked<B> {
     inner: B,
     /// The expected digest and the running hash; `None` once checked (or with no digest).
-    check: Option<(Digest, Hasher)>,
+    /// Boxed, as are the trailers: most bodies have neither, and every request's body is
+    /// moved several times on its way to the function.
+    check: Option<Box<(Digest, Hasher)>>,
     /// The data frame held back until the next one (or the verdict) arrives.
     held: Option<Bytes>,
     /// Trailers that ended the body, handed on after the held frame.
-    trailers: Option<Frame<Bytes>>,
+    trailers: Option<Box<Frame<Bytes>>>,
     /// The inner body has ended (it is not polled again).
     ended: bool,
     mismatch: Arc<AtomicBool>,
@@ -156,7 +158,7 @@ impl<B> HashChecked<B> {
                 inner,
                 check: expected.map(|e| {
                     let h = Hasher::new(&e);
-                    (e, h)
+                    Box::new((e, h))
                 }),
                 held: None,
                 trailers: None,
@@ -171,7 +173,10 @@ impl<B> HashChecked<B> {
     fn verdict(&mut self) -> bool {
         self.ended = true;
         match self.check.take() {
-            Some((expected, hasher)) => hasher.matches(&expected),
+            Some(check) => {
+                let (expected, hasher) = *check;
+                hasher.matches(&expected)
+            }
             None => true,
         }
     }
@@ -196,7 +201,7 @@ where
                 return Poll::Ready(Some(Ok(Frame::data(d))));
             }
             if let Some(t) = this.trailers.take() {
-                return Poll::Ready(Some(Ok(t)));
+                return Poll::Ready(Some(Ok(*t)));
             }
             if this.ended {
                 return Poll::Ready(None);
@@ -212,8 +217,8 @@ where
             };
             let frame = match frame.map(Frame::into_data) {
                 Some(Ok(data)) => {
-                    if let Some((_, hasher)) = this.check.as_mut() {
-                        hasher.update(&data);
+                    if let Some(check) = this.check.as_mut() {
+                        check.1.update(&data);
                     }
                     match this.held.replace(data) {
                         Some(previous) => return Poll::Ready(Some(Ok(Frame::data(previous)))),
@@ -229,11 +234,11 @@ where
                 this.mismatch.store(true, Ordering::SeqCst);
                 return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestDenied)));
             }
-            this.trailers = frame;
+            this.trailers = frame.map(Box::new);
             if let Some(d) = this.held.take() {
                 return Poll::Ready(Some(Ok(Frame::data(d))));
             }
-            return Poll::Ready(this.trailers.take().map(Ok));
+            return Poll::Ready(this.trailers.take().map(|t| Ok(*t)));
         }
     }
 
