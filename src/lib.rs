@@ -85,6 +85,9 @@ pub struct ConnInfo {
     /// The peer's IP address as text, formatted once a connection: `X-Forwarded-For`, the
     /// anonymous principal's id and the access line's peer are made from it.
     pub peer_ip: http::HeaderValue,
+    /// The connection's read-ahead budget (`limits.connection_buffer_bytes`), shared by its
+    /// requests; `None` where no server made one (the library used in-process).
+    pub read_budget: Option<crate::body::ReadBudget>,
 }
 
 impl ConnInfo {
@@ -98,6 +101,15 @@ impl ConnInfo {
             // An address is digits, dots, colons and hex: always a valid header value.
             peer_ip: http::HeaderValue::from_str(&ip)
                 .unwrap_or_else(|_| http::HeaderValue::from_static("")),
+            read_budget: None,
+        }
+    }
+
+    /// The same connection, its requests sharing `budget` for read-ahead.
+    pub fn with_read_budget(self, budget: crate::body::ReadBudget) -> ConnInfo {
+        ConnInfo {
+            read_budget: Some(budget),
+            ..self
         }
     }
 

@@ -347,8 +347,8 @@ impl App {
                 } else {
                     invocation_type
                 };
-                let budget = parts.extensions.get::<crate::body::ReadBudget>().cloned();
-                let (body, grant) = read_ahead(self, body, read_as, budget.as_ref()).await?;
+                let (body, grant) =
+                    read_ahead(self, body, read_as, conn.read_budget.as_ref()).await?;
                 // Held until the response head is out: the bytes stay counted while the
                 // request waits for admission and the function starts on them.
                 _read_grant = grant;
@@ -659,10 +659,7 @@ where
         let idle = std::time::Duration::from_millis(app.config.limits.body_read_timeout_ms.get());
         // Before authentication too, the connection's read-ahead budget applies: with none
         // left, the form is not searched.
-        let grant = parts
-            .extensions
-            .get::<crate::body::ReadBudget>()
-            .map(|b| b.take(FORM_TOKEN_BYTES));
+        let grant = conn.read_budget.as_ref().map(|b| b.take(FORM_TOKEN_BYTES));
         let buffer = grant.as_ref().map_or(FORM_TOKEN_BYTES, |g| g.bytes);
         _form_grant = grant;
         read = Some(

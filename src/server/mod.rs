@@ -266,7 +266,6 @@ struct Builders {
 }
 
 /// Whether a connection is busy, for the idle and send timeouts.
-#[derive(Default)]
 struct Activity {
     /// Requests in progress: from the head's arrival to the end of the response body. Only
     /// [`InProgress`] changes it, so a request whose future or body is dropped (an HTTP/2
@@ -277,17 +276,58 @@ struct Activity {
     /// When the last request ended (ms since the connection started).
     last_ms: AtomicU64,
     /// Per request in progress: since when (ms since the connection started) its response
-    /// has been waiting for the client to take bytes, [`FREE`] or [`NOT_WAITING`].
-    waiting: std::sync::Mutex<Vec<u64>>,
+    /// has been waiting for the client to take bytes, [`FREE`] or [`NOT_WAITING`]. Slot 0,
+    /// the only one an HTTP/1.1 connection uses (its requests come one at a time), is an
+    /// atomic of its own; the others (concurrent HTTP/2 streams) are in `more`.
+    first: AtomicU64,
+    more: std::sync::Mutex<Vec<u64>>,
 }
 
 const FREE: u64 = u64::MAX;
 const NOT_WAITING: u64 = u64::MAX - 1;
 
+impl Default for Activity {
+    fn default() -> Activity {
+        Activity {
+            active: AtomicUsize::new(0),
+            seen: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            first: AtomicU64::new(FREE),
+            more: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+}
+
 impl Activity {
+    /// A slot for a new request in progress, marked not waiting.
+    fn claim(&self) -> usize {
+        if self
+            .first
+            .compare_exchange(FREE, NOT_WAITING, SeqCst, SeqCst)
+            .is_ok()
+        {
+            return 0;
+        }
+        match self.more.lock() {
+            Ok(mut w) => match w.iter().position(|v| *v == FREE) {
+                Some(i) => {
+                    w[i] = NOT_WAITING;
+                    i + 1
+                }
+                None => {
+                    w.push(NOT_WAITING);
+                    w.len()
+                }
+            },
+            Err(_) => usize::MAX,
+        }
+    }
+
     fn set_waiting(&self, slot: usize, value: u64) {
-        if let Ok(mut w) = self.waiting.lock()
-            && let Some(v) = w.get_mut(slot)
+        if slot == 0 {
+            self.first.store(value, SeqCst);
+        } else if let Ok(mut w) = self.more.lock()
+            && let Some(v) = w.get_mut(slot - 1)
         {
             *v = value;
         }
@@ -295,8 +335,13 @@ impl Activity {
 
     /// Since when the longest-waiting response has waited for the client, if one does.
     fn oldest_waiting(&self) -> Option<u64> {
-        let w = self.waiting.lock().ok()?;
-        w.iter().copied().filter(|v| *v < NOT_WAITING).min()
+        let first = Some(self.first.load(SeqCst)).filter(|v| *v < NOT_WAITING);
+        let w = self.more.lock().ok()?;
+        w.iter()
+            .copied()
+            .filter(|v| *v < NOT_WAITING)
+            .chain(first)
+            .min()
     }
 }
 
@@ -314,19 +359,7 @@ impl InProgress {
     fn begin(activity: Arc<Activity>, started: tokio::time::Instant) -> InProgress {
         activity.active.fetch_add(1, SeqCst);
         activity.seen.fetch_add(1, SeqCst);
-        let slot = match activity.waiting.lock() {
-            Ok(mut w) => match w.iter().position(|v| *v == FREE) {
-                Some(i) => {
-                    w[i] = NOT_WAITING;
-                    i
-                }
-                None => {
-                    w.push(NOT_WAITING);
-                    w.len() - 1
-                }
-            },
-            Err(_) => usize::MAX,
-        };
+        let slot = activity.claim();
         InProgress {
             activity,
             started,
@@ -466,15 +499,15 @@ async fn connection(
 ) {
     let started = tokio::time::Instant::now();
     let deadline = started + state.first_request;
-    let conn = ConnInfo::new(peer, state.role, state.tls.is_some());
+    // The connection's requests share its read-ahead budget.
+    let conn = ConnInfo::new(peer, state.role, state.tls.is_some()).with_read_budget(
+        crate::body::ReadBudget::new(state.gateway.app().config.limits.connection_buffer_bytes),
+    );
     let activity = Arc::new(Activity::default());
-    let budget =
-        crate::body::ReadBudget::new(state.gateway.app().config.limits.connection_buffer_bytes);
     let service = {
         let (gateway, activity) = (state.gateway.clone(), activity.clone());
-        hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let (gateway, activity, conn) = (gateway.clone(), activity.clone(), conn.clone());
-            req.extensions_mut().insert(budget.clone());
             async move {
                 let mut guard = InProgress::begin(activity, started);
                 let response = match conn.listener {
@@ -649,4 +682,36 @@ async fn serve<I, S>(
 
 fn log_conn_error(peer: SocketAddr, e: &(dyn std::error::Error + 'static)) {
     tracing::debug!(%peer, "connection ended: {e}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_waiting_response_is_found_in_any_slot_and_slots_are_reused() {
+        let a = Activity::default();
+        assert_eq!(
+            a.oldest_waiting(),
+            None,
+            "nothing waits on a new connection"
+        );
+        let slots = [a.claim(), a.claim(), a.claim()];
+        assert_eq!(slots, [0, 1, 2]);
+        assert_eq!(a.oldest_waiting(), None, "claimed slots are not waiting");
+        a.set_waiting(1, 700);
+        a.set_waiting(2, 500);
+        assert_eq!(a.oldest_waiting(), Some(500));
+        a.set_waiting(0, 300);
+        assert_eq!(a.oldest_waiting(), Some(300), "the first slot counts too");
+        a.set_waiting(0, NOT_WAITING);
+        assert_eq!(a.oldest_waiting(), Some(500));
+        a.set_waiting(0, FREE);
+        a.set_waiting(2, FREE);
+        assert_eq!(a.oldest_waiting(), Some(700));
+        assert_eq!(a.claim(), 0, "the first slot is taken again once free");
+        assert_eq!(a.claim(), 2, "a freed slot among the others is taken again");
+        assert_eq!(a.claim(), 3);
+        assert_eq!(a.oldest_waiting(), Some(700));
+    }
 }
