@@ -253,7 +253,8 @@ http, https = get("wasmgate-http"), get("wasmgate-https")
 goals = [
     ("tracing on, every trace sampled / off", get("wasmgate-http-traced") / http, 0.95),
     ("tracing on, 1% sampled / off", get("wasmgate-http-traced-1pct") / http, 0.99),
-    ("plain HTTP anonymous / bare engine host", http / floor, 1.0),
+    # The goal is 0.90x; 1.0x (a gateway that costs nothing measurable) is the moonshot.
+    ("plain HTTP anonymous / bare engine host", http / floor, 0.90),
     ("plain HTTP anonymous / nginx", http / ceiling, 0.25),
     ("TLS anonymous / plain HTTP", https / http, 0.95),
     ("ACS3-signed over TLS / plain HTTP", get("wasmgate-https-signed") / http, 0.95),
