@@ -43,7 +43,9 @@ impl<T> Router<T> {
 
     /// Finds the most specific route for a request's host (port ignored) and path.
     pub fn lookup<'a>(&'a self, host: Option<&str>, path: &str) -> Option<Match<'a, T>> {
-        if let Some(h) = host.map(normalize_host)
+        // Without host rules (the common case) the host is not looked at.
+        if !self.by_host.is_empty()
+            && let Some(h) = host.map(normalize_host)
             && let Some(list) = self.by_host.get(h.as_str())
             && let Some(m) = Self::find(list, path)
         {
