@@ -1268,8 +1268,8 @@ pub fn normalize_authority(raw: &[u8]) -> Option<String> {
     if raw.is_empty() || raw.len() > 261 {
         return None;
     }
-    // One pass over the bytes for the common name or IPv4 form; the host is copied
-    // lowercased as it is checked.
+    // The common name or IPv4 form is checked byte by byte (no UTF-8 decoding, no char
+    // searcher); only a bracketed IPv6 address is parsed as text.
     let (host, port) = if raw[0] == b'[' {
         let s = std::str::from_utf8(raw).ok()?;
         let (v6, after) = s[1..].split_once(']')?;

@@ -336,12 +336,12 @@ impl Activity {
     /// Since when the longest-waiting response has waited for the client, if one does.
     fn oldest_waiting(&self) -> Option<u64> {
         let first = Some(self.first.load(SeqCst)).filter(|v| *v < NOT_WAITING);
-        let w = self.more.lock().ok()?;
-        w.iter()
-            .copied()
-            .filter(|v| *v < NOT_WAITING)
-            .chain(first)
-            .min()
+        let more = self
+            .more
+            .lock()
+            .ok()
+            .and_then(|w| w.iter().copied().filter(|v| *v < NOT_WAITING).min());
+        first.into_iter().chain(more).min()
     }
 }
 
