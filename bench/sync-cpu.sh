@@ -2,13 +2,15 @@
 # The sync path's cost against the bare engine host, as CPU time per request: wasmgate (plain
 # HTTP, anonymous trigger, hello guest) beside examples/floor.rs on the same component, in
 # interleaved rounds of one wrk run each (-t1 -c32), CPU read from /proc (user + system, all
-# threads) and context switches from /proc/<pid>/task/*/status. Wall-clock rates swing by a
+# threads; user and system apart too) and context switches from /proc/<pid>/task/*/status. Wall-clock rates swing by a
 # third between runs on a shared 2-core machine; the median CPU per request moves far less.
 #
 #   bash bench/sync-cpu.sh
 #   BASELINE=/path/to/other/wasmgate ROUNDS=8 bash bench/sync-cpu.sh
 #   VARIANTS="floor-static:STATIC=1:floor wasmgate-quiet:RUST_LOG=warn:wasmgate" bash bench/sync-cpu.sh
 #   VARIANTS="wasmgate::wasmgate traced:SAMPLE=1.0:wasmgate traced-1pct:SAMPLE=0.01:wasmgate" bash bench/sync-cpu.sh
+#   VARIANTS="floor:TOKIO_WORKER_THREADS=1:floor wasmgate:TOKIO_WORKER_THREADS=1:wasmgate" bash bench/sync-cpu.sh
+#       # one worker each: each node bound by its own core, nothing shared between workers
 #
 # A variant is name:ENV=V,ENV2=V2:floor|wasmgate|/path/to/binary. The floor's knobs are in
 # examples/floor.rs (GWENGINE=1: the gateway's own engine settings; STATIC=1: no guest at all).
@@ -56,17 +58,17 @@ for v in $VARIANTS; do
   wait_port "$port"
 done
 
-cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu() { awk '{print $14, $15}' "/proc/$1/stat"; }
 switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}'; }
 raw="$work/raw.txt"
 for round in $(seq 1 "$ROUNDS"); do
   for v in $VARIANTS; do
     name=${v%%:*}; pid=${PID[$name]}; url=${URL[$name]}
     wrk -t1 -c32 -d1s "$url" >/dev/null
-    c0=$(cpu "$pid"); s0=$(switches "$pid")
+    read -r u0 k0 < <(cpu "$pid"); s0=$(switches "$pid")
     n=$(wrk -t1 -c32 -d"${DURATION}s" "$url" | awk '/requests in/ {print $1}')
-    c1=$(cpu "$pid"); s1=$(switches "$pid")
-    echo "$name $n $((c1 - c0)) $((s1 - s0))" | tee -a "$raw"
+    read -r u1 k1 < <(cpu "$pid"); s1=$(switches "$pid")
+    echo "$name $n $((u1 - u0)) $((k1 - k0)) $((s1 - s0))" | tee -a "$raw"
   done
 done
 
@@ -75,14 +77,15 @@ import statistics as st, sys
 raw, tick, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 rows = {}
 for line in open(raw):
-    name, n, ticks, sw = line.split()
+    name, n, user, system, sw = line.split()
     n = int(n)
-    rows.setdefault(name, []).append((n / duration, int(ticks) / tick / n * 1e6, int(sw) / n))
+    us = lambda ticks: int(ticks) / tick / n * 1e6
+    rows.setdefault(name, []).append((n / duration, us(user) + us(system), int(sw) / n, us(user), us(system)))
 print()
-print("| server | requests/s (median) | CPU µs per request (median) | (min) | context switches per request |")
-print("|---|---|---|---|---|")
+print("| server | requests/s (median) | CPU µs per request (median) | (min) | user µs | system µs | context switches per request |")
+print("|---|---|---|---|---|---|---|")
 for name, r in rows.items():
-    print(f"| {name} | {st.median(x[0] for x in r):,.0f} | {st.median(x[1] for x in r):.1f} | {min(x[1] for x in r):.1f} | {st.median(x[2] for x in r):.2f} |")
+    print(f"| {name} | {st.median(x[0] for x in r):,.0f} | {st.median(x[1] for x in r):.1f} | {min(x[1] for x in r):.1f} | {st.median(x[3] for x in r):.1f} | {st.median(x[4] for x in r):.1f} | {st.median(x[2] for x in r):.2f} |")
 # Paired by round: each round runs every variant back to back, so a round's ratio to the first
 # variant leaves out most of the machine's drift between rounds.
 names = list(rows)
